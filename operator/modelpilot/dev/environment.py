@@ -1,0 +1,531 @@
+"""The local environment: start, inspect and stop every component.
+
+Part of ``modelpilot dev``. Real processes on loopback, each in its own process
+group, described by one ``state.json`` in the state directory so that ``status``
+and ``down`` (or a later ``up``) find them again:
+
+    etcd → kube-apiserver → kube-controller-manager, kube-scheduler, kwok,
+    process runtime (serving pods as local processes), MLflow, Prometheus
+
+``up`` is idempotent: a healthy running environment is reported, not restarted.
+If anything fails to start, everything already started is stopped again and the
+error names the component and shows the end of its log.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from modelpilot.dev import binaries, pki
+
+Progress = Callable[[str], None]
+
+#: Images whose pods the process runtime runs as local processes (prefix match).
+DEFAULT_PROCESS_IMAGE_PREFIXES = ("ghcr.io/modelpilot/",)
+POD_CIDR = "10.244.0.0/16"  # kwok-simulated pods
+SERVICE_CIDR = "10.96.0.0/16"
+NODE_COUNT = 2
+ADDRESS_ANNOTATION = "dev.modelpilot.io/address"
+
+
+class DevError(RuntimeError):
+    """The environment cannot start or is broken; the message says what and how to fix it."""
+
+
+def default_home() -> Path:
+    if os.environ.get("MODELPILOT_DEV_HOME"):
+        return Path(os.environ["MODELPILOT_DEV_HOME"]).expanduser()
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "modelpilot" / "dev"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def port_bound(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex((host, port)) == 0
+
+
+@dataclass
+class Component:
+    """One process of the environment and how to tell it is healthy."""
+
+    name: str
+    argv: list[str]
+    health_url: str
+    port: int
+    env: dict[str, str] = field(default_factory=dict)
+    pid: int | None = None
+    extra_ports: list[int] = field(default_factory=list)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie (exited child not yet reaped) is not alive
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+class Environment:
+    """One local environment rooted at a state directory."""
+
+    def __init__(self, home: Path | None = None, progress: Progress | None = None) -> None:
+        self.home = (home or default_home()).resolve()
+        self.say: Progress = progress or (lambda msg: print(msg, file=sys.stderr, flush=True))
+        self.state_file = self.home / "state.json"
+        self.env_file = self.home / "env.sh"
+        self.kubeconfig = self.home / "kubeconfig"
+        self.logs = self.home / "logs"
+
+    # ------------------------------------------------------------------ state
+
+    def load_state(self) -> dict[str, Any] | None:
+        try:
+            return json.loads(self.state_file.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+
+    def _save_state(self, state: dict[str, Any]) -> None:
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=2))
+        os.replace(tmp, self.state_file)
+
+    def exports(self) -> dict[str, str]:
+        state = self.load_state()
+        if not state:
+            raise DevError(f"no environment at {self.home}; run `modelpilot dev up`")
+        return dict(state["exports"])
+
+    # ------------------------------------------------------------------ health
+
+    def _ssl_context(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE  # component health endpoints serve self-signed certs
+        keys = pki.Pki(self.home / "pki")
+        if keys.client_crt("admin").exists():
+            ctx.load_cert_chain(keys.client_crt("admin"), keys.client_key("admin"))
+        return ctx
+
+    def probe(self, url: str, timeout: float = 2.0) -> tuple[bool, str]:
+        try:
+            with urllib.request.urlopen(url, timeout=timeout, context=self._ssl_context()) as resp:
+                return 200 <= resp.status < 300, f"HTTP {resp.status}"
+        except urllib.error.HTTPError as exc:
+            return False, f"HTTP {exc.code}"
+        except (urllib.error.URLError, OSError) as exc:
+            return False, str(getattr(exc, "reason", exc))
+
+    def status(self) -> list[dict[str, Any]]:
+        """Each component's health: process alive and its health endpoint answering."""
+        state = self.load_state()
+        if not state:
+            return []
+        rows = []
+        for comp in state["components"]:
+            alive = comp.get("pid") is not None and _pid_alive(comp["pid"])
+            healthy, detail = self.probe(comp["health_url"]) if alive else (False, "process not running")
+            rows.append({"name": comp["name"], "pid": comp.get("pid"), "alive": alive, "healthy": healthy,
+                         "detail": detail, "url": comp["health_url"]})
+        return rows
+
+    def running(self) -> bool:
+        rows = self.status()
+        return bool(rows) and all(r["healthy"] for r in rows)
+
+    # ------------------------------------------------------------------ up
+
+    def up(self, *, build: bool = True, timeout: float = 120.0) -> dict[str, Any]:
+        """Start everything (or report the running environment). Returns the state."""
+        started = time.monotonic()
+        state = self.load_state()
+        if state:
+            rows = self.status()
+            if rows and all(r["healthy"] for r in rows):
+                self.say(f"environment already running at {self.home}")
+                return state
+            broken = [r["name"] for r in rows if not r["healthy"]]
+            self.say(f"environment at {self.home} is broken ({', '.join(broken)} not healthy); restarting it")
+            self.down()
+        bins = binaries.resolve(build=build, progress=self.say)
+        prometheus_bin = bins.prometheus
+        python_bin = Path(sys.executable)
+        mlflow_bin = python_bin.parent / "mlflow"
+        if not mlflow_bin.exists():
+            found = shutil.which("mlflow")
+            if not found:
+                raise DevError(
+                    "the `mlflow` command is missing; install the development extras: pip install -e '.[dev]'"
+                )
+            mlflow_bin = Path(found)
+        modelpilot_bin = python_bin.parent / "modelpilot"
+
+        if self.home.exists():
+            shutil.rmtree(self.home)
+        self.logs.mkdir(parents=True)
+        keys = pki.ensure(self.home / "pki")
+        ports = {name: free_port() for name in (
+            "etcd", "etcd-peer", "apiserver", "controller-manager", "scheduler", "kwok", "runtime", "mlflow",
+            "prometheus")}
+        api_url = f"https://127.0.0.1:{ports['apiserver']}"
+        self._write_kubeconfigs(keys, api_url)
+        mlflow_url = f"http://127.0.0.1:{ports['mlflow']}"
+        prom_url = f"http://127.0.0.1:{ports['prometheus']}"
+        exports = {
+            "KUBECONFIG": str(self.kubeconfig),
+            "MLFLOW_TRACKING_URI": mlflow_url,
+            "PROMETHEUS_URL": prom_url,
+            "MODELPILOT_DEV_HOME": str(self.home),
+        }
+        state: dict[str, Any] = {
+            "home": str(self.home),
+            "started_at": time.time(),
+            "ports": ports,
+            "binaries": bins.as_dict(),
+            "exports": exports,
+            "components": [],
+        }
+        self._save_state(state)
+        try:
+            self._start_all(state, bins, keys, ports, prometheus_bin, mlflow_bin, modelpilot_bin, python_bin, timeout)
+        except BaseException:
+            self.say("start-up failed; stopping what was started")
+            self.down(quiet=True, keep_logs=True)
+            raise
+        self.env_file.write_text("".join(f"export {k}={_shell_quote(v)}\n" for k, v in exports.items()))
+        state["startup_seconds"] = round(time.monotonic() - started, 1)
+        self._save_state(state)
+        self.say(f"environment up in {state['startup_seconds']}s at {self.home}")
+        return state
+
+    def _start_all(self, state: dict[str, Any], bins: binaries.Binaries, keys: pki.Pki, ports: dict[str, int],
+                   prometheus_bin: Path, mlflow_bin: Path, modelpilot_bin: Path, python_bin: Path,
+                   timeout: float) -> None:
+        h = self.home
+        deadline = time.monotonic() + timeout
+        etcd = Component(
+            "etcd",
+            [str(bins.etcd), "--name=default", f"--data-dir={h / 'etcd'}",
+             f"--listen-client-urls=http://127.0.0.1:{ports['etcd']}",
+             f"--advertise-client-urls=http://127.0.0.1:{ports['etcd']}",
+             f"--listen-peer-urls=http://127.0.0.1:{ports['etcd-peer']}",
+             f"--initial-advertise-peer-urls=http://127.0.0.1:{ports['etcd-peer']}",
+             f"--initial-cluster=default=http://127.0.0.1:{ports['etcd-peer']}",
+             "--unsafe-no-fsync=true", "--log-level=warn", "--quota-backend-bytes=4294967296"],
+            f"http://127.0.0.1:{ports['etcd']}/health", ports["etcd"], extra_ports=[ports["etcd-peer"]],
+        )
+        mlflow = Component(
+            "mlflow",
+            [str(mlflow_bin), "server", "--backend-store-uri", f"sqlite:///{h / 'mlflow' / 'mlflow.db'}",
+             "--artifacts-destination", str(h / "mlflow" / "artifacts"), "--host", "127.0.0.1",
+             "--port", str(ports["mlflow"]), "--workers", "1"],
+            f"http://127.0.0.1:{ports['mlflow']}/health", ports["mlflow"],
+            # The job runner is not needed and costs ~3 GiB of worker processes.
+            env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+        )
+        (h / "mlflow").mkdir()
+        # MLflow is the slowest to import: start it first, in parallel with the control plane.
+        self._start(state, mlflow)
+        self._start(state, etcd)
+        self._wait([etcd], deadline)
+        apiserver = Component(
+            "kube-apiserver",
+            [str(bins.kube_apiserver), f"--etcd-servers=http://127.0.0.1:{ports['etcd']}",
+             "--bind-address=127.0.0.1", f"--secure-port={ports['apiserver']}", "--advertise-address=127.0.0.1",
+             "--endpoint-reconciler-type=none", f"--tls-cert-file={keys.apiserver_crt}",
+             f"--tls-private-key-file={keys.apiserver_key}", f"--client-ca-file={keys.ca_crt}",
+             "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+             f"--service-account-key-file={keys.sa_pub}", f"--service-account-signing-key-file={keys.sa_key}",
+             f"--service-cluster-ip-range={SERVICE_CIDR}", "--authorization-mode=RBAC", "--allow-privileged=true",
+             "--profiling=false", "--v=1"],
+            f"https://127.0.0.1:{ports['apiserver']}/readyz", ports["apiserver"],
+        )
+        self._start(state, apiserver)
+        self._wait([apiserver], deadline)
+        kcm = Component(
+            "kube-controller-manager",
+            [str(bins.kube_controller_manager), f"--kubeconfig={h / 'controller-manager.kubeconfig'}",
+             f"--authentication-kubeconfig={h / 'controller-manager.kubeconfig'}",
+             f"--authorization-kubeconfig={h / 'controller-manager.kubeconfig'}",
+             "--leader-elect=false", "--bind-address=127.0.0.1", f"--secure-port={ports['controller-manager']}",
+             f"--root-ca-file={keys.ca_crt}", f"--service-account-private-key-file={keys.sa_key}",
+             "--use-service-account-credentials=true", f"--service-cluster-ip-range={SERVICE_CIDR}",
+             "--authorization-always-allow-paths=/healthz,/readyz,/livez,/metrics",
+             # Simulated nodes never report volumes, GC of terminated pods keeps etcd small.
+             "--terminated-pod-gc-threshold=50", "--v=1"],
+            f"https://127.0.0.1:{ports['controller-manager']}/healthz", ports["controller-manager"],
+        )
+        scheduler = Component(
+            "kube-scheduler",
+            [str(bins.kube_scheduler), f"--kubeconfig={h / 'scheduler.kubeconfig'}",
+             f"--authentication-kubeconfig={h / 'scheduler.kubeconfig'}",
+             f"--authorization-kubeconfig={h / 'scheduler.kubeconfig'}",
+             "--leader-elect=false", "--bind-address=127.0.0.1", f"--secure-port={ports['scheduler']}",
+             "--authorization-always-allow-paths=/healthz,/readyz,/livez,/metrics", "--v=1"],
+            f"https://127.0.0.1:{ports['scheduler']}/healthz", ports["scheduler"],
+        )
+        stages = h / "kwok-stages.yaml"
+        stages.write_text(kwok_stages(DEFAULT_PROCESS_IMAGE_PREFIXES))
+        kwok = Component(
+            "kwok",
+            [str(bins.kwok), f"--kubeconfig={self.kubeconfig}", f"--config={stages}",
+             "--manage-all-nodes=false", "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
+             f"--cidr={POD_CIDR}", "--node-ip=10.0.0.1", "--node-lease-duration-seconds=40",
+             f"--server-address=127.0.0.1:{ports['kwok']}"],
+            f"http://127.0.0.1:{ports['kwok']}/healthz", ports["kwok"],
+        )
+        runtime = Component(
+            "process-runtime",
+            [str(python_bin), "-m", "modelpilot.dev.runtime", f"--kubeconfig={self.kubeconfig}",
+             f"--state-dir={h / 'pods'}", f"--health-port={ports['runtime']}",
+             f"--entrypoint={modelpilot_bin}",
+             *(f"--image-prefix={p}" for p in DEFAULT_PROCESS_IMAGE_PREFIXES)],
+            f"http://127.0.0.1:{ports['runtime']}/healthz", ports["runtime"],
+        )
+        prom_dir = h / "prometheus"
+        prom_dir.mkdir()
+        (prom_dir / "prometheus.yml").write_text(
+            prometheus_config(f"https://127.0.0.1:{ports['apiserver']}", keys)
+        )
+        prometheus = Component(
+            "prometheus",
+            [str(prometheus_bin), f"--config.file={prom_dir / 'prometheus.yml'}",
+             f"--storage.tsdb.path={prom_dir / 'data'}", f"--web.listen-address=127.0.0.1:{ports['prometheus']}",
+             "--web.enable-lifecycle", "--storage.tsdb.retention.time=1d", "--log.level=warn"],
+            f"http://127.0.0.1:{ports['prometheus']}/-/ready", ports["prometheus"],
+        )
+        rest = [kcm, scheduler, kwok, runtime, prometheus]
+        for comp in rest:
+            self._start(state, comp)
+        self._wait([*rest, mlflow], deadline)
+        self._bootstrap_cluster(deadline)
+
+    def _start(self, state: dict[str, Any], comp: Component) -> None:
+        if port_bound(comp.port):
+            raise DevError(f"port {comp.port} for {comp.name} is already in use; free it and retry")
+        log = (self.logs / f"{comp.name}.log").open("ab")
+        env = {**os.environ, **comp.env}
+        proc = subprocess.Popen(comp.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env=env, cwd=self.home, start_new_session=True)
+        log.close()
+        comp.pid = proc.pid
+        state["components"].append({"name": comp.name, "pid": proc.pid, "port": comp.port,
+                                    "extra_ports": comp.extra_ports, "health_url": comp.health_url,
+                                    "log": str(self.logs / f"{comp.name}.log"), "argv": comp.argv})
+        self._save_state(state)
+        self.say(f"  started {comp.name} (pid {proc.pid}, port {comp.port})")
+
+    def _wait(self, comps: list[Component], deadline: float) -> None:
+        pending = list(comps)
+        while pending:
+            for comp in list(pending):
+                assert comp.pid is not None
+                if not _pid_alive(comp.pid):
+                    raise DevError(f"{comp.name} exited during start-up.\n{self._log_tail(comp.name)}")
+                ok, _ = self.probe(comp.health_url, timeout=1.0)
+                if ok:
+                    pending.remove(comp)
+                    self.say(f"  {comp.name} is healthy")
+            if pending and time.monotonic() > deadline:
+                names = ", ".join(c.name for c in pending)
+                raise DevError(
+                    f"timed out waiting for {names} to become healthy.\n{self._log_tail(pending[0].name)}"
+                )
+            if pending:
+                time.sleep(0.25)
+
+    def _log_tail(self, name: str, lines: int = 20) -> str:
+        path = self.logs / f"{name}.log"
+        try:
+            tail = path.read_text(errors="replace").splitlines()[-lines:]
+        except FileNotFoundError:
+            return f"(no log at {path})"
+        return f"--- last lines of {path} ---\n" + "\n".join(tail)
+
+    def _bootstrap_cluster(self, deadline: float) -> None:
+        """Create the simulated nodes and wait until pods can be created and scheduled."""
+        from kubernetes import client, config  # imported lazily: `dev status` must stay fast
+
+        api = client.CoreV1Api(config.new_client_from_config(str(self.kubeconfig)))
+        for i in range(NODE_COUNT):
+            node = {
+                "apiVersion": "v1", "kind": "Node",
+                "metadata": {
+                    "name": f"kwok-node-{i}",
+                    "annotations": {"kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0"},
+                    "labels": {"type": "kwok", "kubernetes.io/hostname": f"kwok-node-{i}",
+                               "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64",
+                               "kubernetes.io/role": "agent", "topology.kubernetes.io/zone": f"zone-{i}"},
+                },
+                "status": {"allocatable": {"cpu": "32", "memory": "256Gi", "pods": "110"},
+                           "capacity": {"cpu": "32", "memory": "256Gi", "pods": "110"}},
+            }
+            api.create_node(node)
+        while True:
+            nodes = api.list_node().items
+            ready = [n for n in nodes if any(c.type == "Ready" and c.status == "True"
+                                             for c in (n.status.conditions or []))]
+            accounts = api.list_namespaced_service_account("default").items
+            if len(ready) == NODE_COUNT and any(a.metadata.name == "default" for a in accounts):
+                self.say(f"  {NODE_COUNT} simulated nodes Ready")
+                return
+            if time.monotonic() > deadline:
+                raise DevError(
+                    f"nodes not Ready ({len(ready)}/{NODE_COUNT}) or no default ServiceAccount in time.\n"
+                    f"{self._log_tail('kwok')}"
+                )
+            time.sleep(0.5)
+
+    def _write_kubeconfigs(self, keys: pki.Pki, api_url: str) -> None:
+        for name, path in (("admin", self.kubeconfig),
+                           ("controller-manager", self.home / "controller-manager.kubeconfig"),
+                           ("scheduler", self.home / "scheduler.kubeconfig")):
+            path.write_text(kubeconfig_yaml(api_url, keys.ca_crt, keys.client_crt(name), keys.client_key(name)))
+            path.chmod(0o600)
+
+    # ------------------------------------------------------------------ down
+
+    def down(self, quiet: bool = False, keep_logs: bool = False) -> list[str]:
+        """Stop every process the environment started; return the names stopped."""
+        state = self.load_state()
+        stopped: list[str] = []
+        if not state:
+            if not quiet:
+                self.say(f"no environment at {self.home}")
+            return stopped
+        pids: list[tuple[str, int]] = [(c["name"], c["pid"]) for c in state["components"] if c.get("pid")]
+        # Serving processes started by the process runtime have their own process groups.
+        for pidfile in (self.home / "pods").glob("*/pid") if (self.home / "pods").exists() else []:
+            try:
+                pids.append((f"pod {pidfile.parent.name}", int(pidfile.read_text().strip())))
+            except (ValueError, OSError):
+                pass
+        # Runtime first (it stops its pods gracefully), then the rest in reverse start order.
+        order = sorted(pids, key=lambda p: (p[0] != "process-runtime", -pids.index(p)))
+        for name, pid in order:
+            if _terminate_group(pid):
+                stopped.append(name)
+                if not quiet:
+                    self.say(f"  stopped {name} (pid {pid})")
+        ports = [c["port"] for c in state["components"]] + [p for c in state["components"]
+                                                             for p in c.get("extra_ports", [])]
+        deadline = time.monotonic() + 10
+        while any(port_bound(p) for p in ports) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        still = [p for p in ports if port_bound(p)]
+        if keep_logs:
+            self.state_file.unlink(missing_ok=True)
+        else:
+            shutil.rmtree(self.home, ignore_errors=True)
+        if still:
+            raise DevError(f"ports still bound after stopping the environment: {still}")
+        if not quiet:
+            self.say(f"environment at {self.home} stopped")
+        return stopped
+
+
+def _terminate_group(pid: int, grace: float = 10.0) -> bool:
+    """SIGTERM the process group led by ``pid``, then SIGKILL what is left. True if anything ran."""
+    if not _pid_alive(pid):
+        return False
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        if not _pid_alive(pid):
+            break
+        time.sleep(0.1)
+    try:
+        os.killpg(pid, signal.SIGKILL)  # also reaps grandchildren left in the group
+    except (ProcessLookupError, PermissionError):
+        pass
+    try:  # reap it if it is our child (pytest fixtures start the environment in-process)
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+    return True
+
+
+def _shell_quote(value: str) -> str:
+    return "'" + value.replace("'", "'\"'\"'") + "'"
+
+
+def kubeconfig_yaml(server: str, ca: Path, crt: Path, key: Path, user: str = "admin") -> str:
+    """A kubeconfig with embedded data (kopf's login reads client-certificate-data)."""
+    b64 = lambda p: base64.b64encode(p.read_bytes()).decode()  # noqa: E731
+    return yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "modelpilot-dev",
+        "clusters": [{"name": "modelpilot-dev",
+                      "cluster": {"server": server, "certificate-authority-data": b64(ca)}}],
+        "users": [{"name": user, "user": {"client-certificate-data": b64(crt), "client-key-data": b64(key)}}],
+        "contexts": [{"name": "modelpilot-dev", "context": {"cluster": "modelpilot-dev", "user": user}}],
+    })
+
+
+def kwok_stages(image_prefixes: tuple[str, ...]) -> str:
+    """kwok's fast stages, with pods of process-runtime images left to the runtime."""
+    template = (Path(__file__).parent / "assets" / "kwok-stages.yaml.tmpl").read_text()
+    test = " or ".join(f"startswith({json.dumps(p)})" for p in image_prefixes)
+    return template.replace("${PROCESS_IMAGE_TEST}", f"({test})").replace(
+        "${PROCESS_IMAGE_PREFIXES}", ", ".join(image_prefixes))
+
+
+def prometheus_config(api_url: str, keys: pki.Pki, scrape_interval: str = "5s") -> str:
+    """Scrape pods annotated ``prometheus.io/scrape`` at their loopback address, never their pod IP."""
+    tls = {"ca_file": str(keys.ca_crt), "cert_file": str(keys.client_crt("admin")),
+           "key_file": str(keys.client_key("admin"))}
+    return yaml.safe_dump({
+        "global": {"scrape_interval": scrape_interval, "evaluation_interval": scrape_interval},
+        "scrape_configs": [{
+            "job_name": "kubernetes-pods",
+            "kubernetes_sd_configs": [{"role": "pod", "api_server": api_url, "tls_config": tls}],
+            "relabel_configs": [
+                {"source_labels": ["__meta_kubernetes_pod_annotation_prometheus_io_scrape"],
+                 "regex": "true", "action": "keep"},
+                # Only pods with a real loopback process: the virtual pod IP is never dialled.
+                {"source_labels": ["__meta_kubernetes_pod_annotation_dev_modelpilot_io_address"],
+                 "regex": "(127\\.[0-9]+\\.[0-9]+\\.[0-9]+:[0-9]+)", "action": "keep"},
+                {"source_labels": ["__meta_kubernetes_pod_annotation_dev_modelpilot_io_address"],
+                 "target_label": "__address__"},
+                {"source_labels": ["__meta_kubernetes_pod_annotation_prometheus_io_path"],
+                 "regex": "(.+)", "target_label": "__metrics_path__"},
+                {"action": "labelmap", "regex": "__meta_kubernetes_pod_label_(.+)"},
+                {"source_labels": ["__meta_kubernetes_namespace"], "target_label": "namespace"},
+                {"source_labels": ["__meta_kubernetes_pod_name"], "target_label": "pod"},
+                {"source_labels": ["__meta_kubernetes_pod_ip"], "target_label": "pod_ip"},
+            ],
+        }],
+    }, sort_keys=False)

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Install everything modelpilot needs on a fresh machine, idempotently and cached:
+#   1. a Python virtualenv in .venv with the project and all extras (pip's cache makes reruns quick;
+#      nothing is reinstalled while pyproject.toml is unchanged);
+#   2. the local control plane's binaries (etcd, kube-apiserver, kube-controller-manager,
+#      kube-scheduler, kubectl, kwok, Prometheus), built once from pinned Go modules into
+#      ~/.cache/modelpilot (or $MODELPILOT_CACHE) — skipped for any binary that
+#      KUBEBUILDER_ASSETS or MODELPILOT_<NAME> already provides.
+# Nothing is downloaded into the repository.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+need() { command -v "$1" >/dev/null 2>&1 || { echo "error: $1 is missing: $2" >&2; exit 1; }; }
+need "$PYTHON" "install Python >= 3.11"
+"$PYTHON" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' \
+  || { echo "error: Python >= 3.11 is needed, found $("$PYTHON" --version)" >&2; exit 1; }
+
+stamp_src=$(cat pyproject.toml | sha256sum | cut -c1-16)
+stamp=.venv/.installed-$stamp_src
+if [ ! -f "$stamp" ]; then
+  echo "==> installing Python packages into .venv (pip install -e '.[dev]')"
+  [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q -e '.[dev]'
+  rm -f .venv/.installed-*
+  touch "$stamp"
+else
+  echo "==> Python packages up to date (.venv)"
+fi
+
+echo "==> control-plane binaries (built once from Go modules, then cached)"
+.venv/bin/modelpilot dev build

@@ -1,0 +1,1 @@
+"""modelpilot_serve: the serving process inside every model pod (`modelpilot serve`)."""

@@ -1,0 +1,165 @@
+"""Start-up settings of the serving process.
+
+Where it sits: read once by `cli.py` (CLI flags over environment variables),
+validated here, then passed down as one frozen `ServeSettings` to the app, the
+model loader and the metrics. Nothing else in the package reads the
+environment, so this module is the whole operator ⇄ pod contract on the
+configuration side.
+
+The operator sets the contract variables without a prefix (they are shared
+with MLflow's own conventions); knobs of this server carry the
+`MODELPILOT_SERVE_` prefix.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+# Operator contract (set by the operator on every serving container).
+ENV_MODEL_URI = "MODEL_URI"
+ENV_TRACKING_URI = "MLFLOW_TRACKING_URI"
+ENV_MODEL_NAME = "MODEL_NAME"
+ENV_MODEL_VERSION = "MODEL_VERSION"
+ENV_MODEL_VARIANT = "MODEL_VARIANT"
+# Server knobs.
+ENV_HOST = "MODELPILOT_SERVE_HOST"
+ENV_PORT = "MODELPILOT_SERVE_PORT"
+ENV_MAX_REQUEST_BYTES = "MODELPILOT_SERVE_MAX_REQUEST_BYTES"
+ENV_LOG_LEVEL = "MODELPILOT_SERVE_LOG_LEVEL"
+
+DEFAULT_HOST = "0.0.0.0"
+DEFAULT_PORT = 8080
+DEFAULT_MAX_REQUEST_BYTES = 10 * 1024 * 1024
+DEFAULT_MODEL_NAME = "model"
+DEFAULT_VERSION = "unknown"
+DEFAULT_VARIANT = "default"
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+# models:/name/3, models:/name@alias, models:/name/latest (MLflow's registry URIs).
+_REGISTRY_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>[^/]+)|@(?P<alias>[^/]+))")
+
+
+class SettingsError(ValueError):
+    """Invalid start-up settings; the message lists every problem and how to fix it."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"invalid serving settings:\n{lines}")
+
+
+@dataclass(frozen=True, slots=True)
+class ServeSettings:
+    """Everything the serving process needs to know before it starts."""
+
+    model_uri: str
+    model_name: str = DEFAULT_MODEL_NAME
+    model_version: str = DEFAULT_VERSION
+    variant: str = DEFAULT_VARIANT
+    tracking_uri: str | None = None
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+    log_level: str = "info"
+
+    @property
+    def labels(self) -> dict[str, str]:
+        """The identity every metric and log line carries."""
+        return {"model": self.model_name, "version": self.model_version, "variant": self.variant}
+
+    @classmethod
+    def load(
+        cls,
+        cli: Mapping[str, Any] | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> ServeSettings:
+        """Build settings from CLI values (None = not given) over environment variables.
+
+        Every problem is collected before raising, so one failed start shows
+        all of them instead of one per restart of a crash-looping pod.
+        """
+        cli = cli or {}
+        env = environ if environ is not None else {}
+        problems: list[str] = []
+
+        def pick(key: str, env_name: str) -> tuple[str | None, str]:
+            # Returns the value and where it came from, for error messages.
+            value = cli.get(key)
+            if value is not None:
+                return str(value).strip(), f"--{key.replace('_', '-')}"
+            raw = env.get(env_name)
+            # Kubernetes renders unset optional values as "", which means "not set".
+            if raw is not None and raw.strip() != "":
+                return raw.strip(), env_name
+            return None, env_name
+
+        model_uri, _ = pick("model_uri", ENV_MODEL_URI)
+        if not model_uri:
+            problems.append(
+                f"the model URI is required: set {ENV_MODEL_URI} or pass --model-uri "
+                "(models:/name/version, models:/name@alias, runs:/run-id/path or a local path)"
+            )
+            model_uri = ""
+        match = _REGISTRY_URI.match(model_uri)
+
+        name, name_src = pick("model_name", ENV_MODEL_NAME)
+        if name is None:
+            name = match.group("name") if match else DEFAULT_MODEL_NAME
+        elif "/" in name or not name:
+            problems.append(f"{name_src}={name!r}: the model name is a URL path segment and may not contain '/'")
+
+        version, _ = pick("model_version", ENV_MODEL_VERSION)
+        if version is None:
+            version = match.group("version") if match and match.group("version") else DEFAULT_VERSION
+
+        variant, _ = pick("variant", ENV_MODEL_VARIANT)
+        tracking_uri, _ = pick("tracking_uri", ENV_TRACKING_URI)
+        host, _ = pick("host", ENV_HOST)
+
+        port = _int_setting(*pick("port", ENV_PORT), DEFAULT_PORT, 1, 65535, problems)
+        max_bytes = _int_setting(
+            *pick("max_request_bytes", ENV_MAX_REQUEST_BYTES), DEFAULT_MAX_REQUEST_BYTES, 1, None, problems
+        )
+
+        log_level, level_src = pick("log_level", ENV_LOG_LEVEL)
+        log_level = (log_level or "info").lower()
+        if log_level not in LOG_LEVELS:
+            problems.append(f"{level_src}={log_level!r}: must be one of {', '.join(LOG_LEVELS)}")
+
+        if problems:
+            raise SettingsError(problems)
+        return cls(
+            model_uri=model_uri,
+            model_name=name,
+            model_version=version,
+            variant=variant or DEFAULT_VARIANT,
+            tracking_uri=tracking_uri,
+            host=host or DEFAULT_HOST,
+            port=port,
+            max_request_bytes=max_bytes,
+            log_level=log_level,
+        )
+
+
+def _int_setting(
+    raw: str | None,
+    source: str,
+    default: int,
+    minimum: int,
+    maximum: int | None,
+    problems: list[str],
+) -> int:
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        problems.append(f"{source}={raw!r}: not an integer")
+        return default
+    if value < minimum or (maximum is not None and value > maximum):
+        bounds = f"between {minimum} and {maximum}" if maximum is not None else f"at least {minimum}"
+        problems.append(f"{source}={value}: must be {bounds}")
+    return value

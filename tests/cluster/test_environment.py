@@ -1,0 +1,240 @@
+"""The local environment is real: real control plane, real serving processes, real Prometheus.
+
+Each test talks to the processes the session's environment started; nothing
+here is mocked. What the environment simulates (pod networking, container
+isolation) is described in modelpilot.dev.runtime.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes.client.rest import ApiException
+
+from modelpilot.dev.workloads import pod_address, serving_deployment, wait_for
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+    except (urllib.error.URLError, OSError):
+        return 0, b""
+
+
+def _pods(core: Any, namespace: str, name: str) -> list[Any]:
+    return core.list_namespaced_pod(namespace, label_selector=f"app.kubernetes.io/name={name}").items
+
+
+def _is_ready(pod: Any) -> bool:
+    return any(c.type == "Ready" and c.status == "True" for c in (pod.status.conditions or []))
+
+
+def _pid(dev_env: dict[str, Any], pod: Any) -> int | None:
+    pidfile = Path(dev_env["home"]) / "pods" / f"{pod.metadata.namespace}_{pod.metadata.name}" / "pid"
+    try:
+        return int(pidfile.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as fh:
+        return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _deploy(apps: Any, namespace: str, dev_env: dict[str, Any], name: str, model_uri: str,
+            replicas: int) -> None:
+    manifest = serving_deployment(name, model_uri, dev_env["exports"]["MLFLOW_TRACKING_URI"], replicas=replicas)
+    apps.create_namespaced_deployment(namespace, manifest)
+
+
+def test_three_replicas_are_available_only_when_three_real_processes_answer_ready(
+    dev_env: dict[str, Any], core: Any, apps: Any, namespace: str, iris_version: str
+) -> None:
+    _deploy(apps, namespace, dev_env, "iris", f"models:/iris/{iris_version}", 3)
+    deadline = time.monotonic() + 180
+    available = 0
+    checks = 0
+    while time.monotonic() < deadline:
+        # Invariant at every observation: a pod the API calls Ready has a live process answering ready.
+        for pod in _pods(core, namespace, "iris"):
+            if _is_ready(pod):
+                address = pod_address(pod)
+                assert address and address.startswith("127."), f"ready pod without a loopback address: {address}"
+                status, _ = _get(f"http://{address}/v2/health/ready")
+                assert status == 200, f"pod {pod.metadata.name} is Ready but its process answers {status}"
+                checks += 1
+        available = apps.read_namespaced_deployment("iris", namespace).status.available_replicas or 0
+        if available == 3:
+            break
+        time.sleep(0.3)
+    assert available == 3, "deployment never became 3/3 available"
+    pods = _pods(core, namespace, "iris")
+    assert len(pods) == 3
+    addresses = {pod_address(p) for p in pods}
+    assert len(addresses) == 3, "each pod must have its own loopback address"
+    pids = {_pid(dev_env, p) for p in pods}
+    assert None not in pids and len(pids) == 3 and all(_alive(p) for p in pids if p)
+    for pod in pods:
+        # The virtual pod IP is an ordinary routable-looking address, never the loopback one.
+        assert pod.status.pod_ip and not pod.status.pod_ip.startswith("127.")
+    # And the pods serve real predictions from the registered model.
+    body = json.dumps({"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP64",
+                                   "data": [6.7, 3.0, 5.2, 2.3]}]}).encode()
+    req = urllib.request.Request(f"http://{pod_address(pods[0])}/v2/models/iris/infer", data=body,
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        answer = json.loads(resp.read())
+    assert answer["outputs"][0]["data"] == [2]  # a virginica flower
+    assert checks >= 3
+
+
+def test_a_model_that_cannot_load_never_becomes_available(
+    dev_env: dict[str, Any], core: Any, apps: Any, namespace: str
+) -> None:
+    _deploy(apps, namespace, dev_env, "broken", "models:/no-such-model/1", 1)
+    pod = wait_for(lambda: next((p for p in _pods(core, namespace, "broken") if pod_address(p)), None), 60,
+                   message="the pod to get a process address")
+    address = pod_address(pod)
+
+    def load_failed() -> bool:
+        status, body = _get(f"http://{address}/v2/health/ready")
+        return status == 503 and (b"no-such-model" in body.lower() or b"not found" in body.lower())
+
+    # The process is up, has tried to load, and says why it is not ready.
+    wait_for(load_failed, 120, 0.5, "the server to report its load failure")
+    # Several readiness periods later the pod is still unready and nothing is available.
+    time.sleep(3)
+    pod = core.read_namespaced_pod(pod.metadata.name, namespace)
+    assert not _is_ready(pod)
+    assert pod.status.phase == "Running"
+    dep = apps.read_namespaced_deployment("broken", namespace)
+    assert not dep.status.available_replicas
+    assert _alive(_pid(dev_env, pod) or -1)
+
+
+def test_deleting_a_pod_stops_its_process_and_the_replicaset_replaces_it(
+    dev_env: dict[str, Any], core: Any, apps: Any, namespace: str, iris_version: str
+) -> None:
+    _deploy(apps, namespace, dev_env, "iris", f"models:/iris/{iris_version}", 1)
+    wait_for(lambda: (apps.read_namespaced_deployment("iris", namespace).status.available_replicas or 0) == 1,
+             180, message="1/1 available")
+    (old,) = _pods(core, namespace, "iris")
+    old_pid = _pid(dev_env, old)
+    assert old_pid and _alive(old_pid)
+    core.delete_namespaced_pod(old.metadata.name, namespace)
+    wait_for(lambda: not _alive(old_pid), 30, message=f"process {old_pid} to stop")
+
+    def replaced() -> Any:
+        pods = [p for p in _pods(core, namespace, "iris") if p.metadata.name != old.metadata.name]
+        return pods[0] if pods and _is_ready(pods[0]) else None
+
+    new = wait_for(replaced, 180, message="a ready replacement pod")
+    assert _alive(_pid(dev_env, new) or -1)
+    with pytest.raises(ApiException) as gone:
+        core.read_namespaced_pod(old.metadata.name, namespace)
+    assert gone.value.status == 404
+
+
+def test_a_crashed_process_shows_as_a_restart(
+    dev_env: dict[str, Any], core: Any, apps: Any, namespace: str, iris_version: str
+) -> None:
+    _deploy(apps, namespace, dev_env, "iris", f"models:/iris/{iris_version}", 1)
+    wait_for(lambda: (apps.read_namespaced_deployment("iris", namespace).status.available_replicas or 0) == 1,
+             180, message="1/1 available")
+    (pod,) = _pods(core, namespace, "iris")
+    pid = _pid(dev_env, pod)
+    assert pid
+    os.killpg(pid, signal.SIGKILL)
+
+    def restarted() -> Any:
+        current = core.read_namespaced_pod(pod.metadata.name, namespace)
+        statuses = current.status.container_statuses or []
+        return current if statuses and statuses[0].restart_count >= 1 and _is_ready(current) else None
+
+    current = wait_for(restarted, 180, message="the pod to restart its process and be ready again")
+    last = current.status.container_statuses[0].last_state.terminated
+    assert last is not None and last.exit_code != 0
+    assert _pid(dev_env, current) != pid
+
+
+def test_prometheus_scrapes_pods_at_their_loopback_address_with_their_labels(
+    dev_env: dict[str, Any], core: Any, apps: Any, namespace: str, iris_version: str
+) -> None:
+    _deploy(apps, namespace, dev_env, "iris", f"models:/iris/{iris_version}", 1)
+    prom = dev_env["exports"]["PROMETHEUS_URL"]
+
+    def target() -> Any:
+        status, body = _get(f"{prom}/api/v1/targets?state=active")
+        if status != 200:
+            return None
+        for t in json.loads(body)["data"]["activeTargets"]:
+            if t["labels"].get("namespace") == namespace and t["health"] == "up":
+                return t
+        return None
+
+    found = wait_for(target, 120, 1.0, "Prometheus to scrape the pod")
+    (pod,) = _pods(core, namespace, "iris")
+    assert found["scrapeUrl"].startswith(f"http://{pod_address(pod)}/")
+    assert found["labels"]["pod"] == pod.metadata.name
+    assert found["labels"]["app_kubernetes_io_name"] == "iris"
+    # The sample really came from the process: `up` for that pod is 1 in a PromQL query.
+    status, body = _get(f"{prom}/api/v1/query?query=up%7Bnamespace%3D%22{namespace}%22%7D")
+    result = json.loads(body)["data"]["result"]
+    assert status == 200 and result and result[0]["value"][1] == "1"
+
+
+def test_kubectl_works_with_the_written_kubeconfig(dev_env: dict[str, Any]) -> None:
+    env = {**os.environ, "KUBECONFIG": dev_env["exports"]["KUBECONFIG"]}
+    out = subprocess.run([dev_env["binaries"]["kubectl"], "get", "nodes", "-o", "json"], env=env,
+                         capture_output=True, text=True, timeout=60, check=True).stdout
+    nodes = json.loads(out)["items"]
+    assert len(nodes) >= 2
+    assert all(any(c["type"] == "Ready" and c["status"] == "True" for c in n["status"]["conditions"])
+               for n in nodes)
+    version = subprocess.run([dev_env["binaries"]["kubectl"], "version", "-o", "json"], env=env,
+                             capture_output=True, text=True, timeout=60, check=True).stdout
+    assert json.loads(version)["serverVersion"]["gitVersion"].startswith("v1.36.")
+
+
+def test_the_apiserver_rejects_an_object_that_violates_a_crd_schema(
+    dev_env: dict[str, Any], namespace: str
+) -> None:
+    kubectl = dev_env["binaries"]["kubectl"]
+    env = {**os.environ, "KUBECONFIG": dev_env["exports"]["KUBECONFIG"]}
+    subprocess.run([kubectl, "apply", "--server-side", "-f", str(REPO / "crds")], env=env, check=True,
+                   capture_output=True, timeout=60)
+    subprocess.run([kubectl, "wait", "--for=condition=Established", "crd/modelversions.modelpilot.io",
+                    "--timeout=60s"], env=env, check=True, capture_output=True, timeout=90)
+    bad = {"apiVersion": "modelpilot.io/v1alpha1", "kind": "ModelVersion",
+           "metadata": {"name": "bad", "namespace": namespace},
+           "spec": {"model": {"name": "iris", "version": "3", "alias": "champion"}, "replicas": -1}}
+    proc = subprocess.run([kubectl, "create", "-f", "-"], input=yaml.safe_dump(bad), env=env, text=True,
+                          capture_output=True, timeout=60)
+    assert proc.returncode != 0
+    assert "replicas" in proc.stderr
+    assert "version" in proc.stderr and "alias" in proc.stderr
+    good = {**bad, "metadata": {"name": "good", "namespace": namespace},
+            "spec": {"model": {"name": "iris", "version": "3"}, "replicas": 1}}
+    proc = subprocess.run([kubectl, "create", "-f", "-"], input=yaml.safe_dump(good), env=env, text=True,
+                          capture_output=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr

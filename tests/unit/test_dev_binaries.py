@@ -1,0 +1,100 @@
+"""Where binaries come from: env overrides build nothing, missing Go and corrupt caches are named clearly."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+import yaml
+
+from modelpilot.dev import binaries, pki
+from modelpilot.dev.environment import kwok_stages, prometheus_config
+
+
+def _fake_binary(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("#!/bin/sh\necho fake\n")
+    path.chmod(path.stat().st_mode | stat.S_IXUSR)
+    return path
+
+
+def test_kubebuilder_assets_and_per_binary_variables_are_used_without_building(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assets = tmp_path / "assets"
+    for name in ("etcd", "kube-apiserver", "kubectl"):
+        _fake_binary(assets / name)
+    monkeypatch.setenv("KUBEBUILDER_ASSETS", str(assets))
+    others = {n: _fake_binary(tmp_path / "other" / n) for n in
+              ("kube-controller-manager", "kube-scheduler", "kwok", "prometheus")}
+    for name, path in others.items():
+        monkeypatch.setenv("MODELPILOT_" + name.upper().replace("-", "_"), str(path))
+    monkeypatch.setenv("MODELPILOT_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setenv("PATH", "/nonexistent")  # proves no `go` is needed
+    found = binaries.resolve(build=True)
+    assert found.kube_apiserver == assets / "kube-apiserver"
+    assert found.etcd == assets / "etcd"
+    assert found.kwok == others["kwok"]
+    assert not (tmp_path / "empty-cache").exists()
+
+
+def test_a_variable_pointing_at_nothing_is_named_in_the_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MODELPILOT_ETCD", "/no/such/etcd")
+    with pytest.raises(binaries.BinaryError, match="MODELPILOT_ETCD=/no/such/etcd"):
+        binaries.resolve(build=False)
+
+
+def test_missing_go_says_what_to_install_or_set(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("KUBEBUILDER_ASSETS", raising=False)
+    for name in binaries.NAMES:
+        monkeypatch.delenv("MODELPILOT_" + name.upper().replace("-", "_"), raising=False)
+    monkeypatch.setenv("MODELPILOT_CACHE", str(tmp_path))
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(binaries.BinaryError) as err:
+        binaries.resolve(build=True)
+    assert "Go is not installed" in str(err.value)
+    assert "KUBEBUILDER_ASSETS" in str(err.value)
+
+
+def test_without_build_the_missing_binaries_are_listed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("KUBEBUILDER_ASSETS", raising=False)
+    monkeypatch.setenv("MODELPILOT_CACHE", str(tmp_path))
+    with pytest.raises(binaries.BinaryError, match="modelpilot dev build"):
+        binaries.resolve(build=False)
+
+
+def test_a_corrupt_cache_entry_is_detected_and_dropped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MODELPILOT_CACHE", str(tmp_path))
+    path = _fake_binary(binaries._group_dir("etcd") / "etcd")
+    binaries._stamp(path).write_text(binaries._sha256(path) + "\n")
+    messages: list[str] = []
+    assert binaries._cached_ok(path, messages.append)
+    with path.open("a") as fh:  # a truncated or overwritten binary no longer matches its checksum
+        fh.write("garbage")
+    assert not binaries._cached_ok(path, messages.append)
+    assert not path.exists()
+    assert "corrupt" in messages[-1]
+
+
+def test_kwok_leaves_process_runtime_pods_alone(tmp_path: Path) -> None:
+    stages = list(yaml.safe_load_all(kwok_stages(("ghcr.io/modelpilot/",))))
+    names = {s["metadata"]["name"]: s for s in stages}
+    assert {"node-initialize", "node-heartbeat-with-lease", "pod-ready", "pod-delete"} <= set(names)
+    for pod_stage in ("pod-ready", "pod-delete", "pod-complete"):
+        keys = [e["key"] for e in names[pod_stage]["spec"]["selector"]["matchExpressions"]]
+        assert any('startswith("ghcr.io/modelpilot/")' in k for k in keys), pod_stage
+    assert "${" not in kwok_stages(("a/", "b/"))
+
+
+def test_prometheus_never_scrapes_a_virtual_pod_ip(tmp_path: Path) -> None:
+    keys = pki.ensure(tmp_path / "pki")
+    conf = yaml.safe_load(prometheus_config("https://127.0.0.1:6443", keys))
+    relabel = conf["scrape_configs"][0]["relabel_configs"]
+    keep_loopback = [r for r in relabel if r.get("action") == "keep" and "127" in r.get("regex", "")]
+    assert keep_loopback, "targets without a loopback address must be dropped"
+    rewrite = [r for r in relabel if r.get("target_label") == "__address__"]
+    assert rewrite[0]["source_labels"] == ["__meta_kubernetes_pod_annotation_dev_modelpilot_io_address"]
+    assert conf["scrape_configs"][0]["kubernetes_sd_configs"][0]["tls_config"]["cert_file"].endswith("admin.crt")
+    assert os.stat(keys.client_key("admin")).st_mode & 0o077 == 0
