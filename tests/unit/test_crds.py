@@ -165,6 +165,13 @@ def lookup(schema: dict[str, Any], dotted: str) -> dict[str, Any] | None:
     return node
 
 
+def field(schema: dict[str, Any], dotted: str) -> dict[str, Any]:
+    """Like lookup, for fields that must exist."""
+    node = lookup(schema, dotted)
+    assert node is not None, f"missing field {dotted}"
+    return node
+
+
 def all_rules(kind: str) -> list[tuple[str, dict[str, Any]]]:
     return [
         (path or "<root>", rule)
@@ -393,7 +400,7 @@ def test_every_rule_has_a_message_naming_the_field(kind: str) -> None:
 def test_rule_messages_are_documented(kind: str) -> None:
     doc = API_DOC.read_text()
     for path, rule in all_rules(kind):
-        assert f"`{rule['message']}`" in doc, f"{path}: message not listed in docs/api.md: {rule['message']!r}"
+        assert f"`{rule.get('message')}`" in doc, f"{path}: message not listed in docs/api.md: {rule.get('message')!r}"
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -453,37 +460,37 @@ def test_modelversion_schema_details() -> None:
     schema = root_schema("ModelVersion")
     spec = schema["properties"]["spec"]
     assert spec["required"] == ["model"]
-    assert lookup(schema, "spec.model")["required"] == ["name"]
-    replicas = lookup(schema, "spec.replicas")
+    assert field(schema, "spec.model")["required"] == ["name"]
+    replicas = field(schema, "spec.replicas")
     assert replicas["default"] == 1 and replicas["minimum"] == 0
-    assert lookup(schema, "status.phase")["enum"] == MODELVERSION_PHASES
-    assert lookup(schema, "status.rollout").get("x-kubernetes-preserve-unknown-fields") is True
-    assert lookup(schema, "spec.rollout.analysis").get("x-kubernetes-preserve-unknown-fields") is True
-    steps = lookup(schema, "spec.rollout.steps")
+    assert field(schema, "status.phase")["enum"] == MODELVERSION_PHASES
+    assert field(schema, "status.rollout").get("x-kubernetes-preserve-unknown-fields") is True
+    assert field(schema, "spec.rollout.analysis").get("x-kubernetes-preserve-unknown-fields") is True
+    steps = field(schema, "spec.rollout.steps")
     assert steps["items"]["minimum"] == 1 and steps["items"]["maximum"] == 100
     assert steps["default"][-1] == 100 and steps["default"] == sorted(set(steps["default"]))
-    assert lookup(schema, "spec.serving.batching.maxBatchSize")["maximum"] == 4096
-    assert lookup(schema, "spec.serving.batching.maxLatencyMs")["maximum"] == 1000
-    env = lookup(schema, "spec.serving.env")
+    assert field(schema, "spec.serving.batching.maxBatchSize")["maximum"] == 4096
+    assert field(schema, "spec.serving.batching.maxLatencyMs")["maximum"] == 1000
+    env = field(schema, "spec.serving.env")
     assert env["x-kubernetes-list-map-keys"] == ["name"] and env["maxItems"] == 100
 
 
 def test_abtest_schema_details() -> None:
     schema = root_schema("ABTest")
-    variants = lookup(schema, "spec.variants")
+    variants = field(schema, "spec.variants")
     assert variants["minItems"] == 2 and variants["maxItems"] == 10
     assert variants["items"]["required"] == ["modelVersion"]
-    weight = lookup(schema, "spec.variants[].weight")
+    weight = field(schema, "spec.variants[].weight")
     assert (weight["minimum"], weight["maximum"]) == (0, 100)
     rules = " ".join(r["rule"] for r in variants["x-kubernetes-validations"])
     assert ".sum() == 100" in rules and "shadow" in rules
     assert "has(w.name) ? w.name : w.modelVersion" in rules
-    assert lookup(schema, "spec.analysis").get("x-kubernetes-preserve-unknown-fields") is True
+    assert field(schema, "spec.analysis").get("x-kubernetes-preserve-unknown-fields") is True
 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_conditions_have_the_standard_shape(kind: str) -> None:
-    conditions = lookup(root_schema(kind), "status.conditions")
+    conditions = field(root_schema(kind), "status.conditions")
     assert conditions["x-kubernetes-list-type"] == "map"
     assert conditions["x-kubernetes-list-map-keys"] == ["type"]
     item = conditions["items"]
