@@ -74,9 +74,14 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "serve":  # the serving package parses its own flags
         return _serve(argv[1:])
+    if argv and argv[0] == "operator":
+        from modelpilot.operator.run import main as operator_main
+
+        return operator_main(argv[1:])
     parser = argparse.ArgumentParser(prog="modelpilot", description="Serve MLflow models on Kubernetes, safely.")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("serve", help="run the model server (see `modelpilot serve --help`)")
+    sub.add_parser("operator", help="run the operator (see `modelpilot operator --help`)")
 
     dev = sub.add_parser("dev", help="the local environment: a real control plane, kwok nodes, MLflow, Prometheus")
     dev.add_argument("--home", help="state directory (default $MODELPILOT_DEV_HOME or ~/.local/state/modelpilot/dev)")

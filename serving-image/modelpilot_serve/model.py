@@ -199,6 +199,8 @@ class ServedModel:
     # Set when the fast path is on: the estimator's method and the column order it wants.
     fast_fn: Any = None
     fast_columns: tuple[str, ...] = ()
+    # Column positions taking signature order to fast order; None when they are the same.
+    sig_to_fast: list[int] | None = None
     int_columns: np.ndarray | None = None  # positions (in fast order) of integer columns
     mlflow_version: str = ""
 
@@ -240,7 +242,8 @@ class ServedModel:
             raise BadRequest("'params' must be a JSON object")
         fmt = formats[0]
         value = payload[fmt]
-        if self.fast_path and not params:
+        params = self._params(params)
+        if self.fast_path and params is None:
             matrix = self._fast_from_json(fmt, value)
             if matrix is not None:
                 return MatrixInput(matrix)
@@ -253,7 +256,7 @@ class ServedModel:
             data = infer_and_parse_data({fmt: value}, self.pyfunc.metadata.get_input_schema())
         except MlflowException as exc:
             raise BadRequest(_mlflow_message(exc)) from None
-        return PyfuncInput(data, self._params(params))
+        return PyfuncInput(data, params)
 
     def from_csv(self, body: bytes) -> ModelInput:
         """A CSV document with a header row → model input."""
@@ -269,31 +272,32 @@ class ServedModel:
         return self.from_frame(frame)
 
     def from_frame(self, frame: pd.DataFrame, params: dict[str, Any] | None = None) -> ModelInput:
-        if self.fast_path and not params:
+        params = self._params(params)
+        if self.fast_path and params is None:
             matrix = self._fast_from_frame(frame)
             if matrix is not None:
                 return MatrixInput(matrix)
-        return PyfuncInput(frame, self._params(params))
+        return PyfuncInput(frame, params)
 
     def from_signature_matrix(self, matrix: np.ndarray, params: dict[str, Any] | None = None) -> ModelInput:
         """A 2-D array whose columns follow the *signature's* input order (OIP v2 single tensor)."""
+        params = self._params(params)
         if self.signature is None or not self.signature.named_columns:
-            return PyfuncInput(matrix, self._params(params))
-        if self.fast_path and not params and matrix.dtype.kind in "fiu":
-            names = self.signature.input_names
-            if names != self.fast_columns:
-                order = [names.index(c) for c in self.fast_columns]
-                matrix = matrix[:, order]
+            return PyfuncInput(matrix, params)
+        if self.fast_path and params is None and matrix.dtype.kind in "fiu":
+            if self.sig_to_fast is not None:
+                matrix = matrix[:, self.sig_to_fast]
             checked = self._checked(matrix)
             if checked is not None:
                 return MatrixInput(checked)
         import pandas as pd
 
-        return PyfuncInput(pd.DataFrame(matrix, columns=list(self.signature.input_names)), self._params(params))
+        return PyfuncInput(pd.DataFrame(matrix, columns=list(self.signature.input_names)), params)
 
     def from_columns(self, columns: dict[str, np.ndarray], params: dict[str, Any] | None = None) -> ModelInput:
         """Named 1-D arrays of equal length (OIP v2 one-input-per-column) → model input."""
-        if self.fast_path and not params and all(c in columns for c in self.fast_columns):
+        params = self._params(params)
+        if self.fast_path and params is None and all(c in columns for c in self.fast_columns):
             arrays = [columns[c] for c in self.fast_columns]
             if all(a.dtype.kind in "fiu" for a in arrays):
                 checked = self._checked(np.column_stack(arrays))
@@ -301,7 +305,7 @@ class ServedModel:
                     return MatrixInput(checked)
         import pandas as pd
 
-        return PyfuncInput(pd.DataFrame(columns), self._params(params))
+        return PyfuncInput(pd.DataFrame(columns), params)
 
     def from_tensors(self, data: Any, params: dict[str, Any] | None = None) -> ModelInput:
         """An ndarray or dict of ndarrays for tensor-signature (or signature-less) models."""
@@ -320,7 +324,7 @@ class ServedModel:
                 return self.pyfunc.predict(inp.data, params=inp.params)
             return self.pyfunc.predict(inp.data)
         except MlflowException as exc:
-            if exc.get_http_status_code() < 500:
+            if exc.get_http_status_code() < 500:  # type: ignore[no-untyped-call]
                 raise BadRequest(_mlflow_message(exc)) from None
             raise
         except (ValueError, TypeError, KeyError, IndexError) as exc:
@@ -495,6 +499,8 @@ def _attach_sklearn(model: ServedModel) -> None:
     types = {s.name: s.type for s in sig.inputs}
     ints = [i for i, c in enumerate(names) if types[c] in _INT_TYPES]
     model.fast_columns = names
+    if names != sig.input_names:
+        model.sig_to_fast = [sig.input_names.index(c) for c in names]
     model.int_columns = np.asarray(ints, dtype=np.intp) if ints else None
     model.fast_fn = fn
     # Estimators fitted on DataFrames warn on every ndarray call; the column

@@ -109,11 +109,13 @@ class ServeSettings:
         if name is None:
             name = match.group("name") if match else DEFAULT_MODEL_NAME
         elif "/" in name or not name:
-            problems.append(f"{name_src}={name!r}: the model name is a URL path segment and may not contain '/'")
+            problems.append(f"{name_src}={name!r}: the model name is a URL path segment: non-empty, no '/'")
 
         version, _ = pick("model_version", ENV_MODEL_VERSION)
         if version is None:
-            version = match.group("version") if match and match.group("version") else DEFAULT_VERSION
+            # Only a pinned number is a version; models:/name/latest or an alias is not.
+            pinned = match.group("version") if match else None
+            version = pinned if pinned and pinned.isdigit() else DEFAULT_VERSION
 
         variant, _ = pick("variant", ENV_MODEL_VARIANT)
         tracking_uri, _ = pick("tracking_uri", ENV_TRACKING_URI)

@@ -121,7 +121,11 @@ def test_a_model_that_cannot_load_never_becomes_available(
         return status == 503 and (b"no-such-model" in body.lower() or b"not found" in body.lower())
 
     # The process is up, has tried to load, and says why it is not ready.
-    wait_for(load_failed, 120, 0.5, "the server to report its load failure")
+    try:
+        wait_for(load_failed, 120, 0.5, "the server to report its load failure")
+    except TimeoutError:
+        print(address, _get(f"http://{address}/v2/health/ready"))
+        raise
     # Several readiness periods later the pod is still unready and nothing is available.
     time.sleep(3)
     pod = core.read_namespaced_pod(pod.metadata.name, namespace)

@@ -1,0 +1,228 @@
+"""Pure builders: a ModelVersion (+ the registry's answer) → Deployment, Service, HPA, PDB manifests.
+
+Layer 3 of the operator: no I/O, no clock, no randomness — the same input
+always gives the same manifest, so reconcile can apply them idempotently and
+tests check them without a cluster.
+
+Contract with the serving image (``modelpilot serve``): env ``MODEL_URI``
+(always the pinned ``models:/name/version``), ``MLFLOW_TRACKING_URI``,
+``MODEL_NAME``, ``MODEL_VERSION``, ``MODEL_VARIANT``; port 8080 named ``http``;
+``/v2/health/ready`` and ``/v2/health/live``; ``/metrics``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from modelpilot.operator.registry import ResolvedModel
+
+API_GROUP = "modelpilot.io"
+API_VERSION = "modelpilot.io/v1alpha1"
+SERVING_PORT = 8080
+SELECTOR_LABEL = "modelpilot.io/modelversion"
+DEFAULT_RESOURCES = {"requests": {"cpu": "100m", "memory": "256Mi"}}
+
+Manifest = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The ModelVersion the manifests belong to (for owner references and names)."""
+
+    name: str
+    namespace: str
+    uid: str
+    kind: str = "ModelVersion"
+
+
+def label_value(value: str) -> str:
+    """A string made safe for a label value (≤ 63 chars, alphanumeric ends, ``-_.`` inside)."""
+    cleaned = re.sub(r"[^A-Za-z0-9_.-]", "-", value)[:63]
+    return cleaned.strip("-_.")
+
+
+def owner_reference(owner: Owner) -> dict[str, Any]:
+    return {"apiVersion": API_VERSION, "kind": owner.kind, "name": owner.name, "uid": owner.uid,
+            "controller": True, "blockOwnerDeletion": True}
+
+
+def labels(owner: Owner, model: ResolvedModel) -> dict[str, str]:
+    """Labels on every object; the pod template's also carry the version so a new one rolls out."""
+    return {
+        "app.kubernetes.io/name": label_value(model.name) or "model",
+        "app.kubernetes.io/instance": owner.name,
+        "app.kubernetes.io/component": "model-server",
+        "app.kubernetes.io/part-of": "modelpilot",
+        "app.kubernetes.io/managed-by": "modelpilot",
+        "app.kubernetes.io/version": label_value(model.version),
+        SELECTOR_LABEL: owner.name,
+        "modelpilot.io/model": label_value(model.name),
+        "modelpilot.io/version": label_value(model.version),
+        "modelpilot.io/run-id": label_value(model.run_id),
+    }
+
+
+def provenance(model: ResolvedModel, tracking_uri: str) -> dict[str, str]:
+    """Annotations saying exactly what a pod serves and where it came from (no timestamps: they would roll pods)."""
+    return {
+        "modelpilot.io/model-name": model.name,
+        "modelpilot.io/model-version": model.version,
+        "modelpilot.io/model-uri": model.model_uri,
+        "modelpilot.io/run-id": model.run_id,
+        "modelpilot.io/artifact-uri": model.artifact_uri,
+        "modelpilot.io/source": model.source,
+        "modelpilot.io/flavor": model.flavor,
+        "modelpilot.io/tracking-uri": tracking_uri,
+        **({"modelpilot.io/alias": model.alias} if model.alias else {}),
+    }
+
+
+def _meta(owner: Owner, name: str, model: ResolvedModel) -> dict[str, Any]:
+    return {"name": name, "namespace": owner.namespace, "labels": labels(owner, model),
+            "ownerReferences": [owner_reference(owner)]}
+
+
+def _serving_env(spec: dict[str, Any], owner: Owner, model: ResolvedModel, tracking_uri: str) -> list[dict[str, Any]]:
+    env: list[dict[str, Any]] = [
+        {"name": "MODEL_URI", "value": model.model_uri},
+        {"name": "MLFLOW_TRACKING_URI", "value": tracking_uri},
+        {"name": "MODEL_NAME", "value": model.name},
+        {"name": "MODEL_VERSION", "value": model.version},
+        {"name": "MODEL_VARIANT", "value": owner.name},
+    ]
+    secret = ((spec.get("registry") or {}).get("credentialsSecretRef") or {}).get("name")
+    if secret:
+        # optional: a Secret may carry username/password or a token, not necessarily both.
+        for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN"):
+            env.append({"name": key, "valueFrom": {"secretKeyRef": {"name": secret, "key": key, "optional": True}}})
+    serving = spec.get("serving") or {}
+    batching = serving.get("batching") or {}
+    if batching:
+        env += [
+            {"name": "MODELPILOT_SERVE_BATCHING", "value": "true" if batching.get("enabled", True) else "false"},
+            {"name": "MODELPILOT_SERVE_MAX_BATCH_SIZE", "value": str(batching.get("maxBatchSize", 64))},
+            {"name": "MODELPILOT_SERVE_MAX_BATCH_LATENCY_MS", "value": str(batching.get("maxLatencyMs", 5))},
+        ]
+    cache = serving.get("cache") or {}
+    if cache:
+        env += [
+            {"name": "MODELPILOT_SERVE_CACHE", "value": "true" if cache.get("enabled") else "false"},
+            {"name": "MODELPILOT_SERVE_CACHE_MAX_ENTRIES", "value": str(cache.get("maxEntries", 10000))},
+            {"name": "MODELPILOT_SERVE_CACHE_TTL_SECONDS", "value": str(cache.get("ttlSeconds", 300))},
+        ]
+        if cache.get("redisUrl"):
+            env.append({"name": "MODELPILOT_SERVE_CACHE_REDIS_URL", "value": cache["redisUrl"]})
+    # The user's own env comes last so it can override a default on purpose.
+    env += list(serving.get("env") or [])
+    return env
+
+
+def build_deployment(owner: Owner, spec: dict[str, Any], model: ResolvedModel, tracking_uri: str,
+                     default_image: str) -> Manifest:
+    """The serving Deployment: secure by default, probed on the server's own health endpoints."""
+    serving = spec.get("serving") or {}
+    autoscaling = spec.get("autoscaling") or {}
+    rollout = spec.get("rollout") or {}
+    pod_labels = labels(owner, model)
+    container: dict[str, Any] = {
+        "name": "server",
+        "image": serving.get("image") or default_image,
+        "imagePullPolicy": serving.get("imagePullPolicy", "IfNotPresent"),
+        "args": ["serve"],
+        "ports": [{"name": "http", "containerPort": SERVING_PORT, "protocol": "TCP"}],
+        "env": _serving_env(spec, owner, model, tracking_uri),
+        "resources": serving.get("resources") or DEFAULT_RESOURCES,
+        "readinessProbe": {"httpGet": {"path": "/v2/health/ready", "port": "http"},
+                           "periodSeconds": 2, "timeoutSeconds": 2, "failureThreshold": 3},
+        "livenessProbe": {"httpGet": {"path": "/v2/health/live", "port": "http"},
+                          "periodSeconds": 10, "timeoutSeconds": 2, "failureThreshold": 3},
+        "securityContext": {
+            "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "runAsNonRoot": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+        # The model is downloaded at start; with a read-only root it needs a writable scratch space.
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+    }
+    pod_spec: dict[str, Any] = {
+        "containers": [container],
+        "volumes": [{"name": "tmp", "emptyDir": {}}],
+        "terminationGracePeriodSeconds": 30,
+        "automountServiceAccountToken": False,  # the server never talks to the Kubernetes API
+        "securityContext": {"runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001, "fsGroup": 10001,
+                            "seccompProfile": {"type": "RuntimeDefault"}},
+    }
+    for key in ("nodeSelector", "tolerations", "affinity"):
+        if serving.get(key):
+            pod_spec[key] = serving[key]
+    deployment_spec: dict[str, Any] = {
+        "selector": {"matchLabels": {SELECTOR_LABEL: owner.name}},
+        "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+        "revisionHistoryLimit": 5,
+        "progressDeadlineSeconds": int(rollout.get("progressDeadlineSeconds", 600)),
+        "template": {
+            "metadata": {
+                "labels": pod_labels,
+                "annotations": {
+                    **provenance(model, tracking_uri),
+                    "prometheus.io/scrape": "true",
+                    "prometheus.io/port": str(SERVING_PORT),
+                    "prometheus.io/path": "/metrics",
+                },
+            },
+            "spec": pod_spec,
+        },
+    }
+    if not autoscaling.get("enabled"):
+        # With autoscaling on, replicas is left out so the HPA owns it and the operator never fights it.
+        deployment_spec["replicas"] = int(spec.get("replicas", 1))
+    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": _meta(owner, owner.name, model),
+            "spec": deployment_spec}
+
+
+def build_service(owner: Owner, model: ResolvedModel) -> Manifest:
+    return {
+        "apiVersion": "v1", "kind": "Service", "metadata": _meta(owner, owner.name, model),
+        "spec": {"type": "ClusterIP", "selector": {SELECTOR_LABEL: owner.name},
+                 "ports": [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}]},
+    }
+
+
+def build_hpa(owner: Owner, spec: dict[str, Any], model: ResolvedModel) -> Manifest | None:
+    autoscaling = spec.get("autoscaling") or {}
+    if not autoscaling.get("enabled"):
+        return None
+    return {
+        "apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler", "metadata": _meta(owner, owner.name, model),
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": owner.name},
+            "minReplicas": int(autoscaling.get("minReplicas", 1)),
+            "maxReplicas": int(autoscaling.get("maxReplicas", 5)),
+            "metrics": [{"type": "Resource", "resource": {"name": "cpu", "target": {
+                "type": "Utilization", "averageUtilization": int(autoscaling.get("targetCPUUtilizationPercentage", 70))}}}],
+        },
+    }
+
+
+def build_pdb(owner: Owner, spec: dict[str, Any], model: ResolvedModel) -> Manifest | None:
+    pdb = spec.get("podDisruptionBudget") or {}
+    if not pdb.get("enabled"):
+        return None
+    budget = {"maxUnavailable": pdb["maxUnavailable"]} if "maxUnavailable" in pdb else {
+        "minAvailable": pdb.get("minAvailable", 1)}
+    return {
+        "apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": _meta(owner, owner.name, model),
+        "spec": {"selector": {"matchLabels": {SELECTOR_LABEL: owner.name}}, **budget},
+    }
+
+
+def build_all(owner: Owner, spec: dict[str, Any], model: ResolvedModel, tracking_uri: str,
+              default_image: str) -> dict[str, Manifest | None]:
+    """Every object a ModelVersion owns, by kind; ``None`` means "must not exist"."""
+    return {
+        "Deployment": build_deployment(owner, spec, model, tracking_uri, default_image),
+        "Service": build_service(owner, model),
+        "HorizontalPodAutoscaler": build_hpa(owner, spec, model),
+        "PodDisruptionBudget": build_pdb(owner, spec, model),
+    }

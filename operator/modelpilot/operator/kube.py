@@ -1,0 +1,123 @@
+"""Kubernetes adapter: server-side apply of owned objects, status patches, reads.
+
+An adapter of the operator (bottom layer). Owned objects are written with
+server-side apply under one field manager, so the operator only ever owns the
+fields it renders: ``kubectl scale``, an HPA's replicas or a GitOps tool's own
+fields are not fought over. The ModelVersion itself is only ever written
+through its ``status`` subresource — never its spec.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kubernetes import client, dynamic
+from kubernetes.client.rest import ApiException
+
+from modelpilot.operator.builders import API_GROUP
+
+GROUP, VERSION = API_GROUP, "v1alpha1"
+_KINDS = {
+    "Deployment": ("apps/v1", "Deployment"),
+    "Service": ("v1", "Service"),
+    "HorizontalPodAutoscaler": ("autoscaling/v2", "HorizontalPodAutoscaler"),
+    "PodDisruptionBudget": ("policy/v1", "PodDisruptionBudget"),
+}
+
+
+class KubeError(Exception):
+    """The API refused or failed a write; retried by the caller."""
+
+
+class Kube:
+    """The operator's only door to the Kubernetes API."""
+
+    def __init__(self, api_client: client.ApiClient, field_manager: str = "modelpilot") -> None:
+        self.api_client = api_client
+        self.dynamic = dynamic.DynamicClient(api_client)
+        self.custom = client.CustomObjectsApi(api_client)
+        self.apps = client.AppsV1Api(api_client)
+        self.field_manager = field_manager
+        self._resources: dict[str, Any] = {}
+
+    def _resource(self, kind: str) -> Any:
+        if kind not in self._resources:
+            api_version, name = _KINDS[kind]
+            self._resources[kind] = self.dynamic.resources.get(api_version=api_version, kind=name)
+        return self._resources[kind]
+
+    def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        """Server-side apply; ``force`` because these fields are the operator's by contract."""
+        resource = self._resource(manifest["kind"])
+        try:
+            result = resource.server_side_apply(
+                body=manifest, name=manifest["metadata"]["name"], namespace=manifest["metadata"]["namespace"],
+                field_manager=self.field_manager, force_conflicts=True,
+            )
+        except ApiException as exc:
+            raise KubeError(f"apply {manifest['kind']} {manifest['metadata']['name']}: {exc.status} "
+                            f"{_reason(exc)}") from exc
+        return dict(result.to_dict())
+
+    def delete_owned(self, kind: str, namespace: str, name: str, owner_uid: str) -> bool:
+        """Delete an object only if this ModelVersion controls it. True if something was deleted."""
+        resource = self._resource(kind)
+        try:
+            current = resource.get(name=name, namespace=namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise KubeError(f"read {kind} {name}: {exc.status} {_reason(exc)}") from exc
+        owners = current.metadata.get("ownerReferences") or []
+        if not any(o.get("uid") == owner_uid for o in owners):
+            return False
+        try:
+            resource.delete(name=name, namespace=namespace)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise KubeError(f"delete {kind} {name}: {exc.status} {_reason(exc)}") from exc
+        return True
+
+    def read_deployment(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            dep = self.apps.read_namespaced_deployment(name, namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise KubeError(f"read Deployment {name}: {exc.status} {_reason(exc)}") from exc
+        return dict(self.api_client.sanitize_for_serialization(dep))
+
+    def read_model_version(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return dict(self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "modelversions", name))
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise KubeError(f"read ModelVersion {name}: {exc.status} {_reason(exc)}") from exc
+
+    def patch_status(self, namespace: str, name: str, status: dict[str, Any], plural: str = "modelversions") -> None:
+        try:
+            self.custom.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, plural, name,
+                                                              {"status": status})
+        except ApiException as exc:
+            if exc.status == 404:  # deleted meanwhile: nothing to report on
+                return
+            raise KubeError(f"status of {plural}/{name}: {exc.status} {_reason(exc)}") from exc
+
+    def secret_data(self, namespace: str, name: str) -> dict[str, str]:
+        import base64
+
+        try:
+            secret = client.CoreV1Api(self.api_client).read_namespaced_secret(name, namespace)
+        except ApiException as exc:
+            raise KubeError(f"Secret {namespace}/{name}: {exc.status} {_reason(exc)}") from exc
+        return {k: base64.b64decode(v).decode() for k, v in (secret.data or {}).items()}
+
+
+def _reason(exc: ApiException) -> str:
+    import json
+
+    try:
+        return str(json.loads(exc.body or "{}").get("message") or exc.reason)
+    except (ValueError, AttributeError):
+        return str(exc.reason)

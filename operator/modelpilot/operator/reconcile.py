@@ -1,0 +1,264 @@
+"""Reconcile logic for ModelVersion: decide what should exist, apply it, and say so in status.
+
+Layer 2 of the operator, between the kopf handlers and the builders/adapters.
+The rules that keep production safe live here:
+
+* a version is resolved in MLflow once and pinned in ``status.model``; it is
+  resolved again only when the spec changes or, with ``followAlias``, when the
+  alias poll asks — so a restarted operator keeps serving exactly what it served;
+* a registry that is unreachable or does not know the model never touches what
+  runs: the Deployment is left as it is, ``Ready=False`` says why, and the
+  caller retries with back-off;
+* status is written through the status subresource with kstatus conditions
+  (``Ready``, ``Reconciling``, ``Stalled``) carrying ``observedGeneration``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from modelpilot.operator import builders
+from modelpilot.operator.kube import Kube, KubeError
+from modelpilot.operator.registry import (
+    Credentials,
+    ModelRef,
+    Registry,
+    RegistryError,
+    RegistryNotFound,
+    ResolvedModel,
+)
+from modelpilot.operator.settings import OperatorSettings
+
+RegistryFactory = Callable[[str, Credentials], Registry]
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str  # Normal | Warning
+    reason: str
+    message: str
+
+
+@dataclass
+class Result:
+    """What one reconcile decided: the status written, Events to post, whether to retry."""
+
+    status: dict[str, Any]
+    events: list[Event] = field(default_factory=list)
+    retry: bool = False
+    message: str = ""
+
+
+class SpecError(Exception):
+    """The spec is valid for the schema but cannot work (e.g. a missing credentials Secret key)."""
+
+
+# ---------------------------------------------------------------------------- pure helpers
+
+
+def set_condition(conditions: list[dict[str, Any]], kind: str, status: str, reason: str, message: str,
+                  generation: int, now: str) -> list[dict[str, Any]]:
+    """Replace one condition, keeping ``lastTransitionTime`` when its status did not change."""
+    old = next((c for c in conditions if c.get("type") == kind), None)
+    changed = old is None or old.get("status") != status
+    new = {"type": kind, "status": status, "reason": reason, "message": message[:1000] or reason,
+           "observedGeneration": generation,
+           "lastTransitionTime": now if changed else old.get("lastTransitionTime", now)}  # type: ignore[union-attr]
+    return [c for c in conditions if c.get("type") != kind] + [new]
+
+
+def model_ref(spec: dict[str, Any]) -> ModelRef:
+    model = spec.get("model") or {}
+    return ModelRef(name=model.get("name", ""), version=str(model.get("version") or ""),
+                    alias=model.get("alias") or "")
+
+
+def pinned(status: dict[str, Any], ref: ModelRef) -> ResolvedModel | None:
+    """The version pinned in status, if it still answers the spec's reference."""
+    model = status.get("model") or {}
+    if not model.get("version") or model.get("name") != ref.name:
+        return None
+    if ref.version and model["version"] != ref.version:
+        return None
+    if ref.alias and model.get("alias") != ref.alias:
+        return None
+    return ResolvedModel(
+        name=model["name"], version=model["version"], alias=model.get("alias", ""), run_id=model.get("runId", ""),
+        artifact_uri=model.get("artifactUri", ""), source=model.get("source", ""), flavor=model.get("flavor", ""),
+        signature=model.get("signature", ""), resolved_at=model.get("resolvedAt", ""),
+    )
+
+
+def observe(deployment: dict[str, Any] | None, spec: dict[str, Any]) -> dict[str, Any]:
+    """Readiness of the serving Deployment as (phase, ready?, reason, message, replicas, readyReplicas)."""
+    if deployment is None:
+        return {"phase": "Deploying", "ready": False, "reason": "DeploymentMissing",
+                "message": "the serving Deployment does not exist yet", "replicas": 0, "readyReplicas": 0,
+                "stalled": False}
+    meta, dstatus, dspec = deployment.get("metadata", {}), deployment.get("status") or {}, deployment.get("spec", {})
+    desired = int(dspec.get("replicas", 1) if dspec.get("replicas") is not None else 1)
+    updated = int(dstatus.get("updatedReplicas") or 0)
+    available = int(dstatus.get("availableReplicas") or 0)
+    ready_replicas = int(dstatus.get("readyReplicas") or 0)
+    total = int(dstatus.get("replicas") or 0)
+    current = int(dstatus.get("observedGeneration") or 0) >= int(meta.get("generation") or 0)
+    progressing = next((c for c in dstatus.get("conditions") or [] if c.get("type") == "Progressing"), {})
+    base = {"replicas": total, "readyReplicas": ready_replicas}
+    if progressing.get("reason") == "ProgressDeadlineExceeded":
+        return {**base, "phase": "Degraded", "ready": available >= desired > 0, "stalled": True,
+                "reason": "ProgressDeadlineExceeded",
+                "message": progressing.get("message", "the Deployment did not progress before its deadline")}
+    if current and updated == desired and available == desired and total == desired:
+        return {**base, "phase": "Ready", "ready": True, "stalled": False, "reason": "Available",
+                "message": f"{available}/{desired} replicas serve the model"}
+    return {**base, "phase": "Deploying", "ready": False, "stalled": False, "reason": "RollingOut",
+            "message": f"{available}/{desired} replicas available, {updated} updated"}
+
+
+def readiness_status(status: dict[str, Any], spec: dict[str, Any], generation: int,
+                     deployment: dict[str, Any] | None, now: str) -> tuple[dict[str, Any], list[Event]]:
+    """Status fields and transition Events that follow from the Deployment's state."""
+    seen = observe(deployment, spec)
+    conditions = list(status.get("conditions") or [])
+    was_ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+    conditions = set_condition(conditions, "Ready", "True" if seen["ready"] else "False", seen["reason"],
+                               seen["message"], generation, now)
+    conditions = set_condition(conditions, "Reconciling", "False" if seen["ready"] or seen["stalled"] else "True",
+                               seen["reason"], seen["message"], generation, now)
+    conditions = set_condition(conditions, "Stalled", "True" if seen["stalled"] else "False", seen["reason"],
+                               seen["message"], generation, now)
+    events: list[Event] = []
+    if seen["ready"] and not was_ready:
+        events.append(Event("Normal", "Ready", seen["message"]))
+    elif was_ready and not seen["ready"]:
+        events.append(Event("Warning", "NotReady", seen["message"]))
+    if seen["stalled"] and status.get("phase") != "Degraded":
+        events.append(Event("Warning", "ProgressDeadlineExceeded", seen["message"]))
+    new = {"phase": seen["phase"], "replicas": seen["replicas"], "readyReplicas": seen["readyReplicas"],
+           "conditions": conditions}
+    return new, events
+
+
+# ---------------------------------------------------------------------------- the reconciler
+
+
+class Reconciler:
+    """Reconciles ModelVersions with one settings object, one Kubernetes adapter and a registry factory."""
+
+    def __init__(self, settings: OperatorSettings, kube: Kube, registry_factory: RegistryFactory | None = None):
+        self.settings = settings
+        self.kube = kube
+        self.registry_factory = registry_factory or (
+            lambda uri, creds: Registry(uri, creds, timeout=settings.registry_timeout_seconds))
+
+    def tracking_uri(self, spec: dict[str, Any]) -> str:
+        return ((spec.get("registry") or {}).get("trackingUri") or self.settings.tracking_uri).rstrip("/")
+
+    def credentials(self, namespace: str, spec: dict[str, Any]) -> Credentials:
+        ref = ((spec.get("registry") or {}).get("credentialsSecretRef") or {}).get("name")
+        if not ref:
+            return Credentials()
+        try:
+            data = self.kube.secret_data(namespace, ref)
+        except KubeError as exc:
+            raise SpecError(f"spec.registry.credentialsSecretRef: {exc}") from exc
+        creds = Credentials(username=data.get("MLFLOW_TRACKING_USERNAME", ""),
+                            password=data.get("MLFLOW_TRACKING_PASSWORD", ""),
+                            token=data.get("MLFLOW_TRACKING_TOKEN", ""))
+        if not (creds.token or creds.username):
+            raise SpecError(f"spec.registry.credentialsSecretRef: Secret {ref!r} has neither "
+                            "MLFLOW_TRACKING_TOKEN nor MLFLOW_TRACKING_USERNAME")
+        return creds
+
+    def resolve(self, namespace: str, spec: dict[str, Any]) -> ResolvedModel:
+        registry = self.registry_factory(self.tracking_uri(spec), self.credentials(namespace, spec))
+        try:
+            return registry.resolve(model_ref(spec))
+        finally:
+            registry.close()
+
+    def reconcile(self, body: dict[str, Any], *, refresh: bool = False) -> Result:
+        """Bring one ModelVersion's objects in line with its spec.
+
+        ``refresh`` asks MLflow again even when a version is pinned (the alias poll).
+        """
+        meta, spec = body["metadata"], body.get("spec") or {}
+        status = dict(body.get("status") or {})
+        name, namespace, generation = meta["name"], meta["namespace"], int(meta.get("generation") or 1)
+        owner = builders.Owner(name=name, namespace=namespace, uid=meta["uid"])
+        ref = model_ref(spec)
+        now = now_iso()
+        events: list[Event] = []
+        current = pinned(status, ref)
+        model = current
+        if model is None or refresh:
+            try:
+                model = self.resolve(namespace, spec)
+            except (RegistryError, SpecError) as exc:
+                return self._unresolved(namespace, name, status, ref, generation, now, exc,
+                                        keep=current is not None)
+            if current is None or model.version != current.version:
+                what = f"{ref} → version {model.version} (run {model.run_id or 'unknown'})"
+                events.append(Event("Normal", "Resolved", f"resolved {what}"))
+                if current is not None:
+                    events.append(Event("Normal", "AliasMoved",
+                                        f"alias @{ref.alias} moved from version {current.version} to {model.version}; "
+                                        "rolling out"))
+            else:
+                model = current  # same version: keep the original resolution time and provenance
+        assert model is not None
+        manifests = builders.build_all(owner, spec, model, self.tracking_uri(spec), self.settings.serving_image)
+        for kind, manifest in manifests.items():
+            if manifest is None:
+                self.kube.delete_owned(kind, namespace, name, owner.uid)
+            else:
+                self.kube.apply(manifest)
+        conditions = set_condition(list(status.get("conditions") or []), "Resolved", "True", "Resolved",
+                                   f"{ref} is version {model.version}", generation, now)
+        status.update({"model": model.as_status(), "observedGeneration": generation, "conditions": conditions})
+        new, ready_events = readiness_status(status, spec, generation, self.kube.read_deployment(namespace, name), now)
+        status.update(new)
+        self.kube.patch_status(namespace, name, status)
+        return Result(status=status, events=events + ready_events)
+
+    def _unresolved(self, namespace: str, name: str, status: dict[str, Any], ref: ModelRef, generation: int,
+                    now: str, exc: Exception, keep: bool) -> Result:
+        """The registry could not answer: say why, touch nothing that runs, ask for a retry."""
+        not_found = isinstance(exc, RegistryNotFound)
+        reason = "ModelNotFound" if not_found else "SpecError" if isinstance(exc, SpecError) else "RegistryUnavailable"
+        message = str(exc)
+        conditions = set_condition(list(status.get("conditions") or []), "Resolved", "False", reason, message,
+                                   generation, now)
+        if not keep:
+            # Nothing pinned for this spec: the resource is not Ready. What already runs stays untouched.
+            conditions = set_condition(conditions, "Ready", "False", reason, message, generation, now)
+            conditions = set_condition(conditions, "Reconciling", "True", reason, message, generation, now)
+            status["phase"] = "Failed" if not_found else "Resolving"
+        status.update({"conditions": conditions, "observedGeneration": generation})
+        self.kube.patch_status(namespace, name, status)
+        event = Event("Warning", reason, f"cannot resolve {ref}: {message}")
+        return Result(status=status, events=[event], retry=True, message=message)
+
+    def refresh_readiness(self, namespace: str, name: str) -> Result | None:
+        """Re-read the Deployment and update the ModelVersion's readiness (Deployment events call this)."""
+        body = self.kube.read_model_version(namespace, name)
+        if body is None:
+            return None
+        status = dict(body.get("status") or {})
+        if not status.get("model"):
+            return None  # not reconciled yet; the reconcile handler writes the first status
+        generation = int(body["metadata"].get("generation") or 1)
+        new, events = readiness_status(status, body.get("spec") or {}, int(status.get("observedGeneration") or
+                                                                           generation),
+                                       self.kube.read_deployment(namespace, name), now_iso())
+        changed = {k: v for k, v in new.items() if status.get(k) != v}
+        if changed:
+            self.kube.patch_status(namespace, name, new)
+        return Result(status={**status, **new}, events=events)

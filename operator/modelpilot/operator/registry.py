@@ -1,0 +1,181 @@
+"""MLflow registry adapter: resolve ``name`` + ``version`` or ``@alias`` to an immutable, pinned model version.
+
+An adapter of the operator (bottom layer). It speaks MLflow's documented REST
+API with httpx instead of going through ``MlflowClient``: the operator serves
+many resources with different tracking servers and credentials at once, and
+MlflowClient takes both from process-wide environment variables and retries
+for minutes on an unreachable server — here each call has its own URI,
+credentials and a short timeout, and every failure is classified exactly once:
+
+* ``RegistryNotFound``   — the model, version or alias does not exist (the user must act);
+* ``RegistryUnavailable`` — the server cannot be reached or answers 5xx (retry later).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+import yaml
+
+
+class RegistryError(Exception):
+    """Base of the registry's small error vocabulary."""
+
+
+class RegistryNotFound(RegistryError):
+    """The registry answered, and the model, version or alias does not exist."""
+
+
+class RegistryUnavailable(RegistryError):
+    """The registry could not be asked: unreachable, timing out, or failing on its side."""
+
+
+@dataclass(frozen=True)
+class Credentials:
+    username: str = ""
+    password: str = ""
+    token: str = ""
+
+    def auth(self) -> dict[str, Any]:
+        if self.token:
+            return {"headers": {"Authorization": f"Bearer {self.token}"}}
+        if self.username:
+            return {"auth": (self.username, self.password)}
+        return {}
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """What a ModelVersion asks for."""
+
+    name: str
+    version: str = ""
+    alias: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.name}@{self.alias}" if self.alias else f"{self.name}/{self.version}"
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """An immutable registered model version, with its provenance."""
+
+    name: str
+    version: str
+    alias: str
+    run_id: str
+    artifact_uri: str
+    source: str
+    flavor: str
+    signature: str
+    resolved_at: str
+
+    @property
+    def model_uri(self) -> str:
+        """What a serving pod loads: the pinned version, never the moving alias."""
+        return f"models:/{self.name}/{self.version}"
+
+    def as_status(self) -> dict[str, str]:
+        return {
+            "name": self.name, "version": self.version, "alias": self.alias, "runId": self.run_id,
+            "artifactUri": self.artifact_uri, "source": self.source, "flavor": self.flavor,
+            "signature": self.signature, "resolvedAt": self.resolved_at,
+        }
+
+
+class Registry:
+    """One MLflow tracking server, with its credentials."""
+
+    def __init__(self, tracking_uri: str, credentials: Credentials | None = None, timeout: float = 5.0,
+                 transport: httpx.BaseTransport | None = None) -> None:
+        if not tracking_uri:
+            raise RegistryUnavailable(
+                "no MLflow tracking URI: set spec.registry.trackingUri or the operator's MODELPILOT_MLFLOW_TRACKING_URI"
+            )
+        self.base = tracking_uri.rstrip("/")
+        kwargs = (credentials or Credentials()).auth()
+        self.client = httpx.Client(base_url=self.base, timeout=timeout, transport=transport,
+                                   headers=kwargs.pop("headers", {}), **kwargs)
+
+    def close(self) -> None:
+        self.client.close()
+
+    def __enter__(self) -> Registry:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # The one place HTTP failures become registry errors.
+    def _get(self, path: str, params: dict[str, str], what: str) -> httpx.Response:
+        try:
+            resp = self.client.get(path, params=params)
+        except httpx.HTTPError as exc:
+            raise RegistryUnavailable(f"MLflow at {self.base} is unreachable ({type(exc).__name__}: {exc})") from exc
+        if resp.status_code >= 500:
+            raise RegistryUnavailable(f"MLflow at {self.base} failed on {what}: HTTP {resp.status_code}")
+        if resp.status_code in (401, 403):
+            raise RegistryUnavailable(f"MLflow at {self.base} refused the credentials for {what} "
+                                      f"(HTTP {resp.status_code})")
+        if resp.status_code >= 400:
+            try:
+                message = resp.json().get("message") or resp.text
+            except ValueError:
+                message = resp.text
+            raise RegistryNotFound(f"{what}: {message.strip()[:300]}")
+        return resp
+
+    def resolve(self, ref: ModelRef) -> ResolvedModel:
+        """Pin ``ref`` to one registered version, with its run, artifacts, flavor and signature."""
+        if ref.alias:
+            data = self._get("/api/2.0/mlflow/registered-models/alias", {"name": ref.name, "alias": ref.alias},
+                             f"alias @{ref.alias} of model {ref.name!r}").json()
+        else:
+            data = self._get("/api/2.0/mlflow/model-versions/get", {"name": ref.name, "version": ref.version},
+                             f"version {ref.version} of model {ref.name!r}").json()
+        mv = data.get("model_version") or {}
+        version = str(mv.get("version", ""))
+        if not version:
+            raise RegistryNotFound(f"MLflow returned no model version for {ref}")
+        status = mv.get("status", "READY")
+        if status == "PENDING_REGISTRATION":
+            raise RegistryUnavailable(f"model {ref.name!r} version {version} is still being registered")
+        if status == "FAILED_REGISTRATION":
+            raise RegistryNotFound(f"model {ref.name!r} version {version} failed to register: "
+                                   f"{mv.get('status_message', '')}")
+        uri = self._get("/api/2.0/mlflow/model-versions/get-download-uri", {"name": ref.name, "version": version},
+                        f"artifacts of {ref.name!r} version {version}").json().get("artifact_uri", "")
+        flavor, signature = self._mlmodel(uri)
+        return ResolvedModel(
+            name=ref.name, version=version, alias=ref.alias, run_id=mv.get("run_id", "") or "",
+            artifact_uri=uri, source=mv.get("source", "") or "", flavor=flavor, signature=signature,
+            resolved_at=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        )
+
+    def _mlmodel(self, artifact_uri: str) -> tuple[str, str]:
+        """Flavor and signature from the version's MLmodel file, when the server proxies its artifacts.
+
+        Other artifact stores (s3://, gs://…) are read by the serving pod, not by the operator;
+        for those the flavor and signature stay empty rather than guessed.
+        """
+        prefix = "mlflow-artifacts:"
+        if not artifact_uri.startswith(prefix):
+            return "", ""
+        path = artifact_uri[len(prefix):].lstrip("/")
+        if artifact_uri.startswith(prefix + "//"):  # mlflow-artifacts://host:port/path
+            path = path.split("/", 1)[1] if "/" in path else ""
+        try:
+            text = self._get(f"/api/2.0/mlflow-artifacts/artifacts/{quote(path)}/MLmodel", {},
+                             "the MLmodel file").text
+            mlmodel = yaml.safe_load(text) or {}
+        except (RegistryNotFound, yaml.YAMLError):
+            return "", ""
+        flavors = mlmodel.get("flavors") or {}
+        flavor = next((f for f in flavors if f != "python_function"), "python_function" if flavors else "")
+        signature = mlmodel.get("signature") or {}
+        inputs = signature.get("inputs", "") if isinstance(signature, dict) else ""
+        return flavor, inputs if isinstance(inputs, str) else ""

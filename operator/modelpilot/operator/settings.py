@@ -1,0 +1,80 @@
+"""Operator settings: one frozen object, read from ``MODELPILOT_*`` environment variables and validated at start-up.
+
+Top of the operator; every other module receives the settings object rather
+than reading the environment itself.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from urllib.parse import urlparse
+
+DEFAULT_SERVING_IMAGE = "ghcr.io/modelpilot/modelpilot-serve:0.1.0"
+
+
+class SettingsError(ValueError):
+    """A setting is missing or invalid; the message names the variable."""
+
+
+@dataclass(frozen=True)
+class OperatorSettings:
+    """Everything the operator process is configured with."""
+
+    tracking_uri: str = ""
+    """Operator-wide MLflow tracking URI (``MODELPILOT_MLFLOW_TRACKING_URI``, else ``MLFLOW_TRACKING_URI``).
+    A ModelVersion may override it with ``spec.registry.trackingUri``."""
+
+    serving_image: str = DEFAULT_SERVING_IMAGE
+    """Image of the model server (``MODELPILOT_SERVING_IMAGE``); ``spec.serving.image`` overrides it."""
+
+    alias_poll_seconds: float = 30.0
+    """How often ModelVersions with ``followAlias`` ask MLflow where their alias points
+    (``MODELPILOT_ALIAS_POLL_SECONDS``)."""
+
+    registry_timeout_seconds: float = 5.0
+    """Timeout of one MLflow request (``MODELPILOT_REGISTRY_TIMEOUT_SECONDS``)."""
+
+    retry_delay_seconds: float = 10.0
+    """First delay before retrying a failed registry lookup; doubles up to 5 minutes
+    (``MODELPILOT_RETRY_DELAY_SECONDS``)."""
+
+    field_manager: str = "modelpilot"
+    """Field manager name for server-side apply (``MODELPILOT_FIELD_MANAGER``)."""
+
+    namespaces: tuple[str, ...] = field(default_factory=tuple)
+    """Namespaces to watch (``MODELPILOT_NAMESPACES``, comma-separated); empty means the whole cluster."""
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> OperatorSettings:
+        env = dict(os.environ if env is None else env)
+
+        def number(name: str, default: float, minimum: float) -> float:
+            raw = env.get(name)
+            if raw is None or raw == "":
+                return default
+            try:
+                value = float(raw)
+            except ValueError:
+                raise SettingsError(f"{name}={raw!r} is not a number") from None
+            if value < minimum:
+                raise SettingsError(f"{name}={raw!r} must be at least {minimum:g}")
+            return value
+
+        tracking = env.get("MODELPILOT_MLFLOW_TRACKING_URI") or env.get("MLFLOW_TRACKING_URI") or ""
+        if tracking:
+            parsed = urlparse(tracking)
+            if parsed.scheme not in ("http", "https") or not parsed.netloc:
+                raise SettingsError(
+                    f"MODELPILOT_MLFLOW_TRACKING_URI={tracking!r} must be an http(s) URL of an MLflow tracking server"
+                )
+        settings = cls(
+            tracking_uri=tracking.rstrip("/"),
+            serving_image=env.get("MODELPILOT_SERVING_IMAGE") or DEFAULT_SERVING_IMAGE,
+            alias_poll_seconds=number("MODELPILOT_ALIAS_POLL_SECONDS", 30.0, 1.0),
+            registry_timeout_seconds=number("MODELPILOT_REGISTRY_TIMEOUT_SECONDS", 5.0, 0.1),
+            retry_delay_seconds=number("MODELPILOT_RETRY_DELAY_SECONDS", 10.0, 0.1),
+            field_manager=env.get("MODELPILOT_FIELD_MANAGER") or "modelpilot",
+            namespaces=tuple(n.strip() for n in env.get("MODELPILOT_NAMESPACES", "").split(",") if n.strip()),
+        )
+        return settings

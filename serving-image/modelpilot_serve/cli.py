@@ -1,0 +1,83 @@
+"""Command line of the serving process: `modelpilot serve …` and `python -m modelpilot_serve`.
+
+Where it sits: the entry point. The top-level `modelpilot` dispatcher (in the
+operator distribution) calls `main(argv_after_serve)`; `__main__.py` calls
+`main()`. It parses flags, builds `ServeSettings` (flags over env), sets up
+JSON logging and hands over to `app.run`. Exit codes: 0 after a graceful stop
+(SIGTERM/SIGINT), 2 for invalid arguments or settings, uvicorn's non-zero code
+(3) if the server could not start (e.g. the port is taken).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from .settings import (
+    DEFAULT_HOST,
+    DEFAULT_MAX_REQUEST_BYTES,
+    DEFAULT_PORT,
+    ENV_HOST,
+    ENV_LOG_LEVEL,
+    ENV_MAX_REQUEST_BYTES,
+    ENV_MODEL_NAME,
+    ENV_MODEL_URI,
+    ENV_MODEL_VARIANT,
+    ENV_MODEL_VERSION,
+    ENV_PORT,
+    ENV_TRACKING_URI,
+    LOG_LEVELS,
+    ServeSettings,
+    SettingsError,
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="modelpilot serve",
+        description="Serve one MLflow model over Open Inference Protocol v2 and MLflow /invocations.",
+        epilog="Every flag falls back to the environment variable shown; flags win.",
+    )
+    p.add_argument("--model-uri", help=f"models:/name/version, models:/name@alias, runs:/…, or a path [{ENV_MODEL_URI}]")
+    p.add_argument("--tracking-uri", help=f"MLflow tracking server, for models:/ and runs:/ URIs [{ENV_TRACKING_URI}]")
+    p.add_argument("--model-name", help=f"name in URLs and metric labels; default from a models:/ URI, else 'model' [{ENV_MODEL_NAME}]")
+    p.add_argument("--model-version", help=f"version label; default from a models:/name/N URI, else 'unknown' [{ENV_MODEL_VERSION}]")
+    p.add_argument("--variant", help=f"experiment arm label, default 'default' [{ENV_MODEL_VARIANT}]")
+    p.add_argument("--host", help=f"listen address, default {DEFAULT_HOST} [{ENV_HOST}]")
+    p.add_argument("--port", type=int, help=f"listen port, default {DEFAULT_PORT} [{ENV_PORT}]")
+    p.add_argument(
+        "--max-request-bytes", type=int,
+        help=f"largest accepted request body, default {DEFAULT_MAX_REQUEST_BYTES} [{ENV_MAX_REQUEST_BYTES}]",
+    )
+    p.add_argument("--log-level", choices=LOG_LEVELS, help=f"default info [{ENV_LOG_LEVEL}]")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    # `python -m modelpilot_serve serve --model-uri …` reads like the real command; allow it.
+    if args[:1] == ["serve"]:
+        args = args[1:]
+    parser = build_parser()
+    try:
+        ns = parser.parse_args(args)
+    except SystemExit as exc:  # --help (0) or a usage error (2): return, don't exit the dispatcher
+        return exc.code if isinstance(exc.code, int) else 2
+    try:
+        settings = ServeSettings.load(vars(ns), os.environ)
+    except SettingsError as exc:
+        print(f"modelpilot serve: {exc}", file=sys.stderr)
+        return 2
+
+    # Configure logging before anything imports MLflow, which otherwise sets
+    # up its own plain-text handler and progress bars.
+    os.environ.setdefault("MLFLOW_CONFIGURE_LOGGING", "false")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    from .logs import configure_logging
+
+    configure_logging(settings.log_level, settings.labels)
+
+    from .app import run
+
+    return run(settings)

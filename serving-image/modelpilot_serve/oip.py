@@ -1,0 +1,294 @@
+"""Open Inference Protocol v2 (REST/JSON) adapter.
+
+Where it sits: between `app.py` (HTTP) and the predict core (`model.py`).
+`decode_request` validates an inference request and builds typed numpy
+tensors; `to_model_input` maps those tensors onto the model's signature;
+`encode_response` renders predictions as v2 output tensors. No prediction
+logic lives here.
+
+Tabular models (column signatures) accept either
+  * one tensor of shape [rows, n_columns], columns in signature order, or
+  * one tensor per column, named after it, of shape [rows] or [rows, 1].
+Tensor-signature and signature-less models receive the tensors as-is.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+
+from .errors import BadRequest
+from .model import ModelInput, ServedModel, SignatureInfo
+
+# v2 datatype → numpy dtype, and which kinds of JSON-decoded data each accepts.
+DATATYPES: dict[str, np.dtype[Any]] = {
+    "BOOL": np.dtype(np.bool_),
+    "UINT8": np.dtype(np.uint8),
+    "UINT16": np.dtype(np.uint16),
+    "UINT32": np.dtype(np.uint32),
+    "UINT64": np.dtype(np.uint64),
+    "INT8": np.dtype(np.int8),
+    "INT16": np.dtype(np.int16),
+    "INT32": np.dtype(np.int32),
+    "INT64": np.dtype(np.int64),
+    "FP16": np.dtype(np.float16),
+    "FP32": np.dtype(np.float32),
+    "FP64": np.dtype(np.float64),
+    "BYTES": np.dtype(object),
+}
+_ACCEPTED_KINDS = {"BOOL": "b", "FP16": "fiu", "FP32": "fiu", "FP64": "fiu"}  # ints: "iu" (+ integral floats)
+
+# MLflow signature type → v2 datatype, for model metadata.
+_MLFLOW_TO_V2 = {
+    "double": "FP64", "float": "FP32", "long": "INT64", "integer": "INT32", "boolean": "BOOL",
+    "string": "BYTES", "binary": "BYTES", "datetime": "BYTES",
+    "float64": "FP64", "float32": "FP32", "float16": "FP16", "int64": "INT64", "int32": "INT32",
+    "int16": "INT16", "int8": "INT8", "uint64": "UINT64", "uint32": "UINT32", "uint16": "UINT16",
+    "uint8": "UINT8", "bool": "BOOL", "object": "BYTES", "str": "BYTES",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Tensor:
+    name: str
+    datatype: str
+    array: np.ndarray  # already in the declared shape and dtype
+
+
+@dataclass(frozen=True, slots=True)
+class InferRequest:
+    id: str | None
+    inputs: tuple[Tensor, ...]
+    parameters: dict[str, Any] | None
+
+
+# --------------------------------------------------------------------------- decode
+
+
+def decode_request(body: bytes) -> InferRequest:
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"malformed JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise BadRequest("the inference request must be a JSON object with an 'inputs' list")
+    inputs = doc.get("inputs")
+    if not isinstance(inputs, list) or not inputs:
+        raise BadRequest("'inputs' must be a non-empty list of tensors {name, shape, datatype, data}")
+    req_id = doc.get("id")
+    if req_id is not None and not isinstance(req_id, str):
+        raise BadRequest("'id' must be a string")
+    params = doc.get("parameters")
+    if params is not None and not isinstance(params, dict):
+        raise BadRequest("'parameters' must be a JSON object")
+    tensors = tuple(_decode_tensor(i, t) for i, t in enumerate(inputs))
+    names = [t.name for t in tensors]
+    if len(set(names)) != len(names):
+        raise BadRequest(f"input names must be unique; got {names}")
+    return InferRequest(req_id, tensors, params)
+
+
+def _decode_tensor(index: int, doc: Any) -> Tensor:
+    if not isinstance(doc, dict):
+        raise BadRequest(f"inputs[{index}] must be an object with name, shape, datatype and data")
+    name = doc.get("name")
+    if not isinstance(name, str) or not name:
+        raise BadRequest(f"inputs[{index}]: 'name' must be a non-empty string")
+    where = f"input '{name}'"
+    shape = doc.get("shape")
+    if (
+        not isinstance(shape, list)
+        or not shape
+        or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
+    ):
+        raise BadRequest(f"{where}: 'shape' must be a non-empty list of non-negative integers, got {shape!r}")
+    datatype = doc.get("datatype")
+    if datatype not in DATATYPES:
+        raise BadRequest(f"{where}: unsupported datatype {datatype!r}; use one of {', '.join(DATATYPES)}")
+    if "data" not in doc:
+        raise BadRequest(f"{where}: 'data' is missing")
+    data = doc["data"]
+    if not isinstance(data, list):
+        data = [data]
+    expected = math.prod(shape)
+    if datatype == "BYTES":
+        arr = _bytes_array(where, data)
+    else:
+        arr = _numeric_array(where, datatype, data)
+    if arr.ndim > 1 and list(arr.shape) != shape:
+        # Nested data must already be the declared row-major shape.
+        raise BadRequest(f"{where}: nested data has shape {list(arr.shape)} but 'shape' says {shape}")
+    if arr.size != expected:
+        raise BadRequest(f"{where}: shape {shape} needs {expected} elements, data has {arr.size}")
+    return Tensor(name, datatype, arr.reshape(shape))
+
+
+def _numeric_array(where: str, datatype: str, data: list[Any]) -> np.ndarray:
+    try:
+        arr = np.asarray(data)
+    except (ValueError, TypeError):
+        raise BadRequest(f"{where}: data is ragged (nested lists of different lengths)") from None
+    target = DATATYPES[datatype]
+    kind = arr.dtype.kind
+    if arr.size == 0:
+        return arr.astype(target)
+    if datatype in _ACCEPTED_KINDS:
+        if kind not in _ACCEPTED_KINDS[datatype]:
+            what = "booleans" if datatype == "BOOL" else "numbers"
+            raise BadRequest(f"{where}: datatype {datatype} needs {what}, data has {_describe_kind(arr)}")
+        return arr.astype(target, copy=False)
+    # Integer datatypes: integers, or floats that are whole numbers (some clients write 1.0).
+    if kind == "f":
+        if not np.array_equal(arr, np.floor(arr)):
+            raise BadRequest(f"{where}: datatype {datatype} needs integers, data has non-integer numbers")
+    elif kind not in "iu":
+        raise BadRequest(f"{where}: datatype {datatype} needs integers, data has {_describe_kind(arr)}")
+    info = np.iinfo(target)
+    if arr.min() < info.min or arr.max() > info.max:
+        raise BadRequest(f"{where}: values out of range for {datatype} [{info.min}, {info.max}]")
+    return arr.astype(target)
+
+
+def _bytes_array(where: str, data: list[Any]) -> np.ndarray:
+    # JSON has no bytes: BYTES elements arrive as strings (or nested lists of them).
+    try:
+        arr = np.asarray(data, dtype=object)
+    except ValueError:
+        raise BadRequest(f"{where}: data is ragged (nested lists of different lengths)") from None
+    flat = arr.reshape(-1)
+    if not all(isinstance(v, str) for v in flat):
+        raise BadRequest(f"{where}: datatype BYTES needs strings")
+    return arr
+
+
+def _describe_kind(arr: np.ndarray) -> str:
+    return {"b": "booleans", "U": "strings", "S": "strings", "O": "mixed or null values", "f": "floats"}.get(
+        arr.dtype.kind, str(arr.dtype)
+    )
+
+
+# --------------------------------------------------------------------------- map to the model
+
+
+def to_model_input(model: ServedModel, req: InferRequest) -> ModelInput:
+    sig = model.signature
+    params = req.parameters
+    if sig is not None and sig.named_columns:
+        return _tabular(model, sig, req.inputs, params)
+    if len(req.inputs) == 1:
+        return model.from_tensors(req.inputs[0].array, params)
+    if sig is not None and sig.kind == "tensors":
+        return model.from_tensors({t.name: t.array for t in req.inputs}, params)
+    # Signature-less with several inputs: treat them as columns.
+    return model.from_columns(_columns(req.inputs), params)
+
+
+def _tabular(
+    model: ServedModel, sig: SignatureInfo, tensors: tuple[Tensor, ...], params: dict[str, Any] | None
+) -> ModelInput:
+    names = sig.input_names
+    if len(tensors) == 1 and tensors[0].name not in names:
+        t = tensors[0]
+        shape = list(t.array.shape)
+        if t.array.ndim != 2 or shape[1] != len(names):
+            raise BadRequest(
+                f"input '{t.name}' has shape {shape}; this model takes a [rows, {len(names)}] tensor "
+                f"with columns in signature order ({', '.join(names)}), or one input per column named after it"
+            )
+        return model.from_signature_matrix(t.array, params)
+    unknown = [t.name for t in tensors if t.name not in names]
+    if unknown:
+        raise BadRequest(f"unknown input(s) {unknown}; the model's inputs are {list(names)}")
+    missing = [n for n in sig.required_names if n not in {t.name for t in tensors}]
+    if missing:
+        raise BadRequest(f"missing input column(s) {missing}")
+    return model.from_columns(_columns(tensors), params)
+
+
+def _columns(tensors: tuple[Tensor, ...]) -> dict[str, np.ndarray]:
+    columns: dict[str, np.ndarray] = {}
+    rows: int | None = None
+    for t in tensors:
+        arr = t.array
+        if arr.ndim == 2 and arr.shape[1] == 1:
+            arr = arr[:, 0]
+        if arr.ndim != 1:
+            raise BadRequest(f"input '{t.name}' is a column and must have shape [rows] or [rows, 1], got {list(t.array.shape)}")
+        if rows is None:
+            rows = arr.shape[0]
+        elif arr.shape[0] != rows:
+            raise BadRequest(f"input '{t.name}' has {arr.shape[0]} rows, other inputs have {rows}")
+        columns[t.name] = arr
+    return columns
+
+
+# --------------------------------------------------------------------------- encode
+
+
+def encode_response(model_name: str, model_version: str, req_id: str | None, output: Any, model: ServedModel) -> dict[str, Any]:
+    return {
+        "model_name": model_name,
+        "model_version": model_version,
+        "id": req_id or str(uuid.uuid4()),
+        "outputs": encode_outputs(output, model),
+    }
+
+
+def encode_outputs(output: Any, model: ServedModel) -> list[dict[str, Any]]:
+    import pandas as pd
+
+    if isinstance(output, pd.DataFrame):
+        return [_output_tensor(str(c), output[c].to_numpy()) for c in output.columns]
+    if isinstance(output, pd.Series):
+        return [_output_tensor(str(output.name) if output.name is not None else _default_name(model), output.to_numpy())]
+    if isinstance(output, dict):
+        return [_output_tensor(str(k), np.asarray(v)) for k, v in output.items()]
+    return [_output_tensor(_default_name(model), np.asarray(output))]
+
+
+def _default_name(model: ServedModel) -> str:
+    sig = model.signature
+    if sig is not None and len(sig.outputs) == 1 and sig.outputs[0].name:
+        return sig.outputs[0].name
+    return "output-0"
+
+
+def _output_tensor(name: str, arr: np.ndarray) -> dict[str, Any]:
+    datatype = _v2_datatype(arr)
+    flat = np.ascontiguousarray(arr).reshape(-1)
+    # orjson serialises numeric ndarrays natively; objects and strings need lists.
+    data: Any = flat if datatype != "BYTES" else [v if isinstance(v, str) else str(v) for v in flat.tolist()]
+    return {"name": name, "datatype": datatype, "shape": list(arr.shape), "data": data}
+
+
+def _v2_datatype(arr: np.ndarray) -> str:
+    kind = arr.dtype.kind
+    if kind == "b":
+        return "BOOL"
+    if kind in "iuf":
+        return {"i": "INT", "u": "UINT", "f": "FP"}[kind] + str(arr.dtype.itemsize * 8)
+    return "BYTES"
+
+
+def tensor_metadata(sig: SignatureInfo | None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """v2 model-metadata `inputs`/`outputs` for a signature (columns become [-1] tensors)."""
+    if sig is None:
+        return [], []
+
+    def one(spec: Any, index: int, prefix: str) -> dict[str, Any]:
+        shape = list(spec.shape) if spec.shape is not None else [-1]
+        return {
+            "name": spec.name or f"{prefix}-{index}",
+            "datatype": _MLFLOW_TO_V2.get(spec.type.lower(), "BYTES"),
+            "shape": shape,
+        }
+
+    return (
+        [one(s, i, "input") for i, s in enumerate(sig.inputs)],
+        [one(s, i, "output") for i, s in enumerate(sig.outputs)],
+    )
