@@ -9,6 +9,7 @@ running environment is left alone) and stops at the end.
 from __future__ import annotations
 
 import os
+import signal
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +24,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.cluster)
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 @pytest.fixture(scope="session")
 def dev_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """A running local environment; yields its state (ports, exports, binaries)."""
@@ -30,6 +35,9 @@ def dev_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
 
     home = Path(os.environ.get("MODELPILOT_TEST_HOME") or tmp_path_factory.mktemp("devenv"))
     env = Environment(home)
+    # A CI timeout or Ctrl-C sends a signal: turn it into KeyboardInterrupt so the teardown
+    # below still stops every process the session started.
+    signal.signal(signal.SIGTERM, _interrupt)
     state = env.up()
     state["environment"] = env
     try:

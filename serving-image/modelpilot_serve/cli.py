@@ -15,10 +15,25 @@ import os
 import sys
 
 from .settings import (
+    DEFAULT_CACHE_MAX_ENTRIES,
+    DEFAULT_CACHE_TTL_SECONDS,
+    DEFAULT_FEEDBACK_MAX_PENDING,
+    DEFAULT_FEEDBACK_TTL_SECONDS,
     DEFAULT_HOST,
+    DEFAULT_MAX_BATCH_LATENCY_MS,
+    DEFAULT_MAX_BATCH_SIZE,
     DEFAULT_MAX_REQUEST_BYTES,
     DEFAULT_PORT,
+    ENV_BATCHING,
+    ENV_CACHE,
+    ENV_CACHE_MAX_ENTRIES,
+    ENV_CACHE_REDIS_URL,
+    ENV_CACHE_TTL_SECONDS,
+    ENV_FEEDBACK_MAX_PENDING,
+    ENV_FEEDBACK_TTL_SECONDS,
     ENV_HOST,
+    ENV_MAX_BATCH_LATENCY_MS,
+    ENV_MAX_BATCH_SIZE,
     ENV_LOG_LEVEL,
     ENV_MAX_REQUEST_BYTES,
     ENV_MODEL_NAME,
@@ -26,6 +41,7 @@ from .settings import (
     ENV_MODEL_VARIANT,
     ENV_MODEL_VERSION,
     ENV_PORT,
+    ENV_PREDICTION_BUCKETS,
     ENV_TRACKING_URI,
     LOG_LEVELS,
     ServeSettings,
@@ -51,6 +67,29 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"largest accepted request body, default {DEFAULT_MAX_REQUEST_BYTES} [{ENV_MAX_REQUEST_BYTES}]",
     )
     p.add_argument("--log-level", choices=LOG_LEVELS, help=f"default info [{ENV_LOG_LEVEL}]")
+    b = p.add_argument_group("batching, cache and feedback")
+    b.add_argument("--batching", action=argparse.BooleanOptionalAction, default=None,
+                   help=f"micro-batch concurrent requests, default on [{ENV_BATCHING}]")
+    b.add_argument("--max-batch-size", type=int,
+                   help=f"most rows in one batched predict, default {DEFAULT_MAX_BATCH_SIZE} [{ENV_MAX_BATCH_SIZE}]")
+    b.add_argument("--max-batch-latency-ms", type=int,
+                   help=f"longest wait for requests already on their way, default {DEFAULT_MAX_BATCH_LATENCY_MS} "
+                        f"[{ENV_MAX_BATCH_LATENCY_MS}]")
+    b.add_argument("--cache", action=argparse.BooleanOptionalAction, default=None,
+                   help=f"cache predictions by model version and input, default off [{ENV_CACHE}]")
+    b.add_argument("--cache-max-entries", type=int,
+                   help=f"in-process cache size, default {DEFAULT_CACHE_MAX_ENTRIES} [{ENV_CACHE_MAX_ENTRIES}]")
+    b.add_argument("--cache-ttl-seconds", type=int,
+                   help=f"cache entry lifetime, default {DEFAULT_CACHE_TTL_SECONDS} [{ENV_CACHE_TTL_SECONDS}]")
+    b.add_argument("--cache-redis-url", help=f"share the cache through Redis (redis://, rediss://, unix://) [{ENV_CACHE_REDIS_URL}]")
+    b.add_argument("--feedback-max-pending", type=int,
+                   help=f"prediction ids remembered for feedback, default {DEFAULT_FEEDBACK_MAX_PENDING} "
+                        f"[{ENV_FEEDBACK_MAX_PENDING}]")
+    b.add_argument("--feedback-ttl-seconds", type=int,
+                   help=f"how long an id accepts feedback, default {DEFAULT_FEEDBACK_TTL_SECONDS} "
+                        f"[{ENV_FEEDBACK_TTL_SECONDS}]")
+    b.add_argument("--prediction-buckets",
+                   help=f"comma-separated histogram buckets for regressor predictions [{ENV_PREDICTION_BUCKETS}]")
     return p
 
 

@@ -27,13 +27,21 @@ DURATION_BUCKETS = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )
 
+# Rows per predict call of the batcher (powers of two up to the largest allowed batch).
+BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+# Absolute error of a regressor's prediction against the ground truth.
+ERROR_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 100.0, 1000.0)
+DEFAULT_VALUE_BUCKETS = (-1000.0, -100.0, -10.0, -1.0, 0.0, 1.0, 10.0, 100.0, 1000.0)
+
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
 class ServeMetrics:
     """The serving metrics, pre-bound to this process's model identity."""
 
-    def __init__(self, model: str, version: str, variant: str) -> None:
+    def __init__(
+        self, model: str, version: str, variant: str, prediction_buckets: Iterable[float] = DEFAULT_VALUE_BUCKETS
+    ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self._identity = (model, version, variant)
         self.requests = Counter(
@@ -67,6 +75,57 @@ class ServeMetrics:
             [*IDENTITY_LABELS, "class"],
             registry=self.registry,
         )
+        self.batch_size = Histogram(
+            "modelpilot_batch_size",
+            "Rows per predict call made by the micro-batcher (1 = a request predicted alone).",
+            IDENTITY_LABELS,
+            buckets=BATCH_SIZE_BUCKETS,
+            registry=self.registry,
+        )
+        self.cache_requests = Counter(
+            "modelpilot_cache_requests",
+            "Inference cache lookups by result (hit or miss; a failed Redis lookup counts as a miss).",
+            [*IDENTITY_LABELS, "result"],
+            registry=self.registry,
+        )
+        self.cache_errors = Counter(
+            "modelpilot_cache_errors",
+            "Cache backend failures (Redis unreachable, bad entry); the request is served uncached.",
+            IDENTITY_LABELS,
+            registry=self.registry,
+        )
+        self.prediction_value = Histogram(
+            "modelpilot_prediction_value",
+            "Distribution of predicted values, for regressors (one observation per row).",
+            IDENTITY_LABELS,
+            buckets=tuple(prediction_buckets),
+            registry=self.registry,
+        )
+        self.feedback = Counter(
+            "modelpilot_feedback",
+            "Ground-truth feedback rows for classifiers, by outcome (correct or incorrect).",
+            [*IDENTITY_LABELS, "outcome"],
+            registry=self.registry,
+        )
+        self.feedback_error = Histogram(
+            "modelpilot_feedback_absolute_error",
+            "Absolute error of regressor predictions against ground-truth feedback (one per row).",
+            IDENTITY_LABELS,
+            buckets=ERROR_BUCKETS,
+            registry=self.registry,
+        )
+        self.accuracy = Gauge(
+            "modelpilot_feedback_accuracy",
+            "Share of classifier predictions that ground-truth feedback confirmed, since start.",
+            IDENTITY_LABELS,
+            registry=self.registry,
+        )
+        self.pending = Gauge(
+            "modelpilot_feedback_pending_ids",
+            "Prediction ids currently remembered for feedback.",
+            IDENTITY_LABELS,
+            registry=self.registry,
+        )
         # Children are bound once: `.labels()` costs a dict lookup plus label
         # validation, which adds up on a path that handles thousands of req/s.
         self._request_children: dict[tuple[str, int], Counter] = {}
@@ -77,6 +136,18 @@ class ServeMetrics:
         for protocol in PROTOCOLS:
             self._request_child(protocol, 200)
         self.ready.labels(*self._identity).set(0)
+        self._batch_child = self.batch_size.labels(*self._identity)
+        self._cache_hit = self.cache_requests.labels(*self._identity, "hit")
+        self._cache_miss = self.cache_requests.labels(*self._identity, "miss")
+        self._cache_error = self.cache_errors.labels(*self._identity)
+        self._value_child = self.prediction_value.labels(*self._identity)
+        self._correct = self.feedback.labels(*self._identity, "correct")
+        self._incorrect = self.feedback.labels(*self._identity, "incorrect")
+        self._error_child = self.feedback_error.labels(*self._identity)
+        self._accuracy_child = self.accuracy.labels(*self._identity)
+        self._pending_child = self.pending.labels(*self._identity)
+        self._n_correct = 0
+        self._n_feedback = 0
 
     def _request_child(self, protocol: str, code: int) -> Counter:
         key = (protocol, code)
@@ -123,6 +194,43 @@ class ServeMetrics:
             child = self._class_children.get(_class_key(value))
             if child is not None:
                 child.inc(count)
+
+    def observe_batch(self, rows: int) -> None:
+        self._batch_child.observe(rows)
+
+    def cache_result(self, hit: bool) -> None:
+        (self._cache_hit if hit else self._cache_miss).inc()
+
+    def cache_error(self) -> None:
+        self._cache_error.inc()
+
+    def observe_values(self, predicted: np.ndarray) -> None:
+        """Regressor predictions into the value histogram (finite values only)."""
+        if predicted.size == 1:
+            value = float(predicted.reshape(-1)[0])
+            if np.isfinite(value):
+                self._value_child.observe(value)
+            return
+        for value in predicted.reshape(-1).tolist():
+            if np.isfinite(value):
+                self._value_child.observe(value)
+
+    def observe_feedback_classes(self, correct: int, incorrect: int) -> None:
+        if correct:
+            self._correct.inc(correct)
+        if incorrect:
+            self._incorrect.inc(incorrect)
+        self._n_correct += correct
+        self._n_feedback += correct + incorrect
+        if self._n_feedback:
+            self._accuracy_child.set(self._n_correct / self._n_feedback)
+
+    def observe_feedback_errors(self, errors: Iterable[float]) -> None:
+        for e in errors:
+            self._error_child.observe(e)
+
+    def set_pending(self, count: int) -> None:
+        self._pending_child.set(count)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

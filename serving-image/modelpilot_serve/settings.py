@@ -29,6 +29,17 @@ ENV_HOST = "MODELPILOT_SERVE_HOST"
 ENV_PORT = "MODELPILOT_SERVE_PORT"
 ENV_MAX_REQUEST_BYTES = "MODELPILOT_SERVE_MAX_REQUEST_BYTES"
 ENV_LOG_LEVEL = "MODELPILOT_SERVE_LOG_LEVEL"
+# Batching, cache and feedback knobs (the operator renders spec.serving.batching/cache into these).
+ENV_BATCHING = "MODELPILOT_SERVE_BATCHING"
+ENV_MAX_BATCH_SIZE = "MODELPILOT_SERVE_MAX_BATCH_SIZE"
+ENV_MAX_BATCH_LATENCY_MS = "MODELPILOT_SERVE_MAX_BATCH_LATENCY_MS"
+ENV_CACHE = "MODELPILOT_SERVE_CACHE"
+ENV_CACHE_MAX_ENTRIES = "MODELPILOT_SERVE_CACHE_MAX_ENTRIES"
+ENV_CACHE_TTL_SECONDS = "MODELPILOT_SERVE_CACHE_TTL_SECONDS"
+ENV_CACHE_REDIS_URL = "MODELPILOT_SERVE_CACHE_REDIS_URL"
+ENV_FEEDBACK_MAX_PENDING = "MODELPILOT_SERVE_FEEDBACK_MAX_PENDING"
+ENV_FEEDBACK_TTL_SECONDS = "MODELPILOT_SERVE_FEEDBACK_TTL_SECONDS"
+ENV_PREDICTION_BUCKETS = "MODELPILOT_SERVE_PREDICTION_BUCKETS"
 
 DEFAULT_HOST = "0.0.0.0"
 DEFAULT_PORT = 8080
@@ -37,6 +48,20 @@ DEFAULT_MODEL_NAME = "model"
 DEFAULT_VERSION = "unknown"
 DEFAULT_VARIANT = "default"
 LOG_LEVELS = ("debug", "info", "warning", "error")
+DEFAULT_MAX_BATCH_SIZE = 64
+DEFAULT_MAX_BATCH_LATENCY_MS = 5
+DEFAULT_CACHE_MAX_ENTRIES = 10000
+DEFAULT_CACHE_TTL_SECONDS = 300
+DEFAULT_FEEDBACK_MAX_PENDING = 100_000
+DEFAULT_FEEDBACK_TTL_SECONDS = 3600
+# Histogram buckets of regressor predictions: symmetric, roughly logarithmic.
+# Override with MODELPILOT_SERVE_PREDICTION_BUCKETS for a model's real range.
+DEFAULT_PREDICTION_BUCKETS: tuple[float, ...] = tuple(
+    sorted({sign * m * 10.0**e for sign in (-1, 1) for e in range(-2, 6) for m in (1, 2.5, 5)} | {0.0})
+)
+_TRUE = frozenset({"true", "1", "yes", "on"})
+_FALSE = frozenset({"false", "0", "no", "off"})
+_REDIS_URL = re.compile(r"^(rediss?|unix)://")
 
 # models:/name/3, models:/name@alias, models:/name/latest (MLflow's registry URIs).
 _REGISTRY_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>[^/]+)|@(?P<alias>[^/]+))")
@@ -64,6 +89,16 @@ class ServeSettings:
     port: int = DEFAULT_PORT
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     log_level: str = "info"
+    batching: bool = True
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
+    max_batch_latency_ms: int = DEFAULT_MAX_BATCH_LATENCY_MS
+    cache: bool = False
+    cache_max_entries: int = DEFAULT_CACHE_MAX_ENTRIES
+    cache_ttl_seconds: int = DEFAULT_CACHE_TTL_SECONDS
+    cache_redis_url: str | None = None
+    feedback_max_pending: int = DEFAULT_FEEDBACK_MAX_PENDING
+    feedback_ttl_seconds: int = DEFAULT_FEEDBACK_TTL_SECONDS
+    prediction_buckets: tuple[float, ...] = DEFAULT_PREDICTION_BUCKETS
 
     @property
     def labels(self) -> dict[str, str]:
@@ -131,6 +166,29 @@ class ServeSettings:
         if log_level not in LOG_LEVELS:
             problems.append(f"{level_src}={log_level!r}: must be one of {', '.join(LOG_LEVELS)}")
 
+        batching = _bool_setting(*pick("batching", ENV_BATCHING), True, problems)
+        max_batch = _int_setting(*pick("max_batch_size", ENV_MAX_BATCH_SIZE), DEFAULT_MAX_BATCH_SIZE, 1, 4096, problems)
+        max_latency = _int_setting(
+            *pick("max_batch_latency_ms", ENV_MAX_BATCH_LATENCY_MS), DEFAULT_MAX_BATCH_LATENCY_MS, 0, 1000, problems
+        )
+        cache = _bool_setting(*pick("cache", ENV_CACHE), False, problems)
+        cache_entries = _int_setting(
+            *pick("cache_max_entries", ENV_CACHE_MAX_ENTRIES), DEFAULT_CACHE_MAX_ENTRIES, 1, None, problems
+        )
+        cache_ttl = _int_setting(
+            *pick("cache_ttl_seconds", ENV_CACHE_TTL_SECONDS), DEFAULT_CACHE_TTL_SECONDS, 1, None, problems
+        )
+        redis_url, redis_src = pick("cache_redis_url", ENV_CACHE_REDIS_URL)
+        if redis_url is not None and not _REDIS_URL.match(redis_url):
+            problems.append(f"{redis_src}={redis_url!r}: must be empty or a redis://, rediss:// or unix:// URL")
+        feedback_pending = _int_setting(
+            *pick("feedback_max_pending", ENV_FEEDBACK_MAX_PENDING), DEFAULT_FEEDBACK_MAX_PENDING, 0, None, problems
+        )
+        feedback_ttl = _int_setting(
+            *pick("feedback_ttl_seconds", ENV_FEEDBACK_TTL_SECONDS), DEFAULT_FEEDBACK_TTL_SECONDS, 1, None, problems
+        )
+        buckets = _buckets_setting(*pick("prediction_buckets", ENV_PREDICTION_BUCKETS), problems)
+
         if problems:
             raise SettingsError(problems)
         return cls(
@@ -143,6 +201,16 @@ class ServeSettings:
             port=port,
             max_request_bytes=max_bytes,
             log_level=log_level,
+            batching=batching,
+            max_batch_size=max_batch,
+            max_batch_latency_ms=max_latency,
+            cache=cache,
+            cache_max_entries=cache_entries,
+            cache_ttl_seconds=cache_ttl,
+            cache_redis_url=redis_url,
+            feedback_max_pending=feedback_pending,
+            feedback_ttl_seconds=feedback_ttl,
+            prediction_buckets=buckets,
         )
 
 
@@ -165,3 +233,29 @@ def _int_setting(
         bounds = f"between {minimum} and {maximum}" if maximum is not None else f"at least {minimum}"
         problems.append(f"{source}={value}: must be {bounds}")
     return value
+
+
+def _bool_setting(raw: str | None, source: str, default: bool, problems: list[str]) -> bool:
+    if raw is None:
+        return default
+    value = raw.lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    problems.append(f"{source}={raw!r}: must be true or false")
+    return default
+
+
+def _buckets_setting(raw: str | None, source: str, problems: list[str]) -> tuple[float, ...]:
+    if raw is None:
+        return DEFAULT_PREDICTION_BUCKETS
+    try:
+        values = [float(v) for v in raw.split(",") if v.strip()]
+    except ValueError:
+        problems.append(f"{source}={raw!r}: must be comma-separated numbers")
+        return DEFAULT_PREDICTION_BUCKETS
+    if not values or any(v != v or v in (float("inf"), float("-inf")) for v in values) or values != sorted(set(values)):
+        problems.append(f"{source}={raw!r}: must be finite, strictly increasing numbers")
+        return DEFAULT_PREDICTION_BUCKETS
+    return tuple(values)

@@ -129,7 +129,9 @@ class Runtime:
             (c.image or "").startswith(tuple(self.prefixes)) for c in spec.containers
         )
 
-    def _allocate(self) -> tuple[str, str]:
+    def _allocate(self, port: int) -> tuple[str, str]:
+        """A free virtual IP and its loopback twin, skipping loopback addresses bound by anything else
+        (another local environment on the same machine, say)."""
         used = {p.pod_ip for p in self.pods.values()}
         while True:
             offset = self._next_ip
@@ -140,7 +142,9 @@ class Runtime:
             if str(ip) in used or int(ip) & 0xFF in (0, 255):
                 continue
             octets = str(ip).split(".")
-            return str(ip), f"127.{octets[1]}.{octets[2]}.{octets[3]}"
+            loopback = f"127.{octets[1]}.{octets[2]}.{octets[3]}"
+            if _bindable(loopback, port):
+                return str(ip), loopback
 
     # ------------------------------------------------------------------ events
 
@@ -175,7 +179,7 @@ class Runtime:
         container = next(c for c in pod.spec.containers if (c.image or "").startswith(tuple(self.prefixes)))
         port = next((p.container_port for p in (container.ports or [])), 8080)
         with self.lock:
-            pod_ip, loopback = self._allocate()
+            pod_ip, loopback = self._allocate(port)
             workdir = self.state_dir / f"{meta.namespace}_{meta.name}"
             workdir.mkdir(parents=True, exist_ok=True)
             running = PodProcess(meta.namespace, meta.name, meta.uid, pod_ip, loopback, port, workdir)
@@ -435,6 +439,17 @@ class Runtime:
             except Exception:  # keep the runtime alive whatever one event does
                 log.exception("runtime loop error; relisting")
                 time.sleep(1)
+
+
+def _bindable(host: str, port: int) -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 def _probe_dict(probe: Any) -> dict[str, Any] | None:

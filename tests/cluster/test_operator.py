@@ -1,0 +1,211 @@
+"""The operator against the real local environment: MLflow registry → ModelVersion → serving pods.
+
+The operator runs as its own process (``modelpilot operator``), exactly as a
+user runs it; the apiserver, MLflow and the serving processes are real.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
+from modelpilot.dev.workloads import pod_address, register_iris_model, wait_for
+
+REPO = Path(__file__).resolve().parents[2]
+GROUP, VERSION, PLURAL = "modelpilot.io", "v1alpha1", "modelversions"
+
+
+@pytest.fixture(scope="module")
+def operator(dev_env: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Iterator[subprocess.Popen[bytes]]:
+    env = {**os.environ, "KUBECONFIG": dev_env["exports"]["KUBECONFIG"],
+           "MODELPILOT_MLFLOW_TRACKING_URI": dev_env["exports"]["MLFLOW_TRACKING_URI"],
+           "MODELPILOT_ALIAS_POLL_SECONDS": "2", "MODELPILOT_RETRY_DELAY_SECONDS": "1"}
+    subprocess.run([dev_env["binaries"]["kubectl"], "apply", "--server-side", "-f", str(REPO / "crds")], env=env,
+                   check=True, capture_output=True, timeout=60)
+    subprocess.run([dev_env["binaries"]["kubectl"], "wait", "--for=condition=Established", "--timeout=60s",
+                    "crd/modelversions.modelpilot.io", "crd/abtests.modelpilot.io"], env=env, check=True,
+                   capture_output=True, timeout=90)
+    log = (tmp_path_factory.mktemp("operator") / "operator.log").open("wb")
+    proc = subprocess.Popen([sys.executable, "-m", "modelpilot.cli", "operator", "--liveness",
+                             "http://127.0.0.1:0/healthz"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    yield proc
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def custom(api_client: Any) -> client.CustomObjectsApi:
+    return client.CustomObjectsApi(api_client)
+
+
+def _mv(name: str, model: dict[str, Any], **spec: Any) -> dict[str, Any]:
+    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "ModelVersion", "metadata": {"name": name},
+            "spec": {"model": model, **spec}}
+
+
+def _get(custom: client.CustomObjectsApi, ns: str, name: str) -> dict[str, Any]:
+    return dict(custom.get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name))
+
+
+def _condition(body: dict[str, Any], kind: str) -> dict[str, Any]:
+    return next((c for c in (body.get("status") or {}).get("conditions") or [] if c["type"] == kind), {})
+
+
+def _ready(custom: client.CustomObjectsApi, ns: str, name: str) -> dict[str, Any] | None:
+    body = _get(custom, ns, name)
+    ok = _condition(body, "Ready").get("status") == "True"
+    return body if ok and body["status"].get("observedGeneration") == body["metadata"]["generation"] else None
+
+
+def _predict(address: str) -> Any:
+    body = json.dumps({"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP64",
+                                   "data": [5.1, 3.5, 1.4, 0.2]}]}).encode()
+    req = urllib.request.Request(f"http://{address}/v2/models/iris/infer", data=body,
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return json.loads(resp.read())
+
+
+def _set_alias(tracking: str, alias: str, version: str) -> None:
+    from mlflow import MlflowClient
+
+    MlflowClient(tracking_uri=tracking).set_registered_model_alias("iris", alias, version)
+
+
+def test_a_model_version_becomes_ready_with_its_provenance_pinned(
+    operator: Any, dev_env: dict[str, Any], custom: Any, core: Any, apps: Any, namespace: str, iris_version: str
+) -> None:
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL,
+                                           _mv("iris", {"name": "iris", "version": iris_version}, replicas=2))
+    # `kubectl wait --for=condition=Ready` is how users and CI wait on it.
+    env = {**os.environ, "KUBECONFIG": dev_env["exports"]["KUBECONFIG"]}
+    subprocess.run([dev_env["binaries"]["kubectl"], "wait", "-n", namespace, "--for=condition=Ready",
+                    "modelversion/iris", "--timeout=180s"], env=env, check=True, capture_output=True, timeout=200)
+    body = wait_for(lambda: _ready(custom, namespace, "iris"), 30, message="observedGeneration to catch up")
+    status = body["status"]
+    assert status["model"]["version"] == iris_version and status["model"]["name"] == "iris"
+    assert len(status["model"]["runId"]) == 32
+    assert status["model"]["artifactUri"].startswith("mlflow-artifacts:/")
+    assert status["model"]["flavor"] == "sklearn" and "sepal_length" in status["model"]["signature"]
+    assert status["phase"] == "Ready" and status["readyReplicas"] == 2
+    dep = apps.read_namespaced_deployment("iris", namespace)
+    assert dep.metadata.owner_references[0].kind == "ModelVersion"
+    assert dep.spec.template.metadata.labels["modelpilot.io/run-id"] == status["model"]["runId"]
+    svc = core.read_namespaced_service("iris", namespace)
+    assert svc.spec.selector == {"modelpilot.io/modelversion": "iris"}
+    pods = core.list_namespaced_pod(namespace, label_selector="modelpilot.io/modelversion=iris").items
+    assert len(pods) == 2
+    assert pods[0].metadata.annotations["modelpilot.io/model-uri"] == f"models:/iris/{iris_version}"
+    assert _predict(pod_address(pods[0]))["outputs"][0]["data"] == [0]  # setosa
+    events = core.list_namespaced_event(namespace, field_selector="involvedObject.name=iris").items
+    assert {"Resolved", "Ready"} <= {e.reason for e in events if e.involved_object.kind == "ModelVersion"}
+
+    # Deleting the ModelVersion garbage-collects what it owns, and the serving processes stop.
+    custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "iris")
+
+    def collected() -> bool:
+        try:
+            apps.read_namespaced_deployment("iris", namespace)
+            return False
+        except ApiException as exc:
+            return exc.status == 404
+
+    wait_for(collected, 60, message="the Deployment to be garbage-collected")
+    wait_for(lambda: not core.list_namespaced_pod(namespace).items, 60, message="the pods to go away")
+
+
+def test_an_unknown_model_is_not_ready_with_the_registry_message_and_nothing_is_deployed(
+    operator: Any, custom: Any, apps: Any, namespace: str
+) -> None:
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL,
+                                           _mv("ghost", {"name": "ghost-model", "version": "1"}))
+
+    def failed() -> Any:
+        body = _get(custom, namespace, "ghost")
+        return body if _condition(body, "Ready").get("reason") == "ModelNotFound" else None
+
+    body = wait_for(failed, 60, message="Ready=False reason ModelNotFound")
+    assert _condition(body, "Ready")["status"] == "False"
+    assert "ghost-model" in _condition(body, "Ready")["message"]
+    assert body["status"]["phase"] == "Failed"
+    with pytest.raises(ApiException) as missing:
+        apps.read_namespaced_deployment("ghost", namespace)
+    assert missing.value.status == 404
+
+
+def test_registry_errors_never_touch_the_running_deployment(
+    operator: Any, custom: Any, apps: Any, core: Any, namespace: str, iris_version: str
+) -> None:
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL,
+                                           _mv("iris", {"name": "iris", "version": iris_version}))
+    wait_for(lambda: _ready(custom, namespace, "iris"), 180, message="Ready")
+    before = apps.read_namespaced_deployment("iris", namespace)
+
+    # 1. A version that does not exist.
+    custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "iris",
+                                          {"spec": {"model": {"version": "999"}}})
+    body = wait_for(lambda: (lambda b: b if _condition(b, "Resolved").get("reason") == "ModelNotFound" else None)(
+        _get(custom, namespace, "iris")), 60, message="Resolved=False ModelNotFound")
+    assert "999" in _condition(body, "Resolved")["message"]
+    # 2. MLflow unreachable (a per-resource tracking URI where nothing listens).
+    custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "iris",
+                                          {"spec": {"model": {"version": "998"},
+                                                    "registry": {"trackingUri": "http://127.0.0.1:9"}}})
+    wait_for(lambda: _condition(_get(custom, namespace, "iris"), "Resolved").get("reason") == "RegistryUnavailable",
+             60, message="Resolved=False RegistryUnavailable")
+    after = apps.read_namespaced_deployment("iris", namespace)
+    assert after.metadata.generation == before.metadata.generation
+    assert after.spec.template == before.spec.template and after.spec.replicas == before.spec.replicas
+    assert (after.status.available_replicas or 0) == 1
+    pods = core.list_namespaced_pod(namespace, label_selector="modelpilot.io/modelversion=iris").items
+    assert _predict(pod_address(pods[0]))["outputs"][0]["data"] == [0]
+
+
+def test_following_an_alias_rolls_out_the_new_version_while_the_old_one_serves(
+    operator: Any, dev_env: dict[str, Any], custom: Any, apps: Any, core: Any, namespace: str, iris_version: str
+) -> None:
+    tracking = dev_env["exports"]["MLFLOW_TRACKING_URI"]
+    alias = f"a{namespace.replace('-', '')}"
+    _set_alias(tracking, alias, iris_version)
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL,
+                                           _mv("follow", {"name": "iris", "alias": alias}, followAlias=True))
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL,
+                                           _mv("pinned", {"name": "iris", "alias": alias}))
+    for name in ("follow", "pinned"):
+        body = wait_for(lambda n=name: _ready(custom, namespace, n), 180, message=f"{name} Ready")
+        assert body["status"]["model"]["version"] == iris_version and body["status"]["model"]["alias"] == alias
+
+    newer = register_iris_model(tracking, "iris")
+    _set_alias(tracking, alias, newer)
+
+    # While the new version rolls out, the old one keeps serving: availability never drops to 0.
+    def rolled() -> Any:
+        dep = apps.read_namespaced_deployment("follow", namespace)
+        assert (dep.status.available_replicas or 0) >= 1, "no replica available during the rolling update"
+        body = _ready(custom, namespace, "follow")
+        return body if body and body["status"]["model"]["version"] == newer else None
+
+    body = wait_for(rolled, 180, 0.3, "the followed alias to roll out")
+    pods = [p for p in core.list_namespaced_pod(namespace, label_selector="modelpilot.io/modelversion=follow").items
+            if p.metadata.deletion_timestamp is None]
+    assert {p.metadata.labels["modelpilot.io/version"] for p in pods} == {newer}
+    events = core.list_namespaced_event(namespace, field_selector="involvedObject.name=follow").items
+    assert "AliasMoved" in {e.reason for e in events}
+    # Without followAlias the version pinned at creation stays (several poll intervals later).
+    time.sleep(6)
+    assert _get(custom, namespace, "pinned")["status"]["model"]["version"] == iris_version

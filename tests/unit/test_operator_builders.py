@@ -1,0 +1,136 @@
+"""Pure builders: ModelVersion spec + resolved model → manifests. No cluster, no I/O."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+from modelpilot.operator import builders
+from modelpilot.operator.registry import ResolvedModel
+
+OWNER = builders.Owner(name="iris", namespace="ml", uid="uid-1")
+MODEL = ResolvedModel(name="iris", version="3", alias="champion", run_id="abc123", artifact_uri="mlflow-artifacts:/1/x",
+                      source="models:/m-1", flavor="sklearn", signature="[]", resolved_at="2026-01-01T00:00:00Z")
+SPEC: dict[str, Any] = {"model": {"name": "iris", "alias": "champion"}, "replicas": 2}
+
+
+def deployment(spec: dict[str, Any] | None = None, model: ResolvedModel = MODEL) -> dict[str, Any]:
+    return builders.build_deployment(OWNER, spec or SPEC, model, "http://mlflow:5000", "img:1")
+
+
+def container(dep: dict[str, Any]) -> dict[str, Any]:
+    return dep["spec"]["template"]["spec"]["containers"][0]
+
+
+def env(dep: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container(dep)["env"]}
+
+
+def test_the_pod_loads_the_pinned_version_never_the_alias() -> None:
+    values = env(deployment())
+    assert values["MODEL_URI"] == "models:/iris/3"
+    assert values["MODEL_VERSION"] == "3" and values["MODEL_NAME"] == "iris" and values["MODEL_VARIANT"] == "iris"
+    assert values["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+
+
+def test_provenance_labels_and_annotations_are_on_every_pod() -> None:
+    template = deployment()["spec"]["template"]
+    labels, annotations = template["metadata"]["labels"], template["metadata"]["annotations"]
+    assert labels["modelpilot.io/model"] == "iris" and labels["modelpilot.io/version"] == "3"
+    assert labels["modelpilot.io/run-id"] == "abc123"
+    assert labels["app.kubernetes.io/managed-by"] == "modelpilot"
+    assert annotations["modelpilot.io/artifact-uri"] == "mlflow-artifacts:/1/x"
+    assert annotations["modelpilot.io/alias"] == "champion"
+    assert annotations["prometheus.io/scrape"] == "true" and annotations["prometheus.io/port"] == "8080"
+    assert not any("resolved" in k for k in annotations), "a timestamp in the template would roll pods needlessly"
+
+
+def test_a_new_version_changes_the_pod_template_but_not_the_selector() -> None:
+    newer = ResolvedModel(**{**MODEL.__dict__, "version": "4", "run_id": "def"})
+    old, new = deployment(), deployment(model=newer)
+    assert old["spec"]["selector"] == new["spec"]["selector"] == {"matchLabels": {"modelpilot.io/modelversion": "iris"}}
+    assert old["spec"]["template"] != new["spec"]["template"]
+    # Rolling update keeps every old pod serving until a new one is ready.
+    assert new["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}
+
+
+def test_secure_pod_defaults() -> None:
+    dep = deployment()
+    pod = dep["spec"]["template"]["spec"]
+    sc = container(dep)["securityContext"]
+    assert sc == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "runAsNonRoot": True,
+                  "capabilities": {"drop": ["ALL"]}}
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["automountServiceAccountToken"] is False
+    assert container(dep)["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert container(dep)["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+
+
+def test_owner_reference_makes_deletion_collect_everything() -> None:
+    for manifest in builders.build_all(OWNER, {**SPEC, "autoscaling": {"enabled": True},
+                                               "podDisruptionBudget": {"enabled": True, "minAvailable": 1}},
+                                       MODEL, "http://m", "img").values():
+        assert manifest is not None
+        (ref,) = manifest["metadata"]["ownerReferences"]
+        assert ref == {"apiVersion": "modelpilot.io/v1alpha1", "kind": "ModelVersion", "name": "iris",
+                       "uid": "uid-1", "controller": True, "blockOwnerDeletion": True}
+
+
+def test_autoscaling_leaves_replicas_to_the_hpa() -> None:
+    spec = {**SPEC, "autoscaling": {"enabled": True, "minReplicas": 2, "maxReplicas": 7,
+                                    "targetCPUUtilizationPercentage": 60}}
+    assert "replicas" not in deployment(spec)["spec"]
+    hpa = builders.build_hpa(OWNER, spec, MODEL)
+    assert hpa is not None and hpa["spec"]["minReplicas"] == 2 and hpa["spec"]["maxReplicas"] == 7
+    assert hpa["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"] == 60
+    assert deployment()["spec"]["replicas"] == 2
+    assert builders.build_hpa(OWNER, SPEC, MODEL) is None
+
+
+@pytest.mark.parametrize("pdb,expected", [
+    ({"enabled": True, "minAvailable": 2}, {"minAvailable": 2}),
+    ({"enabled": True, "maxUnavailable": "25%"}, {"maxUnavailable": "25%"}),
+    ({"enabled": False, "minAvailable": 2}, None),
+])
+def test_pod_disruption_budget(pdb: dict[str, Any], expected: dict[str, Any] | None) -> None:
+    built = builders.build_pdb(OWNER, {**SPEC, "podDisruptionBudget": pdb}, MODEL)
+    if expected is None:
+        assert built is None
+    else:
+        assert built is not None
+        assert {k: v for k, v in built["spec"].items() if k != "selector"} == expected
+
+
+def test_serving_options_reach_the_pod() -> None:
+    spec = copy.deepcopy(SPEC)
+    spec["serving"] = {
+        "image": "registry.example/serve:2", "resources": {"limits": {"cpu": "2"}},
+        "env": [{"name": "EXTRA", "value": "1"}, {"name": "MODEL_VARIANT", "value": "override"}],
+        "nodeSelector": {"gpu": "no"}, "tolerations": [{"key": "k", "operator": "Exists"}],
+        "batching": {"enabled": True, "maxBatchSize": 32, "maxLatencyMs": 2},
+        "cache": {"enabled": True, "maxEntries": 10, "ttlSeconds": 5, "redisUrl": "redis://r:6379"},
+    }
+    spec["registry"] = {"credentialsSecretRef": {"name": "creds"}}
+    dep = deployment(spec)
+    c = container(dep)
+    assert c["image"] == "registry.example/serve:2" and c["resources"] == {"limits": {"cpu": "2"}}
+    values = env(dep)
+    assert values["MODELPILOT_SERVE_MAX_BATCH_SIZE"] == "32" and values["MODELPILOT_SERVE_CACHE"] == "true"
+    assert values["MODELPILOT_SERVE_CACHE_REDIS_URL"] == "redis://r:6379"
+    assert values["MLFLOW_TRACKING_TOKEN"] == {"secretKeyRef": {"name": "creds", "key": "MLFLOW_TRACKING_TOKEN",
+                                                                "optional": True}}
+    assert [e["value"] for e in c["env"] if e["name"] == "MODEL_VARIANT"][-1] == "override"  # user env wins
+    pod = dep["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"gpu": "no"} and pod["tolerations"] == [{"key": "k", "operator": "Exists"}]
+
+
+def test_builders_are_deterministic() -> None:
+    assert builders.build_all(OWNER, SPEC, MODEL, "u", "i") == builders.build_all(OWNER, SPEC, MODEL, "u", "i")
+
+
+@pytest.mark.parametrize("raw,expected", [("my model/v2", "my-model-v2"), ("-a-", "a"), ("x" * 80, "x" * 63)])
+def test_label_values_are_sanitised(raw: str, expected: str) -> None:
+    assert builders.label_value(raw) == expected

@@ -1,0 +1,95 @@
+"""Reconcile decisions that need no cluster: conditions, pinning, readiness, settings, registry faults."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from modelpilot.operator import reconcile
+from modelpilot.operator.registry import ModelRef, Registry, RegistryNotFound, RegistryUnavailable
+from modelpilot.operator.settings import OperatorSettings, SettingsError
+
+
+def test_condition_keeps_its_transition_time_while_status_is_unchanged() -> None:
+    first = reconcile.set_condition([], "Ready", "False", "RollingOut", "0/1", 1, "t1")
+    same = reconcile.set_condition(first, "Ready", "False", "RollingOut", "0/1 still", 2, "t2")
+    flipped = reconcile.set_condition(same, "Ready", "True", "Available", "1/1", 2, "t3")
+    assert same[0]["lastTransitionTime"] == "t1" and same[0]["observedGeneration"] == 2
+    assert flipped[0]["lastTransitionTime"] == "t3" and len(flipped) == 1
+
+
+def test_pinned_version_is_kept_until_the_reference_changes() -> None:
+    status = {"model": {"name": "iris", "version": "3", "alias": "champion", "runId": "r"}}
+    assert reconcile.pinned(status, ModelRef("iris", alias="champion")).version == "3"  # type: ignore[union-attr]
+    assert reconcile.pinned(status, ModelRef("iris", alias="challenger")) is None
+    assert reconcile.pinned(status, ModelRef("iris", version="4")) is None
+    assert reconcile.pinned(status, ModelRef("other", alias="champion")) is None
+    assert reconcile.pinned({}, ModelRef("iris", version="3")) is None
+
+
+def _deployment(replicas: int, available: int, updated: int, gen: int = 2, observed: int = 2,
+                progressing: str = "NewReplicaSetAvailable") -> dict:  # type: ignore[type-arg]
+    return {"metadata": {"generation": gen}, "spec": {"replicas": replicas},
+            "status": {"observedGeneration": observed, "replicas": replicas, "updatedReplicas": updated,
+                       "availableReplicas": available, "readyReplicas": available,
+                       "conditions": [{"type": "Progressing", "reason": progressing, "message": "m"}]}}
+
+
+def test_readiness_follows_the_deployment() -> None:
+    assert reconcile.observe(_deployment(2, 2, 2), {})["ready"] is True
+    assert reconcile.observe(_deployment(2, 1, 2), {})["phase"] == "Deploying"
+    assert reconcile.observe(_deployment(2, 2, 1), {})["ready"] is False  # old pods still serving
+    assert reconcile.observe(_deployment(2, 2, 2, gen=3, observed=2), {})["ready"] is False  # not yet seen
+    stalled = reconcile.observe(_deployment(2, 0, 1, progressing="ProgressDeadlineExceeded"), {})
+    assert stalled["stalled"] is True and stalled["phase"] == "Degraded"
+    assert reconcile.observe(None, {})["reason"] == "DeploymentMissing"
+
+
+def test_readiness_transitions_post_events_once() -> None:
+    status, events = reconcile.readiness_status({}, {}, 1, _deployment(1, 1, 1, 1, 1), "t")
+    assert [e.reason for e in events] == ["Ready"]
+    again, events = reconcile.readiness_status(status, {}, 1, _deployment(1, 1, 1, 1, 1), "t2")
+    assert events == []
+    kinds = {c["type"]: c["status"] for c in again["conditions"]}
+    assert kinds == {"Ready": "True", "Reconciling": "False", "Stalled": "False"}
+    _, events = reconcile.readiness_status(again, {}, 1, _deployment(1, 0, 1, 1, 1), "t3")
+    assert [e.reason for e in events] == ["NotReady"]
+
+
+def test_settings_are_validated_with_the_variable_named() -> None:
+    assert OperatorSettings.from_env({}).tracking_uri == ""
+    s = OperatorSettings.from_env({"MLFLOW_TRACKING_URI": "http://m:5000/", "MODELPILOT_NAMESPACES": "a, b"})
+    assert s.tracking_uri == "http://m:5000" and s.namespaces == ("a", "b")
+    with pytest.raises(SettingsError, match="MODELPILOT_MLFLOW_TRACKING_URI"):
+        OperatorSettings.from_env({"MODELPILOT_MLFLOW_TRACKING_URI": "file:///tmp/mlruns"})
+    with pytest.raises(SettingsError, match="MODELPILOT_ALIAS_POLL_SECONDS='x' is not a number"):
+        OperatorSettings.from_env({"MODELPILOT_ALIAS_POLL_SECONDS": "x"})
+    with pytest.raises(SettingsError, match="at least 1"):
+        OperatorSettings.from_env({"MODELPILOT_ALIAS_POLL_SECONDS": "0"})
+
+
+def test_an_unreachable_registry_is_unavailable_not_missing() -> None:
+    with Registry("http://127.0.0.1:9", timeout=1) as registry:  # port 9 (discard): nothing listens
+        with pytest.raises(RegistryUnavailable, match="unreachable"):
+            registry.resolve(ModelRef("iris", version="1"))
+
+
+def test_registry_5xx_and_4xx_are_classified() -> None:
+    # Fault injection at the HTTP boundary: a real MLflow cannot be made to answer 503 on demand.
+    def failing(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(503, text="overloaded")
+
+    def missing(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(404, json={"error_code": "RESOURCE_DOES_NOT_EXIST", "message": "no such model"})
+
+    with Registry("http://mlflow", transport=httpx.MockTransport(failing)) as registry:
+        with pytest.raises(RegistryUnavailable, match="HTTP 503"):
+            registry.resolve(ModelRef("iris", version="1"))
+    with Registry("http://mlflow", transport=httpx.MockTransport(missing)) as registry:
+        with pytest.raises(RegistryNotFound, match="no such model"):
+            registry.resolve(ModelRef("iris", alias="champion"))
+
+
+def test_no_tracking_uri_is_a_clear_error() -> None:
+    with pytest.raises(RegistryUnavailable, match="spec.registry.trackingUri"):
+        Registry("")
