@@ -50,7 +50,8 @@ def test_provenance_labels_and_annotations_are_on_every_pod() -> None:
 def test_a_new_version_changes_the_pod_template_but_not_the_selector() -> None:
     newer = ResolvedModel(**{**MODEL.__dict__, "version": "4", "run_id": "def"})
     old, new = deployment(), deployment(model=newer)
-    assert old["spec"]["selector"] == new["spec"]["selector"] == {"matchLabels": {"modelpilot.io/modelversion": "iris"}}
+    assert old["spec"]["selector"] == new["spec"]["selector"] == {"matchLabels": {"modelpilot.io/modelversion": "iris",
+                                                                               "modelpilot.io/track": "stable"}}
     assert old["spec"]["template"] != new["spec"]["template"]
     # Rolling update keeps every old pod serving until a new one is ready.
     assert new["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}
@@ -134,3 +135,13 @@ def test_builders_are_deterministic() -> None:
 @pytest.mark.parametrize("raw,expected", [("my model/v2", "my-model-v2"), ("-a-", "a"), ("x" * 80, "x" * 63)])
 def test_label_values_are_sanitised(raw: str, expected: str) -> None:
     assert builders.label_value(raw) == expected
+
+
+def test_a_canary_track_is_its_own_deployment_behind_the_same_service() -> None:
+    newer = ResolvedModel(**{**MODEL.__dict__, "version": "4"})
+    canary = builders.build_deployment(OWNER, SPEC, newer, "u", "i", track="canary", replicas=1)
+    assert canary["metadata"]["name"] == "iris-canary" and canary["spec"]["replicas"] == 1
+    assert canary["spec"]["selector"]["matchLabels"]["modelpilot.io/track"] == "canary"
+    service = builders.build_service(OWNER, MODEL)
+    assert service["spec"]["selector"] == {"modelpilot.io/modelversion": "iris"}  # both tracks
+    assert set(service["spec"]["selector"].items()) <= set(canary["spec"]["template"]["metadata"]["labels"].items())

@@ -16,6 +16,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from modelpilot.dev.environment import DevError, Environment
 from modelpilot.dev.workloads import pod_address, register_iris_model, serving_deployment, wait_for
 
@@ -49,32 +51,32 @@ def run(home: Path | None = None, keep: bool = True) -> int:
     version = register_iris_model(tracking, "iris")
     print(f"registered model 'iris' version {version}")
 
-    _step(f"deploying the serving image: 2 replicas of models:/iris/{version} in namespace {NAMESPACE}")
+    repo = Path(__file__).resolve().parents[3]
+    _step("installing the CRDs and starting the operator (modelpilot operator)")
+    env.install_crds(repo / "crds")
+    env.start_operator()
+    print("CRDs established; operator running (its log: " + str(env.logs / "operator.log") + ")")
+
     api = config.new_client_from_config(exports["KUBECONFIG"])
-    core, apps = client.CoreV1Api(api), client.AppsV1Api(api)
+    core, custom = client.CoreV1Api(api), client.CustomObjectsApi(api)
     try:
         core.create_namespace({"metadata": {"name": NAMESPACE}})
     except client.ApiException as exc:
         if exc.status != 409:
             raise
-    manifest = serving_deployment("iris", f"models:/iris/{version}", tracking, replicas=2, model_version=version)
-    try:
-        apps.create_namespaced_deployment(NAMESPACE, manifest)
-    except client.ApiException as exc:
-        if exc.status != 409:
-            raise
-        apps.replace_namespaced_deployment("iris", NAMESPACE, manifest)
+    manifest = yaml.safe_load((repo / "examples" / "modelversion-iris.yaml").read_text())
+    manifest["spec"]["model"]["version"] = version
+    _step(f"kubectl apply -f examples/modelversion-iris.yaml  (model iris, version {version}, 2 replicas)")
+    env.kubectl("apply", "-n", NAMESPACE, "-f", "-", input=yaml.safe_dump(manifest))
     started = time.monotonic()
-
-    def available() -> int:
-        dep = apps.read_namespaced_deployment("iris", NAMESPACE)
-        ready = dep.status.available_replicas or 0
-        return ready if ready == 2 else 0
-
-    wait_for(available, 180, 1.0, "the iris Deployment to be 2/2 available")
-    print(f"deployment iris is 2/2 available after {time.monotonic() - started:.1f}s "
-          "(each pod's Ready comes from its own process answering /v2/health/ready)")
-    pods = core.list_namespaced_pod(NAMESPACE, label_selector="app.kubernetes.io/name=iris").items
+    env.kubectl("wait", "-n", NAMESPACE, "--for=condition=Ready", "modelversion/iris", "--timeout=180s")
+    print(f"kubectl wait --for=condition=Ready modelversion/iris: met after {time.monotonic() - started:.1f}s")
+    print(env.kubectl("get", "-n", NAMESPACE, "modelversion", "iris", "-o", "wide").stdout.rstrip())
+    status = custom.get_namespaced_custom_object("modelpilot.io", "v1alpha1", NAMESPACE, "modelversions",
+                                                 "iris")["status"]
+    print(f"pinned: version {status['model']['version']}, run {status['model']['runId']}, "
+          f"artifacts {status['model']['artifactUri']}")
+    pods = core.list_namespaced_pod(NAMESPACE, label_selector="modelpilot.io/modelversion=iris").items
     for pod in pods:
         print(f"  pod {pod.metadata.name:28} node {pod.spec.node_name:12} pod IP {pod.status.pod_ip:14} "
               f"process at {pod_address(pod)}")
@@ -101,10 +103,53 @@ def run(home: Path | None = None, keep: bool = True) -> int:
     for target in wait_for(scraped, 60, 1.0, "Prometheus to scrape the demo pods"):
         print(f"  up: {target['scrapeUrl']}  pod={target['labels'].get('pod')}")
 
+    _follow_alias_story(env, tracking, core, custom)
+
     print("\nDone. The environment keeps running; use it with:")
-    print('  eval "$(.venv/bin/modelpilot dev env)"; kubectl get pods -n modelpilot-demo -o wide')
+    print('  eval "$(.venv/bin/modelpilot dev env)"; kubectl get modelversions,pods -n modelpilot-demo -o wide')
     print("  .venv/bin/modelpilot dev status        # health of every component")
     print("  .venv/bin/modelpilot dev down          # stop everything")
     if not keep:
         env.down()
     return 0
+
+
+def _follow_alias_story(env: Environment, tracking: str, core: Any, custom: Any) -> None:
+    """@champion moves in MLflow → the ModelVersion following it rolls the new version out."""
+    from mlflow import MlflowClient
+
+    repo = Path(__file__).resolve().parents[3]
+    registry = MlflowClient(tracking_uri=tracking)
+    current = registry.get_model_version_by_alias("iris", "champion").version if _has_alias(registry) else None
+    if current is None:
+        current = max(int(v.version) for v in registry.search_model_versions("name='iris'"))
+        registry.set_registered_model_alias("iris", "champion", str(current))
+    _step(f"kubectl apply -f examples/modelversion-alias.yaml  (follows iris@champion, now version {current})")
+    env.kubectl("apply", "-n", NAMESPACE, "-f", str(repo / "examples" / "modelversion-alias.yaml"))
+    env.kubectl("wait", "-n", NAMESPACE, "--for=condition=Ready", "modelversion/iris-champion", "--timeout=180s")
+    newer = register_iris_model(tracking, "iris")
+    _step(f"registered version {newer}; moving @champion to it in MLflow")
+    registry.set_registered_model_alias("iris", "champion", newer)
+    started = time.monotonic()
+
+    def rolled() -> bool:
+        body = custom.get_namespaced_custom_object("modelpilot.io", "v1alpha1", NAMESPACE, "modelversions",
+                                                   "iris-champion")
+        status = body.get("status") or {}
+        ready = any(c["type"] == "Ready" and c["status"] == "True" for c in status.get("conditions") or [])
+        return ready and (status.get("model") or {}).get("version") == newer
+
+    wait_for(rolled, 180, 1.0, f"iris-champion to roll out version {newer}")
+    print(f"iris-champion now serves version {newer} ({time.monotonic() - started:.1f}s after the alias moved; "
+          "old pods served until the new ones were ready)")
+    events = env.kubectl("get", "events", "-n", NAMESPACE, "--field-selector",
+                         "involvedObject.name=iris-champion", "--sort-by=.lastTimestamp").stdout
+    print(events.rstrip())
+
+
+def _has_alias(registry: Any) -> bool:
+    try:
+        registry.get_model_version_by_alias("iris", "champion")
+        return True
+    except Exception:  # MlflowException: alias not set yet
+        return False

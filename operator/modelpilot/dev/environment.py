@@ -412,6 +412,45 @@ class Environment:
             path.write_text(kubeconfig_yaml(api_url, keys.ca_crt, keys.client_crt(name), keys.client_key(name)))
             path.chmod(0o600)
 
+    # ------------------------------------------------------------------ extras
+
+    def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+        state = self.load_state()
+        if not state:
+            raise DevError(f"no environment at {self.home}; run `modelpilot dev up`")
+        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
+        return subprocess.run([state["binaries"]["kubectl"], *args], env=env, input=input, text=True,
+                              capture_output=True, check=check, timeout=120)
+
+    def install_crds(self, crds_dir: Path) -> None:
+        """Apply the project's CRDs and wait until the apiserver serves them."""
+        self.kubectl("apply", "--server-side", "-f", str(crds_dir))
+        self.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/modelversions.modelpilot.io",
+                     "crd/abtests.modelpilot.io")
+
+    def start_operator(self, extra_env: dict[str, str] | None = None, timeout: float = 60.0) -> None:
+        """Run the operator as one more component (stopped by ``down``), against this environment."""
+        state = self.load_state()
+        if not state:
+            raise DevError(f"no environment at {self.home}; run `modelpilot dev up`")
+        existing = next((c for c in state["components"] if c["name"] == "operator"), None)
+        if existing and _pid_alive(existing["pid"]):
+            return
+        state["components"] = [c for c in state["components"] if c["name"] != "operator"]
+        port, metrics_port = free_port(), free_port()
+        state["ports"]["operator-metrics"] = metrics_port
+        exports = state["exports"]
+        comp = Component(
+            "operator",
+            [sys.executable, "-m", "modelpilot.cli", "operator", "--liveness", f"http://127.0.0.1:{port}/healthz"],
+            f"http://127.0.0.1:{port}/healthz", port, extra_ports=[metrics_port],
+            env={"KUBECONFIG": exports["KUBECONFIG"], "MODELPILOT_MLFLOW_TRACKING_URI": exports["MLFLOW_TRACKING_URI"],
+                 "MODELPILOT_PROMETHEUS_URL": exports["PROMETHEUS_URL"], "MODELPILOT_METRICS_PORT": str(metrics_port),
+                 "MODELPILOT_ALIAS_POLL_SECONDS": "5", **(extra_env or {})},
+        )
+        self._start(state, comp)
+        self._wait([comp], time.monotonic() + timeout)
+
     # ------------------------------------------------------------------ down
 
     def down(self, quiet: bool = False, keep_logs: bool = False) -> list[str]:

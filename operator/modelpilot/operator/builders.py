@@ -22,6 +22,7 @@ API_GROUP = "modelpilot.io"
 API_VERSION = "modelpilot.io/v1alpha1"
 SERVING_PORT = 8080
 SELECTOR_LABEL = "modelpilot.io/modelversion"
+TRACK_LABEL = "modelpilot.io/track"  # stable | canary; the Service selects both, so replicas split traffic
 DEFAULT_RESOURCES = {"requests": {"cpu": "100m", "memory": "256Mi"}}
 
 Manifest = dict[str, Any]
@@ -119,13 +120,20 @@ def _serving_env(spec: dict[str, Any], owner: Owner, model: ResolvedModel, track
     return env
 
 
+def deployment_name(owner: Owner, track: str = "stable") -> str:
+    return owner.name if track == "stable" else f"{owner.name}-{track}"
+
+
 def build_deployment(owner: Owner, spec: dict[str, Any], model: ResolvedModel, tracking_uri: str,
-                     default_image: str) -> Manifest:
-    """The serving Deployment: secure by default, probed on the server's own health endpoints."""
+                     default_image: str, *, track: str = "stable", replicas: int | None = None) -> Manifest:
+    """The serving Deployment of one track: secure by default, probed on the server's own health endpoints.
+
+    ``replicas`` overrides ``spec.replicas`` while a canary splits traffic by replica ratio.
+    """
     serving = spec.get("serving") or {}
     autoscaling = spec.get("autoscaling") or {}
     rollout = spec.get("rollout") or {}
-    pod_labels = labels(owner, model)
+    pod_labels = {**labels(owner, model), TRACK_LABEL: track}
     container: dict[str, Any] = {
         "name": "server",
         "image": serving.get("image") or default_image,
@@ -157,7 +165,7 @@ def build_deployment(owner: Owner, spec: dict[str, Any], model: ResolvedModel, t
         if serving.get(key):
             pod_spec[key] = serving[key]
     deployment_spec: dict[str, Any] = {
-        "selector": {"matchLabels": {SELECTOR_LABEL: owner.name}},
+        "selector": {"matchLabels": {SELECTOR_LABEL: owner.name, TRACK_LABEL: track}},
         "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
         "revisionHistoryLimit": 5,
         "progressDeadlineSeconds": int(rollout.get("progressDeadlineSeconds", 600)),
@@ -174,11 +182,14 @@ def build_deployment(owner: Owner, spec: dict[str, Any], model: ResolvedModel, t
             "spec": pod_spec,
         },
     }
-    if not autoscaling.get("enabled"):
+    if replicas is not None:
+        deployment_spec["replicas"] = replicas
+    elif not autoscaling.get("enabled"):
         # With autoscaling on, replicas is left out so the HPA owns it and the operator never fights it.
         deployment_spec["replicas"] = int(spec.get("replicas", 1))
-    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": _meta(owner, owner.name, model),
-            "spec": deployment_spec}
+    meta = _meta(owner, deployment_name(owner, track), model)
+    meta["labels"][TRACK_LABEL] = track
+    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": meta, "spec": deployment_spec}
 
 
 def build_service(owner: Owner, model: ResolvedModel) -> Manifest:

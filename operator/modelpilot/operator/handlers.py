@@ -9,10 +9,12 @@ knows about the failure is already in the resource's status and Events.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import kopf
 
+from modelpilot.operator import metrics
 from modelpilot.operator.kube import Kube, KubeError
 from modelpilot.operator.reconcile import Reconciler, Result
 from modelpilot.operator.settings import OperatorSettings
@@ -29,6 +31,7 @@ def configure(settings: OperatorSettings, kube: Kube) -> None:
     _state["reconciler"] = Reconciler(settings, kube)
     # Registered here rather than at import so its interval comes from the validated settings.
     kopf.timer(GROUP, VERSION, PLURAL, interval=settings.alias_poll_seconds, when=_follows_alias)(follow_alias)
+    kopf.timer(GROUP, VERSION, PLURAL, interval=settings.rollout_tick_seconds, when=_rolling_out)(rollout_tick)
 
 
 def _reconciler() -> Reconciler:
@@ -62,27 +65,63 @@ def _startup(settings: kopf.OperatorSettings, **_: Any) -> None:
 @kopf.on.create(GROUP, VERSION, PLURAL)
 @kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
 def reconcile_model_version(body: kopf.Body, retry: int, logger: logging.Logger, **_: Any) -> None:
-    try:
-        result = _reconciler().reconcile(dict(body))
-    except KubeError as exc:
-        raise kopf.TemporaryError(str(exc), delay=_backoff(retry)) from exc
-    _post(body, result)
+    result = _measured(body, refresh=False)
+    if result is None:
+        raise kopf.TemporaryError("Kubernetes API error (see the operator log)", delay=_backoff(retry))
     if result.retry:
         raise kopf.TemporaryError(result.message, delay=_backoff(retry))
+
+
+def _measured(body: kopf.Body, refresh: bool) -> Result | None:
+    """Reconcile once, recording duration, outcome and phase; ``None`` on an API error."""
+    started = time.monotonic()
+    key = f"{body['metadata']['namespace']}/{body['metadata']['name']}"
+    try:
+        result = _reconciler().reconcile(dict(body), refresh=refresh)
+    except KubeError as exc:
+        metrics.RECONCILES.labels(kind="ModelVersion", result="error").inc()
+        logging.getLogger(__name__).warning("reconcile %s: %s", key, exc)
+        return None
+    finally:
+        metrics.RECONCILE_SECONDS.labels(kind="ModelVersion").observe(time.monotonic() - started)
+    metrics.RECONCILES.labels(kind="ModelVersion", result="retry" if result.retry else "success").inc()
+    if result.retry:
+        reason = next((e.reason for e in result.events if e.type == "Warning"), "Unknown")
+        metrics.REGISTRY_ERRORS.labels(reason=reason).inc()
+    metrics.set_phase("ModelVersion", key, result.status.get("phase"))
+    _post(body, result)
+    return result
+
+
+@kopf.on.delete(GROUP, VERSION, PLURAL, optional=True)
+def forget_model_version(body: kopf.Body, **_: Any) -> None:
+    """Nothing to clean up (owner references do that); only the phase gauge forgets it."""
+    metrics.set_phase("ModelVersion", f"{body['metadata']['namespace']}/{body['metadata']['name']}", None)
 
 
 def _follows_alias(spec: kopf.Spec, **_: Any) -> bool:
     return bool(spec.get("followAlias")) and bool((spec.get("model") or {}).get("alias"))
 
 
+def _rolling_out(status: kopf.Status, **_: Any) -> bool:
+    return (status.get("rollout") or {}).get("phase") in ("Progressing", "Paused")
+
+
+def rollout_tick(body: kopf.Body, **_: Any) -> None:
+    """Re-evaluate an active canary: readiness, the step interval, analysis, manual actions."""
+    _measured(body, refresh=False)
+
+
+@kopf.on.field(GROUP, VERSION, PLURAL, field="metadata.annotations")
+def annotation_changed(body: kopf.Body, **_: Any) -> None:
+    """`modelpilot promote|abort|pause|resume` set an annotation: act on it without waiting for a tick."""
+    if ((body.get("status") or {}).get("rollout") or {}).get("phase") in ("Progressing", "Paused"):
+        _measured(body, refresh=False)
+
+
 def follow_alias(body: kopf.Body, logger: logging.Logger, **_: Any) -> None:
     """Ask MLflow where the alias points; a moved alias rolls the new version out."""
-    try:
-        result = _reconciler().reconcile(dict(body), refresh=True)
-    except KubeError as exc:
-        logger.warning("alias poll: %s", exc)
-        return
-    _post(body, result)
+    _measured(body, refresh=True)
 
 
 @kopf.on.event("apps", "v1", "deployments", labels=MANAGED)
@@ -98,6 +137,8 @@ def deployment_changed(body: kopf.Body, type: str | None, logger: logging.Logger
     except KubeError as exc:
         logger.warning("readiness of %s/%s: %s", namespace, owner["name"], exc)
         return
+    if result:
+        metrics.set_phase("ModelVersion", f"{namespace}/{owner['name']}", result.status.get("phase"))
     if result and result.events:
         parent = _reconciler().kube.read_model_version(namespace, owner["name"])
         if parent:

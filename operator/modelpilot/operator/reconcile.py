@@ -18,10 +18,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+import logging
 from typing import Any
 
-from modelpilot.operator import builders
+from modelpilot.operator import analysis, builders, metrics, rollout
 from modelpilot.operator.kube import Kube, KubeError
+from modelpilot.operator.prometheus import Prometheus, PrometheusError
 from modelpilot.operator.registry import (
     Credentials,
     ModelRef,
@@ -33,6 +35,7 @@ from modelpilot.operator.registry import (
 from modelpilot.operator.settings import OperatorSettings
 
 RegistryFactory = Callable[[str, Credentials], Registry]
+ACTION_ANNOTATION = "modelpilot.io/rollout-action"
 
 
 def now_iso() -> str:
@@ -196,37 +199,172 @@ class Reconciler:
         ref = model_ref(spec)
         now = now_iso()
         events: list[Event] = []
-        current = pinned(status, ref)
-        model = current
+        current = pinned(status, ref)  # the stable version, when it still answers the spec
+        ro = dict(status.get("rollout") or {})
+        known_canary = pinned({"model": ro.get("canaryModel") or {}}, ref) if ro.get("canaryModel") else None
+        model = current or known_canary
         if model is None or refresh:
             try:
                 model = self.resolve(namespace, spec)
             except (RegistryError, SpecError) as exc:
                 return self._unresolved(namespace, name, status, ref, generation, now, exc,
-                                        keep=current is not None)
-            if current is None or model.version != current.version:
+                                        keep=(current or known_canary) is not None)
+            if current is not None and model.version == current.version:
+                model = current  # same version: keep the original resolution time and provenance
+            elif known_canary is not None and model.version == known_canary.version:
+                model = known_canary
+            else:
                 what = f"{ref} → version {model.version} (run {model.run_id or 'unknown'})"
                 events.append(Event("Normal", "Resolved", f"resolved {what}"))
-                if current is not None:
-                    events.append(Event("Normal", "AliasMoved",
-                                        f"alias @{ref.alias} moved from version {current.version} to {model.version}; "
-                                        "rolling out"))
-            else:
-                model = current  # same version: keep the original resolution time and provenance
+                stable = status.get("model") or {}
+                if ref.alias and stable.get("version") and stable.get("alias") == ref.alias:
+                    events.append(Event("Normal", "AliasMoved", f"alias @{ref.alias} moved from version "
+                                        f"{stable['version']} to {model.version}; rolling out"))
         assert model is not None
-        manifests = builders.build_all(owner, spec, model, self.tracking_uri(spec), self.settings.serving_image)
-        for kind, manifest in manifests.items():
-            if manifest is None:
-                self.kube.delete_owned(kind, namespace, name, owner.uid)
-            else:
-                self.kube.apply(manifest)
+        stable_model = pinned(status, ModelRef(ref.name, version=str((status.get("model") or {}).get("version", ""))))
         conditions = set_condition(list(status.get("conditions") or []), "Resolved", "True", "Resolved",
                                    f"{ref} is version {model.version}", generation, now)
-        status.update({"model": model.as_status(), "observedGeneration": generation, "conditions": conditions})
+        status.update({"observedGeneration": generation, "conditions": conditions})
+
+        canary_enabled = bool(spec.get("rollout"))
+        if stable_model is None or model.version == stable_model.version or not canary_enabled:
+            # First deployment, nothing changed, or a plain rolling update (no spec.rollout).
+            if ro.get("phase") in rollout.ACTIVE:
+                ro.update(phase="Cancelled", finishedAt=now, reason="the spec no longer asks for the canary version")
+                events.append(Event("Normal", "RolloutCancelled", ro["reason"]))
+                status["rollout"] = ro
+            self.kube.delete_owned("Deployment", namespace, builders.deployment_name(owner, "canary"), owner.uid)
+            self._apply_stable(owner, spec, model, None)
+            status["model"] = model.as_status()
+        else:
+            events += self._canary(owner, spec, status, stable_model, model, body, now)
         new, ready_events = readiness_status(status, spec, generation, self.kube.read_deployment(namespace, name), now)
         status.update(new)
+        phase = (status.get("rollout") or {}).get("phase")
+        if phase in rollout.ACTIVE:
+            status["phase"] = "Progressing"
+        elif phase == "RolledBack" and (status.get("rollout") or {}).get("rejectedVersion") == model.version:
+            status["phase"] = "RolledBack"
         self.kube.patch_status(namespace, name, status)
         return Result(status=status, events=events + ready_events)
+
+    # ------------------------------------------------------------------ canary
+
+    def _apply_stable(self, owner: builders.Owner, spec: dict[str, Any], model: ResolvedModel,
+                      replicas: int | None) -> None:
+        manifests = builders.build_all(owner, spec, model, self.tracking_uri(spec), self.settings.serving_image)
+        if replicas is not None:
+            manifests["Deployment"] = builders.build_deployment(
+                owner, spec, model, self.tracking_uri(spec), self.settings.serving_image, replicas=replicas)
+        for kind, manifest in manifests.items():
+            if manifest is None:
+                self.kube.delete_owned(kind, owner.namespace, owner.name, owner.uid)
+            else:
+                self.kube.apply(manifest)
+
+    def _canary(self, owner: builders.Owner, spec: dict[str, Any], status: dict[str, Any], stable: ResolvedModel,
+                candidate: ResolvedModel, body: dict[str, Any], now_text: str) -> list[Event]:
+        """One step of a guarded canary: traffic by replica ratio, analysis, promote or roll back."""
+        events: list[Event] = []
+        now = rollout.parse_time(now_text)
+        ro = dict(status.get("rollout") or {})
+        canary_name = builders.deployment_name(owner, "canary")
+        total = int(spec.get("replicas", 1)) or 1
+        if ro.get("phase") == "RolledBack" and ro.get("rejectedVersion") == candidate.version:
+            # Rejected: keep serving the stable version until the spec or the alias points elsewhere.
+            self.kube.delete_owned("Deployment", owner.namespace, canary_name, owner.uid)
+            self._apply_stable(owner, spec, stable, None)
+            return events
+        if ro.get("phase") not in rollout.ACTIVE or ro.get("canaryVersion") != candidate.version:
+            decision = rollout.start(stable.as_status(), candidate.as_status(), spec, now)
+            events.append(Event("Normal", "RolloutStarted", decision.message))
+        else:
+            action = self._pending_action(body, ro)
+            canary_dep = self.kube.read_deployment(owner.namespace, canary_name)
+            canary_ready = observe(canary_dep, spec)["ready"]
+            verdict, measurements = None, None
+            cfg = rollout.settings(spec)
+            due = now - rollout.parse_time(ro["stepStartedAt"]) >= cfg["interval"]
+            if canary_ready and due and cfg["analysis"] and ro.get("phase") == "Progressing" and not action:
+                verdict, measurements = self._analyse(owner, spec, stable, candidate)
+            decision = rollout.step(ro, spec, now, canary_ready, verdict, measurements, action)
+            if action:
+                decision.rollout["handledAction"] = f"{action}/{candidate.version}"
+            kind = {"Advance": ("Normal", "RolloutStep"), "Promote": ("Normal", "Promoted"),
+                    "RollBack": ("Warning", "RolledBack"), "Pause": ("Warning", "RolloutPaused")}.get(decision.action)
+            if kind:
+                events.append(Event(kind[0], kind[1], decision.message))
+        ro = decision.rollout
+        status["rollout"] = ro
+        metrics.observe_rollout(owner.namespace, owner.name, decision.action, ro)
+        if decision.action == "Promote":
+            self._apply_stable(owner, spec, candidate, None)  # rolling update keeps old pods until new ones are ready
+            self.kube.delete_owned("Deployment", owner.namespace, canary_name, owner.uid)
+            status["model"] = candidate.as_status()
+            self._write_back(spec, candidate, promoted=True, reason=decision.message)
+        elif decision.action == "RollBack":
+            self.kube.delete_owned("Deployment", owner.namespace, canary_name, owner.uid)
+            self._apply_stable(owner, spec, stable, None)
+            status["model"] = stable.as_status()
+            self._write_back(spec, candidate, promoted=False, reason=decision.message)
+        else:
+            stable_replicas, canary_replicas = rollout.split(total, int(ro["weight"]))
+            ro["replicas"] = {"stable": stable_replicas, "canary": canary_replicas}
+            ro["effectiveWeight"] = rollout.effective_weight(stable_replicas, canary_replicas)
+            self.kube.apply(builders.build_deployment(owner, spec, candidate, self.tracking_uri(spec),
+                                                      self.settings.serving_image, track="canary",
+                                                      replicas=canary_replicas))
+            self._apply_stable(owner, spec, stable, stable_replicas)
+            status["model"] = stable.as_status()
+        return events
+
+    @staticmethod
+    def _pending_action(body: dict[str, Any], ro: dict[str, Any]) -> str:
+        """A manual action asked for through the annotation, not yet handled for this canary."""
+        action = ((body.get("metadata") or {}).get("annotations") or {}).get(ACTION_ANNOTATION, "").strip()
+        if action not in ("promote", "abort", "pause", "resume"):
+            return ""
+        return "" if ro.get("handledAction") == f"{action}/{ro.get('canaryVersion')}" else action
+
+    def _analyse(self, owner: builders.Owner, spec: dict[str, Any], stable: ResolvedModel,
+                 candidate: ResolvedModel) -> tuple[str, list[dict[str, Any]]]:
+        try:
+            cfg = analysis.Settings.from_spec((spec.get("rollout") or {}).get("analysis"))
+        except analysis.AnalysisSpecError as exc:
+            return "Inconclusive", [{"check": "spec", "verdict": "Error", "value": None, "baseline": None,
+                                     "threshold": "", "samples": None, "query": "", "message": str(exc)}]
+        try:
+            prom = Prometheus(self.settings.prometheus_url, timeout=self.settings.registry_timeout_seconds)
+        except PrometheusError as exc:
+            return "Inconclusive", [{"check": "prometheus", "verdict": "Error", "value": None, "baseline": None,
+                                     "threshold": "", "samples": None, "query": "", "message": str(exc)}]
+        try:
+            results = analysis.measure(prom.scalar, cfg,
+                                       analysis.Target(owner.namespace, owner.name, candidate.version),
+                                       analysis.Target(owner.namespace, owner.name, stable.version))
+        finally:
+            prom.close()
+        for m in results:
+            metrics.observe_measurement(owner.namespace, owner.name, m)
+        return analysis.overall(results, cfg.no_data), [m.as_status() for m in results]
+
+    def _write_back(self, spec: dict[str, Any], model: ResolvedModel, promoted: bool, reason: str) -> None:
+        """Opt-in registry write-back (``spec.rollout.writeBack``); a failure is logged, never fatal."""
+        wb = (spec.get("rollout") or {}).get("writeBack") or {}
+        if not wb.get("enabled"):
+            return
+        try:
+            registry = self.registry_factory(self.tracking_uri(spec), Credentials())
+            try:
+                if promoted:
+                    registry.set_alias(model.name, wb.get("promoteAlias", "champion"), model.version)
+                    registry.set_tag(model.name, model.version, "modelpilot.promoted", "true")
+                else:
+                    registry.set_tag(model.name, model.version, "modelpilot.rejected", reason[:500])
+            finally:
+                registry.close()
+        except RegistryError as exc:
+            logging.getLogger(__name__).warning("registry write-back failed: %s", exc)
 
     def _unresolved(self, namespace: str, name: str, status: dict[str, Any], ref: ModelRef, generation: int,
                     now: str, exc: Exception, keep: bool) -> Result:

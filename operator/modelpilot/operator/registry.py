@@ -156,6 +156,24 @@ class Registry:
             resolved_at=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         )
 
+    # Write-back (opt-in, on promotion or rollback).
+    def _post(self, path: str, body: dict[str, str], what: str) -> None:
+        try:
+            resp = self.client.post(path, json=body)
+        except httpx.HTTPError as exc:
+            raise RegistryUnavailable(f"MLflow at {self.base} is unreachable ({type(exc).__name__}: {exc})") from exc
+        if resp.status_code >= 400:
+            raise RegistryUnavailable(f"MLflow refused {what}: HTTP {resp.status_code} {resp.text[:200]}")
+
+    def set_alias(self, name: str, alias: str, version: str) -> None:
+        self._post("/api/2.0/mlflow/registered-models/alias", {"name": name, "alias": alias, "version": version},
+                   f"setting @{alias} on {name} version {version}")
+
+    def set_tag(self, name: str, version: str, key: str, value: str) -> None:
+        self._post("/api/2.0/mlflow/model-versions/set-tag",
+                   {"name": name, "version": version, "key": key, "value": value},
+                   f"tagging {name} version {version}")
+
     def _mlmodel(self, artifact_uri: str) -> tuple[str, str]:
         """Flavor and signature from the version's MLmodel file, when the server proxies its artifacts.
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import random
 import sys
 
 
@@ -42,16 +43,56 @@ def main(argv: list[str] | None = None) -> int:
     from modelpilot.operator import handlers
     from modelpilot.operator.kube import Kube
 
-    handlers.configure(settings, Kube(client.ApiClient(), settings.field_manager))
+    api = client.ApiClient()
+    handlers.configure(settings, Kube(api, settings.field_manager))
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    if settings.metrics_port:
+        from modelpilot.operator import metrics
+
+        metrics.serve(settings.metrics_port)
+    priority = settings.priority if settings.priority is not None else random.randint(1, 1_000_000)
+    if settings.peering:
+        _ensure_peering(api, settings)
     kopf.run(
-        standalone=True,  # one replica; no peering objects to clean up or to freeze handling
+        standalone=not settings.peering,
+        peering_name=settings.peering or None,
+        priority=priority,
         clusterwide=not settings.namespaces,
         namespaces=list(settings.namespaces),
         liveness_endpoint=args.liveness,
     )
     return 0
+
+
+def _ensure_peering(api: object, settings: object) -> None:
+    """Create the kopf peering object the replicas meet in (its CRDs ship in crds/)."""
+    from kubernetes import client
+    from kubernetes.client.rest import ApiException
+
+    custom = client.CustomObjectsApi(api)
+    name = settings.peering  # type: ignore[attr-defined]
+    namespaces = settings.namespaces  # type: ignore[attr-defined]
+    try:
+        if namespaces:
+            for ns in namespaces:
+                try:
+                    custom.create_namespaced_custom_object("kopf.dev", "v1", ns, "kopfpeerings",
+                                                           {"apiVersion": "kopf.dev/v1", "kind": "KopfPeering",
+                                                            "metadata": {"name": name}})
+                except ApiException as exc:
+                    if exc.status != 409:
+                        raise
+        else:
+            custom.create_cluster_custom_object("kopf.dev", "v1", "clusterkopfpeerings",
+                                                {"apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering",
+                                                 "metadata": {"name": name}})
+    except ApiException as exc:
+        if exc.status == 404:
+            raise SystemExit("error: the kopf peering CRDs are missing; apply crds/kopf.dev_peerings.yaml "
+                             "or set MODELPILOT_PEERING= to run a single standalone replica") from exc
+        if exc.status != 409:
+            raise
 
 
 def _has_kubeconfig() -> bool:

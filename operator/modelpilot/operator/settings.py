@@ -45,6 +45,23 @@ class OperatorSettings:
     namespaces: tuple[str, ...] = field(default_factory=tuple)
     """Namespaces to watch (``MODELPILOT_NAMESPACES``, comma-separated); empty means the whole cluster."""
 
+    rollout_tick_seconds: float = 5.0
+    """How often an active canary rollout is re-evaluated (``MODELPILOT_ROLLOUT_TICK_SECONDS``)."""
+
+    prometheus_url: str = ""
+    """Prometheus the analysis engine queries (``MODELPILOT_PROMETHEUS_URL``, else ``PROMETHEUS_URL``)."""
+
+    metrics_port: int = 8080
+    """Port of the operator's own ``/metrics`` (``MODELPILOT_METRICS_PORT``; 0 disables it)."""
+
+    peering: str = "modelpilot"
+    """kopf peering object shared by the operator's replicas so only the highest-priority one acts
+    (``MODELPILOT_PEERING``; empty runs standalone, for a single replica or tests)."""
+
+    priority: int | None = None
+    """This replica's peering priority (``MODELPILOT_PRIORITY``); unset picks a random one at start,
+    so two replicas never tie (kopf freezes all operators of equal priority)."""
+
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> OperatorSettings:
         env = dict(os.environ if env is None else env)
@@ -68,6 +85,14 @@ class OperatorSettings:
                 raise SettingsError(
                     f"MODELPILOT_MLFLOW_TRACKING_URI={tracking!r} must be an http(s) URL of an MLflow tracking server"
                 )
+        prometheus = env.get("MODELPILOT_PROMETHEUS_URL") or env.get("PROMETHEUS_URL") or ""
+        if prometheus and urlparse(prometheus).scheme not in ("http", "https"):
+            raise SettingsError(f"MODELPILOT_PROMETHEUS_URL={prometheus!r} must be an http(s) URL")
+        priority_raw = env.get("MODELPILOT_PRIORITY", "")
+        try:
+            priority = int(priority_raw) if priority_raw else None
+        except ValueError:
+            raise SettingsError(f"MODELPILOT_PRIORITY={priority_raw!r} is not an integer") from None
         settings = cls(
             tracking_uri=tracking.rstrip("/"),
             serving_image=env.get("MODELPILOT_SERVING_IMAGE") or DEFAULT_SERVING_IMAGE,
@@ -75,6 +100,11 @@ class OperatorSettings:
             registry_timeout_seconds=number("MODELPILOT_REGISTRY_TIMEOUT_SECONDS", 5.0, 0.1),
             retry_delay_seconds=number("MODELPILOT_RETRY_DELAY_SECONDS", 10.0, 0.1),
             field_manager=env.get("MODELPILOT_FIELD_MANAGER") or "modelpilot",
+            prometheus_url=prometheus.rstrip("/"),
+            rollout_tick_seconds=number("MODELPILOT_ROLLOUT_TICK_SECONDS", 5.0, 0.5),
+            metrics_port=int(number("MODELPILOT_METRICS_PORT", 8080, 0)),
+            peering=env.get("MODELPILOT_PEERING", "modelpilot"),
+            priority=priority,
             namespaces=tuple(n.strip() for n in env.get("MODELPILOT_NAMESPACES", "").split(",") if n.strip()),
         )
         return settings

@@ -1,0 +1,114 @@
+"""Analysis engine rules, with a scripted query function standing in for Prometheus.
+
+The scripted function is a fault-injection boundary: it lets each test decide
+exactly what Prometheus "answers" (values, empty results, errors). The real
+Prometheus path is covered by the cluster tests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from modelpilot.operator import analysis
+from modelpilot.operator.analysis import Settings, Target
+from modelpilot.operator.prometheus import PrometheusError
+
+CANARY = Target("ns", "iris", "2")
+BASE = Target("ns", "iris", "1")
+
+
+def scripted(samples: float | None, values: dict[str, float | None],
+             base: dict[str, float | None] | None = None, fail: str = "") -> Callable[[str], float | None]:
+    def query(q: str) -> float | None:
+        if fail and fail in q:
+            raise PrometheusError("connection refused")
+        if q.startswith("sum(increase("):
+            return samples
+        sel_base = 'version="1"' in q and 'version="2"' not in q
+        table = base if (sel_base and base is not None) else values
+        for key, value in table.items():
+            if key in q:
+                return value
+        return None
+    return query
+
+
+def test_a_regressing_error_rate_fails_relative_to_the_baseline() -> None:
+    settings = Settings(checks=[{"name": "error-rate", "maxDelta": 0.01}])
+    results = analysis.measure(scripted(100, {"code=~": 0.08}, {"code=~": 0.01}), settings, CANARY, BASE)
+    (m,) = results
+    assert m.verdict == "Fail" and m.value == 0.08 and m.baseline == 0.01 and m.samples == 100
+    assert 'version="2"' in m.query and "maxDelta=0.01" == m.threshold
+    assert analysis.overall(results, "hold") == "Fail"
+
+
+def test_a_healthy_canary_passes() -> None:
+    settings = Settings()  # default checks: error-rate and latency-p99
+    q = scripted(200, {"code=~": 0.0, "histogram_quantile": 0.012}, {"code=~": 0.0, "histogram_quantile": 0.010})
+    results = analysis.measure(q, settings, CANARY, BASE)
+    assert [m.verdict for m in results] == ["Pass", "Pass"]
+    assert analysis.overall(results, "hold") == "Pass"
+
+
+def test_no_errors_at_all_is_zero_not_no_data() -> None:
+    settings = Settings(checks=[{"name": "error-rate", "max": 0.05}])
+    (m,) = analysis.measure(scripted(50, {}), settings, CANARY, None)
+    assert m.verdict == "Pass" and m.value == 0.0
+
+
+@pytest.mark.parametrize("policy,expected", [("hold", "Hold"), ("inconclusive", "Inconclusive"), ("fail", "Fail")])
+def test_too_few_samples_is_no_data_and_the_policy_decides(policy: str, expected: str) -> None:
+    settings = Settings(min_samples=20, no_data=policy, checks=[{"name": "error-rate", "max": 0.05}])
+    results = analysis.measure(scripted(3, {"code=~": 0.0}), settings, CANARY, BASE)
+    assert results[0].verdict == "NoData" and "3 requests < minSamples 20" in results[0].message
+    assert analysis.overall(results, policy) == expected
+
+
+def test_an_empty_result_or_a_query_error_is_never_success() -> None:
+    settings = Settings(checks=[{"name": "latency-p99", "max": 0.5}])
+    (empty,) = analysis.measure(scripted(100, {"histogram_quantile": None}), settings, CANARY, None)
+    assert empty.verdict == "NoData"
+    (broken,) = analysis.measure(scripted(100, {}, fail="histogram_quantile"), settings, CANARY, None)
+    assert broken.verdict == "Error" and "connection refused" in broken.message
+    assert analysis.overall([broken], "hold") == "Inconclusive"
+    down = analysis.measure(scripted(100, {}, fail="increase"), settings, CANARY, None)
+    assert {m.verdict for m in down} == {"Error"}
+
+
+def test_relative_threshold_without_a_baseline_value_fails_closed() -> None:
+    ok, why = analysis.judge({"maxRatio": 1.2}, 0.1, None)
+    assert not ok and "no baseline" in why
+
+
+def test_ratio_with_slack() -> None:
+    assert analysis.judge({"maxRatio": 1.2, "slack": 0.01}, 0.021, 0.01)[0] is True
+    assert analysis.judge({"maxRatio": 1.2, "slack": 0.0}, 0.021, 0.01)[0] is False
+
+
+def test_custom_query_templates_get_their_variables() -> None:
+    settings = Settings(interval="30s", checks=[{"name": "rows", "query":
+                                                 'sum(rate(x{{namespace="{namespace}",version="{version}"}}[{interval}]))',
+                                                 "max": 10}])
+    (m,) = analysis.measure(scripted(100, {"sum(rate(x": 3.0}), settings, CANARY, None)
+    assert m.query == 'sum(rate(x{namespace="ns",version="2"}[30s]))' and m.verdict == "Pass"
+
+
+@pytest.mark.parametrize("spec,field", [
+    ({"noData": "ignore"}, "noData"), ({"checks": [{"name": "bogus", "max": 1}]}, "not a built-in"),
+    ({"checks": [{"name": "error-rate"}]}, "needs a threshold"), ({"interval": "5 minutes"}, "interval"),
+])
+def test_analysis_spec_errors_name_the_field(spec: dict, field: str) -> None:  # type: ignore[type-arg]
+    with pytest.raises(analysis.AnalysisSpecError, match=field):
+        Settings.from_spec(spec)
+
+
+def test_two_proportion_test_declares_a_winner_only_when_significant() -> None:
+    clear = analysis.two_proportion_test(950, 1000, 900, 1000)
+    assert clear["decision"] == "A" and clear["pValue"] < 0.001
+    close = analysis.two_proportion_test(905, 1000, 900, 1000)
+    assert close["decision"] == "NoSignificantDifference"
+    assert analysis.two_proportion_test(9, 10, 1, 10)["decision"] == "NotEnoughData"
+    # z for 0.95 vs 0.90 with n=1000 each: pooled 0.925, se≈0.01178 → z≈4.245
+    assert clear["z"] == pytest.approx(4.245, abs=0.01)
