@@ -16,6 +16,25 @@ need "$PYTHON" "install Python >= 3.11"
 "$PYTHON" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' \
   || { echo "error: Python >= 3.11 is needed, found $("$PYTHON" --version)" >&2; exit 1; }
 
+# Debian packages: redis-server (the serving cache's Redis backend is tested against a real one)
+# and wrk (the serving benchmarks' load generator). Installed only when missing.
+APT_PACKAGES=(redis-server wrk)
+missing=()
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v wrk >/dev/null 2>&1 || missing+=(wrk)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "==> installing Debian packages: ${missing[*]}"
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  command -v apt-get >/dev/null 2>&1 \
+    || { echo "error: apt-get not found; install ${missing[*]} with your package manager" >&2; exit 1; }
+  $SUDO apt-get update -qq >/dev/null || { echo "error: apt-get update failed (no apt access?); install ${missing[*]} yourself" >&2; exit 1; }
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null \
+    || { echo "error: apt-get install ${missing[*]} failed" >&2; exit 1; }
+else
+  echo "==> Debian packages present (${APT_PACKAGES[*]})"
+fi
+
 stamp_src=$(cat pyproject.toml | sha256sum | cut -c1-16)
 stamp=.venv/.installed-$stamp_src
 if [ ! -f "$stamp" ]; then

@@ -12,7 +12,6 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,52 +21,7 @@ from kubernetes.client.rest import ApiException
 
 from modelpilot.dev.workloads import pod_address, register_iris_model, wait_for
 
-REPO = Path(__file__).resolve().parents[2]
 GROUP, VERSION, PLURAL = "modelpilot.io", "v1alpha1", "modelversions"
-
-
-def _operator_env(dev_env: dict[str, Any], **extra: str) -> dict[str, str]:
-    return {**os.environ, "KUBECONFIG": dev_env["exports"]["KUBECONFIG"],
-            "MODELPILOT_MLFLOW_TRACKING_URI": dev_env["exports"]["MLFLOW_TRACKING_URI"],
-            "MODELPILOT_ALIAS_POLL_SECONDS": "2", "MODELPILOT_RETRY_DELAY_SECONDS": "1", **extra}
-
-
-@pytest.fixture(scope="module")
-def metrics_port() -> int:
-    from modelpilot.dev.environment import free_port
-
-    return free_port()
-
-
-@pytest.fixture(scope="module")
-def operator(dev_env: dict[str, Any], tmp_path_factory: pytest.TempPathFactory,
-             metrics_port: int) -> Iterator[subprocess.Popen[bytes]]:
-    env = _operator_env(dev_env, MODELPILOT_PRIORITY="100", MODELPILOT_METRICS_PORT=str(metrics_port))
-    subprocess.run([dev_env["binaries"]["kubectl"], "apply", "--server-side", "-f", str(REPO / "crds")], env=env,
-                   check=True, capture_output=True, timeout=60)
-    subprocess.run([dev_env["binaries"]["kubectl"], "wait", "--for=condition=Established", "--timeout=60s",
-                    "crd/modelversions.modelpilot.io", "crd/abtests.modelpilot.io"], env=env, check=True,
-                   capture_output=True, timeout=90)
-    logpath = tmp_path_factory.mktemp("operator") / "operator.log"
-    log = logpath.open("wb")
-    from modelpilot.dev.environment import free_port
-
-    proc = subprocess.Popen([sys.executable, "-m", "modelpilot.cli", "operator", "--liveness",
-                             f"http://127.0.0.1:{free_port()}/healthz"], env=env, stdout=log,
-                            stderr=subprocess.STDOUT)
-    proc.logpath = logpath  # type: ignore[attr-defined]
-    yield proc
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
-
-
-@pytest.fixture(scope="module")
-def custom(api_client: Any) -> client.CustomObjectsApi:
-    return client.CustomObjectsApi(api_client)
 
 
 def _mv(name: str, model: dict[str, Any], **spec: Any) -> dict[str, Any]:
@@ -246,7 +200,7 @@ def test_the_operator_exports_its_own_metrics(
 
 
 def test_a_second_replica_with_lower_priority_stands_by(
-    operator: Any, dev_env: dict[str, Any], custom: Any, namespace: str, iris_version: str, tmp_path: Path
+    operator: Any, operator_env: Any, custom: Any, namespace: str, iris_version: str, tmp_path: Path
 ) -> None:
     from modelpilot.dev.environment import free_port
 
@@ -266,7 +220,7 @@ def test_a_second_replica_with_lower_priority_stands_by(
     with logpath.open("wb") as log:
         standby = subprocess.Popen([sys.executable, "-m", "modelpilot.cli", "operator", "--liveness",
                                     f"http://127.0.0.1:{free_port()}/healthz"],
-                                   env=_operator_env(dev_env, MODELPILOT_PRIORITY="10", MODELPILOT_METRICS_PORT="0"),
+                                   env=operator_env(MODELPILOT_PRIORITY="10", MODELPILOT_METRICS_PORT="0"),
                                    stdout=log, stderr=subprocess.STDOUT)
     try:
         wait_for(lambda: 10 in peers(), 60, message="the second replica in the peering object")

@@ -42,6 +42,32 @@ def register_iris_model(tracking_uri: str, name: str = "iris") -> str:
     return str(version)
 
 
+def register_faulty_model(tracking_uri: str, name: str = "iris") -> str:
+    """Register a new version of ``name`` that passes the validation gate but fails on most real traffic.
+
+    The model is logged from code (``assets/faulty_model.py``), so serving it needs nothing of this package.
+    """
+    from pathlib import Path
+
+    import mlflow
+    from mlflow.models import infer_signature
+    from sklearn.datasets import load_iris
+
+    mlflow.set_tracking_uri(tracking_uri)
+    data = load_iris(as_frame=True)
+    features = data.data.rename(columns=lambda c: c.replace(" (cm)", "").replace(" ", "_"))
+    mlflow.set_experiment("modelpilot-demo")
+    with mlflow.start_run():
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=str(Path(__file__).parent / "assets" / "faulty_model.py"),
+            input_example=features.head(3),
+            signature=infer_signature(features, data.target),
+            registered_model_name=name,
+        )
+    return str(info.registered_model_version)
+
+
 def serving_deployment(
     name: str,
     model_uri: str,

@@ -95,14 +95,22 @@ class Kube:
                 return None
             raise KubeError(f"read ModelVersion {name}: {exc.status} {_reason(exc)}") from exc
 
-    def patch_status(self, namespace: str, name: str, status: dict[str, Any], plural: str = "modelversions") -> None:
+    def patch_status(self, namespace: str, name: str, status: dict[str, Any], plural: str = "modelversions",
+                     resource_version: str | None = None) -> bool:
+        """Merge-patch status. With ``resource_version`` the write only lands if nothing changed since that
+        read (optimistic concurrency); False means it was skipped because someone else wrote first."""
+        body: dict[str, Any] = {"status": status}
+        if resource_version:
+            body["metadata"] = {"resourceVersion": resource_version}
         try:
-            self.custom.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, plural, name,
-                                                              {"status": status})
+            self.custom.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, plural, name, body)
         except ApiException as exc:
             if exc.status == 404:  # deleted meanwhile: nothing to report on
-                return
+                return False
+            if exc.status == 409 and resource_version:
+                return False
             raise KubeError(f"status of {plural}/{name}: {exc.status} {_reason(exc)}") from exc
+        return True
 
     def secret_data(self, namespace: str, name: str) -> dict[str, str]:
         import base64

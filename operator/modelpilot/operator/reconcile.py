@@ -149,6 +149,16 @@ def readiness_status(status: dict[str, Any], spec: dict[str, Any], generation: i
     return new, events
 
 
+def rollout_phase(status: dict[str, Any]) -> str:
+    """The resource phase, where a canary rollout overrides what the stable Deployment says."""
+    ro = status.get("rollout") or {}
+    if ro.get("phase") in rollout.ACTIVE:
+        return "Progressing"
+    if ro.get("phase") == "RolledBack" and ro.get("rejectedVersion") != (status.get("model") or {}).get("version"):
+        return "RolledBack"
+    return str(status.get("phase") or "Pending")
+
+
 # ---------------------------------------------------------------------------- the reconciler
 
 
@@ -233,6 +243,9 @@ class Reconciler:
                 ro.update(phase="Cancelled", finishedAt=now, reason="the spec no longer asks for the canary version")
                 events.append(Event("Normal", "RolloutCancelled", ro["reason"]))
                 status["rollout"] = ro
+            elif ro.get("phase") == "RolledBack" and ro.get("rejectedVersion") != model.version:
+                ro["phase"] = "Superseded"  # the spec moved on from the rejected version
+                status["rollout"] = ro
             self.kube.delete_owned("Deployment", namespace, builders.deployment_name(owner, "canary"), owner.uid)
             self._apply_stable(owner, spec, model, None)
             status["model"] = model.as_status()
@@ -240,11 +253,7 @@ class Reconciler:
             events += self._canary(owner, spec, status, stable_model, model, body, now)
         new, ready_events = readiness_status(status, spec, generation, self.kube.read_deployment(namespace, name), now)
         status.update(new)
-        phase = (status.get("rollout") or {}).get("phase")
-        if phase in rollout.ACTIVE:
-            status["phase"] = "Progressing"
-        elif phase == "RolledBack" and (status.get("rollout") or {}).get("rejectedVersion") == model.version:
-            status["phase"] = "RolledBack"
+        status["phase"] = rollout_phase(status)
         self.kube.patch_status(namespace, name, status)
         return Result(status=status, events=events + ready_events)
 
@@ -396,7 +405,9 @@ class Reconciler:
         new, events = readiness_status(status, body.get("spec") or {}, int(status.get("observedGeneration") or
                                                                            generation),
                                        self.kube.read_deployment(namespace, name), now_iso())
+        new["phase"] = rollout_phase({**status, **new})
         changed = {k: v for k, v in new.items() if status.get(k) != v}
-        if changed:
-            self.kube.patch_status(namespace, name, new)
+        if changed and not self.kube.patch_status(namespace, name, new,
+                                                  resource_version=body["metadata"].get("resourceVersion")):
+            return None  # the reconciler wrote meanwhile; the next Deployment event re-reads
         return Result(status={**status, **new}, events=events)

@@ -1,0 +1,69 @@
+"""Cluster-test fixtures shared by modules: one operator process for the whole session."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _operator_env(dev_env: dict[str, Any], **extra: str) -> dict[str, str]:
+    return {**os.environ, "KUBECONFIG": dev_env["exports"]["KUBECONFIG"],
+            "MODELPILOT_MLFLOW_TRACKING_URI": dev_env["exports"]["MLFLOW_TRACKING_URI"],
+            "MODELPILOT_PROMETHEUS_URL": dev_env["exports"]["PROMETHEUS_URL"],
+            "MODELPILOT_ALIAS_POLL_SECONDS": "2", "MODELPILOT_RETRY_DELAY_SECONDS": "1",
+            "MODELPILOT_ROLLOUT_TICK_SECONDS": "2", **extra}
+
+
+@pytest.fixture(scope="session")
+def metrics_port() -> int:
+    from modelpilot.dev.environment import free_port
+
+    return free_port()
+
+
+@pytest.fixture(scope="session")
+def operator(dev_env: dict[str, Any], tmp_path_factory: pytest.TempPathFactory,
+             metrics_port: int) -> Iterator[subprocess.Popen[bytes]]:
+    env = _operator_env(dev_env, MODELPILOT_PRIORITY="100", MODELPILOT_METRICS_PORT=str(metrics_port))
+    subprocess.run([dev_env["binaries"]["kubectl"], "apply", "--server-side", "-f", str(REPO / "crds")], env=env,
+                   check=True, capture_output=True, timeout=60)
+    subprocess.run([dev_env["binaries"]["kubectl"], "wait", "--for=condition=Established", "--timeout=60s",
+                    "crd/modelversions.modelpilot.io", "crd/abtests.modelpilot.io"], env=env, check=True,
+                   capture_output=True, timeout=90)
+    logpath = tmp_path_factory.mktemp("operator") / "operator.log"
+    log = logpath.open("wb")
+    from modelpilot.dev.environment import free_port
+
+    proc = subprocess.Popen([sys.executable, "-m", "modelpilot.cli", "operator", "--liveness",
+                             f"http://127.0.0.1:{free_port()}/healthz"], env=env, stdout=log,
+                            stderr=subprocess.STDOUT)
+    proc.logpath = logpath  # type: ignore[attr-defined]
+    yield proc
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
+@pytest.fixture(scope="session")
+def custom(api_client: Any) -> client.CustomObjectsApi:
+    return client.CustomObjectsApi(api_client)
+
+
+
+
+@pytest.fixture(scope="session")
+def operator_env(dev_env: dict[str, Any]) -> Any:
+    """Build the environment of a further operator process (e.g. a standby replica)."""
+    return lambda **extra: _operator_env(dev_env, **extra)

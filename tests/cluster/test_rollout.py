@@ -1,0 +1,158 @@
+"""Guarded canaries on the real local environment: real traffic, real Prometheus, real analysis.
+
+Traffic: a thread sends predictions to the ready pods of both tracks in turn —
+what a Service's endpoints would receive with kube-proxy's round robin. No
+proxy runs locally (pod networking is simulated), so the test plays that part
+and says so here.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from modelpilot.dev.workloads import pod_address, register_faulty_model, register_iris_model, wait_for
+
+GROUP, VERSION, PLURAL = "modelpilot.io", "v1alpha1", "modelversions"
+ROW = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP64", "data": [6.7, 3.0, 5.2, 2.3]}]}
+
+
+class Traffic:
+    """Round-robin predictions over the ready pods of one ModelVersion (both tracks)."""
+
+    def __init__(self, core: Any, namespace: str, name: str) -> None:
+        self.core, self.namespace, self.name = core, namespace, name
+        self.stop = threading.Event()
+        self.codes: dict[str, dict[int, int]] = {}
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        body = json.dumps(ROW).encode()
+        while not self.stop.is_set():
+            pods = [p for p in self.core.list_namespaced_pod(
+                self.namespace, label_selector=f"modelpilot.io/modelversion={self.name}").items
+                if p.metadata.deletion_timestamp is None and pod_address(p)
+                and any(c.type == "Ready" and c.status == "True" for c in p.status.conditions or [])]
+            for pod in random.sample(pods, len(pods)):
+                version = pod.metadata.labels.get("modelpilot.io/version", "?")
+                req = urllib.request.Request(f"http://{pod_address(pod)}/v2/models/iris/infer", data=body,
+                                             headers={"Content-Type": "application/json"})
+                try:
+                    with urllib.request.urlopen(req, timeout=5) as resp:
+                        code = resp.status
+                except urllib.error.HTTPError as exc:
+                    code = exc.code
+                except OSError:
+                    code = 0
+                by_code = self.codes.setdefault(version, {})
+                by_code[code] = by_code.get(code, 0) + 1
+            self.stop.wait(0.05)
+
+    def __enter__(self) -> Traffic:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(timeout=10)
+
+
+def _canary_mv(version: str, **rollout: Any) -> dict[str, Any]:
+    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "ModelVersion", "metadata": {"name": "iris"},
+            "spec": {"model": {"name": "iris", "version": version}, "replicas": 2,
+                     "rollout": {"steps": [50, 100], "stepIntervalSeconds": 15, "progressDeadlineSeconds": 240,
+                                 "analysis": {"interval": "30s", "minSamples": 10,
+                                              "checks": [{"name": "error-rate", "maxDelta": 0.05}]}, **rollout}}}
+
+
+def _body(custom: Any, ns: str) -> dict[str, Any]:
+    return dict(custom.get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, "iris"))
+
+
+def _ready_on(custom: Any, ns: str, version: str) -> dict[str, Any] | None:
+    body = _body(custom, ns)
+    status = body.get("status") or {}
+    ready = any(c["type"] == "Ready" and c["status"] == "True" for c in status.get("conditions") or [])
+    return body if ready and (status.get("model") or {}).get("version") == version else None
+
+
+@pytest.fixture
+def stable(operator: Any, custom: Any, namespace: str, iris_version: str) -> Iterator[str]:
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, _canary_mv(iris_version))
+    wait_for(lambda: _ready_on(custom, namespace, iris_version), 180, message="the stable version Ready")
+    yield iris_version
+
+
+def test_a_regressing_canary_is_rolled_back_automatically_with_the_evidence(
+    stable: str, dev_env: dict[str, Any], custom: Any, core: Any, apps: Any, namespace: str, metrics_port: int
+) -> None:
+    faulty = register_faulty_model(dev_env["exports"]["MLFLOW_TRACKING_URI"], "iris")
+    with Traffic(core, namespace, "iris") as traffic:
+        custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "iris",
+                                              {"spec": {"model": {"version": faulty}}})
+
+        def rolled_back() -> Any:
+            body = _body(custom, namespace)
+            ro = (body.get("status") or {}).get("rollout") or {}
+            return body if ro.get("phase") == "RolledBack" else None
+
+        body = wait_for(rolled_back, 240, 1.0, "the canary to be rolled back")
+    status = body["status"]
+    ro = status["rollout"]
+    assert ro["rejectedVersion"] == faulty and ro["stableVersion"] == stable
+    (evidence,) = [m for m in ro["analysis"] if m["check"] == "error-rate"]
+    assert evidence["verdict"] == "Fail" and evidence["value"] > 0.05 and evidence["samples"] >= 10
+    assert f'version="{faulty}"' in evidence["query"] and evidence["threshold"] == "maxDelta=0.05"
+    assert status["model"]["version"] == stable and status["phase"] == "RolledBack"
+    assert [h["decision"] for h in ro["history"]][-1] == "RollBack"
+    # The canary really served (and failed) traffic; the stable version answered throughout.
+    assert traffic.codes.get(faulty, {}).get(500, 0) > 0
+    assert traffic.codes[stable].get(200, 0) > 0 and set(traffic.codes[stable]) <= {200, 0}
+    # Traffic is fully back on the last good version, the canary is gone.
+    wait_for(lambda: not [p for p in core.list_namespaced_pod(namespace, label_selector="modelpilot.io/track=canary")
+                          .items if p.metadata.deletion_timestamp is None], 60, message="canary pods gone")
+    assert apps.read_namespaced_deployment("iris", namespace).spec.replicas == 2
+    events = core.list_namespaced_event(namespace, field_selector="involvedObject.name=iris").items
+    rolled = [e for e in events if e.reason == "RolledBack"]
+    assert rolled and "error-rate" in rolled[0].message and rolled[0].type == "Warning"
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    assert f'modelpilot_operator_rollbacks_total{{name="iris",namespace="{namespace}"}} 1.0' in text
+    # Rejected means rejected: later ticks do not start the same canary again.
+    assert _body(custom, namespace)["status"]["rollout"]["phase"] == "RolledBack"
+
+
+def test_a_healthy_canary_is_promoted_step_by_step(
+    stable: str, dev_env: dict[str, Any], custom: Any, core: Any, namespace: str
+) -> None:
+    newer = register_iris_model(dev_env["exports"]["MLFLOW_TRACKING_URI"], "iris")
+    with Traffic(core, namespace, "iris") as traffic:
+        custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "iris",
+                                              {"spec": {"model": {"version": newer}}})
+        seen_weights: set[int] = set()
+
+        def promoted() -> Any:
+            body = _body(custom, namespace)
+            ro = (body.get("status") or {}).get("rollout") or {}
+            if ro.get("phase") == "Progressing":
+                seen_weights.add(int(ro.get("weight", 0)))
+                assert body["status"]["phase"] == "Progressing"
+            return body if ro.get("phase") == "Promoted" and _ready_on(custom, namespace, newer) else None
+
+        body = wait_for(promoted, 240, 0.5, "the canary to be promoted")
+    ro = body["status"]["rollout"]
+    decisions = [h["decision"] for h in ro["history"]]
+    assert decisions[0] == "Start" and "Pass" in decisions and decisions[-1] == "Promote"
+    assert 50 in seen_weights
+    assert traffic.codes.get(newer, {}).get(200, 0) > 0
+    assert all(set(codes) <= {200, 0} for codes in traffic.codes.values())
+    wait_for(lambda: {p.metadata.labels["modelpilot.io/version"] for p in core.list_namespaced_pod(
+        namespace, label_selector="modelpilot.io/modelversion=iris").items
+        if p.metadata.deletion_timestamp is None} == {newer}, 120, message="only the new version's pods")
