@@ -23,6 +23,7 @@ def _dev(args: argparse.Namespace) -> int:
             found = binaries.resolve(build=True)
             for name, path in found.as_dict().items():
                 print(f"{name:24} {path}")
+            print(f"{'gateway-api CRDs':24} {binaries.gateway_api_crds()}")
         elif args.dev_command == "up":
             state = env.up(build=not args.no_build)
             _print_summary(env, state)
@@ -96,7 +97,8 @@ def _rollout_action(args: argparse.Namespace) -> int:
               f"(rollout phase: {rollout.get('phase') or 'none'})", file=sys.stderr)
         return 1
     custom.patch_namespaced_custom_object("modelpilot.io", "v1alpha1", namespace, "modelversions", args.name,
-                                          {"metadata": {"annotations": {"modelpilot.io/rollout-action": args.action}}})
+                                          {"metadata": {"annotations": {
+                                              "modelpilot.io/rollout-action": f"{args.action}/{rollout.get('canaryVersion')}"}}})
     print(f"modelversion {namespace}/{args.name}: {args.action} requested for canary version "
           f"{rollout.get('canaryVersion')}")
     return 0

@@ -20,7 +20,7 @@ def _operator_env(dev_env: dict[str, Any], **extra: str) -> dict[str, str]:
             "MODELPILOT_MLFLOW_TRACKING_URI": dev_env["exports"]["MLFLOW_TRACKING_URI"],
             "MODELPILOT_PROMETHEUS_URL": dev_env["exports"]["PROMETHEUS_URL"],
             "MODELPILOT_ALIAS_POLL_SECONDS": "2", "MODELPILOT_RETRY_DELAY_SECONDS": "1",
-            "MODELPILOT_ROLLOUT_TICK_SECONDS": "2", **extra}
+            "MODELPILOT_ROLLOUT_TICK_SECONDS": "2", "MODELPILOT_ABTEST_REFRESH_SECONDS": "3", **extra}
 
 
 @pytest.fixture(scope="session")

@@ -156,3 +156,45 @@ def test_a_healthy_canary_is_promoted_step_by_step(
     wait_for(lambda: {p.metadata.labels["modelpilot.io/version"] for p in core.list_namespaced_pod(
         namespace, label_selector="modelpilot.io/modelversion=iris").items
         if p.metadata.deletion_timestamp is None} == {newer}, 120, message="only the new version's pods")
+
+
+def test_manual_promote_and_abort_through_the_cli(
+    operator: Any, dev_env: dict[str, Any], custom: Any, namespace: str, iris_version: str
+) -> None:
+    import subprocess
+    import sys
+
+    spec = _canary_mv(iris_version)
+    spec["spec"]["rollout"]["stepIntervalSeconds"] = 3600  # nothing would advance on its own
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, spec)
+    wait_for(lambda: _ready_on(custom, namespace, iris_version), 180, message="the stable version Ready")
+    tracking = dev_env["exports"]["MLFLOW_TRACKING_URI"]
+    cli = [sys.executable, "-m", "modelpilot.cli"]
+    env_args = ["--kubeconfig", dev_env["exports"]["KUBECONFIG"], "-n", namespace]
+
+    # Nothing to promote yet: a clear refusal.
+    refused = subprocess.run([*cli, "promote", "iris", *env_args], capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 1 and "no rollout in progress" in refused.stderr
+
+    second = register_iris_model(tracking, "iris")
+    custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "iris",
+                                          {"spec": {"model": {"version": second}}})
+    wait_for(lambda: ((_body(custom, namespace).get("status") or {}).get("rollout") or {}).get("phase")
+             == "Progressing", 120, message="the canary to start")
+    done = subprocess.run([*cli, "abort", "iris", *env_args], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    body = wait_for(lambda: (lambda b: b if b["status"]["rollout"]["phase"] == "RolledBack" else None)(
+        _body(custom, namespace)), 60, message="the abort to roll back")
+    assert body["status"]["rollout"]["reason"] == "aborted by the user"
+    assert body["status"]["model"]["version"] == iris_version
+
+    third = register_iris_model(tracking, "iris")
+    custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "iris",
+                                          {"spec": {"model": {"version": third}}})
+    wait_for(lambda: (_body(custom, namespace)["status"].get("rollout") or {}).get("canaryVersion") == third
+             and _body(custom, namespace)["status"]["rollout"]["phase"] == "Progressing", 120,
+             message="the next canary to start")
+    done = subprocess.run([*cli, "promote", "iris", *env_args], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    wait_for(lambda: _ready_on(custom, namespace, third), 180, message="the promoted version Ready")
+    assert _body(custom, namespace)["status"]["rollout"]["reason"] == "promoted by the user"

@@ -27,8 +27,8 @@ def test_kubebuilder_assets_and_per_binary_variables_are_used_without_building(
     for name in ("etcd", "kube-apiserver", "kubectl"):
         _fake_binary(assets / name)
     monkeypatch.setenv("KUBEBUILDER_ASSETS", str(assets))
-    others = {n: _fake_binary(tmp_path / "other" / n) for n in
-              ("kube-controller-manager", "kube-scheduler", "kwok", "prometheus")}
+    others = {n: _fake_binary(tmp_path / "other" / n) for n in binaries.NAMES
+              if n not in ("etcd", "kube-apiserver", "kubectl")}
     for name, path in others.items():
         monkeypatch.setenv("MODELPILOT_" + name.upper().replace("-", "_"), str(path))
     monkeypatch.setenv("MODELPILOT_CACHE", str(tmp_path / "empty-cache"))

@@ -38,6 +38,10 @@ KWOK_VERSION = "0.8.0"
 #: (2.42+ds) is built without Kubernetes service discovery ("field
 #: kubernetes_sd_configs not found"), so the upstream server is built instead.
 PROMETHEUS_MODULE_VERSION = "0.316.0"
+#: Gateway API standard-channel CRDs, taken from the published Go module (not a download of release assets).
+GATEWAY_API_VERSION = "1.4.1"
+#: Helm, built from its Go module; the chart's tests run `helm lint` / `helm template` with it.
+HELM_VERSION = "3.22.0"
 
 #: binary name -> (build group, Go package path)
 _K8S_PACKAGES = {
@@ -46,7 +50,7 @@ _K8S_PACKAGES = {
     "kube-scheduler": "k8s.io/kubernetes/cmd/kube-scheduler",
     "kubectl": "k8s.io/kubernetes/cmd/kubectl",
 }
-NAMES = ("etcd", *_K8S_PACKAGES, "kwok", "prometheus")
+NAMES = ("etcd", *_K8S_PACKAGES, "kwok", "prometheus", "helm")
 
 Progress = Callable[[str], None]
 
@@ -66,6 +70,7 @@ class Binaries:
     kubectl: Path
     kwok: Path
     prometheus: Path
+    helm: Path
 
     def as_dict(self) -> dict[str, str]:
         return {name: str(getattr(self, name.replace("-", "_"))) for name in NAMES}
@@ -86,6 +91,8 @@ def _group_dir(name: str) -> Path:
         key = f"kwok-v{KWOK_VERSION}"
     elif name == "prometheus":
         key = f"prometheus-v{PROMETHEUS_MODULE_VERSION}"
+    elif name == "helm":
+        key = f"helm-v{HELM_VERSION}"
     else:
         key = f"kubernetes-v{K8S_VERSION}"
     return cache_root() / "bin" / key
@@ -162,6 +169,8 @@ def resolve(build: bool = True, progress: Progress | None = None) -> Binaries:
             found["kwok"] = _build_kwok(say)
         if "prometheus" in missing:
             found["prometheus"] = _build_prometheus(say)
+        if "helm" in missing:
+            found["helm"] = _build_helm(say)
     return Binaries(**{name.replace("-", "_"): found[name] for name in NAMES})
 
 
@@ -331,3 +340,43 @@ def _build_prometheus(say: Progress) -> Path:
                          # Only Kubernetes discovery: smaller, faster to build, and some other SD
                          # plugins pin module versions the Go proxy no longer serves.
                          tags="remove_all_sd,enable_kubernetes_sd")
+
+
+def _build_helm(say: Progress) -> Path:
+    return _build_simple("helm", "helm.sh/helm/v3", f"v{HELM_VERSION}", "helm.sh/helm/v3/cmd/helm", say)
+
+
+def gateway_api_crds(progress: Progress | None = None) -> Path:
+    """Directory with the Gateway API standard CRDs, copied once from the Go module into the cache.
+
+    ``MODELPILOT_GATEWAY_API_CRDS`` may point at a directory of ready CRD files instead.
+    """
+    if os.environ.get("MODELPILOT_GATEWAY_API_CRDS"):
+        path = Path(os.environ["MODELPILOT_GATEWAY_API_CRDS"]).expanduser()
+        if not any(path.glob("*.yaml")):
+            raise BinaryError(f"MODELPILOT_GATEWAY_API_CRDS={path} holds no CRD files")
+        return path
+    dest = cache_root() / "gateway-api" / f"v{GATEWAY_API_VERSION}" / "standard"
+    if (dest / "gateway.networking.k8s.io_httproutes.yaml").exists():
+        return dest
+    say = progress or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    _check_go()
+    say(f"[fetch] Gateway API v{GATEWAY_API_VERSION} CRDs from the Go module proxy")
+    work = cache_root() / "build"
+    work.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.run(["go", "mod", "download", "-json", f"sigs.k8s.io/gateway-api@v{GATEWAY_API_VERSION}"],
+                          cwd=work, env=_go_env(), capture_output=True, text=True, check=False)
+    try:
+        module_dir = Path(json.loads(proc.stdout)["Dir"])
+    except (json.JSONDecodeError, KeyError):
+        raise BinaryError(f"cannot download sigs.k8s.io/gateway-api@v{GATEWAY_API_VERSION}: "
+                          f"{proc.stderr.strip() or proc.stdout.strip()}") from None
+    tmp = dest.with_name("standard.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(module_dir / "config" / "crd" / "standard", tmp)
+    for path in tmp.iterdir():
+        path.chmod(0o644)
+    tmp.chmod(0o755)
+    shutil.rmtree(dest, ignore_errors=True)
+    os.replace(tmp, dest)
+    return dest

@@ -177,6 +177,7 @@ class Environment:
             self.say(f"environment at {self.home} is broken ({', '.join(broken)} not healthy); restarting it")
             self.down()
         bins = binaries.resolve(build=build, progress=self.say)
+        gateway_crds = binaries.gateway_api_crds(self.say)
         prometheus_bin = bins.prometheus
         python_bin = Path(sys.executable)
         mlflow_bin = python_bin.parent / "mlflow"
@@ -216,7 +217,8 @@ class Environment:
         }
         self._save_state(state)
         try:
-            self._start_all(state, bins, keys, ports, prometheus_bin, mlflow_bin, modelpilot_bin, python_bin, timeout)
+            self._start_all(state, bins, keys, ports, prometheus_bin, mlflow_bin, modelpilot_bin, python_bin, timeout,
+                            gateway_crds)
         except BaseException:
             self.say("start-up failed; stopping what was started")
             self.down(quiet=True, keep_logs=True)
@@ -229,7 +231,7 @@ class Environment:
 
     def _start_all(self, state: dict[str, Any], bins: binaries.Binaries, keys: pki.Pki, ports: dict[str, int],
                    prometheus_bin: Path, mlflow_bin: Path, modelpilot_bin: Path, python_bin: Path,
-                   timeout: float) -> None:
+                   timeout: float, gateway_api_crds: Path) -> None:
         h = self.home
         deadline = time.monotonic() + timeout
         etcd = Component(
@@ -328,6 +330,12 @@ class Environment:
             self._start(state, comp)
         self._wait([*rest, mlflow], deadline)
         self._bootstrap_cluster(deadline)
+        # The standard Gateway API CRDs, so HTTPRoutes are validated by the real apiserver
+        # (no Gateway implementation runs locally: the data plane is simulated).
+        subprocess.run([str(bins.kubectl), "apply", "--server-side", "-f", str(gateway_api_crds)],
+                       env={**os.environ, "KUBECONFIG": str(self.kubeconfig)}, check=True, capture_output=True,
+                       timeout=120)
+        self.say("  Gateway API CRDs installed")
 
     def _start(self, state: dict[str, Any], comp: Component) -> None:
         if port_bound(comp.port):

@@ -111,8 +111,10 @@ class PodProcess:
 class Runtime:
     """Watches pods and keeps one local process per runnable pod."""
 
-    def __init__(self, core: client.CoreV1Api, state_dir: Path, entrypoint: str, prefixes: list[str]) -> None:
+    def __init__(self, core: client.CoreV1Api, state_dir: Path, entrypoint: str, prefixes: list[str],
+                 kubeconfig: dict[str, Any] | None = None) -> None:
         self.core = core
+        self.kubeconfig = kubeconfig or {}
         self.state_dir = state_dir
         self.entrypoint = entrypoint
         self.prefixes = prefixes
@@ -225,7 +227,40 @@ class Runtime:
         # Where the process must listen: its own loopback address, the container port.
         env["MODELPILOT_SERVE_HOST"] = running.loopback
         env["MODELPILOT_SERVE_PORT"] = str(running.port)
+        env["MODELPILOT_BIND_ADDRESS"] = running.loopback
+        if pod.spec.automount_service_account_token is not False:
+            env["KUBECONFIG"] = str(self._service_account_kubeconfig(pod, running))
         return env
+
+    def _service_account_kubeconfig(self, pod: Any, running: PodProcess) -> Path:
+        """The pod's own identity: a TokenRequest for its ServiceAccount, bound to the pod, in a kubeconfig.
+
+        A kubelet would mount the token at /var/run/secrets/kubernetes.io/serviceaccount; a local process
+        cannot have that path, so it gets an equivalent kubeconfig (same token, same CA, the apiserver's
+        loopback address) through KUBECONFIG — RBAC applies exactly as for the real pod.
+        """
+        account = pod.spec.service_account_name or "default"
+        request = client.AuthenticationV1TokenRequest(spec=client.V1TokenRequestSpec(
+            audiences=[], expiration_seconds=24 * 3600,
+            bound_object_ref=client.V1BoundObjectReference(api_version="v1", kind="Pod", name=pod.metadata.name,
+                                                           uid=pod.metadata.uid)))
+        token = self.core.create_namespaced_service_account_token(account, pod.metadata.namespace, request)
+        cluster = self.kubeconfig["clusters"][0]["cluster"]
+        config_doc = {
+            "apiVersion": "v1", "kind": "Config", "current-context": "pod",
+            "clusters": [{"name": "local", "cluster": {"server": cluster["server"],
+                                                       "certificate-authority-data":
+                                                           cluster["certificate-authority-data"]}}],
+            "users": [{"name": f"system:serviceaccount:{pod.metadata.namespace}:{account}",
+                       "user": {"token": token.status.token}}],
+            "contexts": [{"name": "pod", "context": {"cluster": "local", "namespace": pod.metadata.namespace,
+                                                     "user": f"system:serviceaccount:{pod.metadata.namespace}:"
+                                                             f"{account}"}}],
+        }
+        path = running.workdir / "serviceaccount.kubeconfig"
+        path.write_text(json.dumps(config_doc))
+        path.chmod(0o600)
+        return path
 
     @staticmethod
     def _field(pod: Any, path: str, running: PodProcess) -> str:
@@ -242,11 +277,12 @@ class Runtime:
                 return str((values or {}).get(path[len(prefix) + 2:-2], ""))
         return ""
 
-    def _argv(self, container: Any) -> list[str]:
+    def _argv(self, container: Any, running: PodProcess) -> list[str]:
         command = list(container.command or ["modelpilot"])  # the images' ENTRYPOINT
         if command[0] in ("modelpilot", "/usr/local/bin/modelpilot"):
             command[0] = self.entrypoint
-        return command + list(container.args or [])
+        # A pod's "all interfaces" is its own network namespace; here that is its loopback address.
+        return [a.replace("0.0.0.0", running.loopback) for a in command + list(container.args or [])]
 
     def _supervise(self, running: PodProcess, pod: Any, container: Any) -> None:
         """Start, probe and restart the process until the pod goes away."""
@@ -264,7 +300,7 @@ class Runtime:
                 continue
             logfile = (running.workdir / "container.log").open("ab")
             running.proc = subprocess.Popen(
-                self._argv(container), env=env, cwd=running.workdir, stdout=logfile, stderr=subprocess.STDOUT,
+                self._argv(container, running), env=env, cwd=running.workdir, stdout=logfile, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL, start_new_session=True,
             )
             logfile.close()
@@ -508,7 +544,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     api = config.new_client_from_config(args.kubeconfig)
-    runtime = Runtime(client.CoreV1Api(api), args.state_dir, args.entrypoint, args.image_prefix)
+    import yaml
+
+    admin = yaml.safe_load(Path(args.kubeconfig).read_text())
+    runtime = Runtime(client.CoreV1Api(api), args.state_dir, args.entrypoint, args.image_prefix, admin)
     args.state_dir.mkdir(parents=True, exist_ok=True)
     handler = type("Health", (_Health,), {"runtime": runtime})
     server = http.server.ThreadingHTTPServer(("127.0.0.1", args.health_port), handler)

@@ -125,7 +125,8 @@ def deployment_name(owner: Owner, track: str = "stable") -> str:
 
 
 def build_deployment(owner: Owner, spec: dict[str, Any], model: ResolvedModel, tracking_uri: str,
-                     default_image: str, *, track: str = "stable", replicas: int | None = None) -> Manifest:
+                     default_image: str, *, track: str = "stable", replicas: int | None = None,
+                     extra_pod_labels: dict[str, str] | None = None) -> Manifest:
     """The serving Deployment of one track: secure by default, probed on the server's own health endpoints.
 
     ``replicas`` overrides ``spec.replicas`` while a canary splits traffic by replica ratio.
@@ -133,7 +134,7 @@ def build_deployment(owner: Owner, spec: dict[str, Any], model: ResolvedModel, t
     serving = spec.get("serving") or {}
     autoscaling = spec.get("autoscaling") or {}
     rollout = spec.get("rollout") or {}
-    pod_labels = {**labels(owner, model), TRACK_LABEL: track}
+    pod_labels = {**labels(owner, model), TRACK_LABEL: track, **(extra_pod_labels or {})}
     container: dict[str, Any] = {
         "name": "server",
         "image": serving.get("image") or default_image,

@@ -16,6 +16,7 @@ import kopf
 
 from modelpilot.operator import metrics
 from modelpilot.operator.kube import Kube, KubeError
+from modelpilot.operator.abtest_reconcile import ABTestReconciler
 from modelpilot.operator.reconcile import Reconciler, Result
 from modelpilot.operator.settings import OperatorSettings
 
@@ -29,9 +30,11 @@ def configure(settings: OperatorSettings, kube: Kube) -> None:
     """Wire the handlers to one settings object and one API client (called once at start-up)."""
     _state["settings"] = settings
     _state["reconciler"] = Reconciler(settings, kube)
+    _state["abtests"] = ABTestReconciler(_state["reconciler"])
     # Registered here rather than at import so its interval comes from the validated settings.
     kopf.timer(GROUP, VERSION, PLURAL, interval=settings.alias_poll_seconds, when=_follows_alias)(follow_alias)
     kopf.timer(GROUP, VERSION, PLURAL, interval=settings.rollout_tick_seconds, when=_rolling_out)(rollout_tick)
+    kopf.timer(GROUP, VERSION, "abtests", interval=settings.abtest_refresh_seconds)(abtest_figures)
 
 
 def _reconciler() -> Reconciler:
@@ -145,3 +148,42 @@ def deployment_changed(body: kopf.Body, type: str | None, logger: logging.Logger
         parent = _reconciler().kube.read_model_version(namespace, owner["name"])
         if parent:
             _post(parent, result)
+
+
+# ---------------------------------------------------------------------------- ABTest
+
+@kopf.on.resume(GROUP, VERSION, "abtests")
+@kopf.on.create(GROUP, VERSION, "abtests")
+@kopf.on.update(GROUP, VERSION, "abtests", field="spec")
+def reconcile_abtest(body: kopf.Body, retry: int, **_: Any) -> None:
+    started = time.monotonic()
+    try:
+        result = _state["abtests"].reconcile(dict(body), measure=False)
+    except KubeError as exc:
+        metrics.RECONCILES.labels(kind="ABTest", result="error").inc()
+        raise kopf.TemporaryError(str(exc), delay=_backoff(retry)) from exc
+    finally:
+        metrics.RECONCILE_SECONDS.labels(kind="ABTest").observe(time.monotonic() - started)
+    metrics.RECONCILES.labels(kind="ABTest", result="retry" if result.retry else "success").inc()
+    metrics.set_phase("ABTest", f"{body['metadata']['namespace']}/{body['metadata']['name']}",
+                      result.status.get("phase"))
+    _post(body, result)
+    if result.retry:
+        raise kopf.TemporaryError(result.message, delay=_backoff(retry))
+
+
+def abtest_figures(body: kopf.Body, logger: logging.Logger, **_: Any) -> None:
+    """Refresh each variant's live figures, the statistical comparison and readiness."""
+    try:
+        result = _state["abtests"].reconcile(dict(body), measure=True)
+    except KubeError as exc:
+        logger.warning("ABTest figures: %s", exc)
+        return
+    metrics.set_phase("ABTest", f"{body['metadata']['namespace']}/{body['metadata']['name']}",
+                      result.status.get("phase"))
+    _post(body, result)
+
+
+@kopf.on.delete(GROUP, VERSION, "abtests", optional=True)
+def forget_abtest(body: kopf.Body, **_: Any) -> None:
+    metrics.set_phase("ABTest", f"{body['metadata']['namespace']}/{body['metadata']['name']}", None)

@@ -22,6 +22,7 @@ _KINDS = {
     "Service": ("v1", "Service"),
     "HorizontalPodAutoscaler": ("autoscaling/v2", "HorizontalPodAutoscaler"),
     "PodDisruptionBudget": ("policy/v1", "PodDisruptionBudget"),
+    "HTTPRoute": ("gateway.networking.k8s.io/v1", "HTTPRoute"),
 }
 
 
@@ -43,8 +44,20 @@ class Kube:
     def _resource(self, kind: str) -> Any:
         if kind not in self._resources:
             api_version, name = _KINDS[kind]
-            self._resources[kind] = self.dynamic.resources.get(api_version=api_version, kind=name)
+            try:
+                self._resources[kind] = self.dynamic.resources.get(api_version=api_version, kind=name)
+            except dynamic.exceptions.ResourceNotFoundError as exc:
+                raise KubeError(f"the cluster does not serve {api_version} {name} (are its CRDs installed?)") from exc
         return self._resources[kind]
+
+    def list_abtests(self, namespace: str) -> list[dict[str, Any]]:
+        try:
+            found = self.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, "abtests")
+        except ApiException as exc:
+            if exc.status == 404:
+                return []
+            raise KubeError(f"list ABTests: {exc.status} {_reason(exc)}") from exc
+        return list(found.get("items") or [])
 
     def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
         """Server-side apply; ``force`` because these fields are the operator's by contract."""

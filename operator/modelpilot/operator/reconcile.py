@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 import logging
 from typing import Any
 
-from modelpilot.operator import analysis, builders, metrics, rollout
+from modelpilot.operator import abtest, analysis, builders, metrics, rollout
 from modelpilot.operator.kube import Kube, KubeError
 from modelpilot.operator.prometheus import Prometheus, PrometheusError
 from modelpilot.operator.registry import (
@@ -247,7 +247,9 @@ class Reconciler:
                 ro["phase"] = "Superseded"  # the spec moved on from the rejected version
                 status["rollout"] = ro
             self.kube.delete_owned("Deployment", namespace, builders.deployment_name(owner, "canary"), owner.uid)
-            self._apply_stable(owner, spec, model, None)
+            member = self.abtest_membership(namespace, name)
+            self._apply_stable(owner, spec, model, member[1] if member else None,
+                               {abtest.ABTEST_LABEL: member[0]} if member and not member[2] else None)
             status["model"] = model.as_status()
         else:
             events += self._canary(owner, spec, status, stable_model, model, body, now)
@@ -259,12 +261,27 @@ class Reconciler:
 
     # ------------------------------------------------------------------ canary
 
+    def abtest_membership(self, namespace: str, name: str) -> tuple[str, int | None, bool] | None:
+        """(ABTest name, replicas it assigns or None, shadow?) when an ABTest routes to this ModelVersion."""
+        for test in self.kube.list_abtests(namespace):
+            for v in abtest.variants(test.get("spec") or {}):
+                if v.model_version != name:
+                    continue
+                replicas = None
+                if abtest.provider(test.get("spec") or {}) == "replicas" and not v.shadow:
+                    assigned = next((sv for sv in (test.get("status") or {}).get("variants") or []
+                                     if sv.get("modelVersion") == name), {})
+                    replicas = assigned.get("replicas")
+                return test["metadata"]["name"], (int(replicas) if replicas is not None else None), v.shadow
+        return None
+
     def _apply_stable(self, owner: builders.Owner, spec: dict[str, Any], model: ResolvedModel,
-                      replicas: int | None) -> None:
+                      replicas: int | None, extra_pod_labels: dict[str, str] | None = None) -> None:
         manifests = builders.build_all(owner, spec, model, self.tracking_uri(spec), self.settings.serving_image)
-        if replicas is not None:
+        if replicas is not None or extra_pod_labels:
             manifests["Deployment"] = builders.build_deployment(
-                owner, spec, model, self.tracking_uri(spec), self.settings.serving_image, replicas=replicas)
+                owner, spec, model, self.tracking_uri(spec), self.settings.serving_image, replicas=replicas,
+                extra_pod_labels=extra_pod_labels)
         for kind, manifest in manifests.items():
             if manifest is None:
                 self.kube.delete_owned(kind, owner.namespace, owner.name, owner.uid)
@@ -286,6 +303,8 @@ class Reconciler:
             return events
         if ro.get("phase") not in rollout.ACTIVE or ro.get("canaryVersion") != candidate.version:
             decision = rollout.start(stable.as_status(), candidate.as_status(), spec, now)
+            if ro.get("handledAction"):  # an annotation already acted on must not hit the next canary
+                decision.rollout["handledAction"] = ro["handledAction"]
             events.append(Event("Normal", "RolloutStarted", decision.message))
         else:
             action = self._pending_action(body, ro)
@@ -298,7 +317,7 @@ class Reconciler:
                 verdict, measurements = self._analyse(owner, spec, stable, candidate)
             decision = rollout.step(ro, spec, now, canary_ready, verdict, measurements, action)
             if action:
-                decision.rollout["handledAction"] = f"{action}/{candidate.version}"
+                decision.rollout["handledAction"] = self._annotation(body)
             kind = {"Advance": ("Normal", "RolloutStep"), "Promote": ("Normal", "Promoted"),
                     "RollBack": ("Warning", "RolledBack"), "Pause": ("Warning", "RolloutPaused")}.get(decision.action)
             if kind:
@@ -328,12 +347,23 @@ class Reconciler:
         return events
 
     @staticmethod
-    def _pending_action(body: dict[str, Any], ro: dict[str, Any]) -> str:
-        """A manual action asked for through the annotation, not yet handled for this canary."""
-        action = ((body.get("metadata") or {}).get("annotations") or {}).get(ACTION_ANNOTATION, "").strip()
-        if action not in ("promote", "abort", "pause", "resume"):
+    def _annotation(body: dict[str, Any]) -> str:
+        return str(((body.get("metadata") or {}).get("annotations") or {}).get(ACTION_ANNOTATION, "")).strip()
+
+    def _pending_action(self, body: dict[str, Any], ro: dict[str, Any]) -> str:
+        """A manual action asked for through the annotation and not handled yet.
+
+        The value is ``<action>`` or ``<action>/<canary version>`` (what ``modelpilot promote`` writes);
+        with a version it only applies to that canary. A value is acted on once: the handled value is
+        kept in status and carried into later rollouts.
+        """
+        value = self._annotation(body)
+        action, _, version = value.partition("/")
+        if action not in ("promote", "abort", "pause", "resume") or value == ro.get("handledAction"):
             return ""
-        return "" if ro.get("handledAction") == f"{action}/{ro.get('canaryVersion')}" else action
+        if version and version != ro.get("canaryVersion"):
+            return ""
+        return action
 
     def _analyse(self, owner: builders.Owner, spec: dict[str, Any], stable: ResolvedModel,
                  candidate: ResolvedModel) -> tuple[str, list[dict[str, Any]]]:

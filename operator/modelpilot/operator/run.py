@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     if settings.metrics_port:
         from modelpilot.operator import metrics
 
-        metrics.serve(settings.metrics_port)
+        metrics.serve(settings.metrics_port, settings.bind_address)
     priority = settings.priority if settings.priority is not None else random.randint(1, 1_000_000)
     if settings.peering:
         _ensure_peering(api, settings)

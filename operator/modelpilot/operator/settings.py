@@ -48,11 +48,17 @@ class OperatorSettings:
     rollout_tick_seconds: float = 5.0
     """How often an active canary rollout is re-evaluated (``MODELPILOT_ROLLOUT_TICK_SECONDS``)."""
 
+    abtest_refresh_seconds: float = 15.0
+    """How often ABTests refresh their variants' figures and comparison (``MODELPILOT_ABTEST_REFRESH_SECONDS``)."""
+
     prometheus_url: str = ""
     """Prometheus the analysis engine queries (``MODELPILOT_PROMETHEUS_URL``, else ``PROMETHEUS_URL``)."""
 
     metrics_port: int = 8080
     """Port of the operator's own ``/metrics`` (``MODELPILOT_METRICS_PORT``; 0 disables it)."""
+
+    bind_address: str = "0.0.0.0"
+    """Address the metrics endpoint listens on (``MODELPILOT_BIND_ADDRESS``)."""
 
     peering: str = "modelpilot"
     """kopf peering object shared by the operator's replicas so only the highest-priority one acts
@@ -101,8 +107,10 @@ class OperatorSettings:
             retry_delay_seconds=number("MODELPILOT_RETRY_DELAY_SECONDS", 10.0, 0.1),
             field_manager=env.get("MODELPILOT_FIELD_MANAGER") or "modelpilot",
             prometheus_url=prometheus.rstrip("/"),
+            abtest_refresh_seconds=number("MODELPILOT_ABTEST_REFRESH_SECONDS", 15.0, 1.0),
             rollout_tick_seconds=number("MODELPILOT_ROLLOUT_TICK_SECONDS", 5.0, 0.5),
             metrics_port=int(number("MODELPILOT_METRICS_PORT", 8080, 0)),
+            bind_address=env.get("MODELPILOT_BIND_ADDRESS") or "0.0.0.0",
             peering=env.get("MODELPILOT_PEERING", "modelpilot"),
             priority=priority,
             namespaces=tuple(n.strip() for n in env.get("MODELPILOT_NAMESPACES", "").split(",") if n.strip()),

@@ -1,0 +1,146 @@
+"""ABTest: pure routing builders and decisions (no I/O).
+
+Reconcile-level helpers for the ABTest resource: one stable endpoint in front of
+two or more ModelVersions, split by weight through one of two providers:
+
+* **replica ratio** (bare clusters, the default): the stable Service selects
+  every variant's pods through the label ``modelpilot.io/abtest: <name>``, and
+  each ModelVersion's replicas are set so replicas approximate the weights. The
+  total is the sum of the variants' own ``spec.replicas``; a variant gets
+  ``round(total × weight / 100)`` replicas, at least one when its weight is
+  above 0 and none at 0 % — a 0 % variant receives no traffic at all. With N
+  total replicas the split quantises to multiples of 100/N %; the effective
+  weights are reported in status. Header pinning, stickiness and mirroring
+  need a Gateway.
+* **Gateway API**: an HTTPRoute on the named Gateway with weighted backendRefs
+  (the variants' own Services), one rule per variant matching the pinning
+  header, and a RequestMirror filter per shadow variant.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from modelpilot.operator.builders import API_VERSION
+
+ABTEST_LABEL = "modelpilot.io/abtest"
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    model_version: str
+    weight: int
+    shadow: bool
+
+
+def variants(spec: dict[str, Any]) -> list[Variant]:
+    return [Variant(name=v.get("name") or v["modelVersion"], model_version=v["modelVersion"],
+                    weight=int(v.get("weight", 0)), shadow=bool(v.get("shadow", False)))
+            for v in spec.get("variants") or []]
+
+
+def provider(spec: dict[str, Any]) -> str:
+    return "gateway" if (spec.get("routing") or {}).get("gatewayRef") else "replicas"
+
+
+def replica_split(vs: list[Variant], replicas: dict[str, int], weights: dict[str, int] | None = None) -> dict[str, int]:
+    """Replicas per ModelVersion approximating the weights (replica-ratio provider)."""
+    serving = [v for v in vs if not v.shadow]
+    total = max(sum(max(replicas.get(v.model_version, 1), 0) for v in serving), 1)
+    out: dict[str, int] = {}
+    for v in serving:
+        weight = (weights or {}).get(v.name, v.weight)
+        out[v.model_version] = 0 if weight <= 0 else max(1, round(total * weight / 100))
+    return out
+
+
+def effective_weights(vs: list[Variant], split: dict[str, int]) -> dict[str, int]:
+    total = sum(split.values()) or 1
+    return {v.name: round(100 * split.get(v.model_version, 0) / total) for v in vs if not v.shadow}
+
+
+def split_text(vs: list[Variant], weights: dict[str, int]) -> str:
+    return ",".join(f"{v.name}=shadow" if v.shadow else f"{v.name}={weights.get(v.name, 0)}" for v in vs)
+
+
+def owner_reference(name: str, uid: str) -> dict[str, Any]:
+    return {"apiVersion": API_VERSION, "kind": "ABTest", "name": name, "uid": uid, "controller": True,
+            "blockOwnerDeletion": True}
+
+
+def build_service(name: str, namespace: str, uid: str) -> dict[str, Any]:
+    """The stable endpoint: selects every non-shadow variant's pods (replica ratio splits the traffic)."""
+    return {
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": name, "namespace": namespace, "ownerReferences": [owner_reference(name, uid)],
+                     "labels": {"app.kubernetes.io/managed-by": "modelpilot", ABTEST_LABEL: name}},
+        "spec": {"type": "ClusterIP", "selector": {ABTEST_LABEL: name},
+                 "ports": [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}]},
+    }
+
+
+def build_httproute(name: str, namespace: str, uid: str, spec: dict[str, Any], vs: list[Variant],
+                    weights: dict[str, int]) -> dict[str, Any]:
+    """HTTPRoute with weighted backendRefs, pinning rules and mirrors for shadow variants."""
+    routing = spec.get("routing") or {}
+    gateway = routing["gatewayRef"]
+    parent: dict[str, Any] = {"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": gateway["name"]}
+    if gateway.get("namespace"):
+        parent["namespace"] = gateway["namespace"]
+    if gateway.get("sectionName"):
+        parent["sectionName"] = gateway["sectionName"]
+    header = (routing.get("headerPinning") or {}).get("header") or "x-modelpilot-variant"
+
+    def ref(v: Variant, weight: int | None = None) -> dict[str, Any]:
+        backend: dict[str, Any] = {"kind": "Service", "name": v.model_version, "port": 80}
+        if weight is not None:
+            backend["weight"] = weight
+        return backend
+
+    serving = [v for v in vs if not v.shadow]
+    mirrors = [{"type": "RequestMirror", "requestMirror": {"backendRef": {"kind": "Service",
+                                                                            "name": v.model_version, "port": 80}}}
+               for v in vs if v.shadow]
+    # Pinning rules come first (more specific matches win) and are always present: they cost
+    # nothing and let QA reach one variant with a header.
+    rules: list[dict[str, Any]] = [
+        {"matches": [{"headers": [{"type": "Exact", "name": header, "value": v.name}]}], "backendRefs": [ref(v)]}
+        for v in serving
+    ]
+    default: dict[str, Any] = {"backendRefs": [ref(v, weights.get(v.name, 0)) for v in serving]}
+    if mirrors:
+        default["filters"] = mirrors
+    rules.append(default)
+    return {
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+        "metadata": {"name": name, "namespace": namespace, "ownerReferences": [owner_reference(name, uid)],
+                     "labels": {"app.kubernetes.io/managed-by": "modelpilot", ABTEST_LABEL: name}},
+        "spec": {"parentRefs": [parent], "rules": rules},
+    }
+
+
+def pick_backend(route: dict[str, Any], headers: dict[str, str], draw: float) -> str:
+    """Which Service a request goes to under an HTTPRoute (the data plane a Gateway would run).
+
+    ``draw`` is a number in [0, 1). Used by tests and the demo to send traffic exactly as the
+    route says, since no Gateway implementation runs locally.
+    """
+    lowered = {k.lower(): v for k, v in headers.items()}
+    for rule in route["spec"]["rules"]:
+        matches = rule.get("matches") or []
+        if matches and not any(all(lowered.get(h["name"].lower()) == h["value"] for h in m.get("headers", []))
+                               for m in matches):
+            continue
+        refs = rule["backendRefs"]
+        total = sum(r.get("weight", 1) for r in refs)
+        if total <= 0:
+            break
+        point = draw * total
+        for backend in refs:
+            point -= backend.get("weight", 1)
+            if point < 0:
+                return str(backend["name"])
+        return str(refs[-1]["name"])
+    raise LookupError("no rule of the route matches the request")

@@ -1,0 +1,164 @@
+"""ABTests on the real local environment.
+
+The replica-ratio provider is fully real (Service, labels, replicas). For the
+Gateway provider the HTTPRoute is real and validated by the apiserver against
+the standard Gateway API CRDs, but no Gateway implementation runs locally: the
+test routes each request the way the HTTPRoute says (``abtest.pick_backend``),
+then calls a ready pod of the chosen Service through its loopback address.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections import Counter
+from typing import Any
+
+from kubernetes import client
+
+from modelpilot.dev.workloads import pod_address, register_faulty_model, wait_for
+from modelpilot.operator import abtest
+
+GROUP, VERSION = "modelpilot.io", "v1alpha1"
+ROW = json.dumps({"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP64",
+                              "data": [6.7, 3.0, 5.2, 2.3]}]}).encode()
+
+
+def _mv(name: str, version: str, replicas: int = 2) -> dict[str, Any]:
+    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "ModelVersion", "metadata": {"name": name},
+            "spec": {"model": {"name": "iris", "version": version}, "replicas": replicas}}
+
+
+def _ready_pods(core: Any, namespace: str, selector: str) -> list[Any]:
+    return [p for p in core.list_namespaced_pod(namespace, label_selector=selector).items
+            if p.metadata.deletion_timestamp is None and pod_address(p)
+            and any(c.type == "Ready" and c.status == "True" for c in p.status.conditions or [])]
+
+
+def _abtest(custom: Any, namespace: str, name: str = "iris") -> dict[str, Any]:
+    return dict(custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "abtests", name))
+
+
+def _ready(body: dict[str, Any]) -> bool:
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in (body.get("status") or {}).get("conditions")
+               or [])
+
+
+def test_replica_ratio_routes_by_weight_and_a_zero_percent_variant_gets_no_pods(
+    operator: Any, custom: Any, core: Any, namespace: str, iris_version: str
+) -> None:
+    for name in ("iris-a", "iris-b"):
+        custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "modelversions", _mv(name, iris_version))
+    test = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "ABTest", "metadata": {"name": "iris"},
+            "spec": {"variants": [{"name": "a", "modelVersion": "iris-a", "weight": 75},
+                                  {"name": "b", "modelVersion": "iris-b", "weight": 25}]}}
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "abtests", test)
+
+    def split_applied() -> Any:
+        body = _abtest(custom, namespace)
+        pods = _ready_pods(core, namespace, "modelpilot.io/abtest=iris")
+        per_mv = Counter(p.metadata.labels["modelpilot.io/modelversion"] for p in pods)
+        return body if _ready(body) and per_mv == {"iris-a": 3, "iris-b": 1} else None
+
+    body = wait_for(split_applied, 240, 1.0, "3 pods of iris-a and 1 of iris-b behind the ABTest")
+    assert body["status"]["split"] == "a=75,b=25"
+    assert {v["name"]: v["replicas"] for v in body["status"]["variants"]} == {"a": 3, "b": 1}
+    service = core.read_namespaced_service("iris", namespace)
+    assert service.spec.selector == {"modelpilot.io/abtest": "iris"}
+    assert service.metadata.owner_references[0].kind == "ABTest"
+
+    custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, "abtests", "iris", {"spec": {"variants": [
+        {"name": "a", "modelVersion": "iris-a", "weight": 100}, {"name": "b", "modelVersion": "iris-b", "weight": 0}]}})
+
+    def b_drained() -> bool:
+        pods = [p for p in core.list_namespaced_pod(namespace, label_selector="modelpilot.io/modelversion=iris-b").items
+                if p.metadata.deletion_timestamp is None]
+        return not pods and _abtest(custom, namespace)["status"]["split"] == "a=100,b=0"
+
+    wait_for(b_drained, 120, 1.0, "the 0 % variant to have no pods")
+
+
+def test_gateway_route_splits_pins_mirrors_and_the_comparison_names_a_winner(
+    operator: Any, dev_env: dict[str, Any], api_client: Any, custom: Any, core: Any, namespace: str,
+    iris_version: str
+) -> None:
+    gateways = client.CustomObjectsApi(api_client)
+    gateways.create_cluster_custom_object("gateway.networking.k8s.io", "v1", "gatewayclasses", {
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
+        "metadata": {"name": f"sim-{namespace}"}, "spec": {"controllerName": "modelpilot.io/simulated"}})
+    gateways.create_namespaced_custom_object("gateway.networking.k8s.io", "v1", namespace, "gateways", {
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway", "metadata": {"name": "gw"},
+        "spec": {"gatewayClassName": f"sim-{namespace}", "listeners": [{"name": "http", "port": 80,
+                                                                          "protocol": "HTTP"}]}})
+    faulty = register_faulty_model(dev_env["exports"]["MLFLOW_TRACKING_URI"], "iris")
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "modelversions", _mv("iris-a", iris_version, 1))
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "modelversions", _mv("iris-b", faulty, 1))
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "modelversions", _mv("iris-s", iris_version, 1))
+    test = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "ABTest", "metadata": {"name": "iris"},
+            "spec": {"variants": [{"name": "a", "modelVersion": "iris-a", "weight": 50},
+                                  {"name": "b", "modelVersion": "iris-b", "weight": 50},
+                                  {"name": "s", "modelVersion": "iris-s", "shadow": True}],
+                     "routing": {"gatewayRef": {"name": "gw"}},
+                     "analysis": {"interval": "5m", "minSamples": 30, "significance": 0.01}}}
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "abtests", test)
+    body = wait_for(lambda: (lambda b: b if _ready(b) else None)(_abtest(custom, namespace)), 240, 1.0,
+                    "the ABTest Ready")
+    route = gateways.get_namespaced_custom_object("gateway.networking.k8s.io", "v1", namespace, "httproutes", "iris")
+    default = route["spec"]["rules"][-1]
+    assert [(r["name"], r["weight"]) for r in default["backendRefs"]] == [("iris-a", 50), ("iris-b", 50)]
+    assert default["filters"][0]["requestMirror"]["backendRef"]["name"] == "iris-s"
+    assert body["status"]["split"] == "a=50,b=50,s=shadow"
+
+    # The simulated data plane: route by the HTTPRoute, mirror to the shadow, answer from the primary.
+    served: Counter[str] = Counter()
+    codes: Counter[tuple[str, int]] = Counter()
+    rng = random.Random(7)
+    for i in range(240):
+        headers = {"x-modelpilot-variant": "a"} if i % 40 == 0 else {}
+        backend = abtest.pick_backend(route, headers, rng.random())
+        targets = [backend] + ([f["requestMirror"]["backendRef"]["name"] for f in default.get("filters", [])]
+                               if not headers else [])
+        for target in targets:
+            pods = _ready_pods(core, namespace, f"modelpilot.io/modelversion={target}")
+            req = urllib.request.Request(f"http://{pod_address(pods[0])}/v2/models/iris/infer", data=ROW,
+                                         headers={"Content-Type": "application/json"})
+            try:
+                with urllib.request.urlopen(req, timeout=5) as resp:
+                    code = resp.status
+            except urllib.error.HTTPError as exc:
+                code = exc.code
+            codes[(target, code)] += 1
+        served[backend] += 1
+    assert 90 <= served["iris-a"] - 6 <= 150 and served["iris-b"] >= 90  # ≈ 50/50 plus 6 pinned to a
+    assert codes[("iris-s", 200)] > 200  # the shadow saw the mirrored traffic
+    assert codes[("iris-b", 500)] > 0 and codes[("iris-a", 500)] == 0
+
+    last: list[dict[str, Any]] = [{}]
+
+    def decided() -> Any:
+        last[0] = _abtest(custom, namespace)
+        return last[0] if (last[0].get("status") or {}).get("winner") else None
+
+    try:
+        body = wait_for(decided, 180, 2.0, "the comparison to name a winner")
+    except TimeoutError as exc:
+        status = last[0].get("status") or {}
+        q = urllib.parse.urlencode({"query": f'modelpilot_requests_total{{namespace="{namespace}"}}'})
+        with urllib.request.urlopen(f"{dev_env['exports']['PROMETHEUS_URL']}/api/v1/query?{q}") as resp:
+            raw = [(r["metric"].get("variant"), r["metric"].get("code"), r["value"][1])
+                   for r in json.loads(resp.read())["data"]["result"]]
+        raise AssertionError(f"no winner; variants={status.get('variants')} "
+                             f"comparison={status.get('comparison')} series={raw}") from exc
+    status = body["status"]
+    assert status["winner"] == "a" and status["phase"] == "Concluded"
+    comparison = status["comparison"]
+    assert comparison["metric"] == "success-rate" and comparison["pValue"] < 0.01
+    figures = {v["name"]: v for v in status["variants"]}
+    assert figures["a"]["requests"] >= 30 and figures["b"]["errorRate"] > 0.5 and figures["a"]["errorRate"] == 0
+    assert figures["s"]["requests"] >= 30  # the shadow is measured like any variant
+    events = core.list_namespaced_event(namespace, field_selector="involvedObject.name=iris").items
+    assert "WinnerDeclared" in {e.reason for e in events if e.involved_object.kind == "ABTest"}
+    gateways.delete_cluster_custom_object("gateway.networking.k8s.io", "v1", "gatewayclasses", f"sim-{namespace}")
