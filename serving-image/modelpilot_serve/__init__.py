@@ -7,7 +7,10 @@ Map of the package (outside in):
 * `app`         — Starlette routes, the error mapping, uvicorn server construction.
 * `state`       — background model loading and the ready / not-ready state.
 * `oip`, `invocations` — protocol adapters (Open Inference Protocol v2, MLflow scoring).
-* `runner`      — where predictions execute (seam for batching / caching).
+* `runner`      — where predictions execute: direct, adaptive micro-batching, cached.
+* `cache`       — inference cache (in-process LRU + TTL, or shared through Redis).
+* `feedback`    — prediction ids → ground truth → per-version quality metrics.
+* `openapi`     — the OpenAPI document served at /openapi.json.
 * `model`       — the one predict core, MLflow loading, the validation gate.
 * `metrics`, `logs`, `errors` — Prometheus series, JSON logs, the error vocabulary.
 

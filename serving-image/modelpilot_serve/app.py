@@ -16,15 +16,24 @@ Endpoints (the operator ⇄ pod contract is marked *):
   POST /invocations *                MLflow scoring protocol
   GET  /ping, /health                MLflow / SageMaker-style readiness
   GET  /version                      server and MLflow versions
+  POST /v2/models/{name}[/versions/{v}]/feedback, /feedback   ground truth for a prediction id
   GET  /metrics *                    Prometheus text format
+  GET  /openapi.json                 OpenAPI 3.1 document of this API
+
+Every prediction carries an id (v2: the response `id`, the request's own if
+it sent one; /invocations: the `x-modelpilot-prediction-id` response header,
+the request's header of that name if it sent one) that the feedback endpoint
+accepts with the true outcome.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import signal
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from types import FrameType
 from typing import Any
@@ -38,12 +47,15 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from . import __version__, invocations, oip
+from . import __version__, feedback, invocations, oip
+from .cache import LocalCache, PredictionCache, RedisCache, model_identity
 from .errors import BadRequest, NotFound, NotReady, PayloadTooLarge, ServeError, UnsupportedMediaType, shorten
+from .feedback import FeedbackStore
 from .logs import event
 from .metrics import CONTENT_TYPE, ServeMetrics
 from .model import ServedModel, load_model
-from .runner import DirectRunner, Runner
+from .openapi import openapi_document
+from .runner import BatchingRunner, CachingRunner, DirectRunner, Runner
 from .settings import ServeSettings
 from .state import Loader, ModelState, Phase
 
@@ -57,6 +69,8 @@ GRACEFUL_SHUTDOWN_SECONDS = 25
 # proxy, not the server, should close idle connections, or it may reuse one
 # the server just closed and answer 502.
 KEEP_ALIVE_SECONDS = 65
+PREDICTION_ID_HEADER = "x-modelpilot-prediction-id"
+_CLIENT_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,256}$")
 
 
 # --------------------------------------------------------------------------- responses
@@ -131,11 +145,16 @@ Endpoint = Callable[[Request], Awaitable[Response]]
 class _Server:
     """The handlers, closed over one process's settings, state, metrics and runner."""
 
-    def __init__(self, settings: ServeSettings, state: ModelState, metrics: ServeMetrics, runner: Runner) -> None:
+    def __init__(
+        self, settings: ServeSettings, state: ModelState, metrics: ServeMetrics, runner: Runner,
+        feedback_store: FeedbackStore,
+    ) -> None:
         self.settings = settings
         self.state = state
         self.metrics = metrics
         self.runner = runner
+        self.feedback_store = feedback_store
+        self._openapi: bytes | None = None
 
     # ---- shared checks
 
@@ -156,15 +175,23 @@ class _Server:
         body["reason"] = snap.reason
         return JSONResponse(body, status_code=200 if snap.phase is Phase.READY else 503)
 
-    def _count_classes(self, model: ServedModel, output: Any) -> None:
-        if model.classes is not None and isinstance(output, np.ndarray):
-            self.metrics.count_classes(output)
+    def _after_predict(self, model: ServedModel, output: Any, prediction_id: str) -> None:
+        """Prediction-distribution metrics and the feedback memory, for every answered prediction."""
+        if isinstance(output, np.ndarray):
+            if model.classes is not None:
+                self.metrics.count_classes(output)
+            elif output.dtype.kind in "iuf" and output.size and (output.ndim == 1 or output.shape[1:] == (1,)):
+                self.metrics.observe_values(output)
+        self.feedback_store.remember(prediction_id, output)
 
     def instrumented(self, protocol: str, handler: Endpoint) -> Endpoint:
         """Wrap an inference handler: errors → responses, and one metrics sample per request."""
 
+        runner = self.runner
+
         async def endpoint(request: Request) -> Response:
             start = time.perf_counter()
+            runner.enter()
             try:
                 response = await handler(request)
             except ServeError as exc:
@@ -176,6 +203,8 @@ class _Server:
                     {"error": f"internal error while predicting: {type(exc).__name__}: {shorten(str(exc), 500)}"},
                     status_code=500,
                 )
+            finally:
+                runner.leave()
             self.metrics.observe_request(protocol, response.status_code, time.perf_counter() - start)
             return response
 
@@ -250,20 +279,90 @@ class _Server:
         req = oip.decode_request(body)
         inp = oip.to_model_input(model, req)
         output = await self.runner.run(model, inp)
-        self._count_classes(model, output)
+        prediction_id = req.id or uuid.uuid4().hex
+        self._after_predict(model, output, prediction_id)
         s = self.settings
-        return JSONResponse(oip.encode_response(s.model_name, s.model_version, req.id, output, model))
+        return JSONResponse(oip.encode_response(s.model_name, s.model_version, prediction_id, output, model))
 
     async def invocations(self, request: Request) -> Response:
         model = self.state.require_ready()
         body = await read_body(request, self.settings.max_request_bytes)
         inp = invocations.decode(model, body, request.headers.get("content-type"))
         output = await self.runner.run(model, inp)
-        self._count_classes(model, output)
-        return JSONResponse(invocations.encode(output))
+        client_id = request.headers.get(PREDICTION_ID_HEADER)
+        prediction_id = client_id if client_id and _CLIENT_ID.match(client_id) else uuid.uuid4().hex
+        self._after_predict(model, output, prediction_id)
+        return JSONResponse(invocations.encode(output), headers={PREDICTION_ID_HEADER: prediction_id})
+
+    # ---- feedback
+
+    async def feedback(self, request: Request) -> Response:
+        if "name" in request.path_params:
+            self.check_model(request)
+        body = await read_body(request, self.settings.max_request_bytes)
+        items = feedback.parse(body)
+        model = self.state.snapshot.model
+        classes = model.classes if model is not None else None
+        return JSONResponse(self.feedback_store.submit(items, classes))
+
+    async def openapi(self, request: Request) -> Response:
+        if self._openapi is None:
+            self._openapi = orjson.dumps(openapi_document(self.settings.model_name, __version__))
+        return Response(self._openapi, media_type="application/json")
 
 
 # --------------------------------------------------------------------------- app
+
+
+class ServeApp(Starlette):
+    """Starlette, plus a direct lane for the inference endpoints of the served model.
+
+    The two hot routes (`POST /v2/models/<name>[/versions/<v>]/infer`,
+    `POST /invocations`) are matched by exact path and called without
+    Starlette's middleware stack and route scan, which costs more per request
+    than a fast-path prediction. The endpoints are the same instrumented
+    handlers the routes use (they turn every error into a response
+    themselves), so behaviour is identical either way; every other path,
+    method and the lifespan go through Starlette.
+    """
+
+    direct: dict[str, tuple[Endpoint, dict[str, str]]]
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            hit = self.direct.get(scope["path"])
+            if hit is not None:
+                endpoint, params = hit
+                scope["app"] = self
+                scope["path_params"] = params
+                response = await endpoint(Request(scope, receive))
+                await send({"type": "http.response.start", "status": response.status_code,
+                            "headers": response.raw_headers})
+                await send({"type": "http.response.body", "body": response.body})
+                return
+        await super().__call__(scope, receive, send)
+
+
+def build_runner(settings: ServeSettings, metrics: ServeMetrics, cache: PredictionCache | None = None) -> Runner:
+    """The runner stack the settings ask for: [cache →] [batcher →] direct."""
+    runner: Runner
+    if settings.batching:
+        runner = BatchingRunner(metrics, settings.max_batch_size, settings.max_batch_latency_ms / 1000)
+    else:
+        runner = DirectRunner()
+    if cache is None and settings.cache:
+        s = settings
+
+        def identity(model: ServedModel) -> str:
+            return model_identity(s.model_name, s.model_version, model)
+
+        if settings.cache_redis_url:
+            cache = RedisCache(identity, settings.cache_redis_url, settings.cache_ttl_seconds, metrics)
+        else:
+            cache = LocalCache(identity, settings.cache_max_entries, settings.cache_ttl_seconds)
+    if cache is not None:
+        runner = CachingRunner(runner, cache, metrics)
+    return runner
 
 
 def create_app(
@@ -272,40 +371,51 @@ def create_app(
     loader: Loader = load_model,
     runner: Runner | None = None,
     metrics: ServeMetrics | None = None,
+    feedback_store: FeedbackStore | None = None,
 ) -> Starlette:
     """The ASGI app. Loading starts in the lifespan, i.e. once the server runs.
 
-    `loader` and `runner` are the seams for what comes next (model caches,
-    batching) and for tests that need to hold loading at a known point.
+    `loader`, `runner` and `feedback_store` are seams for tests that need to
+    hold loading at a known point, inject a cache with a fake clock, etc.
     """
-    metrics = metrics or ServeMetrics(settings.model_name, settings.model_version, settings.variant)
+    metrics = metrics or ServeMetrics(
+        settings.model_name, settings.model_version, settings.variant, settings.prediction_buckets
+    )
     state = ModelState(settings, metrics, loader)
-    srv = _Server(settings, state, metrics, runner or DirectRunner())
+    runner = runner or build_runner(settings, metrics)
+    store = feedback_store or FeedbackStore(metrics, settings.feedback_max_pending, settings.feedback_ttl_seconds)
+    srv = _Server(settings, state, metrics, runner, store)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         state.start()
         yield
+        await runner.close()
 
     model_paths = ("/v2/models/{name}", "/v2/models/{name}/versions/{version}")
+    invocations_endpoint = srv.instrumented("invocations", srv.invocations)
+    infer = srv.instrumented("v2", srv.infer)
     routes = [
         Route("/v2/health/live", srv.live, methods=["GET"]),
         Route("/v2/health/ready", srv.ready, methods=["GET"]),
         Route("/v2", srv.server_metadata, methods=["GET"]),
-        Route("/invocations", srv.instrumented("invocations", srv.invocations), methods=["POST"]),
+        Route("/invocations", invocations_endpoint, methods=["POST"]),
         Route("/ping", srv.ping, methods=["GET"]),
         Route("/health", srv.ping, methods=["GET"]),
         Route("/version", srv.version, methods=["GET"]),
         Route("/metrics", srv.metrics_endpoint, methods=["GET"]),
+        Route("/openapi.json", srv.openapi, methods=["GET"]),
+        # Feedback is not an inference request: not in modelpilot_requests_total.
+        Route("/feedback", srv.feedback, methods=["POST"]),
     ]
-    infer = srv.instrumented("v2", srv.infer)
     for base in model_paths:
         routes += [
             Route(base, srv.model_metadata, methods=["GET"]),
             Route(base + "/ready", srv.model_ready, methods=["GET"]),
             Route(base + "/infer", infer, methods=["POST"]),
+            Route(base + "/feedback", srv.feedback, methods=["POST"]),
         ]
-    app = Starlette(
+    app = ServeApp(
         routes=routes,
         lifespan=lifespan,
         exception_handlers={
@@ -314,8 +424,16 @@ def create_app(
             Exception: _unhandled_handler,
         },
     )
+    name, version = settings.model_name, settings.model_version
+    app.direct = {
+        "/invocations": (invocations_endpoint, {}),
+        f"/v2/models/{name}/infer": (infer, {"name": name}),
+        f"/v2/models/{name}/versions/{version}/infer": (infer, {"name": name, "version": version}),
+    }
     app.state.model_state = state
     app.state.metrics = metrics
+    app.state.runner = runner
+    app.state.feedback = store
     return app
 
 
@@ -359,6 +477,9 @@ def run(settings: ServeSettings) -> int:
         log, logging.INFO, "starting",
         host=settings.host, port=settings.port, model_uri=settings.model_uri,
         max_request_bytes=settings.max_request_bytes, server_version=__version__,
+        batching=settings.batching, max_batch_size=settings.max_batch_size,
+        max_batch_latency_ms=settings.max_batch_latency_ms, cache=settings.cache,
+        cache_backend=("redis" if settings.cache_redis_url else "local") if settings.cache else None,
     )
     try:
         server.run()

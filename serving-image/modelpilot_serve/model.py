@@ -33,7 +33,7 @@ import logging
 import os
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -122,18 +122,18 @@ class SignatureInfo:
     outputs: tuple[IOSpec, ...]
     has_params: bool
     raw: dict[str, Any]
+    # Derived once (they are read on every request).
+    input_names: tuple[str, ...] = field(init=False)
+    named_columns: bool = field(init=False)
+    required_names: tuple[str, ...] = field(init=False)
 
-    @property
-    def input_names(self) -> tuple[str, ...]:
-        return tuple(s.name for s in self.inputs if s.name is not None)
-
-    @property
-    def named_columns(self) -> bool:
-        return self.kind == "columns" and len(self.input_names) == len(self.inputs) > 0
-
-    @property
-    def required_names(self) -> tuple[str, ...]:
-        return tuple(s.name for s in self.inputs if s.name is not None and s.required)
+    def __post_init__(self) -> None:
+        names = tuple(s.name for s in self.inputs if s.name is not None)
+        object.__setattr__(self, "input_names", names)
+        object.__setattr__(self, "named_columns", self.kind == "columns" and len(names) == len(self.inputs) > 0)
+        object.__setattr__(
+            self, "required_names", tuple(s.name for s in self.inputs if s.name is not None and s.required)
+        )
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -203,6 +203,7 @@ class ServedModel:
     sig_to_fast: list[int] | None = None
     int_columns: np.ndarray | None = None  # positions (in fast order) of integer columns
     mlflow_version: str = ""
+    model_uuid: str | None = None  # MLmodel's model_uuid: identifies the artifact even without a version
 
     # ---- metadata
 
@@ -242,6 +243,7 @@ class ServedModel:
             raise BadRequest("'params' must be a JSON object")
         fmt = formats[0]
         value = payload[fmt]
+        self._check_columns(_payload_columns(fmt, value))
         params = self._params(params)
         if self.fast_path and params is None:
             matrix = self._fast_from_json(fmt, value)
@@ -268,8 +270,27 @@ class ServedModel:
         except UnicodeDecodeError as exc:
             raise BadRequest(f"CSV body is not valid UTF-8: {exc}") from None
         except MlflowException as exc:
-            raise BadRequest(_mlflow_message(exc)) from None
+            raise BadRequest(_name_csv_column(_mlflow_message(exc), body)) from None
+        self._check_columns([str(c) for c in frame.columns])
         return self.from_frame(frame)
+
+    def _check_columns(self, names: list[str] | None) -> None:
+        """Unknown or missing columns are the client's mistake: say which, as v2 does.
+
+        MLflow itself drops unknown columns silently, which hides typos in
+        column names until predictions look wrong.
+        """
+        sig = self.signature
+        if names is None or sig is None or not sig.named_columns:
+            return
+        known = sig.input_names
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise BadRequest(f"unknown column(s) {unknown}; the model's columns are {list(known)}")
+        given = set(names)
+        missing = [n for n in sig.required_names if n not in given]
+        if missing:
+            raise BadRequest(f"missing column(s) {missing}; the model's columns are {list(known)}")
 
     def from_frame(self, frame: pd.DataFrame, params: dict[str, Any] | None = None) -> ModelInput:
         params = self._params(params)
@@ -387,8 +408,12 @@ class ServedModel:
         x = arr.astype(np.float64, copy=False)
         if self.int_columns is not None and arr.dtype.kind == "f":
             sub = x[:, self.int_columns]
-            if not np.array_equal(sub, np.floor(sub)):
-                return None  # MLflow refuses non-integers for integer columns; so do we.
+            whole = sub == np.floor(sub)  # False for NaN and inf too
+            if not whole.all():
+                # MLflow's parser would truncate 20.5 to 20 without a word; an
+                # integer column in the signature forbids it, so say which column.
+                bad = [self.fast_columns[int(i)] for i, ok in zip(self.int_columns, whole.all(axis=0)) if not ok]
+                raise BadRequest(f"column(s) {bad} are integers in the model signature; got non-integer values")
         return x
 
     def _params(self, params: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -397,6 +422,36 @@ class ServedModel:
         if params and self.signature is not None and self.signature.has_params:
             return params
         return None
+
+
+def _name_csv_column(message: str, body: bytes) -> str:
+    """pandas says "in column 0"; say which column that is."""
+    import re
+
+    found = re.search(r"in column (\d+)", message)
+    if not found:
+        return message
+    header = body.split(b"\n", 1)[0].decode("utf-8", "replace").strip().split(",")
+    index = int(found.group(1))
+    if index >= len(header):
+        return message
+    return message.replace(found.group(0), f"{found.group(0)} ({header[index].strip()!r})", 1)
+
+
+def _payload_columns(fmt: str, value: Any) -> list[str] | None:
+    """Column names a scoring payload names, or None when it does not name columns."""
+    if fmt == "dataframe_split" and isinstance(value, dict) and isinstance(value.get("columns"), list):
+        return [str(c) for c in value["columns"]]
+    if fmt in ("dataframe_records", "instances") and isinstance(value, list) and value and all(
+        isinstance(r, dict) for r in value
+    ):
+        names: dict[str, None] = {}
+        for record in value:
+            names.update(dict.fromkeys(record))
+        return [str(n) for n in names]
+    if fmt == "inputs" and isinstance(value, dict):
+        return [str(k) for k in value]
+    return None
 
 
 def _mlflow_message(exc: Exception) -> str:
@@ -444,6 +499,7 @@ def load_model(settings: ServeSettings) -> ServedModel:
         input_example=_read_input_example(local_path, meta),
         predict_fn_name=predict_fn_name,
         mlflow_version=mlflow.__version__,
+        model_uuid=getattr(meta, "model_uuid", None),
     )
     if "sklearn" in flavors:
         _attach_sklearn(model)

@@ -41,6 +41,8 @@ DATATYPES: dict[str, np.dtype[Any]] = {
     "FP64": np.dtype(np.float64),
     "BYTES": np.dtype(object),
 }
+MAX_DIMS = 32  # numpy's limit on dimensions
+MAX_DIM = 2**31 - 1
 _ACCEPTED_KINDS = {"BOOL": "b", "FP16": "fiu", "FP32": "fiu", "FP64": "fiu"}  # ints: "iu" (+ integral floats)
 
 # MLflow signature type → v2 datatype, for model metadata.
@@ -104,9 +106,13 @@ def _decode_tensor(index: int, doc: Any) -> Tensor:
     if (
         not isinstance(shape, list)
         or not shape
-        or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
+        or len(shape) > MAX_DIMS
+        or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= MAX_DIM for d in shape)
     ):
-        raise BadRequest(f"{where}: 'shape' must be a non-empty list of non-negative integers, got {shape!r}")
+        raise BadRequest(
+            f"{where}: 'shape' must be a non-empty list of at most {MAX_DIMS} integers "
+            f"between 0 and {MAX_DIM}, got {shape!r}"
+        )
     datatype = doc.get("datatype")
     if datatype not in DATATYPES:
         raise BadRequest(f"{where}: unsupported datatype {datatype!r}; use one of {', '.join(DATATYPES)}")
@@ -125,7 +131,10 @@ def _decode_tensor(index: int, doc: Any) -> Tensor:
         raise BadRequest(f"{where}: nested data has shape {list(arr.shape)} but 'shape' says {shape}")
     if arr.size != expected:
         raise BadRequest(f"{where}: shape {shape} needs {expected} elements, data has {arr.size}")
-    return Tensor(name, datatype, arr.reshape(shape))
+    try:
+        return Tensor(name, datatype, arr.reshape(shape))
+    except ValueError as exc:  # e.g. shape [0, 2**62]: zero elements, but no such array
+        raise BadRequest(f"{where}: shape {shape} is not a valid tensor shape: {exc}") from None
 
 
 def _numeric_array(where: str, datatype: str, data: list[Any]) -> np.ndarray:
@@ -141,7 +150,15 @@ def _numeric_array(where: str, datatype: str, data: list[Any]) -> np.ndarray:
         if kind not in _ACCEPTED_KINDS[datatype]:
             what = "booleans" if datatype == "BOOL" else "numbers"
             raise BadRequest(f"{where}: datatype {datatype} needs {what}, data has {_describe_kind(arr)}")
-        return arr.astype(target, copy=False)
+        with np.errstate(over="ignore", invalid="ignore"):
+            out = arr.astype(target, copy=False)
+        if kind in "fiu" and target.itemsize < 8:
+            # 1e300 as FP32 would silently become inf; refuse instead.
+            finite = np.isfinite(arr) if kind == "f" else np.ones(arr.shape, dtype=bool)
+            if not np.isfinite(out[finite]).all():
+                limits = np.finfo(target)
+                raise BadRequest(f"{where}: values out of range for {datatype} [{limits.min}, {limits.max}]")
+        return out
     # Integer datatypes: integers, or floats that are whole numbers (some clients write 1.0).
     if kind == "f":
         if not np.array_equal(arr, np.floor(arr)):

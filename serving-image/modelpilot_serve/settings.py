@@ -55,7 +55,8 @@ DEFAULT_CACHE_TTL_SECONDS = 300
 DEFAULT_FEEDBACK_MAX_PENDING = 100_000
 DEFAULT_FEEDBACK_TTL_SECONDS = 3600
 # Histogram buckets of regressor predictions: symmetric, roughly logarithmic.
-# Override with MODELPILOT_SERVE_PREDICTION_BUCKETS for a model's real range.
+# Override with MODELPILOT_SERVE_PREDICTION_BUCKETS for a model's real range
+# (with only non-negative buckets the histogram also exposes its _sum).
 DEFAULT_PREDICTION_BUCKETS: tuple[float, ...] = tuple(
     sorted({sign * m * 10.0**e for sign in (-1, 1) for e in range(-2, 6) for m in (1, 2.5, 5)} | {0.0})
 )
