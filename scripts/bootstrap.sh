@@ -3,7 +3,7 @@
 #   1. a Python virtualenv in .venv with the project and all extras (pip's cache makes reruns quick;
 #      nothing is reinstalled while pyproject.toml is unchanged);
 #   2. the local control plane's binaries (etcd, kube-apiserver, kube-controller-manager,
-#      kube-scheduler, kubectl, kwok, Prometheus), built once from pinned Go modules into
+#      kube-scheduler, kubectl, kwok, Prometheus, helm), built once from pinned Go modules into
 #      ~/.cache/modelpilot (or $MODELPILOT_CACHE) — skipped for any binary that
 #      KUBEBUILDER_ASSETS or MODELPILOT_<NAME> already provides.
 # Nothing is downloaded into the repository.
@@ -16,12 +16,14 @@ need "$PYTHON" "install Python >= 3.11"
 "$PYTHON" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' \
   || { echo "error: Python >= 3.11 is needed, found $("$PYTHON" --version)" >&2; exit 1; }
 
-# Debian packages: redis-server (the serving cache's Redis backend is tested against a real one)
-# and wrk (the serving benchmarks' load generator). Installed only when missing.
-APT_PACKAGES=(redis-server wrk)
+# Debian packages: redis-server (the serving cache's Redis backend is tested against a real one),
+# wrk (the serving benchmarks' load generator) and lua5.4 (runs the Argo CD health checks in
+# tests/unit/test_argocd_health.py). Installed only when missing.
+APT_PACKAGES=(redis-server wrk lua5.4)
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v wrk >/dev/null 2>&1 || missing+=(wrk)
+command -v lua5.4 >/dev/null 2>&1 || missing+=(lua5.4)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "==> installing Debian packages: ${missing[*]}"
   SUDO=""

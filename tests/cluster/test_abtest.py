@@ -112,6 +112,18 @@ def test_gateway_route_splits_pins_mirrors_and_the_comparison_names_a_winner(
     assert default["filters"][0]["requestMirror"]["backendRef"]["name"] == "iris-s"
     assert body["status"]["split"] == "a=50,b=50,s=shadow"
 
+    # Measurement needs Prometheus to scrape every variant's current pod before traffic flows
+    # (in production traffic is continuous; here it is one burst).
+    def scraped() -> bool:
+        pods = {p.metadata.name for mv in ("iris-a", "iris-b", "iris-s")
+                for p in _ready_pods(core, namespace, f"modelpilot.io/modelversion={mv}")}
+        q = urllib.parse.urlencode({"query": f'up{{namespace="{namespace}"}} == 1'})
+        with urllib.request.urlopen(f"{dev_env['exports']['PROMETHEUS_URL']}/api/v1/query?{q}") as resp:
+            up = {r["metric"].get("pod") for r in json.loads(resp.read())["data"]["result"]}
+        return len(pods) == 3 and pods <= up
+
+    wait_for(scraped, 120, 1.0, "Prometheus to scrape every variant's pod")
+
     # The simulated data plane: route by the HTTPRoute, mirror to the shadow, answer from the primary.
     served: Counter[str] = Counter()
     codes: Counter[tuple[str, int]] = Counter()
@@ -150,6 +162,9 @@ def test_gateway_route_splits_pins_mirrors_and_the_comparison_names_a_winner(
         with urllib.request.urlopen(f"{dev_env['exports']['PROMETHEUS_URL']}/api/v1/query?{q}") as resp:
             raw = [(r["metric"].get("variant"), r["metric"].get("code"), r["value"][1])
                    for r in json.loads(resp.read())["data"]["result"]]
+        q = urllib.parse.urlencode({"query": f'modelpilot_requests_total{{namespace="{namespace}",code="500"}}[10m]'})
+        with urllib.request.urlopen(f"{dev_env['exports']['PROMETHEUS_URL']}/api/v1/query?{q}") as resp:
+            raw.append(json.loads(resp.read())["data"]["result"])
         raise AssertionError(f"no winner; variants={status.get('variants')} "
                              f"comparison={status.get('comparison')} series={raw}") from exc
     status = body["status"]

@@ -322,7 +322,7 @@ FULL_MODEL_VERSION = mv(
     autoscaling={"enabled": True, "minReplicas": 2, "maxReplicas": 2, "targetCPUUtilizationPercentage": 80},
     podDisruptionBudget={"enabled": True, "maxUnavailable": "25%"},
     rollout={"steps": [1, 5, 100], "stepIntervalSeconds": 30, "progressDeadlineSeconds": 86400,
-             "analysis": {"enabled": True, "metrics": [{"name": "error-rate", "max": 0.01}]}},
+             "analysis": {"enabled": True, "checks": [{"name": "error-rate", "max": 0.01}]}},
 )
 
 VALID = [

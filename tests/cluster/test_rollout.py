@@ -69,7 +69,8 @@ def _canary_mv(version: str, **rollout: Any) -> dict[str, Any]:
             "spec": {"model": {"name": "iris", "version": version}, "replicas": 2,
                      "rollout": {"steps": [50, 100], "stepIntervalSeconds": 15, "progressDeadlineSeconds": 240,
                                  "analysis": {"interval": "30s", "minSamples": 10,
-                                              "checks": [{"name": "error-rate", "maxDelta": 0.05}]}, **rollout}}}
+                                              "checks": [{"name": "error-rate", "maxDelta": 0.05}]},
+                                 "writeBack": {"enabled": True, "promoteAlias": "champion"}, **rollout}}}
 
 
 def _body(custom: Any, ns: str) -> dict[str, Any]:
@@ -127,6 +128,11 @@ def test_a_regressing_canary_is_rolled_back_automatically_with_the_evidence(
     assert f'modelpilot_operator_rollbacks_total{{name="iris",namespace="{namespace}"}} 1.0' in text
     # Rejected means rejected: later ticks do not start the same canary again.
     assert _body(custom, namespace)["status"]["rollout"]["phase"] == "RolledBack"
+    # Registry write-back: the rejected version carries the reason in MLflow.
+    from mlflow import MlflowClient
+
+    tags = MlflowClient(tracking_uri=dev_env["exports"]["MLFLOW_TRACKING_URI"]).get_model_version("iris", faulty).tags
+    assert "error-rate" in tags.get("modelpilot.rejected", "")
 
 
 def test_a_healthy_canary_is_promoted_step_by_step(
@@ -156,6 +162,12 @@ def test_a_healthy_canary_is_promoted_step_by_step(
     wait_for(lambda: {p.metadata.labels["modelpilot.io/version"] for p in core.list_namespaced_pod(
         namespace, label_selector="modelpilot.io/modelversion=iris").items
         if p.metadata.deletion_timestamp is None} == {newer}, 120, message="only the new version's pods")
+    # Registry write-back: the promoted version now carries the alias and the tag.
+    from mlflow import MlflowClient
+
+    registry = MlflowClient(tracking_uri=dev_env["exports"]["MLFLOW_TRACKING_URI"])
+    assert registry.get_model_version_by_alias("iris", "champion").version == newer
+    assert registry.get_model_version("iris", newer).tags.get("modelpilot.promoted") == "true"
 
 
 def test_manual_promote_and_abort_through_the_cli(
@@ -198,3 +210,50 @@ def test_manual_promote_and_abort_through_the_cli(
     assert done.returncode == 0, done.stderr
     wait_for(lambda: _ready_on(custom, namespace, third), 180, message="the promoted version Ready")
     assert _body(custom, namespace)["status"]["rollout"]["reason"] == "promoted by the user"
+
+
+def test_a_killed_operator_mid_rollout_is_resumed_by_another_at_the_same_step(
+    operator: Any, operator_env: Any, dev_env: dict[str, Any], custom: Any, core: Any, namespace: str,
+    iris_version: str, tmp_path: Any
+) -> None:
+    """A higher-priority replica runs the rollout, is SIGKILLed mid-step; the standby takes over from status."""
+    import signal
+    import subprocess
+    import sys
+
+    from modelpilot.dev.environment import free_port
+
+    resumed_before = operator.logpath.read_text().count("Resuming operations")
+    paused_before = operator.logpath.read_text().count("Pausing operations in favour of")
+    log = (tmp_path / "leader.log").open("wb")
+    leader = subprocess.Popen([sys.executable, "-m", "modelpilot.cli", "operator", "--liveness",
+                               f"http://127.0.0.1:{free_port()}/healthz"],
+                              env=operator_env(MODELPILOT_PRIORITY="500", MODELPILOT_METRICS_PORT="0"),
+                              stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: operator.logpath.read_text().count("Pausing operations in favour of") > paused_before, 60,
+                 message="the session operator to stand by for the leader")
+        spec = _canary_mv(iris_version)
+        spec["spec"]["rollout"].update(steps=[50, 100], stepIntervalSeconds=20)
+        spec["spec"]["rollout"]["analysis"] = {"enabled": False}  # time-based steps: this test is about state
+        custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, spec)
+        wait_for(lambda: _ready_on(custom, namespace, iris_version), 180, message="the stable version Ready")
+        newer = register_iris_model(dev_env["exports"]["MLFLOW_TRACKING_URI"], "iris")
+        custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "iris",
+                                              {"spec": {"model": {"version": newer}}})
+        before = wait_for(lambda: (lambda r: r if r.get("phase") == "Progressing" else None)(
+            (_body(custom, namespace).get("status") or {}).get("rollout") or {}), 120, message="the canary running")
+        leader.send_signal(signal.SIGKILL)  # no goodbye: its peering record must expire
+        leader.wait(timeout=10)
+        body = wait_for(lambda: _ready_on(custom, namespace, newer), 300, 1.0,
+                        "the standby to resume and promote the canary")
+    finally:
+        if leader.poll() is None:
+            leader.kill()
+        log.close()
+    ro = body["status"]["rollout"]
+    assert ro["phase"] == "Promoted"
+    assert ro["startedAt"] == before["startedAt"]  # resumed, not restarted
+    decisions = [h["decision"] for h in ro["history"]]
+    assert decisions.count("Start") == 1 and decisions[-1] == "Promote"
+    assert operator.logpath.read_text().count("Resuming operations") > resumed_before

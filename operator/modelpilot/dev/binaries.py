@@ -300,7 +300,8 @@ def _build_kubernetes(names: list[str], say: Progress) -> dict[str, Path]:
     return result
 
 
-def _build_simple(name: str, module: str, version: str, package: str, say: Progress, tags: str = "") -> Path:
+def _build_simple(name: str, module: str, version: str, package: str, say: Progress, tags: str = "",
+                  ldflags: str = "") -> Path:
     """Build one binary from a module that needs its own replaces honoured (etcd) or none (kwok)."""
     work = _wrapper_dir(f"{name}-{version}")
     upstream = _module_gomod(module, version, work, say)
@@ -318,7 +319,8 @@ def _build_simple(name: str, module: str, version: str, package: str, say: Progr
     (work / "doc.go").write_text(f"package {name}build\n")
     out = work / "out"
     out.mkdir()
-    _run_go(["build", "-v", "-trimpath", "-ldflags", "-s -w", *(["-tags", tags] if tags else []),
+    _run_go(["build", "-v", "-trimpath", "-ldflags", " ".join(["-s -w", ldflags]).strip(),
+             *(["-tags", tags] if tags else []),
              "-o", str(out / name), package], work,
             f"{name} {version}", say)
     dest = _install(out / name, _group_dir(name) / name)
@@ -343,7 +345,19 @@ def _build_prometheus(say: Progress) -> Path:
 
 
 def _build_helm(say: Progress) -> Path:
-    return _build_simple("helm", "helm.sh/helm/v3", f"v{HELM_VERSION}", "helm.sh/helm/v3/cmd/helm", say)
+    # The same -X flags as helm's own Makefile: its version, and the Kubernetes version `helm template`
+    # and `helm lint` assume (taken from the client-go it requires; the source default is 1.20).
+    work = cache_root() / "build"
+    work.mkdir(parents=True, exist_ok=True)
+    upstream = _module_gomod("helm.sh/helm/v3", f"v{HELM_VERSION}", work, say)
+    client_go = re.search(r"^\s*(?:require\s+)?k8s\.io/client-go\s+v0\.(\d+)\.", upstream, re.M)
+    flags = [f"-X helm.sh/helm/v3/internal/version.version=v{HELM_VERSION}",
+             "-X helm.sh/helm/v3/internal/version.gitTreeState=clean"]
+    if client_go:
+        for pkg in ("helm.sh/helm/v3/pkg/lint/rules", "helm.sh/helm/v3/pkg/chartutil"):
+            flags += [f"-X {pkg}.k8sVersionMajor=1", f"-X {pkg}.k8sVersionMinor={client_go.group(1)}"]
+    return _build_simple("helm", "helm.sh/helm/v3", f"v{HELM_VERSION}", "helm.sh/helm/v3/cmd/helm", say,
+                         ldflags=" ".join(flags))
 
 
 def gateway_api_crds(progress: Progress | None = None) -> Path:
