@@ -134,7 +134,11 @@ class ServeMetrics:
         # Zero-valued series exist from the first scrape, so an arm that has
         # not served yet reads as 0 rather than "no data" in the analysis.
         for protocol in PROTOCOLS:
-            self._request_child(protocol, 200)
+            # Success and server-error series start at 0: a counter that is born already at N hides
+            # its first increase from rate()/increase(), so a burst of errors right after start-up
+            # would read as "no errors" to the rollout analysis.
+            for code in (200, 500, 503):
+                self._request_child(protocol, code)
         self.ready.labels(*self._identity).set(0)
         self._batch_child = self.batch_size.labels(*self._identity)
         self._cache_hit = self.cache_requests.labels(*self._identity, "hit")

@@ -80,7 +80,10 @@ def test_helm_install_runs_the_operator_under_its_own_service_account(
 
     wait_for(ready, 180, 1.0, "the ModelVersion Ready, reconciled by the helm-installed operator")
     log = (workdir / "container.log").read_text()
-    assert "reconcile_model_version" in log and "Forbidden" not in log and "403" not in log
+    assert "reconcile_model_version" in log
+    # No RBAC refusal of the operator's own identity (other Forbidden answers, e.g. posting an Event
+    # into a namespace being deleted, are not about permissions).
+    assert f'User "system:serviceaccount:{SYSTEM}:{account}" cannot' not in log
 
 
 @pytest.mark.parametrize("verb,resource,namespace_arg,expected", [

@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from modelpilot.dev.environment import DevError, Environment
-from modelpilot.dev.workloads import pod_address, register_iris_model, serving_deployment, wait_for
+from modelpilot.dev.workloads import pod_address, register_iris_model, wait_for
 
 NAMESPACE = "modelpilot-demo"
 
@@ -69,14 +69,16 @@ def run(home: Path | None = None, keep: bool = True) -> int:
     _step(f"kubectl apply -f examples/modelversion-iris.yaml  (model iris, version {version}, 2 replicas)")
     env.kubectl("apply", "-n", NAMESPACE, "-f", "-", input=yaml.safe_dump(manifest))
     started = time.monotonic()
-    env.kubectl("wait", "-n", NAMESPACE, "--for=condition=Ready", "modelversion/iris", "--timeout=180s")
-    print(f"kubectl wait --for=condition=Ready modelversion/iris: met after {time.monotonic() - started:.1f}s")
+    _wait_ready(custom, "iris")
+    print(f"modelversion/iris Ready (for its current generation) after {time.monotonic() - started:.1f}s")
     print(env.kubectl("get", "-n", NAMESPACE, "modelversion", "iris", "-o", "wide").stdout.rstrip())
     status = custom.get_namespaced_custom_object("modelpilot.io", "v1alpha1", NAMESPACE, "modelversions",
                                                  "iris")["status"]
     print(f"pinned: version {status['model']['version']}, run {status['model']['runId']}, "
           f"artifacts {status['model']['artifactUri']}")
-    pods = core.list_namespaced_pod(NAMESPACE, label_selector="modelpilot.io/modelversion=iris").items
+    pods = [p for p in core.list_namespaced_pod(NAMESPACE, label_selector="modelpilot.io/modelversion=iris").items
+            if p.metadata.deletion_timestamp is None
+            and any(c.type == "Ready" and c.status == "True" for c in p.status.conditions or [])]
     for pod in pods:
         print(f"  pod {pod.metadata.name:28} node {pod.spec.node_name:12} pod IP {pod.status.pod_ip:14} "
               f"process at {pod_address(pod)}")
@@ -104,6 +106,7 @@ def run(home: Path | None = None, keep: bool = True) -> int:
         print(f"  up: {target['scrapeUrl']}  pod={target['labels'].get('pod')}")
 
     _follow_alias_story(env, tracking, core, custom)
+    _guarded_canary_story(env, tracking, core, custom, version)
 
     print("\nDone. The environment keeps running; use it with:")
     print('  eval "$(.venv/bin/modelpilot dev env)"; kubectl get modelversions,pods -n modelpilot-demo -o wide')
@@ -126,7 +129,7 @@ def _follow_alias_story(env: Environment, tracking: str, core: Any, custom: Any)
         registry.set_registered_model_alias("iris", "champion", str(current))
     _step(f"kubectl apply -f examples/modelversion-alias.yaml  (follows iris@champion, now version {current})")
     env.kubectl("apply", "-n", NAMESPACE, "-f", str(repo / "examples" / "modelversion-alias.yaml"))
-    env.kubectl("wait", "-n", NAMESPACE, "--for=condition=Ready", "modelversion/iris-champion", "--timeout=180s")
+    _wait_ready(custom, "iris-champion")
     newer = register_iris_model(tracking, "iris")
     _step(f"registered version {newer}; moving @champion to it in MLflow")
     registry.set_registered_model_alias("iris", "champion", newer)
@@ -153,3 +156,78 @@ def _has_alias(registry: Any) -> bool:
         return True
     except Exception:  # MlflowException: alias not set yet
         return False
+
+
+def _guarded_canary_story(env: Environment, tracking: str, core: Any, custom: Any, stable: str) -> None:
+    """A regressing version is rolled out as a canary and rolled back automatically, with the evidence."""
+    import threading
+
+    from modelpilot.dev.workloads import register_faulty_model
+
+    name = "iris-guarded"
+    manifest = {
+        "apiVersion": "modelpilot.io/v1alpha1", "kind": "ModelVersion", "metadata": {"name": name},
+        "spec": {"model": {"name": "iris", "version": stable}, "replicas": 2,
+                 "rollout": {"steps": [50, 100], "stepIntervalSeconds": 15, "progressDeadlineSeconds": 240,
+                             "analysis": {"interval": "30s", "minSamples": 10,
+                                          "checks": [{"name": "error-rate", "maxDelta": 0.05}]}}},
+    }
+    _step(f"a guarded ModelVersion {name} (canary steps 50 → 100 %, error-rate analysis) on version {stable}")
+    env.kubectl("apply", "-n", NAMESPACE, "-f", "-", input=yaml.safe_dump(manifest))
+    _wait_ready(custom, name)
+    faulty = register_faulty_model(tracking, "iris")
+    _step(f"registered version {faulty}: passes its validation gate, fails on large flowers; "
+          "sending traffic and moving the spec to it")
+    stop = threading.Event()
+    body = json.dumps({"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP64",
+                                   "data": [6.7, 3.0, 5.2, 2.3]}]}).encode()
+
+    def traffic() -> None:  # what a Service would spread over the ready pods of both tracks
+        while not stop.is_set():
+            pods = core.list_namespaced_pod(NAMESPACE, label_selector=f"modelpilot.io/modelversion={name}").items
+            for pod in pods:
+                ready = any(c.type == "Ready" and c.status == "True" for c in pod.status.conditions or [])
+                if ready and pod.metadata.deletion_timestamp is None and pod_address(pod):
+                    req = urllib.request.Request(f"http://{pod_address(pod)}/v2/models/iris/infer", data=body,
+                                                 headers={"Content-Type": "application/json"})
+                    try:
+                        urllib.request.urlopen(req, timeout=5).close()
+                    except OSError:
+                        pass  # the canary's 500s are the point
+            stop.wait(0.1)
+
+    sender = threading.Thread(target=traffic, daemon=True)
+    sender.start()
+    custom.patch_namespaced_custom_object("modelpilot.io", "v1alpha1", NAMESPACE, "modelversions", name,
+                                          {"spec": {"model": {"version": faulty}}})
+    started = time.monotonic()
+    try:
+        def rolled_back() -> Any:
+            status = custom.get_namespaced_custom_object("modelpilot.io", "v1alpha1", NAMESPACE, "modelversions",
+                                                         name).get("status") or {}
+            ro = status.get("rollout") or {}
+            return ro if ro.get("phase") == "RolledBack" else None
+
+        ro = wait_for(rolled_back, 300, 1.0, "the regressing canary to be rolled back")
+    finally:
+        stop.set()
+    print(f"rolled back after {time.monotonic() - started:.0f}s; {name} serves version {ro['stableVersion']} again")
+    for m in ro.get("analysis") or []:
+        print(f"  evidence: {m['check']} = {m['value']} (baseline {m['baseline']}, {m['threshold']}, "
+              f"{m['samples']:.0f} requests) → {m['verdict']}")
+        print(f"            query: {m['query']}")
+    for h in ro.get("history") or []:
+        print(f"  {h['time']}  {h['decision']:9} {h['weight']:>3}%  {h['message'][:120]}")
+
+
+def _wait_ready(custom: Any, name: str, timeout: float = 180) -> dict[str, Any]:
+    """Ready=True *for the current generation* (plain `kubectl wait` can see a stale Ready after an edit)."""
+    def ready() -> Any:
+        body = custom.get_namespaced_custom_object("modelpilot.io", "v1alpha1", NAMESPACE, "modelversions", name)
+        status = body.get("status") or {}
+        ok = any(c["type"] == "Ready" and c["status"] == "True" and
+                 c.get("observedGeneration") == body["metadata"]["generation"]
+                 for c in status.get("conditions") or [])
+        return body if ok and (status.get("rollout") or {}).get("phase") not in ("Progressing", "Paused") else None
+
+    return dict(wait_for(ready, timeout, 1.0, f"modelversion/{name} Ready"))

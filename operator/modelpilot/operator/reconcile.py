@@ -122,7 +122,7 @@ def observe(deployment: dict[str, Any] | None, spec: dict[str, Any]) -> dict[str
         return {**base, "phase": "Ready", "ready": True, "stalled": False, "reason": "Available",
                 "message": f"{available}/{desired} replicas serve the model"}
     return {**base, "phase": "Deploying", "ready": False, "stalled": False, "reason": "RollingOut",
-            "message": f"{available}/{desired} replicas available, {updated} updated"}
+            "message": f"rolling out: {updated}/{desired} replicas updated, {available} available, {total} running"}
 
 
 def readiness_status(status: dict[str, Any], spec: dict[str, Any], generation: int,
