@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import re
 import signal
 import time
@@ -70,6 +71,8 @@ GRACEFUL_SHUTDOWN_SECONDS = 25
 # the server just closed and answer 502.
 KEEP_ALIVE_SECONDS = 65
 PREDICTION_ID_HEADER = "x-modelpilot-prediction-id"
+# With worker processes only: which worker (pid) answered an inference request.
+WORKER_HEADER = "x-modelpilot-worker"
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,256}$")
 
 
@@ -155,6 +158,9 @@ class _Server:
         self.runner = runner
         self.feedback_store = feedback_store
         self._openapi: bytes | None = None
+        self.worker_header: tuple[bytes, bytes] | None = (
+            (WORKER_HEADER.encode(), str(os.getpid()).encode()) if settings.workers > 1 else None
+        )
 
     # ---- shared checks
 
@@ -188,6 +194,7 @@ class _Server:
         """Wrap an inference handler: errors → responses, and one metrics sample per request."""
 
         runner = self.runner
+        worker_header = self.worker_header
 
         async def endpoint(request: Request) -> Response:
             start = time.perf_counter()
@@ -206,6 +213,8 @@ class _Server:
             finally:
                 runner.leave()
             self.metrics.observe_request(protocol, response.status_code, time.perf_counter() - start)
+            if worker_header is not None:
+                response.raw_headers.append(worker_header)
             return response
 
         return endpoint
@@ -441,8 +450,13 @@ def create_app(
 
 
 def build_server(settings: ServeSettings, app: Starlette | None = None) -> uvicorn.Server:
-    config = uvicorn.Config(
-        app or create_app(settings),
+    return uvicorn.Server(server_config(settings, app or create_app(settings)))
+
+
+def server_config(settings: ServeSettings, app: Starlette | str, **extra: Any) -> uvicorn.Config:
+    """uvicorn's configuration; `extra` for worker processes (an import string, factory, workers)."""
+    return uvicorn.Config(
+        app,
         host=settings.host,
         port=settings.port,
         loop="uvloop",
@@ -455,12 +469,16 @@ def build_server(settings: ServeSettings, app: Starlette | None = None) -> uvico
         server_header=False,
         timeout_keep_alive=KEEP_ALIVE_SECONDS,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+        **extra,
     )
-    return uvicorn.Server(config)
 
 
 def run(settings: ServeSettings) -> int:
     """Serve until SIGTERM/SIGINT; return the process exit code (0 after a graceful stop)."""
+    if settings.workers > 1:
+        from .workers import run_workers
+
+        return run_workers(settings)
     server = build_server(settings)
 
     # uvicorn re-raises the signal it caught once it has shut down, with the

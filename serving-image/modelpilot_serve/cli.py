@@ -5,7 +5,8 @@ operator distribution) calls `main(argv_after_serve)`; `__main__.py` calls
 `main()`. It parses flags, builds `ServeSettings` (flags over env), sets up
 JSON logging and hands over to `app.run`. Exit codes: 0 after a graceful stop
 (SIGTERM/SIGINT), 2 for invalid arguments or settings, uvicorn's non-zero code
-(3) if the server could not start (e.g. the port is taken).
+(3) if the server could not start (e.g. the port is taken). With `--workers N`
+(N > 1) `app.run` hands over to `workers.run_workers`, a supervisor process.
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ from .settings import (
     ENV_PORT,
     ENV_PREDICTION_BUCKETS,
     ENV_TRACKING_URI,
+    ENV_WORKERS,
+    MAX_WORKERS,
     LOG_LEVELS,
     ServeSettings,
     SettingsError,
@@ -67,6 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"largest accepted request body, default {DEFAULT_MAX_REQUEST_BYTES} [{ENV_MAX_REQUEST_BYTES}]",
     )
     p.add_argument("--log-level", choices=LOG_LEVELS, help=f"default info [{ENV_LOG_LEVEL}]")
+    p.add_argument(
+        "--workers", type=int,
+        help=f"worker processes sharing the port (1-{MAX_WORKERS}), default 1; >1 aggregates /metrics "
+             f"across workers [{ENV_WORKERS}]",
+    )
     b = p.add_argument_group("batching, cache and feedback")
     b.add_argument("--batching", action=argparse.BooleanOptionalAction, default=None,
                    help=f"micro-batch concurrent requests, default on [{ENV_BATCHING}]")

@@ -9,14 +9,25 @@ experiment without hand-written selectors.
 A dedicated `CollectorRegistry` (not the global one) keeps several servers in
 one process (tests, future multi-model) from colliding, and keeps stray
 default collectors out of the scrape.
+
+With worker processes (`--workers N`, see `workers.py`) every worker records
+into prometheus_client's per-process mmap files (the supervisor sets
+`PROMETHEUS_MULTIPROC_DIR` before any worker imports prometheus_client) and
+`render` merges all workers' files, so any worker answers /metrics for the
+whole pod. Gauges say how they merge (`multiprocess_mode`, ignored in one
+process); the accuracy gauge is recomputed from the merged feedback counters.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import numpy as np
+
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.metrics_core import Metric
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
 
 IDENTITY_LABELS = ("model", "version", "variant")
 PROTOCOLS = ("v2", "invocations")
@@ -40,9 +51,12 @@ class ServeMetrics:
     """The serving metrics, pre-bound to this process's model identity."""
 
     def __init__(
-        self, model: str, version: str, variant: str, prediction_buckets: Iterable[float] = DEFAULT_VALUE_BUCKETS
+        self, model: str, version: str, variant: str, prediction_buckets: Iterable[float] = DEFAULT_VALUE_BUCKETS,
+        multiprocess_dir: str | None = None,
     ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        # Set only with worker processes: render merges every worker's files from there.
+        self.multiprocess_dir = multiprocess_dir
         self._identity = (model, version, variant)
         self.requests = Counter(
             "modelpilot_requests",
@@ -62,12 +76,14 @@ class ServeMetrics:
             "Seconds spent downloading and loading the model (before the validation gate).",
             IDENTITY_LABELS,
             registry=self.registry,
+            multiprocess_mode="livemax",  # workers: the slowest live worker's load
         )
         self.ready = Gauge(
             "modelpilot_model_ready",
             "1 when the model is loaded and passed its validation gate, else 0.",
             IDENTITY_LABELS,
             registry=self.registry,
+            multiprocess_mode="livemin",  # workers: 1 only once every live worker is ready
         )
         self.predictions = Counter(
             "modelpilot_predictions",
@@ -119,12 +135,14 @@ class ServeMetrics:
             "Share of classifier predictions that ground-truth feedback confirmed, since start.",
             IDENTITY_LABELS,
             registry=self.registry,
+            multiprocess_mode="livemax",  # workers: replaced in render by the merged counters' ratio
         )
         self.pending = Gauge(
             "modelpilot_feedback_pending_ids",
             "Prediction ids currently remembered for feedback.",
             IDENTITY_LABELS,
             registry=self.registry,
+            multiprocess_mode="livesum",  # workers: each remembers its own ids
         )
         # Children are bound once: `.labels()` costs a dict lookup plus label
         # validation, which adds up on a path that handles thousands of req/s.
@@ -237,7 +255,47 @@ class ServeMetrics:
         self._pending_child.set(count)
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        if self.multiprocess_dir is None:
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()
+        registry.register(_MergedWorkers(self.multiprocess_dir))
+        return generate_latest(registry)
+
+
+class _MergedWorkers(Collector):
+    """Every worker's metrics, merged from the multiprocess directory.
+
+    A ratio cannot be merged from per-worker ratios, so the accuracy gauge is
+    recomputed from the merged correct / incorrect feedback counters.
+    """
+
+    def __init__(self, path: str) -> None:
+        self._files = MultiProcessCollector(None, path)  # type: ignore[no-untyped-call]
+
+    def collect(self) -> Iterator[Metric]:
+        families = list(self._files.collect())  # type: ignore[no-untyped-call]
+        outcomes: dict[tuple[str, ...], dict[str, float]] = {}
+        for fam in families:
+            if fam.name == "modelpilot_feedback":
+                for s in fam.samples:
+                    if s.name.endswith("_total"):
+                        key = tuple(s.labels.get(k, "") for k in IDENTITY_LABELS)
+                        outcomes.setdefault(key, {})[s.labels.get("outcome", "")] = s.value
+        for fam in families:
+            if fam.name == "modelpilot_feedback_accuracy":
+                merged = Metric(fam.name, fam.documentation, fam.type)
+                seen: set[tuple[str, ...]] = set()
+                for s in fam.samples:
+                    key = tuple(s.labels.get(k, "") for k in IDENTITY_LABELS)
+                    if key in seen:
+                        continue
+                    seen.add(key)
+                    counts = outcomes.get(key, {})
+                    total = counts.get("correct", 0.0) + counts.get("incorrect", 0.0)
+                    value = counts.get("correct", 0.0) / total if total else 0.0
+                    merged.add_sample(fam.name, dict(zip(IDENTITY_LABELS, key)), value)
+                fam = merged
+            yield fam
 
 
 def _class_key(value: object) -> object:

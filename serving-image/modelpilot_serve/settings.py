@@ -29,6 +29,7 @@ ENV_HOST = "MODELPILOT_SERVE_HOST"
 ENV_PORT = "MODELPILOT_SERVE_PORT"
 ENV_MAX_REQUEST_BYTES = "MODELPILOT_SERVE_MAX_REQUEST_BYTES"
 ENV_LOG_LEVEL = "MODELPILOT_SERVE_LOG_LEVEL"
+ENV_WORKERS = "MODELPILOT_SERVE_WORKERS"
 # Batching, cache and feedback knobs (the operator renders spec.serving.batching/cache into these).
 ENV_BATCHING = "MODELPILOT_SERVE_BATCHING"
 ENV_MAX_BATCH_SIZE = "MODELPILOT_SERVE_MAX_BATCH_SIZE"
@@ -48,6 +49,8 @@ DEFAULT_MODEL_NAME = "model"
 DEFAULT_VERSION = "unknown"
 DEFAULT_VARIANT = "default"
 LOG_LEVELS = ("debug", "info", "warning", "error")
+DEFAULT_WORKERS = 1
+MAX_WORKERS = 64
 DEFAULT_MAX_BATCH_SIZE = 64
 DEFAULT_MAX_BATCH_LATENCY_MS = 5
 DEFAULT_CACHE_MAX_ENTRIES = 10000
@@ -90,6 +93,7 @@ class ServeSettings:
     port: int = DEFAULT_PORT
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     log_level: str = "info"
+    workers: int = DEFAULT_WORKERS
     batching: bool = True
     max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
     max_batch_latency_ms: int = DEFAULT_MAX_BATCH_LATENCY_MS
@@ -167,6 +171,11 @@ class ServeSettings:
         if log_level not in LOG_LEVELS:
             problems.append(f"{level_src}={log_level!r}: must be one of {', '.join(LOG_LEVELS)}")
 
+        worker_problems: list[str] = []
+        workers = _int_setting(*pick("workers", ENV_WORKERS), DEFAULT_WORKERS, 1, MAX_WORKERS, worker_problems)
+        if worker_problems:  # name both spellings: the value may come from either
+            problems.append(f"{worker_problems[0]} (worker processes: {ENV_WORKERS} / --workers)")
+            workers = DEFAULT_WORKERS
         batching = _bool_setting(*pick("batching", ENV_BATCHING), True, problems)
         max_batch = _int_setting(*pick("max_batch_size", ENV_MAX_BATCH_SIZE), DEFAULT_MAX_BATCH_SIZE, 1, 4096, problems)
         max_latency = _int_setting(
@@ -202,6 +211,7 @@ class ServeSettings:
             port=port,
             max_request_bytes=max_bytes,
             log_level=log_level,
+            workers=workers,
             batching=batching,
             max_batch_size=max_batch,
             max_batch_latency_ms=max_latency,
