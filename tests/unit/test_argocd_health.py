@@ -181,7 +181,7 @@ def test_model_version_still_serving_while_the_registry_is_down_is_healthy_with_
 
 def test_model_version_rolling_out_its_deployment_is_progressing() -> None:
     status, message = health(MV_HEALTH, model_version(ready_status(deployment=_deployment(4, 1))))
-    assert (status, message) == ("Progressing", "1/4 replicas available, 4 updated")
+    assert (status, message) == ("Progressing", "rolling out: 4/4 replicas updated, 1 available, 4 running")
 
 
 def test_model_version_with_a_canary_in_progress_reports_step_and_weight() -> None:
