@@ -1,5 +1,5 @@
 # The two Quick start commands. Each installs what it needs first (idempotent, cached).
-.PHONY: demo test bootstrap
+.PHONY: demo test bootstrap images
 
 bootstrap:
 	./scripts/bootstrap.sh
@@ -9,3 +9,7 @@ demo: bootstrap
 
 test: bootstrap
 	./scripts/test.sh
+
+# Both container images (needs a Docker engine; not part of the Quick start).
+images:
+	./scripts/build-images.sh
