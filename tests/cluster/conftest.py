@@ -34,11 +34,20 @@ def metrics_port() -> int:
 def operator(dev_env: dict[str, Any], tmp_path_factory: pytest.TempPathFactory,
              metrics_port: int) -> Iterator[subprocess.Popen[bytes]]:
     env = _operator_env(dev_env, MODELPILOT_PRIORITY="100", MODELPILOT_METRICS_PORT=str(metrics_port))
-    subprocess.run([dev_env["binaries"]["kubectl"], "apply", "--server-side", "-f", str(REPO / "crds")], env=env,
-                   check=True, capture_output=True, timeout=60)
-    subprocess.run([dev_env["binaries"]["kubectl"], "wait", "--for=condition=Established", "--timeout=60s",
-                    "crd/modelversions.modelpilot.io", "crd/abtests.modelpilot.io"], env=env, check=True,
-                   capture_output=True, timeout=90)
+    kubectl = dev_env["binaries"]["kubectl"]
+    applied = subprocess.run([kubectl, "apply", "--server-side", "-f", str(REPO / "crds")], env=env,
+                             capture_output=True, text=True, timeout=60)
+    assert applied.returncode == 0, applied.stderr
+    # `kubectl wait` fails at once if a CRD is not visible yet: retry until both are Established.
+    from modelpilot.dev.workloads import wait_for
+
+    def established() -> bool:
+        done = subprocess.run([kubectl, "wait", "--for=condition=Established", "--timeout=20s",
+                               "crd/modelversions.modelpilot.io", "crd/abtests.modelpilot.io"], env=env,
+                              capture_output=True, text=True, timeout=60)
+        return done.returncode == 0
+
+    wait_for(established, 120, 1.0, "the CRDs to be Established")
     logpath = tmp_path_factory.mktemp("operator") / "operator.log"
     log = logpath.open("wb")
     from modelpilot.dev.environment import free_port

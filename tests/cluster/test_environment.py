@@ -227,8 +227,9 @@ def test_the_apiserver_rejects_an_object_that_violates_a_crd_schema(
     env = {**os.environ, "KUBECONFIG": dev_env["exports"]["KUBECONFIG"]}
     subprocess.run([kubectl, "apply", "--server-side", "-f", str(REPO / "crds")], env=env, check=True,
                    capture_output=True, timeout=60)
-    subprocess.run([kubectl, "wait", "--for=condition=Established", "crd/modelversions.modelpilot.io",
-                    "--timeout=60s"], env=env, check=True, capture_output=True, timeout=90)
+    wait_for(lambda: subprocess.run([kubectl, "wait", "--for=condition=Established", "--timeout=20s",
+                                     "crd/modelversions.modelpilot.io"], env=env, capture_output=True,
+                                    timeout=60).returncode == 0, 120, 1.0, "the CRD to be Established")
     bad = {"apiVersion": "modelpilot.io/v1alpha1", "kind": "ModelVersion",
            "metadata": {"name": "bad", "namespace": namespace},
            "spec": {"model": {"name": "iris", "version": "3", "alias": "champion"}, "replicas": -1}}

@@ -433,8 +433,16 @@ class Environment:
     def install_crds(self, crds_dir: Path) -> None:
         """Apply the project's CRDs and wait until the apiserver serves them."""
         self.kubectl("apply", "--server-side", "-f", str(crds_dir))
-        self.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/modelversions.modelpilot.io",
-                     "crd/abtests.modelpilot.io")
+        # `kubectl wait` fails at once while a just-created CRD is not visible yet: retry briefly.
+        deadline = time.monotonic() + 120
+        while True:
+            done = self.kubectl("wait", "--for=condition=Established", "--timeout=20s",
+                                "crd/modelversions.modelpilot.io", "crd/abtests.modelpilot.io", check=False)
+            if done.returncode == 0:
+                return
+            if time.monotonic() > deadline:
+                raise DevError(f"the CRDs did not become Established: {done.stderr.strip()}")
+            time.sleep(1)
 
     def start_operator(self, extra_env: dict[str, str] | None = None, timeout: float = 60.0) -> None:
         """Run the operator as one more component (stopped by ``down``), against this environment."""
