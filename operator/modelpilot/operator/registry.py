@@ -110,10 +110,10 @@ class Registry:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # The one place HTTP failures become registry errors.
-    def _get(self, path: str, params: dict[str, str], what: str) -> httpx.Response:
+    # The one place HTTP failures become registry errors (reads and write-back alike).
+    def _request(self, method: str, path: str, what: str, **kwargs: Any) -> httpx.Response:
         try:
-            resp = self.client.get(path, params=params)
+            resp = self.client.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
             raise RegistryUnavailable(f"MLflow at {self.base} is unreachable ({type(exc).__name__}: {exc})") from exc
         if resp.status_code >= 500:
@@ -128,6 +128,9 @@ class Registry:
                 message = resp.text
             raise RegistryNotFound(f"{what}: {message.strip()[:300]}")
         return resp
+
+    def _get(self, path: str, params: dict[str, str], what: str) -> httpx.Response:
+        return self._request("GET", path, what, params=params)
 
     def resolve(self, ref: ModelRef) -> ResolvedModel:
         """Pin ``ref`` to one registered version, with its run, artifacts, flavor and signature."""
@@ -158,12 +161,7 @@ class Registry:
 
     # Write-back (opt-in, on promotion or rollback).
     def _post(self, path: str, body: dict[str, str], what: str) -> None:
-        try:
-            resp = self.client.post(path, json=body)
-        except httpx.HTTPError as exc:
-            raise RegistryUnavailable(f"MLflow at {self.base} is unreachable ({type(exc).__name__}: {exc})") from exc
-        if resp.status_code >= 400:
-            raise RegistryUnavailable(f"MLflow refused {what}: HTTP {resp.status_code} {resp.text[:200]}")
+        self._request("POST", path, what, json=body)
 
     def set_alias(self, name: str, alias: str, version: str) -> None:
         self._post("/api/2.0/mlflow/registered-models/alias", {"name": name, "alias": alias, "version": version},
