@@ -7,7 +7,8 @@ thin: check the model name, read the body within the limit, let a protocol
 adapter decode, the runner predict, the adapter encode.
 
 Endpoints (the operator ⇄ pod contract is marked *):
-  GET  /v2/health/live *             200 as soon as the process listens
+  GET  /v2/health/live *             200 as soon as the process listens; 503 once the model can never
+                                     load (the kubelet then restarts the container, see state.py)
   GET  /v2/health/ready *            200 once loaded and gated, else 503 {"reason"}
   GET  /v2                           server metadata
   GET  /v2/models/{name}[/versions/{v}]          model metadata incl. signature
@@ -19,6 +20,7 @@ Endpoints (the operator ⇄ pod contract is marked *):
   POST /v2/models/{name}[/versions/{v}]/feedback, /feedback   ground truth for a prediction id
   GET  /metrics *                    Prometheus text format
   GET  /openapi.json                 OpenAPI 3.1 document of this API
+  gRPC inference.GRPCInferenceService on settings.grpc_port (8081), started from the lifespan: grpc_server.py
 
 Every prediction carries an id (v2: the response `id`, the request's own if
 it sent one; /invocations: the `x-modelpilot-prediction-id` response header,
@@ -37,12 +39,13 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from types import FrameType
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import orjson
 import uvicorn
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
@@ -143,6 +146,18 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 
 Endpoint = Callable[[Request], Awaitable[Response]]
+T = TypeVar("T")
+# Bodies above this size are decoded in a worker thread: parsing and checking
+# a multi-megabyte or 10,000-column request takes long enough to delay health
+# probes and every other request if it ran on the event loop.
+INLINE_DECODE_MAX_BYTES = 64 * 1024
+
+
+async def off_loop_if_large(body: bytes, decode: Callable[[], T]) -> T:
+    """Run `decode` inline for small bodies (a thread hop costs more than they do), else in the thread pool."""
+    if len(body) <= INLINE_DECODE_MAX_BYTES:
+        return decode()
+    return await run_in_threadpool(decode)
 
 
 class _Server:
@@ -181,8 +196,8 @@ class _Server:
         body["reason"] = snap.reason
         return JSONResponse(body, status_code=200 if snap.phase is Phase.READY else 503)
 
-    def _after_predict(self, model: ServedModel, output: Any, prediction_id: str) -> None:
-        """Prediction-distribution metrics and the feedback memory, for every answered prediction."""
+    def after_predict(self, model: ServedModel, output: Any, prediction_id: str) -> None:
+        """Prediction-distribution metrics and the feedback memory, for every answered prediction (HTTP and gRPC)."""
         if isinstance(output, np.ndarray):
             if model.classes is not None:
                 self.metrics.count_classes(output)
@@ -222,6 +237,9 @@ class _Server:
     # ---- health and metadata
 
     async def live(self, request: Request) -> Response:
+        snap = self.state.snapshot
+        if not snap.healthy:
+            return JSONResponse({"live": False, "reason": snap.reason}, status_code=503)
         return JSONResponse({"live": True})
 
     async def ready(self, request: Request) -> Response:
@@ -285,22 +303,29 @@ class _Server:
         if "inference-header-content-length" in request.headers:
             raise UnsupportedMediaType("the binary tensor extension is not supported; send JSON tensors")
         body = await read_body(request, self.settings.max_request_bytes)
-        req = oip.decode_request(body)
-        inp = oip.to_model_input(model, req)
+        max_columns = self.settings.max_columns
+
+        def decode() -> tuple[oip.InferRequest, Any]:
+            req = oip.decode_request(body, max_columns)
+            return req, oip.to_model_input(model, req)
+
+        req, inp = await off_loop_if_large(body, decode)
         output = await self.runner.run(model, inp)
         prediction_id = req.id or uuid.uuid4().hex
-        self._after_predict(model, output, prediction_id)
+        self.after_predict(model, output, prediction_id)
         s = self.settings
         return JSONResponse(oip.encode_response(s.model_name, s.model_version, prediction_id, output, model))
 
     async def invocations(self, request: Request) -> Response:
         model = self.state.require_ready()
         body = await read_body(request, self.settings.max_request_bytes)
-        inp = invocations.decode(model, body, request.headers.get("content-type"))
+        content_type = request.headers.get("content-type")
+        max_columns = self.settings.max_columns
+        inp = await off_loop_if_large(body, lambda: invocations.decode(model, body, content_type, max_columns))
         output = await self.runner.run(model, inp)
         client_id = request.headers.get(PREDICTION_ID_HEADER)
         prediction_id = client_id if client_id and _CLIENT_ID.match(client_id) else uuid.uuid4().hex
-        self._after_predict(model, output, prediction_id)
+        self.after_predict(model, output, prediction_id)
         return JSONResponse(invocations.encode(output), headers={PREDICTION_ID_HEADER: prediction_id})
 
     # ---- feedback
@@ -398,7 +423,20 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         state.start()
+        grpc_server = None
+        if settings.grpc_port:
+            # Imported only when enabled: with gRPC off the process never loads grpcio.
+            from .grpc_server import STOP_GRACE_SECONDS, start_grpc_server
+
+            try:
+                grpc_server = await start_grpc_server(srv)
+            except BaseException:  # the port is taken: uvicorn reports a failed start-up (exit 3)
+                state.stop()
+                raise
         yield
+        if grpc_server is not None:
+            await grpc_server.stop(STOP_GRACE_SECONDS)
+        state.stop()
         await runner.close()
 
     model_paths = ("/v2/models/{name}", "/v2/models/{name}/versions/{version}")

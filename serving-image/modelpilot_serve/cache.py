@@ -36,7 +36,7 @@ import orjson
 
 from .logs import event
 from .metrics import ServeMetrics
-from .model import MatrixInput, ModelInput, PyfuncInput, ServedModel
+from .model import FrameInput, MatrixInput, ModelInput, PyfuncInput, ServedModel
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,13 @@ def cache_key(identity: str, inp: ModelInput) -> str | None:
         h.update(np.asarray(m.shape, dtype=np.int64).tobytes())
         h.update(np.ascontiguousarray(m, dtype=np.float64).tobytes())
         return h.hexdigest()
-    if not _update_with(h, inp.data):
+    if isinstance(inp, FrameInput):
+        h.update(b"c")
+        try:
+            h.update(orjson.dumps({k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in inp.columns.items()}))
+        except TypeError:  # values orjson cannot write (e.g. bytes): not cacheable
+            return None
+    elif not _update_with(h, inp.data):
         return None
     if inp.params is not None:
         try:

@@ -20,6 +20,10 @@ from .settings import (
     DEFAULT_CACHE_TTL_SECONDS,
     DEFAULT_FEEDBACK_MAX_PENDING,
     DEFAULT_FEEDBACK_TTL_SECONDS,
+    DEFAULT_GRPC_PORT,
+    DEFAULT_LOAD_RETRY_SECONDS,
+    DEFAULT_MAX_COLUMNS,
+    DEFAULT_TERMINATION_MESSAGE_PATH,
     DEFAULT_HOST,
     DEFAULT_MAX_BATCH_LATENCY_MS,
     DEFAULT_MAX_BATCH_SIZE,
@@ -32,6 +36,10 @@ from .settings import (
     ENV_CACHE_TTL_SECONDS,
     ENV_FEEDBACK_MAX_PENDING,
     ENV_FEEDBACK_TTL_SECONDS,
+    ENV_GRPC_PORT,
+    ENV_LOAD_RETRY_SECONDS,
+    ENV_MAX_COLUMNS,
+    ENV_TERMINATION_MESSAGE_PATH,
     ENV_HOST,
     ENV_MAX_BATCH_LATENCY_MS,
     ENV_MAX_BATCH_SIZE,
@@ -69,6 +77,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-request-bytes", type=int,
         help=f"largest accepted request body, default {DEFAULT_MAX_REQUEST_BYTES} [{ENV_MAX_REQUEST_BYTES}]",
     )
+    p.add_argument("--grpc-port", type=int,
+                   help=f"Open Inference Protocol gRPC port, default {DEFAULT_GRPC_PORT}; 0 turns gRPC off "
+                        f"[{ENV_GRPC_PORT}]")
+    p.add_argument("--max-columns", type=int,
+                   help=f"most inputs (columns or tensors) in one request, default {DEFAULT_MAX_COLUMNS} "
+                        f"[{ENV_MAX_COLUMNS}]")
+    p.add_argument("--load-retry-seconds", type=int,
+                   help=f"retry a failing model load with back-off this long, then report unhealthy, default "
+                        f"{DEFAULT_LOAD_RETRY_SECONDS} [{ENV_LOAD_RETRY_SECONDS}]")
+    p.add_argument("--termination-message-path",
+                   help=f"where the reason of a final failure is written, default {DEFAULT_TERMINATION_MESSAGE_PATH} "
+                        f"when that file exists [{ENV_TERMINATION_MESSAGE_PATH}]")
     p.add_argument("--log-level", choices=LOG_LEVELS, help=f"default info [{ENV_LOG_LEVEL}]")
     p.add_argument(
         "--workers", type=int,

@@ -9,6 +9,8 @@ validation gate uses), and renders `{"predictions": ...}` the way
 Accepted: application/json with exactly one of dataframe_split,
 dataframe_records, instances, inputs (plus optional params); text/csv or
 application/csv with a header row. A missing content type is read as JSON.
+As in MLflow, the bare tokens NaN, Infinity and -Infinity (what Python's
+`json.dumps` writes) are accepted as numbers; `null` is a missing value.
 """
 
 from __future__ import annotations
@@ -16,10 +18,10 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import orjson
 
 from .errors import BadRequest, UnsupportedMediaType
-from .model import ModelInput, ServedModel
+from .model import ModelInput, ServedModel, _payload_columns
+from .oip import check_input_count, loads_lenient
 
 JSON_TYPES = frozenset({"", "application/json"})
 CSV_TYPES = frozenset({"text/csv", "application/csv"})
@@ -29,13 +31,15 @@ def media_type(content_type: str | None) -> str:
     return (content_type or "").split(";", 1)[0].strip().lower()
 
 
-def decode(model: ServedModel, body: bytes, content_type: str | None) -> ModelInput:
+def decode(model: ServedModel, body: bytes, content_type: str | None, max_columns: int | None = None) -> ModelInput:
     mt = media_type(content_type)
     if mt in JSON_TYPES:
-        try:
-            doc = orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            raise BadRequest(f"malformed JSON: {exc}") from None
+        doc = loads_lenient(body)
+        if max_columns is not None and isinstance(doc, dict):
+            for fmt, value in doc.items():
+                names = _payload_columns(fmt, value)
+                if names is not None:
+                    check_input_count(len(names), max_columns)
         return model.from_scoring_payload(doc)
     if mt in CSV_TYPES:
         return model.from_csv(body)

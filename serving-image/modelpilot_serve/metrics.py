@@ -30,7 +30,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 IDENTITY_LABELS = ("model", "version", "variant")
-PROTOCOLS = ("v2", "invocations")
+PROTOCOLS = ("v2", "invocations", "grpc")
 
 # Fine-grained at the low end: one in-process prediction costs ~0.1 ms, so the
 # interesting differences between two model versions live below 10 ms.

@@ -7,15 +7,25 @@ Both adapters produce a `ModelInput` through the constructors here and call
 model returns. Batching, caching and feedback plug in between the adapters
 and `predict` (see `runner.py`); they see only `ModelInput` values.
 
-Two execution paths:
+Three kinds of input, three execution paths:
 
-* fast path — sklearn flavor, a column signature with only numeric columns:
-  the raw estimator's predict function runs on a float64 numpy matrix, with
-  no pandas and no MLflow schema enforcement per request. It is only kept if
-  it agrees with the pyfunc path on the model's own input example (or on a
-  probe row when there is none), so it can never silently change answers.
-* pyfunc path — everything else, with MLflow's own parsing and schema
-  enforcement, so semantics match `mlflow models serve` exactly.
+* `MatrixInput`, the native fast path — sklearn, xgboost and lightgbm
+  flavors with numeric inputs (a numeric column signature, a 2-D float
+  tensor signature, or no signature): the raw model's own predict function
+  runs on a float64 numpy matrix, with no pandas and no MLflow schema
+  enforcement per request. It is only kept if it agrees with the pyfunc path
+  on the model's own input example (or on a probe row when there is none), so
+  it can never silently change answers.
+* `FrameInput`, the batched pyfunc path — column-signature (or
+  signature-less) models with any scalar column types, strings included, and
+  any pyfunc: each request is decoded into plain column lists (no pandas per
+  request); a batch of requests becomes one DataFrame, MLflow's own type
+  casting (`cast_df_types_according_to_schema`) and schema enforcement
+  (`PyFuncModel.predict`) run once per batch, and the output is split by
+  rows. Batching is kept only if batched and one-by-one scoring agree on the
+  model's own example (`validate`).
+* `PyfuncInput` — everything else (tensor dicts, array-typed columns, CSV),
+  parsed by MLflow's own parser, so semantics match `mlflow models serve`.
 
 The validation gate (`validate`) scores the model's logged input example
 through the same entry point `/invocations` uses; the server reports ready
@@ -54,6 +64,8 @@ _INT_TYPES = frozenset({"long", "integer"})
 _FAST_TYPES = _FLOAT_TYPES | _INT_TYPES
 # The numpy dtype MLflow's schema enforcement accepts without casting, per column type.
 _PROBE_DTYPES = {"double": np.float64, "float": np.float32, "long": np.int64, "integer": np.int32}
+# MLflow column types whose values are one JSON scalar per row (no arrays, objects or maps).
+_SCALAR_TYPES = _FAST_TYPES | frozenset({"string", "boolean", "binary", "datetime"})
 # The four JSON input formats of MLflow's scoring protocol.
 SCORING_FORMATS = ("dataframe_split", "dataframe_records", "instances", "inputs")
 
@@ -91,7 +103,48 @@ class PyfuncInput:
             return 1
 
 
-ModelInput = MatrixInput | PyfuncInput
+@dataclass(frozen=True, slots=True)
+class FrameInput:
+    """Batched-pyfunc input: equal-length columns (lists or 1-D arrays) by name, plus params.
+
+    Decoding a request into this is a transpose in plain Python; the batcher
+    concatenates the columns of many requests and `ServedModel.predict_frames`
+    builds one DataFrame for all of them.
+    """
+
+    columns: dict[str, Any]
+    n: int
+    params: dict[str, Any] | None = None
+
+    @property
+    def rows(self) -> int:
+        return self.n
+
+    def batch_key(self) -> tuple[Any, ...]:
+        """Inputs batch together only with the same column names and the same params."""
+        return (tuple(self.columns), _params_key(self.params))
+
+
+ModelInput = MatrixInput | FrameInput | PyfuncInput
+
+
+def _params_key(params: dict[str, Any] | None) -> str | None:
+    if params is None:
+        return None
+    import orjson
+
+    try:
+        return orjson.dumps(params, option=orjson.OPT_SORT_KEYS).decode()
+    except TypeError:
+        return repr(sorted(params.items(), key=lambda kv: kv[0]))
+
+
+class ModelLoadError(Exception):
+    """A model load failure, classified: `permanent` ones are not retried (see state.py)."""
+
+    def __init__(self, message: str, *, permanent: bool) -> None:
+        super().__init__(message)
+        self.permanent = permanent
 
 
 # --------------------------------------------------------------------------- signature
@@ -124,15 +177,22 @@ class SignatureInfo:
     raw: dict[str, Any]
     # Derived once (they are read on every request).
     input_names: tuple[str, ...] = field(init=False)
+    name_set: frozenset[str] = field(init=False)  # membership checks stay O(1) for 10,000s of columns
     named_columns: bool = field(init=False)
     required_names: tuple[str, ...] = field(init=False)
+    # Every column a scalar MLflow type: requests can be decoded as plain column lists.
+    scalar_columns: bool = field(init=False)
 
     def __post_init__(self) -> None:
         names = tuple(s.name for s in self.inputs if s.name is not None)
         object.__setattr__(self, "input_names", names)
+        object.__setattr__(self, "name_set", frozenset(names))
         object.__setattr__(self, "named_columns", self.kind == "columns" and len(names) == len(self.inputs) > 0)
         object.__setattr__(
             self, "required_names", tuple(s.name for s in self.inputs if s.name is not None and s.required)
+        )
+        object.__setattr__(
+            self, "scalar_columns", self.named_columns and all(s.type in _SCALAR_TYPES for s in self.inputs)
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -193,17 +253,24 @@ class ServedModel:
     serving_example: dict[str, Any] | None
     # The raw logged input example (input_example.json) as JSON, for metadata.
     input_example: Any
-    estimator: Any = None  # the raw sklearn estimator, when the flavor is sklearn
+    estimator: Any = None  # the raw model of a native flavor (sklearn, xgboost, lightgbm)
     predict_fn_name: str = "predict"
     classes: tuple[Any, ...] | None = None
-    # Set when the fast path is on: the estimator's method and the column order it wants.
+    # Set when the fast path is on: the native predict function and the column order it wants.
     fast_fn: Any = None
     fast_columns: tuple[str, ...] = ()
     # Column positions taking signature order to fast order; None when they are the same.
     sig_to_fast: list[int] | None = None
     int_columns: np.ndarray | None = None  # positions (in fast order) of integer columns
+    # The fast path takes plain matrices (tensor signature or none) rather than named columns.
+    fast_tensor: bool = False
+    # Batched pyfunc scoring (FrameInput / ndarray inputs): on unless the self-check disagreed.
+    batching: bool = True
     mlflow_version: str = ""
     model_uuid: str | None = None  # MLmodel's model_uuid: identifies the artifact even without a version
+    # Requirements of the model (requirements.txt) that this environment lacks or has at another version.
+    missing_requirements: tuple[str, ...] = ()
+    mismatched_requirements: tuple[str, ...] = ()
 
     # ---- metadata
 
@@ -215,10 +282,13 @@ class ServedModel:
         return {
             "flavor": self.flavor,
             "fast_path": self.fast_path,
+            "batching": self.batching,
             "signature": self.signature.to_json() if self.signature else None,
             "input_example": self.input_example,
             "predict_fn": self.predict_fn_name,
             "classes": list(self.classes) if self.classes is not None else None,
+            "missing_requirements": list(self.missing_requirements),
+            "mismatched_requirements": list(self.mismatched_requirements),
         }
 
     # ---- input constructors shared by the protocol adapters
@@ -249,8 +319,12 @@ class ServedModel:
             matrix = self._fast_from_json(fmt, value)
             if matrix is not None:
                 return MatrixInput(matrix)
-        # Anything the fast path does not take goes through MLflow's own parser,
-        # so its semantics and error messages are MLflow's.
+        if self._frames_ok():
+            columns = _json_columns(fmt, value)
+            if columns is not None:
+                return FrameInput(columns[0], columns[1], params)
+        # Anything else goes through MLflow's own parser, so its semantics and
+        # error messages are MLflow's.
         from mlflow.exceptions import MlflowException
         from mlflow.pyfunc.scoring_server import infer_and_parse_data
 
@@ -258,6 +332,10 @@ class ServedModel:
             data = infer_and_parse_data({fmt: value}, self.pyfunc.metadata.get_input_schema())
         except MlflowException as exc:
             raise BadRequest(_mlflow_message(exc)) from None
+        if self.fast_path and params is None and self.fast_tensor and isinstance(data, np.ndarray):
+            checked = self._fast_tensor(data)
+            if checked is not None:
+                return MatrixInput(checked)
         return PyfuncInput(data, params)
 
     def from_csv(self, body: bytes) -> ModelInput:
@@ -278,23 +356,28 @@ class ServedModel:
         """Unknown or missing columns are the client's mistake: say which, as v2 does.
 
         MLflow itself drops unknown columns silently, which hides typos in
-        column names until predictions look wrong.
+        column names until predictions look wrong. Linear in the number of
+        columns (set lookups), so a 12,000-column request costs microseconds.
         """
         sig = self.signature
         if names is None or sig is None or not sig.named_columns:
             return
-        known = sig.input_names
+        known = sig.name_set
         unknown = [n for n in names if n not in known]
         if unknown:
-            raise BadRequest(f"unknown column(s) {unknown}; the model's columns are {list(known)}")
+            raise BadRequest(
+                f"unknown column(s) {_few(unknown)}; the model's columns are {_few(list(sig.input_names))}"
+            )
         given = set(names)
         missing = [n for n in sig.required_names if n not in given]
         if missing:
-            raise BadRequest(f"missing column(s) {missing}; the model's columns are {list(known)}")
+            raise BadRequest(
+                f"missing column(s) {_few(missing)}; the model's columns are {_few(list(sig.input_names))}"
+            )
 
     def from_frame(self, frame: pd.DataFrame, params: dict[str, Any] | None = None) -> ModelInput:
         params = self._params(params)
-        if self.fast_path and params is None:
+        if self.fast_path and params is None and not self.fast_tensor:
             matrix = self._fast_from_frame(frame)
             if matrix is not None:
                 return MatrixInput(matrix)
@@ -304,38 +387,57 @@ class ServedModel:
         """A 2-D array whose columns follow the *signature's* input order (OIP v2 single tensor)."""
         params = self._params(params)
         if self.signature is None or not self.signature.named_columns:
-            return PyfuncInput(matrix, params)
+            return self.from_tensors(matrix, params)
         if self.fast_path and params is None and matrix.dtype.kind in "fiu":
             if self.sig_to_fast is not None:
                 matrix = matrix[:, self.sig_to_fast]
             checked = self._checked(matrix)
             if checked is not None:
                 return MatrixInput(checked)
+        names = self.signature.input_names
+        if self._frames_ok():
+            return FrameInput({n: matrix[:, i] for i, n in enumerate(names)}, int(matrix.shape[0]), params)
         import pandas as pd
 
-        return PyfuncInput(pd.DataFrame(matrix, columns=list(self.signature.input_names)), params)
+        return PyfuncInput(pd.DataFrame(matrix, columns=list(names)), params)
 
     def from_columns(self, columns: dict[str, np.ndarray], params: dict[str, Any] | None = None) -> ModelInput:
         """Named 1-D arrays of equal length (OIP v2 one-input-per-column) → model input."""
         params = self._params(params)
-        if self.fast_path and params is None and all(c in columns for c in self.fast_columns):
+        if self.fast_path and params is None and not self.fast_tensor and all(c in columns for c in self.fast_columns):
             arrays = [columns[c] for c in self.fast_columns]
             if all(a.dtype.kind in "fiu" for a in arrays):
                 checked = self._checked(np.column_stack(arrays))
                 if checked is not None:
                     return MatrixInput(checked)
+        n = len(next(iter(columns.values()))) if columns else 0
+        if self._frames_ok() and n > 0:
+            return FrameInput(dict(columns), n, params)
         import pandas as pd
 
         return PyfuncInput(pd.DataFrame(columns), params)
 
     def from_tensors(self, data: Any, params: dict[str, Any] | None = None) -> ModelInput:
         """An ndarray or dict of ndarrays for tensor-signature (or signature-less) models."""
-        return PyfuncInput(data, self._params(params))
+        params = self._params(params)
+        if self.fast_path and self.fast_tensor and params is None and isinstance(data, np.ndarray):
+            checked = self._fast_tensor(data)
+            if checked is not None:
+                return MatrixInput(checked)
+        return PyfuncInput(data, params)
+
+    def _frames_ok(self) -> bool:
+        # Plain column lists are only a faithful stand-in for MLflow's parse when
+        # every column is one scalar per row (or there is no schema at all).
+        sig = self.signature
+        return sig is None or sig.scalar_columns
 
     # ---- predict
 
     def predict(self, inp: ModelInput) -> Any:
         """Score one input. Client-caused failures become `ServeError`s; bugs propagate."""
+        if isinstance(inp, FrameInput):
+            return self.predict_frames([inp])
         from mlflow.exceptions import MlflowException
 
         try:
@@ -353,9 +455,64 @@ class ServedModel:
             # pipeline, 0 rows): the client can fix it, so it is not a 5xx.
             raise Unprocessable(f"the model could not score the input: {shorten(str(exc), 1000)}") from None
 
+    def predict_frames(self, inputs: list[FrameInput]) -> Any:
+        """Score several `FrameInput`s (same columns, same params) as one DataFrame.
+
+        MLflow's type casting and schema enforcement run once for all of them;
+        the caller splits the output by rows (`split_output`).
+        """
+        frame = self.frame_of(inputs)
+        return self.predict(PyfuncInput(frame, inputs[0].params))
+
+    def frame_of(self, inputs: list[FrameInput]) -> pd.DataFrame:
+        """One DataFrame of the inputs' rows, cast to the signature's types as MLflow's parser does.
+
+        Columns whose values already are what the signature asks for (numbers
+        for double/float/long/integer, strings for string) are converted while
+        the DataFrame is built; only the others go through MLflow's own
+        `cast_df_types_according_to_schema`, which sets columns one at a time
+        and is quadratic in the number of columns (minutes at 12,000 columns).
+        """
+        import pandas as pd
+        from mlflow.exceptions import MlflowException
+
+        names = list(inputs[0].columns)
+        if len(inputs) == 1:
+            data = inputs[0].columns
+        else:
+            data = {n: _concat([i.columns[n] for i in inputs]) for n in names}
+        types = {s.name: s.type for s in self.signature.inputs} if self.signature is not None else {}
+        try:
+            converted: dict[str, Any] = {}
+            leftover: list[str] = []
+            for n in names:
+                arr = _typed_column(data[n], types.get(n))
+                if arr is None:
+                    leftover.append(n)
+                    arr = data[n]
+                converted[n] = arr
+            frame = pd.DataFrame(converted, columns=names)
+            schema = self.pyfunc.metadata.get_input_schema()
+            if schema is not None and leftover:
+                from mlflow.types import Schema
+                from mlflow.utils.proto_json_utils import cast_df_types_according_to_schema
+
+                wanted = set(leftover)
+                sub_schema = Schema([s for s in schema.inputs if s.name in wanted])
+                cast = cast_df_types_according_to_schema(frame[leftover], sub_schema)
+                for n in leftover:
+                    frame[n] = cast[n]
+        except MlflowException as exc:
+            raise BadRequest(_mlflow_message(exc)) from None
+        except (ValueError, TypeError, OverflowError) as exc:
+            raise BadRequest(f"input does not match the model signature: {shorten(str(exc), 1000)}") from None
+        return frame
+
     # ---- fast-path conversions (None = "not for the fast path", never an error)
 
     def _fast_from_json(self, fmt: str, value: Any) -> np.ndarray | None:
+        if self.fast_tensor:
+            return None  # tensors: MLflow's parser casts to the tensor dtype first (see from_scoring_payload)
         cols = self.fast_columns
         try:
             if fmt == "dataframe_split":
@@ -398,6 +555,13 @@ class ServedModel:
             return None
         return self._checked(sub.to_numpy(dtype=np.float64))
 
+    def _fast_tensor(self, arr: np.ndarray) -> np.ndarray | None:
+        # Tensor signatures: only the dtype MLflow would accept unchanged (float64);
+        # anything else goes to pyfunc and gets MLflow's own dtype error or cast.
+        if arr.ndim != 2 or arr.shape[0] == 0 or arr.dtype != np.float64 or arr.shape[1] != len(self.fast_columns):
+            return None
+        return arr
+
     def _checked(self, arr: np.ndarray) -> np.ndarray | None:
         # Only real numbers reach the estimator: bools, strings, None (object)
         # and empty inputs go the pyfunc way and get MLflow's type checks.
@@ -413,7 +577,7 @@ class ServedModel:
                 # MLflow's parser would truncate 20.5 to 20 without a word; an
                 # integer column in the signature forbids it, so say which column.
                 bad = [self.fast_columns[int(i)] for i, ok in zip(self.int_columns, whole.all(axis=0)) if not ok]
-                raise BadRequest(f"column(s) {bad} are integers in the model signature; got non-integer values")
+                raise BadRequest(f"column(s) {_few(bad)} are integers in the model signature; got non-integer values")
         return x
 
     def _params(self, params: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -422,6 +586,138 @@ class ServedModel:
         if params and self.signature is not None and self.signature.has_params:
             return params
         return None
+
+
+def split_output(output: Any, sizes: list[int]) -> list[Any] | None:
+    """Cut a batched output into one output per request (by row counts), or None if it has no rows.
+
+    ndarrays, DataFrames, Series and lists whose length is the batch's row
+    count can be cut; anything else (a scalar, a dict) cannot, and the caller
+    scores the requests one by one instead.
+    """
+    total = sum(sizes)
+    import pandas as pd
+
+    if isinstance(output, np.ndarray):
+        if output.ndim == 0 or output.shape[0] != total:
+            return None
+        cut = lambda a, b: output[a:b]  # noqa: E731
+    elif isinstance(output, (pd.DataFrame, pd.Series)):
+        if len(output) != total:
+            return None
+
+        def cut(a: int, b: int) -> Any:
+            return output.iloc[a:b].reset_index(drop=True)
+    elif isinstance(output, list):
+        if len(output) != total:
+            return None
+        cut = lambda a, b: output[a:b]  # noqa: E731
+    else:
+        return None
+    parts = []
+    start = 0
+    for size in sizes:
+        parts.append(cut(start, start + size))
+        start += size
+    return parts
+
+
+# Signature column type → the dtype MLflow's cast gives a column of plain JSON numbers.
+_NUMPY_OF_TYPE = {"double": np.float64, "float": np.float32, "long": np.int64, "integer": np.int32}
+
+
+def _typed_column(values: Any, mlflow_type: str | None) -> Any:
+    """`values` in the dtype MLflow's cast would give them, or None when only MLflow's cast can tell.
+
+    Only unambiguous cases: numbers (no bools, no None) for numeric columns —
+    integers only for integer columns, as MLflow would truncate 1.5 — and
+    plain strings for string columns.
+    """
+    if mlflow_type is None:
+        return values if isinstance(values, np.ndarray) else None
+    target = _NUMPY_OF_TYPE.get(mlflow_type)
+    if isinstance(values, np.ndarray):
+        if target is not None and values.dtype.kind in ("iu" if mlflow_type in _INT_TYPES else "fiu"):
+            return values.astype(target, copy=False)
+        return None
+    if target is not None:
+        want: tuple[type, ...] = (int, np.integer) if mlflow_type in _INT_TYPES else (int, float, np.integer, np.floating)
+        if all(isinstance(v, want) and not isinstance(v, (bool, np.bool_)) for v in values):
+            return np.asarray(values, dtype=target)
+        return None
+    if mlflow_type == "string" and all(isinstance(v, str) for v in values):
+        return np.asarray(values, dtype=object)
+    return None
+
+
+def _concat(parts: list[Any]) -> Any:
+    if all(isinstance(p, np.ndarray) for p in parts):
+        try:
+            return np.concatenate(parts)
+        except ValueError:
+            pass
+    out: list[Any] = []
+    for p in parts:
+        out.extend(p.tolist() if isinstance(p, np.ndarray) else p)
+    return out
+
+
+def _few(names: list[str], limit: int = 20) -> str:
+    """A list for an error message: all of it when short, the first `limit` and a count when not."""
+    if len(names) <= limit:
+        return repr(names)
+    return f"{names[:limit]!r} and {len(names) - limit} more"
+
+
+def _json_columns(fmt: str, value: Any) -> tuple[dict[str, Any], int] | None:
+    """A scoring payload as column lists (no pandas), or None when it is not plain tabular JSON.
+
+    dataframe_split with columns, dataframe_records / instances as records,
+    inputs as a dict of equal-length lists of scalars. Anything else (index,
+    ragged rows, nested values) returns None and goes to MLflow's parser,
+    which owns the error messages.
+    """
+    try:
+        if fmt == "dataframe_split":
+            if not isinstance(value, dict) or set(value) - {"columns", "data"}:
+                return None
+            names = value.get("columns")
+            data = value.get("data")
+            if not isinstance(names, list) or not isinstance(data, list) or not data:
+                return None
+            if len(set(map(str, names))) != len(names) or not all(isinstance(n, str) for n in names):
+                return None
+            width = len(names)
+            if not all(isinstance(r, list) and len(r) == width for r in data):
+                return None
+            cols = list(zip(*data))
+            columns = {n: list(c) for n, c in zip(names, cols)}
+            n = len(data)
+        elif fmt in ("dataframe_records", "instances"):
+            if not isinstance(value, list) or not value or not all(isinstance(r, dict) for r in value):
+                return None
+            names_seen: dict[str, None] = {}
+            for rec in value:
+                names_seen.update(dict.fromkeys(rec))
+            columns = {k: [rec.get(k) for rec in value] for k in names_seen}
+            n = len(value)
+        elif fmt == "inputs":
+            if not isinstance(value, dict) or not value:
+                return None
+            lengths = {len(v) if isinstance(v, list) else -1 for v in value.values()}
+            if len(lengths) != 1 or -1 in lengths or 0 in lengths:
+                return None
+            columns = dict(value)
+            n = lengths.pop()
+        else:
+            return None
+    except TypeError:
+        return None
+    for col in columns.values():
+        for v in col:
+            if isinstance(v, (list, dict)):
+                return None  # nested values: MLflow decides what they mean
+    return columns, n
 
 
 def _name_csv_column(message: str, body: bytes) -> str:
@@ -465,11 +761,23 @@ def _mlflow_message(exc: Exception) -> str:
 
 # --------------------------------------------------------------------------- loading
 
+# Distributions that provide the same import as the name a model's requirements use.
+_EQUIVALENT_DISTRIBUTIONS = {
+    "mlflow": ("mlflow", "mlflow-skinny"),
+    "xgboost": ("xgboost", "xgboost-cpu"),
+    "tensorflow": ("tensorflow", "tensorflow-cpu"),
+    "opencv-python": ("opencv-python", "opencv-python-headless"),
+}
+# Native flavors whose raw model has a faster predict on a float matrix.
+NATIVE_FLAVORS = ("sklearn", "xgboost", "lightgbm")
+
 
 def load_model(settings: ServeSettings) -> ServedModel:
     """Download (if remote) and load the model named by `settings.model_uri`.
 
-    Raises whatever MLflow raises; the caller turns it into a not-ready reason.
+    Raises `ModelLoadError(permanent=True)` when the model can never load here
+    (a local path that does not exist, packages this environment lacks), and
+    whatever MLflow raises otherwise (the caller retries those).
     """
     # Keep MLflow's output inside our JSON log stream: no own handlers, no
     # progress bars. setdefault so an operator can still override them.
@@ -481,9 +789,24 @@ def load_model(settings: ServeSettings) -> ServedModel:
 
     if settings.tracking_uri:
         mlflow.set_tracking_uri(settings.tracking_uri)
-    # One download; both the pyfunc and the raw estimator load from it.
-    local_path = mlflow.artifacts.download_artifacts(artifact_uri=settings.model_uri)
-    pyfunc = mlflow.pyfunc.load_model(local_path)
+    uri = settings.model_uri
+    if "://" not in uri and ":/" not in uri and not os.path.exists(uri):
+        raise ModelLoadError(f"the local model path {uri!r} does not exist", permanent=True)
+    # One download; both the pyfunc and the raw model load from it.
+    local_path = mlflow.artifacts.download_artifacts(artifact_uri=uri)
+    missing, mismatched = check_requirements(local_path)
+    if missing:
+        event(log, logging.WARNING, "the model's requirements are not all installed", missing=list(missing))
+    try:
+        pyfunc = mlflow.pyfunc.load_model(local_path)
+    except ImportError as exc:
+        needs = ", ".join(missing) if missing else f"the module {getattr(exc, 'name', None) or exc}"
+        raise ModelLoadError(
+            f"the model needs Python packages this serving image does not have: {needs} "
+            f"({type(exc).__name__}: {shorten(str(exc), 300)}); serve it with an image that has them "
+            "(ModelVersion spec.serving.image)",
+            permanent=True,
+        ) from exc
     meta = pyfunc.metadata
     flavors = dict(meta.flavors)
     flavor = next((f for f in flavors if f != "python_function"), "python_function")
@@ -500,10 +823,56 @@ def load_model(settings: ServeSettings) -> ServedModel:
         predict_fn_name=predict_fn_name,
         mlflow_version=mlflow.__version__,
         model_uuid=getattr(meta, "model_uuid", None),
+        missing_requirements=missing,
+        mismatched_requirements=mismatched,
     )
-    if "sklearn" in flavors:
-        _attach_sklearn(model)
+    native = next((f for f in NATIVE_FLAVORS if f in flavors), None)
+    if native is not None:
+        _attach_native(model, native)
     return model
+
+
+def check_requirements(local_path: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The model's `requirements.txt` against this environment: (missing, other-version) requirements.
+
+    Missing packages are named in the load error if the load fails; a version
+    mismatch is only reported (MLflow itself only warns about it).
+    """
+    from importlib.metadata import PackageNotFoundError, version
+
+    from packaging.requirements import InvalidRequirement, Requirement
+    from packaging.utils import canonicalize_name
+
+    path = os.path.join(local_path, "requirements.txt")
+    if not os.path.isfile(path):
+        return (), ()
+    missing: list[str] = []
+    mismatched: list[str] = []
+    with open(path, encoding="utf-8") as fh:
+        lines = fh.read().splitlines()
+    for line in lines:
+        line = line.split("#", 1)[0].strip()
+        if not line or line.startswith("-"):
+            continue  # options (-r, --index-url …) and comments
+        try:
+            req = Requirement(line)
+        except InvalidRequirement:
+            continue
+        if req.marker is not None and not req.marker.evaluate():
+            continue
+        name = canonicalize_name(req.name)
+        installed = None
+        for dist in _EQUIVALENT_DISTRIBUTIONS.get(name, (name,)):
+            try:
+                installed = version(dist)
+                break
+            except PackageNotFoundError:
+                continue
+        if installed is None:
+            missing.append(line)
+        elif req.specifier and not req.specifier.contains(installed.split("+", 1)[0], prereleases=True):
+            mismatched.append(f"{line} (installed: {installed})")
+    return tuple(missing), tuple(mismatched)
 
 
 def _read_serving_example(local_path: str, meta: Any) -> dict[str, Any] | None:
@@ -528,27 +897,52 @@ def _read_input_example(local_path: str, meta: Any) -> Any:
         return json.load(fh)
 
 
-def _attach_sklearn(model: ServedModel) -> None:
-    """Find the raw estimator and decide whether the numeric fast path is a candidate."""
+def _raw_model(model: ServedModel, flavor: str) -> Any:
     try:
-        estimator = model.pyfunc.get_raw_model()
-    except Exception:  # older wrappers without get_raw_model: load it directly
-        import mlflow.sklearn
+        return model.pyfunc.get_raw_model()
+    except Exception:  # noqa: BLE001 - older wrappers without get_raw_model: load it directly
+        import importlib
 
-        estimator = mlflow.sklearn.load_model(model.local_path)
-    model.estimator = estimator
-    fn = getattr(estimator, model.predict_fn_name, None)
-    classes = getattr(estimator, "classes_", None)
+        return importlib.import_module(f"mlflow.{flavor}").load_model(model.local_path)
+
+
+def _attach_native(model: ServedModel, flavor: str) -> None:
+    """Find the raw model and decide whether the numeric fast path is a candidate.
+
+    The candidate is verified against pyfunc by `validate` before the first request.
+    """
+    try:
+        raw = _raw_model(model, flavor)
+    except Exception as exc:  # noqa: BLE001 - no raw model: serve through pyfunc
+        event(log, logging.INFO, "no native model; serving through pyfunc", reason=f"{type(exc).__name__}: {exc}")
+        return
+    model.estimator = raw
+    fn = getattr(raw, model.predict_fn_name, None)
+    classes = getattr(raw, "classes_", None)
     if model.predict_fn_name == "predict" and classes is not None and np.ndim(classes) == 1:
         model.classes = tuple(np.asarray(classes).tolist())
+    if fn is None or not callable(fn):
+        return
+    if flavor == "xgboost" and hasattr(raw, "get_booster"):
+        # The sklearn API checks feature names against a DataFrame; the matrix
+        # below is in fit order by construction.
+        base = fn
+
+        def fn(x: np.ndarray) -> Any:
+            return base(x, validate_features=False)
+    elif flavor != "sklearn" and not hasattr(raw, "feature_names_in_") and not hasattr(raw, "n_features_in_"):
+        return  # a bare Booster: its predict differs from the wrapper's; leave it to pyfunc
     sig = model.signature
-    if fn is None or sig is None or not sig.named_columns:
+    if sig is None or sig.kind == "tensors":
+        _attach_tensor_fast_path(model, raw, fn, sig)
+        return
+    if not sig.named_columns:
         return
     if any(s.type not in _FAST_TYPES or not s.required for s in sig.inputs):
         return
-    # Feed columns in the order the estimator was fitted with when it knows it
+    # Feed columns in the order the model was fitted with when it knows it
     # (pyfunc reorders to the signature, which may differ from fit order).
-    fitted = getattr(estimator, "feature_names_in_", None)
+    fitted = getattr(raw, "feature_names_in_", None)
     names = tuple(str(c) for c in fitted) if fitted is not None else sig.input_names
     if set(names) != set(sig.input_names):
         return
@@ -564,6 +958,22 @@ def _attach_sklearn(model: ServedModel) -> None:
     warnings.filterwarnings("ignore", message="X does not have valid feature names", category=UserWarning)
 
 
+def _attach_tensor_fast_path(model: ServedModel, raw: Any, fn: Any, sig: SignatureInfo | None) -> None:
+    # A single float64 [-1, n] tensor (or no signature) and a model that knows n.
+    width = getattr(raw, "n_features_in_", None)
+    if not isinstance(width, (int, np.integer)) or getattr(raw, "feature_names_in_", None) is not None:
+        return
+    if sig is not None:
+        if len(sig.inputs) != 1:
+            return
+        spec = sig.inputs[0]
+        if spec.type != "float64" or spec.shape is None or len(spec.shape) != 2 or spec.shape[1] != width:
+            return
+    model.fast_columns = tuple(f"x{i}" for i in range(int(width)))
+    model.fast_tensor = True
+    model.fast_fn = fn
+
+
 # --------------------------------------------------------------------------- validation gate
 
 
@@ -577,13 +987,14 @@ class GateResult:
 def validate(model: ServedModel) -> GateResult:
     """Score the model's own logged input example before declaring it ready.
 
-    Also verifies the fast path against pyfunc on the same input and turns the
-    fast path off (not the model) if they disagree.
+    Also verifies the fast path and batched scoring against plain pyfunc on
+    the same input, and turns either off (not the model) if they disagree.
     """
     start = time.perf_counter()
     if model.serving_example is None:
         if model.fast_path:
             _verify_fast_path_on_probe(model)
+        _verify_batching(model, None)
         return GateResult(True, "model has no logged input example; gate skipped", time.perf_counter() - start)
 
     # The reference: the payload through MLflow's parser and pyfunc predict.
@@ -612,7 +1023,70 @@ def validate(model: ServedModel) -> GateResult:
             why = "the example does not take the fast path" if fast is None else "predictions differ"
         if fast is None or not _same(fast, reference):
             _disable_fast_path(model, why)
+    _verify_batching(model, reference)
     return GateResult(True, "the model scored its own input example", time.perf_counter() - start)
+
+
+def _verify_batching(model: ServedModel, reference: Any) -> None:
+    """Batched scoring must equal one-by-one scoring; else batching is turned off for this model.
+
+    The check scores the example (or a probe) as one request, then as two
+    requests batched together (the example, and its rows reversed), and
+    compares each request's slice with scoring it alone. A model whose answer
+    for a row depends on the other rows in the batch fails this and is served
+    unbatched.
+    """
+    try:
+        inp = _example_frame_input(model)
+        if inp is None:
+            return  # nothing to check on; pyfunc batching stays as configured
+        reversed_inp = FrameInput({k: list(v)[::-1] for k, v in inp.columns.items()}, inp.n, inp.params)
+        inputs = [inp, reversed_inp]
+        alone = [model.predict(i) for i in inputs]
+        if reference is not None and not _same(_plain(alone[0]), _plain(reference)):
+            _disable_batching(model, "decoding as columns does not match MLflow's parser on the example")
+            return
+        parts = split_output(model.predict_frames(inputs), [i.n for i in inputs])
+        if parts is None:
+            _disable_batching(model, "the output cannot be split by rows")
+            return
+        for got, want in zip(parts, alone):
+            if not _same(_plain(got), _plain(want)):
+                _disable_batching(model, "batched predictions differ from one-by-one predictions")
+                return
+    except Exception as exc:  # noqa: BLE001 - any doubt: serve unbatched
+        _disable_batching(model, f"{type(exc).__name__}: {shorten(str(exc), 300)}")
+
+
+def _example_frame_input(model: ServedModel) -> FrameInput | None:
+    if model.serving_example is not None:
+        payload = dict(model.serving_example)
+        params = model._params(payload.pop("params", None))
+        for fmt in SCORING_FORMATS:
+            if fmt in payload and model._frames_ok():
+                cols = _json_columns(fmt, payload[fmt])
+                if cols is not None:
+                    return FrameInput(cols[0], cols[1], params)
+        return None
+    sig = model.signature
+    if sig is not None and sig.named_columns and all(s.type in _PROBE_DTYPES for s in sig.inputs):
+        # Three probe rows of small numbers every numeric signature accepts.
+        columns = {s.name: np.array([0, 1, 2], dtype=_PROBE_DTYPES[s.type]) for s in sig.inputs if s.name}
+        return FrameInput(columns, 3, None)
+    return None
+
+
+def _plain(x: Any) -> Any:
+    import pandas as pd
+
+    if isinstance(x, (pd.DataFrame, pd.Series)):
+        return x.reset_index(drop=True).to_numpy()
+    return x
+
+
+def _disable_batching(model: ServedModel, why: str) -> None:
+    model.batching = False
+    event(log, logging.WARNING, "batching disabled; requests are scored one by one", reason=shorten(why, 500))
 
 
 def _verify_fast_path_on_probe(model: ServedModel) -> None:
@@ -620,14 +1094,18 @@ def _verify_fast_path_on_probe(model: ServedModel) -> None:
     # every numeric signature accepts.
     import pandas as pd
 
-    assert model.signature is not None  # the fast path requires one
     probe = np.zeros((1, len(model.fast_columns)))
-    frame = pd.DataFrame(
-        {s.name: np.zeros(1, dtype=_PROBE_DTYPES[s.type]) for s in model.signature.inputs}
-    )
+    reference_input: Any
+    if model.fast_tensor:
+        reference_input = probe.copy()
+    else:
+        assert model.signature is not None  # the column fast path requires one
+        reference_input = pd.DataFrame(
+            {s.name: np.zeros(1, dtype=_PROBE_DTYPES[s.type]) for s in model.signature.inputs}
+        )
     try:
         fast = model.fast_fn(probe)
-        reference = model.pyfunc.predict(frame)
+        reference = model.pyfunc.predict(reference_input)
     except Exception as exc:  # noqa: BLE001
         _disable_fast_path(model, f"probe row failed: {type(exc).__name__}: {exc}")
         return

@@ -10,10 +10,19 @@ Tabular models (column signatures) accept either
   * one tensor of shape [rows, n_columns], columns in signature order, or
   * one tensor per column, named after it, of shape [rows] or [rows, 1].
 Tensor-signature and signature-less models receive the tensors as-is.
+
+Missing values: JSON has no NaN, so a missing number is sent as `null` in the
+data of an FP16/FP32/FP64 tensor (it becomes NaN, what pandas and MLflow use
+for a missing number), or as the bare tokens `NaN`, `Infinity`, `-Infinity`
+that Python's `json.dumps` writes. A missing string is `null` in a BYTES
+tensor. Integer and BOOL tensors cannot hold a missing value: send FP64.
+Outputs are typed the same way: numbers stay numbers (FP64 / INT64 / BOOL),
+strings are BYTES, and a missing value is `null` — never the text "None".
 """
 
 from __future__ import annotations
 
+import json
 import math
 import uuid
 from dataclasses import dataclass
@@ -23,7 +32,7 @@ import numpy as np
 import orjson
 
 from .errors import BadRequest
-from .model import ModelInput, ServedModel, SignatureInfo
+from .model import ModelInput, ServedModel, SignatureInfo, _few
 
 # v2 datatype → numpy dtype, and which kinds of JSON-decoded data each accepts.
 DATATYPES: dict[str, np.dtype[Any]] = {
@@ -72,11 +81,25 @@ class InferRequest:
 # --------------------------------------------------------------------------- decode
 
 
-def decode_request(body: bytes) -> InferRequest:
+def loads_lenient(body: bytes) -> Any:
+    """JSON, plus the NaN / Infinity / -Infinity tokens Python's json module writes (MLflow accepts them).
+
+    orjson (strict, fast) first; only a body it refuses is parsed again by the
+    standard library, which knows those tokens, so well-formed JSON pays nothing.
+    """
     try:
-        doc = orjson.loads(body)
+        return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        raise BadRequest(f"malformed JSON: {exc}") from None
+        strict_error = exc
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError):
+        raise BadRequest(f"malformed JSON: {strict_error}") from None
+
+
+def decode_request(body: bytes, max_columns: int | None = None) -> InferRequest:
+    """A v2 inference request body → typed tensors. `max_columns` bounds the number of inputs."""
+    doc = loads_lenient(body)
     if not isinstance(doc, dict):
         raise BadRequest("the inference request must be a JSON object with an 'inputs' list")
     inputs = doc.get("inputs")
@@ -88,11 +111,18 @@ def decode_request(body: bytes) -> InferRequest:
     params = doc.get("parameters")
     if params is not None and not isinstance(params, dict):
         raise BadRequest("'parameters' must be a JSON object")
+    check_input_count(len(inputs), max_columns)
     tensors = tuple(_decode_tensor(i, t) for i, t in enumerate(inputs))
-    names = [t.name for t in tensors]
-    if len(set(names)) != len(names):
-        raise BadRequest(f"input names must be unique; got {names}")
+    check_unique_names(tensors)
     return InferRequest(req_id, tensors, params)
+
+
+def check_input_count(count: int, max_columns: int | None) -> None:
+    if max_columns is not None and count > max_columns:
+        raise BadRequest(
+            f"the request has {count} inputs; this server accepts at most {max_columns} "
+            "(MODELPILOT_SERVE_MAX_COLUMNS)"
+        )
 
 
 def _decode_tensor(index: int, doc: Any) -> Tensor:
@@ -102,7 +132,34 @@ def _decode_tensor(index: int, doc: Any) -> Tensor:
     if not isinstance(name, str) or not name:
         raise BadRequest(f"inputs[{index}]: 'name' must be a non-empty string")
     where = f"input '{name}'"
-    shape = doc.get("shape")
+    shape = check_shape(where, doc.get("shape"))
+    datatype = check_datatype(where, doc.get("datatype"))
+    if "data" not in doc:
+        raise BadRequest(f"{where}: 'data' is missing")
+    data = doc["data"]
+    if not isinstance(data, list):
+        data = [data]
+    if datatype == "BYTES":
+        arr = _bytes_array(where, data)
+    else:
+        arr = numeric_array(where, datatype, data)
+    if arr.ndim > 1 and list(arr.shape) != shape:
+        # Nested data must already be the declared row-major shape.
+        raise BadRequest(f"{where}: nested data has shape {list(arr.shape)} but 'shape' says {shape}")
+    return shaped_tensor(where, name, datatype, arr, shape)
+
+
+# The checks below are shared with the gRPC adapter (grpc_server.py), so both
+# protocols accept and refuse exactly the same tensors.
+
+
+def check_unique_names(tensors: tuple[Tensor, ...]) -> None:
+    names = [t.name for t in tensors]
+    if len(set(names)) != len(names):
+        raise BadRequest(f"input names must be unique; got {names}")
+
+
+def check_shape(where: str, shape: Any) -> list[int]:
     if (
         not isinstance(shape, list)
         or not shape
@@ -113,22 +170,18 @@ def _decode_tensor(index: int, doc: Any) -> Tensor:
             f"{where}: 'shape' must be a non-empty list of at most {MAX_DIMS} integers "
             f"between 0 and {MAX_DIM}, got {shape!r}"
         )
-    datatype = doc.get("datatype")
+    return shape
+
+
+def check_datatype(where: str, datatype: Any) -> str:
     if datatype not in DATATYPES:
         raise BadRequest(f"{where}: unsupported datatype {datatype!r}; use one of {', '.join(DATATYPES)}")
-    if "data" not in doc:
-        raise BadRequest(f"{where}: 'data' is missing")
-    data = doc["data"]
-    if not isinstance(data, list):
-        data = [data]
+    return str(datatype)
+
+
+def shaped_tensor(where: str, name: str, datatype: str, arr: np.ndarray, shape: list[int]) -> Tensor:
+    """`arr` in the declared `shape`, which must hold exactly its elements."""
     expected = math.prod(shape)
-    if datatype == "BYTES":
-        arr = _bytes_array(where, data)
-    else:
-        arr = _numeric_array(where, datatype, data)
-    if arr.ndim > 1 and list(arr.shape) != shape:
-        # Nested data must already be the declared row-major shape.
-        raise BadRequest(f"{where}: nested data has shape {list(arr.shape)} but 'shape' says {shape}")
     if arr.size != expected:
         raise BadRequest(f"{where}: shape {shape} needs {expected} elements, data has {arr.size}")
     try:
@@ -137,7 +190,7 @@ def _decode_tensor(index: int, doc: Any) -> Tensor:
         raise BadRequest(f"{where}: shape {shape} is not a valid tensor shape: {exc}") from None
 
 
-def _numeric_array(where: str, datatype: str, data: list[Any]) -> np.ndarray:
+def numeric_array(where: str, datatype: str, data: list[Any]) -> np.ndarray:
     try:
         arr = np.asarray(data)
     except (ValueError, TypeError):
@@ -171,15 +224,25 @@ def _numeric_array(where: str, datatype: str, data: list[Any]) -> np.ndarray:
     return arr.astype(target)
 
 
+def _with_missing(where: str, datatype: str, arr: np.ndarray) -> np.ndarray:
+    """FP data with `null` elements: null becomes NaN; anything but numbers and null is refused."""
+    flat = arr.reshape(-1)
+    for v in flat:
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+            raise BadRequest(f"{where}: datatype {datatype} needs numbers (null for a missing value), data has {v!r}")
+    return np.array([np.nan if v is None else v for v in flat], dtype=np.float64).reshape(arr.shape)
+
+
 def _bytes_array(where: str, data: list[Any]) -> np.ndarray:
-    # JSON has no bytes: BYTES elements arrive as strings (or nested lists of them).
+    # JSON has no bytes: BYTES elements arrive as strings (or nested lists of
+    # them); null is a missing string.
     try:
         arr = np.asarray(data, dtype=object)
     except ValueError:
         raise BadRequest(f"{where}: data is ragged (nested lists of different lengths)") from None
     flat = arr.reshape(-1)
-    if not all(isinstance(v, str) for v in flat):
-        raise BadRequest(f"{where}: datatype BYTES needs strings")
+    if not all(v is None or isinstance(v, str) for v in flat):
+        raise BadRequest(f"{where}: datatype BYTES needs strings (null for a missing value)")
     return arr
 
 
@@ -218,12 +281,14 @@ def _tabular(
                 f"with columns in signature order ({', '.join(names)}), or one input per column named after it"
             )
         return model.from_signature_matrix(t.array, params)
-    unknown = [t.name for t in tensors if t.name not in names]
+    known = sig.name_set
+    unknown = [t.name for t in tensors if t.name not in known]
     if unknown:
-        raise BadRequest(f"unknown input(s) {unknown}; the model's inputs are {list(names)}")
-    missing = [n for n in sig.required_names if n not in {t.name for t in tensors}]
+        raise BadRequest(f"unknown input(s) {_few(unknown)}; the model's inputs are {_few(list(names))}")
+    given = {t.name for t in tensors}
+    missing = [n for n in sig.required_names if n not in given]
     if missing:
-        raise BadRequest(f"missing input column(s) {missing}")
+        raise BadRequest(f"missing input column(s) {_few(missing)}")
     return model.from_columns(_columns(tensors), params)
 
 
@@ -276,11 +341,50 @@ def _default_name(model: ServedModel) -> str:
 
 
 def _output_tensor(name: str, arr: np.ndarray) -> dict[str, Any]:
-    datatype = _v2_datatype(arr)
-    flat = np.ascontiguousarray(arr).reshape(-1)
-    # orjson serialises numeric ndarrays natively; objects and strings need lists.
-    data: Any = flat if datatype != "BYTES" else [v if isinstance(v, str) else str(v) for v in flat.tolist()]
+    """One output tensor. Numeric arrays go to orjson as they are (NaN is written as null)."""
+    kind = arr.dtype.kind
+    if kind in "biuf":
+        flat = np.ascontiguousarray(arr).reshape(-1)
+        return {"name": name, "datatype": _v2_datatype(arr), "shape": list(arr.shape), "data": flat}
+    datatype, data = typed_elements(arr.reshape(-1).tolist())
     return {"name": name, "datatype": datatype, "shape": list(arr.shape), "data": data}
+
+
+def typed_elements(values: list[Any]) -> tuple[str, list[Any]]:
+    """Python objects (an object array's elements) → (v2 datatype, JSON-ready elements).
+
+    Numbers stay numbers (FP64, or INT64 when all are integers), booleans are
+    BOOL, strings are BYTES; None and NaN are missing values, written as null.
+    Only a mix of kinds falls back to BYTES, each element as text.
+    """
+    kinds: set[str] = set()
+    for v in values:
+        if v is None or (isinstance(v, float) and v != v):
+            continue
+        if isinstance(v, (bool, np.bool_)):
+            kinds.add("b")
+        elif isinstance(v, (int, np.integer)):
+            kinds.add("i")
+        elif isinstance(v, (float, np.floating)):
+            kinds.add("f")
+        elif isinstance(v, str):
+            kinds.add("s")
+        else:
+            kinds.add("o")
+    missing = [v is None or (isinstance(v, float) and v != v) for v in values]
+
+    def plain(v: Any) -> Any:
+        return v.item() if isinstance(v, np.generic) else v
+
+    if kinds <= {"i", "f"} and kinds:
+        if kinds == {"i"} and not any(missing):
+            return "INT64", [plain(v) for v in values]
+        return "FP64", [None if m else float(v) for v, m in zip(values, missing)]
+    if kinds == {"b"}:
+        return "BOOL", [None if m else bool(v) for v, m in zip(values, missing)]
+    if kinds <= {"s"}:
+        return "BYTES", [None if m else v for v, m in zip(values, missing)]
+    return "BYTES", [None if m else (v if isinstance(v, str) else str(plain(v))) for v, m in zip(values, missing)]
 
 
 def _v2_datatype(arr: np.ndarray) -> str:

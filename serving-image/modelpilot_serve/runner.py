@@ -7,8 +7,15 @@ to the model directly. Runners stack: `CachingRunner(BatchingRunner(...))`.
   thread hop costs about as much as the prediction itself) and everything
   else in the thread pool, so a heavy pyfunc model or a large batch never
   stalls health probes.
-* `BatchingRunner` — adaptive micro-batching of fast-path inputs
-  (`MatrixInput`). A request joins a queue; the queue is flushed on the next
+* `BatchingRunner` — adaptive micro-batching, two lanes:
+  - pyfunc inputs (`FrameInput`: column models of any column types, any
+    pyfunc) go to a per-model lane with one batch in flight, predicted off
+    the event loop: while a batch is being scored, arriving requests queue,
+    and the next batch takes all of them (same columns and params, at most
+    `max_batch_size` rows). An idle server adds no wait; a busy one scores
+    bigger batches — MLflow's schema enforcement and the model's per-call
+    overhead are paid once per batch instead of once per request.
+  - fast-path inputs (`MatrixInput`). A request joins a queue; the queue is flushed on the next
   turn of the event loop, so every request that was parsed in the same turn
   shares one `np.vstack` and one estimator call, and a request that is alone
   waits for nothing. It waits longer (at most `max_latency`) only for
@@ -32,7 +39,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 from starlette.concurrency import run_in_threadpool
 
-from .model import MatrixInput, ModelInput, ServedModel
+from .model import FrameInput, MatrixInput, ModelInput, ServedModel, split_output
 
 if TYPE_CHECKING:  # pragma: no cover
     from .cache import PredictionCache
@@ -97,6 +104,7 @@ class BatchingRunner:
         self._flush_scheduled = False
         self._timer: asyncio.TimerHandle | None = None  # set while waiting for requests on their way
         self._tasks: set[asyncio.Task[None]] = set()
+        self._lanes: dict[int, _FrameLane] = {}
 
     # ---- admission bookkeeping (called by the app around every inference request)
 
@@ -117,6 +125,12 @@ class BatchingRunner:
     async def run(self, model: ServedModel, inp: ModelInput) -> Any:
         self._in_runner += 1
         try:
+            if isinstance(inp, FrameInput) and model.batching and inp.rows < self.max_batch_size:
+                self._maybe_stop_waiting()
+                lane = self._lanes.get(id(model))
+                if lane is None or lane.model is not model:
+                    lane = self._lanes[id(model)] = _FrameLane(model, self.max_batch_size, self.metrics)
+                return await lane.submit(inp)
             if not isinstance(inp, MatrixInput) or inp.rows >= self.max_batch_size:
                 self._maybe_stop_waiting()
                 self.metrics.observe_batch(inp.rows)
@@ -231,6 +245,96 @@ class BatchingRunner:
             self._flush()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        for lane in self._lanes.values():
+            await lane.close()
+
+
+class _FrameLane:
+    """One model's pyfunc batches: one in flight, the next formed from whatever queued meanwhile."""
+
+    def __init__(self, model: ServedModel, max_rows: int, metrics: ServeMetrics) -> None:
+        self.model = model
+        self.max_rows = max_rows
+        self.metrics = metrics
+        self._queue: list[tuple[FrameInput, asyncio.Future[Any]]] = []
+        self._worker: asyncio.Task[None] | None = None
+
+    async def submit(self, inp: FrameInput) -> Any:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queue.append((inp, future))
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.get_running_loop().create_task(self._drain())
+        return await future
+
+    def _take(self) -> list[tuple[FrameInput, asyncio.Future[Any]]]:
+        """The oldest request plus every queued one that fits with it (same columns and params)."""
+        first = self._queue[0]
+        key = first[0].batch_key()
+        batch, rest, rows = [], [], 0
+        for item in self._queue:
+            if item[1].done():  # the client went away
+                continue
+            if item[0].batch_key() == key and rows + item[0].n <= self.max_rows or not batch and item is first:
+                batch.append(item)
+                rows += item[0].n
+            else:
+                rest.append(item)
+        self._queue = rest
+        return batch
+
+    async def _drain(self) -> None:
+        while self._queue:
+            batch = self._take()
+            if not batch:
+                continue
+            inputs = [i for i, _ in batch]
+            self.metrics.observe_batch(sum(i.n for i in inputs))
+            try:
+                results = await run_in_threadpool(_score_batch, self.model, inputs)
+            except BaseException as exc:  # noqa: BLE001 - cancelled while scoring: fail the waiting requests
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(exc if isinstance(exc, Exception) else RuntimeError("cancelled"))
+                raise
+            for (_, fut), result in zip(batch, results):
+                if fut.done():
+                    continue
+                if isinstance(result, _Failed):
+                    fut.set_exception(result.exc)
+                else:
+                    fut.set_result(result)
+
+    async def close(self) -> None:
+        if self._worker is not None:
+            await asyncio.gather(self._worker, return_exceptions=True)
+
+
+@dataclass(slots=True)
+class _Failed:
+    exc: Exception
+
+
+def _score_batch(model: ServedModel, inputs: list[FrameInput]) -> list[Any]:
+    """One predict for the batch, split by rows; if that fails or cannot be split, one predict each.
+
+    Runs in a worker thread. Scoring one by one after a failed batch puts each
+    error on the request that caused it, so one bad input never fails its
+    neighbours.
+    """
+    if len(inputs) > 1:
+        try:
+            parts = split_output(model.predict_frames(inputs), [i.n for i in inputs])
+        except Exception:  # noqa: BLE001 - retried one by one below
+            parts = None
+        if parts is not None:
+            return parts
+    results: list[Any] = []
+    for inp in inputs:
+        try:
+            results.append(model.predict(inp))
+        except Exception as exc:  # noqa: BLE001 - delivered to the waiting request
+            results.append(_Failed(exc))
+    return results
 
 
 def _stack(batch: _Queue) -> np.ndarray:

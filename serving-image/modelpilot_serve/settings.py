@@ -41,6 +41,11 @@ ENV_CACHE_REDIS_URL = "MODELPILOT_SERVE_CACHE_REDIS_URL"
 ENV_FEEDBACK_MAX_PENDING = "MODELPILOT_SERVE_FEEDBACK_MAX_PENDING"
 ENV_FEEDBACK_TTL_SECONDS = "MODELPILOT_SERVE_FEEDBACK_TTL_SECONDS"
 ENV_PREDICTION_BUCKETS = "MODELPILOT_SERVE_PREDICTION_BUCKETS"
+# gRPC (Open Inference Protocol `inference.GRPCInferenceService`), request bounds, model loading.
+ENV_GRPC_PORT = "MODELPILOT_SERVE_GRPC_PORT"
+ENV_MAX_COLUMNS = "MODELPILOT_SERVE_MAX_COLUMNS"
+ENV_LOAD_RETRY_SECONDS = "MODELPILOT_SERVE_LOAD_RETRY_SECONDS"
+ENV_TERMINATION_MESSAGE_PATH = "MODELPILOT_SERVE_TERMINATION_MESSAGE_PATH"
 
 DEFAULT_HOST = "0.0.0.0"
 DEFAULT_PORT = 8080
@@ -57,6 +62,18 @@ DEFAULT_CACHE_MAX_ENTRIES = 10000
 DEFAULT_CACHE_TTL_SECONDS = 300
 DEFAULT_FEEDBACK_MAX_PENDING = 100_000
 DEFAULT_FEEDBACK_TTL_SECONDS = 3600
+# The KServe / Triton convention: HTTP on 8080, gRPC on 8081. 0 turns gRPC off.
+DEFAULT_GRPC_PORT = 8081
+# Inputs (columns or tensors) one request may carry: far above any tabular model
+# (the test zoo's widest has 12,000), low enough that checks stay cheap.
+DEFAULT_MAX_COLUMNS = 100_000
+# How long a failing model load is retried (with back-off) before the server
+# reports itself unhealthy, so the kubelet restarts it. MLflow's own download
+# retries take about 2.5 min before the first attempt fails.
+DEFAULT_LOAD_RETRY_SECONDS = 600
+# Kubernetes' default terminationMessagePath: the last error lands in the pod's
+# containerStatuses[].lastState.terminated.message when the container dies.
+DEFAULT_TERMINATION_MESSAGE_PATH = "/dev/termination-log"
 # Histogram buckets of regressor predictions: symmetric, roughly logarithmic.
 # Override with MODELPILOT_SERVE_PREDICTION_BUCKETS for a model's real range
 # (with only non-negative buckets the histogram also exposes its _sum).
@@ -104,6 +121,13 @@ class ServeSettings:
     feedback_max_pending: int = DEFAULT_FEEDBACK_MAX_PENDING
     feedback_ttl_seconds: int = DEFAULT_FEEDBACK_TTL_SECONDS
     prediction_buckets: tuple[float, ...] = DEFAULT_PREDICTION_BUCKETS
+    grpc_port: int = 0  # 0 = no gRPC server (the CLI default is DEFAULT_GRPC_PORT)
+    max_columns: int = DEFAULT_MAX_COLUMNS
+    load_retry_seconds: int = DEFAULT_LOAD_RETRY_SECONDS
+    # Written only if this file already exists (the kubelet creates it in a
+    # container) or the path was configured explicitly.
+    termination_message_path: str = DEFAULT_TERMINATION_MESSAGE_PATH
+    termination_message_explicit: bool = False
 
     @property
     def labels(self) -> dict[str, str]:
@@ -198,6 +222,12 @@ class ServeSettings:
             *pick("feedback_ttl_seconds", ENV_FEEDBACK_TTL_SECONDS), DEFAULT_FEEDBACK_TTL_SECONDS, 1, None, problems
         )
         buckets = _buckets_setting(*pick("prediction_buckets", ENV_PREDICTION_BUCKETS), problems)
+        grpc_port = _int_setting(*pick("grpc_port", ENV_GRPC_PORT), DEFAULT_GRPC_PORT, 0, 65535, problems)
+        max_columns = _int_setting(*pick("max_columns", ENV_MAX_COLUMNS), DEFAULT_MAX_COLUMNS, 1, None, problems)
+        load_retry = _int_setting(
+            *pick("load_retry_seconds", ENV_LOAD_RETRY_SECONDS), DEFAULT_LOAD_RETRY_SECONDS, 0, None, problems
+        )
+        termination_path, _ = pick("termination_message_path", ENV_TERMINATION_MESSAGE_PATH)
 
         if problems:
             raise SettingsError(problems)
@@ -222,6 +252,11 @@ class ServeSettings:
             feedback_max_pending=feedback_pending,
             feedback_ttl_seconds=feedback_ttl,
             prediction_buckets=buckets,
+            grpc_port=grpc_port,
+            max_columns=max_columns,
+            load_retry_seconds=load_retry,
+            termination_message_path=termination_path or DEFAULT_TERMINATION_MESSAGE_PATH,
+            termination_message_explicit=termination_path is not None,
         )
 
 

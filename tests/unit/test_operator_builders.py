@@ -68,6 +68,9 @@ def test_secure_pod_defaults() -> None:
     assert pod["automountServiceAccountToken"] is False
     assert container(dep)["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
     assert container(dep)["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+    # The server's final failure reason (or, without one, the end of its log) reaches lastState.terminated.
+    assert "terminationMessagePath" not in container(dep)  # Kubernetes' default, /dev/termination-log
+    assert container(dep)["terminationMessagePolicy"] == "FallbackToLogsOnError"
 
 
 def test_owner_reference_makes_deletion_collect_everything() -> None:
@@ -145,3 +148,15 @@ def test_a_canary_track_is_its_own_deployment_behind_the_same_service() -> None:
     service = builders.build_service(OWNER, MODEL)
     assert service["spec"]["selector"] == {"modelpilot.io/modelversion": "iris"}  # both tracks
     assert set(service["spec"]["selector"].items()) <= set(canary["spec"]["template"]["metadata"]["labels"].items())
+
+
+def test_http_and_grpc_ports_on_the_pod_and_the_service() -> None:
+    # 8081 is the serving image's MODELPILOT_SERVE_GRPC_PORT default; the Service exposes it by name.
+    assert container(deployment())["ports"] == [
+        {"name": "http", "containerPort": 8080, "protocol": "TCP"},
+        {"name": "grpc", "containerPort": 8081, "protocol": "TCP"},
+    ]
+    ports = {p["name"]: p for p in builders.build_service(OWNER, MODEL)["spec"]["ports"]}
+    assert ports["http"] == {"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}
+    assert ports["grpc"] == {"name": "grpc", "port": 8081, "targetPort": "grpc", "protocol": "TCP",
+                             "appProtocol": "kubernetes.io/h2c"}

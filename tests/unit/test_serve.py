@@ -220,7 +220,11 @@ def test_failed_input_example_never_ready(serve_bad_example: RunningServer) -> N
         assert body["ready"] is False and body["state"] == "failed"
         assert "input example" in body["reason"]
         assert "petal width (cm)" in body["reason"]
-    assert serve_bad_example.get("/v2/health/live").status_code == 200
+    # Final: liveness turns 503 with the same reason, so the kubelet restarts the container
+    # and the reason lands in the pod's lastState.terminated.message.
+    live = serve_bad_example.get("/v2/health/live")
+    assert live.status_code == 503
+    assert live.json()["live"] is False and "petal width (cm)" in live.json()["reason"]
     resp = serve_bad_example.post("/invocations", json={"inputs": {"a": [1]}})
     assert resp.status_code == 503
     assert "petal width (cm)" in resp.json()["error"]

@@ -38,7 +38,7 @@ def test_dockerfile_follows_the_image_rules() -> None:
     image = next(line.split("=", 1)[1] for line in lines if line.startswith("ARG PYTHON_IMAGE="))
     assert image.startswith("python:3.11") and "slim" in image and image != "python:3.11-slim", "pinned slim tag"
     assert "USER 10001:10001" in lines
-    assert 'ENTRYPOINT ["modelpilot"]' in lines and 'CMD ["serve"]' in lines and "EXPOSE 8080" in lines
+    assert 'ENTRYPOINT ["modelpilot"]' in lines and 'CMD ["serve"]' in lines and "EXPOSE 8080 8081" in lines
     assert any("pip install -r /src/serving-image/requirements.txt" in line for line in lines)
     assert any("pip install --no-deps /src" in line for line in lines)
     requirements = [

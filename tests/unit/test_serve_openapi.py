@@ -93,14 +93,16 @@ def test_openapi_document_lists_every_route(serve_fuzz_server: str) -> None:
 # --------------------------------------------------------------------------- bad input
 
 
-def test_nan_and_infinity_are_refused_with_4xx(serve_fuzz_server: str, serve_iris_model: Any) -> None:
+def test_nan_and_infinity_reach_the_model_and_its_refusal_is_4xx(serve_fuzz_server: str, serve_iris_model: Any) -> None:
     cols = list(serve_iris_model.X.columns)
     url = serve_fuzz_server
     json_nan = b'{"inputs":[{"name":"x","shape":[1,4],"datatype":"FP64","data":[NaN,1,2,3]}]}'
     cases = [
-        # JSON has no NaN or Infinity: both protocols refuse the literal.
-        (httpx.post(url + "/v2/models/iris/infer", content=json_nan, headers={"content-type": "application/json"}), 400, "malformed JSON"),
-        (httpx.post(url + "/invocations", content=b'{"inputs": {"a": [Infinity]}}', headers={"content-type": "application/json"}), 400, "malformed JSON"),
+        # The bare NaN / Infinity tokens Python's json.dumps writes are parsed (as MLflow does);
+        # this estimator refuses NaN, and that is the client's input: 422, not 5xx.
+        (httpx.post(url + "/v2/models/iris/infer", content=json_nan, headers={"content-type": "application/json"}), 422, "NaN"),
+        (httpx.post(url + "/invocations", content=b'{"inputs": {"a": [Infinity]}}', headers={"content-type": "application/json"}), 400, "unknown column"),
+        (httpx.post(url + "/invocations", content=b'{"inputs": {"a": [Infinity}}', headers={"content-type": "application/json"}), 400, "malformed JSON"),
         # Strings standing in for them are not numbers.
         (httpx.post(url + "/v2/models/iris/infer", json={"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP64", "data": ["NaN", 1, 2, 3]}]}), 400, "needs numbers"),
         # CSV can carry them; this estimator refuses them, and that is the client's input, not a 5xx.

@@ -7,7 +7,10 @@ tests check them without a cluster.
 Contract with the serving image (``modelpilot serve``): env ``MODEL_URI``
 (always the pinned ``models:/name/version``), ``MLFLOW_TRACKING_URI``,
 ``MODEL_NAME``, ``MODEL_VERSION``, ``MODEL_VARIANT``; port 8080 named ``http``;
-``/v2/health/ready`` and ``/v2/health/live``; ``/metrics``.
+port 8081 named ``grpc`` (Open Inference Protocol gRPC);
+``/v2/health/ready`` and ``/v2/health/live``; ``/metrics``; the reason of a
+final failure in the termination message (``/dev/termination-log``, policy
+``FallbackToLogsOnError``).
 """
 
 from __future__ import annotations
@@ -21,6 +24,9 @@ from modelpilot.operator.registry import ResolvedModel
 API_GROUP = "modelpilot.io"
 API_VERSION = "modelpilot.io/v1alpha1"
 SERVING_PORT = 8080
+# The default of the server's MODELPILOT_SERVE_GRPC_PORT (`modelpilot serve` listens there unless told
+# otherwise). The number lives on both sides of the contract: the operator never imports the server.
+GRPC_PORT = 8081
 SELECTOR_LABEL = "modelpilot.io/modelversion"
 TRACK_LABEL = "modelpilot.io/track"  # stable | canary; the Service selects both, so replicas split traffic
 DEFAULT_RESOURCES = {"requests": {"cpu": "100m", "memory": "256Mi"}}
@@ -140,13 +146,18 @@ def build_deployment(owner: Owner, spec: dict[str, Any], model: ResolvedModel, t
         "image": serving.get("image") or default_image,
         "imagePullPolicy": serving.get("imagePullPolicy", "IfNotPresent"),
         "args": ["serve"],
-        "ports": [{"name": "http", "containerPort": SERVING_PORT, "protocol": "TCP"}],
+        "ports": [{"name": "http", "containerPort": SERVING_PORT, "protocol": "TCP"},
+                  {"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"}],
         "env": _serving_env(spec, owner, model, tracking_uri),
         "resources": serving.get("resources") or DEFAULT_RESOURCES,
         "readinessProbe": {"httpGet": {"path": "/v2/health/ready", "port": "http"},
                            "periodSeconds": 2, "timeoutSeconds": 2, "failureThreshold": 3},
         "livenessProbe": {"httpGet": {"path": "/v2/health/live", "port": "http"},
                           "periodSeconds": 10, "timeoutSeconds": 2, "failureThreshold": 3},
+        # The server writes why it can never serve to /dev/termination-log before the liveness probe
+        # restarts it; a crash that writes nothing leaves the end of its log there instead. Either way the
+        # reason lands in the pod's lastState.terminated.message, which the operator puts in status.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
         "securityContext": {
             "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "runAsNonRoot": True,
             "capabilities": {"drop": ["ALL"]},
@@ -197,7 +208,11 @@ def build_service(owner: Owner, model: ResolvedModel) -> Manifest:
     return {
         "apiVersion": "v1", "kind": "Service", "metadata": _meta(owner, owner.name, model),
         "spec": {"type": "ClusterIP", "selector": {SELECTOR_LABEL: owner.name},
-                 "ports": [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}]},
+                 "ports": [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"},
+                           # h2c: the Kubernetes / Gateway API name for cleartext HTTP/2 (what gRPC
+                           # without TLS is), so meshes and gateways proxy it as HTTP/2, not HTTP/1.
+                           {"name": "grpc", "port": GRPC_PORT, "targetPort": "grpc", "protocol": "TCP",
+                            "appProtocol": "kubernetes.io/h2c"}]},
     }
 
 

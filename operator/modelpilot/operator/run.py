@@ -15,7 +15,7 @@ import sys
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="modelpilot operator", description="Run the modelpilot operator.")
     parser.add_argument("--kubeconfig", help="kubeconfig to use (default: $KUBECONFIG, else in-cluster)")
-    parser.add_argument("--liveness", default="http://0.0.0.0:8081/healthz", help="kopf liveness endpoint")
+    parser.add_argument("--liveness", default="http://0.0.0.0:8082/healthz", help="kopf liveness endpoint")
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args(argv)
 
