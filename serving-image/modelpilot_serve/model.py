@@ -799,11 +799,14 @@ def load_model(settings: ServeSettings) -> ServedModel:
         event(log, logging.WARNING, "the model's requirements are not all installed", missing=list(missing))
     try:
         pyfunc = mlflow.pyfunc.load_model(local_path)
-    except ImportError as exc:
-        needs = ", ".join(missing) if missing else f"the module {getattr(exc, 'name', None) or exc}"
+    except Exception as exc:
+        missing_module = _missing_module(exc)
+        if missing_module is None:
+            raise
+        needs = ", ".join(missing) if missing else f"the module {missing_module!r}"
         raise ModelLoadError(
             f"the model needs Python packages this serving image does not have: {needs} "
-            f"({type(exc).__name__}: {shorten(str(exc), 300)}); serve it with an image that has them "
+            f"(No module named {missing_module!r}); serve it with an image that has them "
             "(ModelVersion spec.serving.image)",
             permanent=True,
         ) from exc
@@ -830,6 +833,23 @@ def load_model(settings: ServeSettings) -> ServedModel:
     if native is not None:
         _attach_native(model, native)
     return model
+
+
+def _missing_module(exc: BaseException) -> str | None:
+    """The module name if an ImportError is anywhere in the exception's chain (MLflow wraps them)."""
+    import re
+
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, ImportError):
+            return current.name or str(current)
+        found = re.search(r"No module named '([^']+)'", str(current))
+        if found:
+            return found.group(1)
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def check_requirements(local_path: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
