@@ -36,7 +36,7 @@ import os
 import re
 import signal
 import time
-import uuid
+import itertools
 from collections.abc import AsyncIterator, Awaitable, Callable
 from types import FrameType
 from typing import Any, TypeVar
@@ -77,6 +77,25 @@ PREDICTION_ID_HEADER = "x-modelpilot-prediction-id"
 # With worker processes only: which worker (pid) answered an inference request.
 WORKER_HEADER = "x-modelpilot-worker"
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,256}$")
+
+
+class PredictionIds:
+    """Unique prediction ids, cheaply: a random 64-bit prefix per process and a counter.
+
+    32 hex characters like a uuid4's hex, but without 16 bytes of os.urandom per
+    request (a measurable share of a fast-path request). Unique across replicas
+    and restarts by the random prefix, within a process by the counter.
+    """
+
+    def __init__(self) -> None:
+        self._prefix = os.urandom(8).hex()
+        self._next = itertools.count(1).__next__
+
+    def new(self) -> str:
+        return f"{self._prefix}{self._next():016x}"
+
+
+prediction_ids = PredictionIds()
 
 
 # --------------------------------------------------------------------------- responses
@@ -311,7 +330,7 @@ class _Server:
 
         req, inp = await off_loop_if_large(body, decode)
         output = await self.runner.run(model, inp)
-        prediction_id = req.id or uuid.uuid4().hex
+        prediction_id = req.id or prediction_ids.new()
         self.after_predict(model, output, prediction_id)
         s = self.settings
         return JSONResponse(oip.encode_response(s.model_name, s.model_version, prediction_id, output, model))
@@ -324,7 +343,7 @@ class _Server:
         inp = await off_loop_if_large(body, lambda: invocations.decode(model, body, content_type, max_columns))
         output = await self.runner.run(model, inp)
         client_id = request.headers.get(PREDICTION_ID_HEADER)
-        prediction_id = client_id if client_id and _CLIENT_ID.match(client_id) else uuid.uuid4().hex
+        prediction_id = client_id if client_id and _CLIENT_ID.match(client_id) else prediction_ids.new()
         self.after_predict(model, output, prediction_id)
         return JSONResponse(invocations.encode(output), headers={PREDICTION_ID_HEADER: prediction_id})
 

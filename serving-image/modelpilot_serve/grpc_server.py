@@ -29,7 +29,6 @@ import logging
 import os
 import struct
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, TypeAlias, TypeVar
 
@@ -39,7 +38,7 @@ import numpy as np
 from starlette.concurrency import run_in_threadpool
 
 from . import __version__, oip
-from .app import INLINE_DECODE_MAX_BYTES, SERVER_NAME, WORKER_HEADER
+from .app import INLINE_DECODE_MAX_BYTES, SERVER_NAME, WORKER_HEADER, prediction_ids
 from .errors import BadRequest, NotFound, NotReady, ServeError, shorten
 from .feedback import FeedbackStore
 from .logs import event
@@ -378,7 +377,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             req, inp = await run_in_threadpool(decode)
         output = await core.runner.run(model, inp)
         outputs, raw = encode_outputs(output, model, [o.name for o in request.outputs])
-        prediction_id = req.id or uuid.uuid4().hex
+        prediction_id = req.id or prediction_ids.new()
         core.after_predict(model, output, prediction_id)
         return pb.ModelInferResponse(
             model_name=s.model_name, model_version=s.model_version, id=prediction_id,

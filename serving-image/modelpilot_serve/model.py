@@ -512,7 +512,18 @@ class ServedModel:
 
     def _fast_from_json(self, fmt: str, value: Any) -> np.ndarray | None:
         if self.fast_tensor:
-            return None  # tensors: MLflow's parser casts to the tensor dtype first (see from_scoring_payload)
+            # A [rows, n] list of plain numbers: MLflow's parser would make it
+            # np.array(value, dtype=float64) for a float64 tensor spec — the same
+            # array, without its deep copy and per-element conversion.
+            if fmt not in ("instances", "inputs") or not isinstance(value, list):
+                return None
+            try:
+                arr = np.asarray(value)
+            except (ValueError, TypeError):
+                return None
+            if arr.dtype.kind not in "fiu":
+                return None  # bools, strings, null: MLflow's parser and its errors
+            return self._fast_tensor(arr.astype(np.float64, copy=False))
         cols = self.fast_columns
         try:
             if fmt == "dataframe_split":
