@@ -407,7 +407,7 @@ async def start_grpc_server(core: PredictCore) -> grpc.aio.Server:
         # user) share the port, which in a pod's own network namespace are ours.
         ("grpc.so_reuseport", 1),
     ])
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceService(core), server)
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceService(core), server)  # type: ignore[no-untyped-call]
     address = bind_address(s.host, s.grpc_port)
     try:
         server.add_insecure_port(address)

@@ -499,7 +499,7 @@ class ServedModel:
 
                 wanted = set(leftover)
                 sub_schema = Schema([s for s in schema.inputs if s.name in wanted])
-                cast = cast_df_types_according_to_schema(frame[leftover], sub_schema)
+                cast = cast_df_types_according_to_schema(frame[leftover], sub_schema)  # type: ignore[no-untyped-call]
                 for n in leftover:
                     frame[n] = cast[n]
         except MlflowException as exc:
@@ -609,27 +609,21 @@ def split_output(output: Any, sizes: list[int]) -> list[Any] | None:
     total = sum(sizes)
     import pandas as pd
 
+    frame_like = isinstance(output, (pd.DataFrame, pd.Series))
     if isinstance(output, np.ndarray):
         if output.ndim == 0 or output.shape[0] != total:
             return None
-        cut = lambda a, b: output[a:b]  # noqa: E731
-    elif isinstance(output, (pd.DataFrame, pd.Series)):
+    elif frame_like or isinstance(output, list):
         if len(output) != total:
             return None
-
-        def cut(a: int, b: int) -> Any:
-            return output.iloc[a:b].reset_index(drop=True)
-    elif isinstance(output, list):
-        if len(output) != total:
-            return None
-        cut = lambda a, b: output[a:b]  # noqa: E731
     else:
         return None
-    parts = []
+    parts: list[Any] = []
     start = 0
     for size in sizes:
-        parts.append(cut(start, start + size))
-        start += size
+        end = start + size
+        parts.append(output.iloc[start:end].reset_index(drop=True) if frame_like else output[start:end])
+        start = end
     return parts
 
 

@@ -270,7 +270,9 @@ class _FrameLane:
         """The oldest request plus every queued one that fits with it (same columns and params)."""
         first = self._queue[0]
         key = first[0].batch_key()
-        batch, rest, rows = [], [], 0
+        batch: list[tuple[FrameInput, asyncio.Future[Any]]] = []
+        rest: list[tuple[FrameInput, asyncio.Future[Any]]] = []
+        rows = 0
         for item in self._queue:
             if item[1].done():  # the client went away
                 continue
