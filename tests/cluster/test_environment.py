@@ -181,6 +181,51 @@ def test_a_crashed_process_shows_as_a_restart(
     assert _pid(dev_env, current) != pid
 
 
+def _exiting(name: str, script: str, policy: str = "File") -> dict[str, Any]:
+    """A Deployment whose container (run by the process runtime: a modelpilot image) runs ``script`` and exits."""
+    labels = {"app.kubernetes.io/name": name}
+    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name, "labels": labels},
+            "spec": {"replicas": 1, "selector": {"matchLabels": labels}, "template": {
+                "metadata": {"labels": labels},
+                "spec": {"terminationGracePeriodSeconds": 1, "automountServiceAccountToken": False,
+                         "containers": [{"name": "server", "image": "ghcr.io/modelpilot/modelpilot-serve:0.1.0",
+                                         "command": ["/bin/sh", "-c", script],
+                                         "terminationMessagePolicy": policy}]}}}}
+
+
+def test_a_terminated_container_leaves_its_termination_message_in_last_state(
+    dev_env: dict[str, Any], core: Any, apps: Any, namespace: str
+) -> None:
+    lines = 'i=0; while [ $i -lt 100 ]; do echo "line $i"; i=$((i+1)); done'
+    apps.create_namespaced_deployment(namespace, _exiting(
+        "writes", f'{lines}; printf "last words" > "$MODELPILOT_SERVE_TERMINATION_MESSAGE_PATH"; exit 3'))
+    apps.create_namespaced_deployment(namespace, _exiting("logs", f"{lines}; exit 2", "FallbackToLogsOnError"))
+    apps.create_namespaced_deployment(namespace, _exiting("quiet", f"{lines}; exit 2"))
+
+    def terminated(name: str) -> Any:
+        for pod in _pods(core, namespace, name):
+            for status in pod.status.container_statuses or []:
+                if status.last_state and status.last_state.terminated:
+                    return status.last_state.terminated
+        return None
+
+    written = wait_for(lambda: terminated("writes"), 60, message="the first run of 'writes' to end")
+    assert written.message == "last words" and written.exit_code == 3 and written.reason == "Error"
+    # An empty file and FallbackToLogsOnError: the end of the run's log (80 lines at most), as the kubelet does.
+    logged = wait_for(lambda: terminated("logs"), 60, message="the first run of 'logs' to end")
+    assert logged.message.splitlines() == [f"line {i}" for i in range(20, 100)] and logged.exit_code == 2
+    # The default policy (File) with an empty file: no message.
+    quiet = wait_for(lambda: terminated("quiet"), 60, message="the first run of 'quiet' to end")
+    assert not quiet.message and quiet.exit_code == 2
+    # Each start gets a fresh file: the next run's message is its own, not appended to the last one.
+    def second_run() -> Any:
+        statuses = [s for p in _pods(core, namespace, "writes") for s in p.status.container_statuses or []]
+        return statuses[0] if statuses and statuses[0].restart_count >= 2 else None
+
+    assert wait_for(second_run, 60, message="a second run of 'writes' to end").last_state.terminated.message == \
+        "last words"
+
+
 def test_prometheus_scrapes_pods_at_their_loopback_address_with_their_labels(
     dev_env: dict[str, Any], core: Any, apps: Any, namespace: str, iris_version: str
 ) -> None:

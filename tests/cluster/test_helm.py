@@ -93,6 +93,7 @@ def test_helm_install_runs_the_operator_under_its_own_service_account(
     ("get", "secrets", "kube-system", "yes"),       # credentials Secrets named by ModelVersions
     ("list", "secrets", "kube-system", "no"),       # …but it cannot enumerate them
     ("watch", "secrets", None, "no"),
+    ("list", "pods", None, "yes"),                  # why serving pods are not ready (status only)
     ("create", "pods", None, "no"),
     ("create", "pods/exec", None, "no"),
     ("delete", "nodes", None, "no"),

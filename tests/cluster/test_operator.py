@@ -268,3 +268,94 @@ def test_changing_the_version_rolls_over_with_no_moment_without_a_ready_pod(
     pods = [p for p in core.list_namespaced_pod(namespace, label_selector="modelpilot.io/modelversion=iris").items
             if p.metadata.deletion_timestamp is None]
     assert {p.metadata.annotations["modelpilot.io/model-uri"] for p in pods} == {f"models:/iris/{newer}"}
+
+
+MISSING_PACKAGE_MODEL = """# A model whose code needs a package no serving image has.
+import modelpilot_missing_dependency  # noqa: F401
+
+import mlflow
+from mlflow.pyfunc import PythonModel
+
+
+class NeedsMissingPackage(PythonModel):
+    def predict(self, context, model_input, params=None):
+        return [0] * len(model_input)
+
+
+mlflow.models.set_model(NeedsMissingPackage())
+"""
+
+
+def _register_model_needing_a_missing_package(tracking: str, workdir: Path, name: str) -> str:
+    """An MLflow "model from code" that imports ``modelpilot_missing_dependency`` and requires
+    ``modelpilot-missing-dependency==1.0``: it can never load in the serving image."""
+    import types
+
+    import mlflow
+
+    code = workdir / "needs_missing_package.py"
+    code.write_text(MISSING_PACKAGE_MODEL)
+    mlflow.set_tracking_uri(tracking)
+    mlflow.set_experiment("modelpilot-tests")
+    # MLflow imports the code once while logging it; only this test process gets a stand-in module.
+    sys.modules["modelpilot_missing_dependency"] = types.ModuleType("modelpilot_missing_dependency")
+    try:
+        with mlflow.start_run():
+            info = mlflow.pyfunc.log_model(name="model", python_model=str(code),
+                                           pip_requirements=["modelpilot-missing-dependency==1.0"],
+                                           registered_model_name=name)
+    finally:
+        sys.modules.pop("modelpilot_missing_dependency", None)
+    return str(info.registered_model_version)
+
+
+def test_a_model_that_can_never_load_says_why_in_its_ready_condition(
+    operator: Any, dev_env: dict[str, Any], custom: Any, core: Any, namespace: str, iris_version: str,
+    tmp_path: Path
+) -> None:
+    tracking = dev_env["exports"]["MLFLOW_TRACKING_URI"]
+    version = _register_model_needing_a_missing_package(tracking, tmp_path, "needs-missing-package")
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL,
+                                           _mv("needs", {"name": "needs-missing-package", "version": version}))
+
+    # The server says why (503 on ready and live, the reason in its termination message), the liveness
+    # probe (3 x 10 s) restarts it, the kubelet keeps the message in lastState, the operator surfaces it.
+    def failed() -> Any:
+        body = _get(custom, namespace, "needs")
+        return body if "modelpilot-missing-dependency" in _condition(body, "Ready").get("message", "") else None
+
+    try:
+        body = wait_for(failed, 240, 1.0, "the Ready condition to name the missing package")
+    except TimeoutError:
+        pods = core.list_namespaced_pod(namespace, label_selector="modelpilot.io/modelversion=needs").items
+        print(_get(custom, namespace, "needs").get("status"), [p.status.container_statuses for p in pods])
+        raise
+    ready = _condition(body, "Ready")
+    assert ready["status"] == "False" and ready["reason"] == "ServingFailed", ready
+    assert ready["message"].startswith("pod needs-") and "model server failed: " in ready["message"], ready
+    assert body["status"]["phase"] == "Failed"
+    (pod,) = core.list_namespaced_pod(namespace, label_selector="modelpilot.io/modelversion=needs").items
+    terminated = pod.status.container_statuses[0].last_state.terminated
+    assert "modelpilot-missing-dependency" in terminated.message
+    assert pod.spec.containers[0].termination_message_policy == "FallbackToLogsOnError"
+
+    # The next crash (same reason) changes nothing: no flapping, one Event for the problem.
+    def restarted_twice() -> Any:
+        (p,) = core.list_namespaced_pod(namespace, label_selector="modelpilot.io/modelversion=needs").items
+        return p if p.status.container_statuses[0].restart_count >= 2 else None
+
+    wait_for(restarted_twice, 180, 1.0, "a second crash of the same pod")
+    time.sleep(4)  # two readiness checks
+    again = _condition(_get(custom, namespace, "needs"), "Ready")
+    assert (again["reason"], again["message"], again["lastTransitionTime"]) == (
+        ready["reason"], ready["message"], ready["lastTransitionTime"])
+    events = [e for e in core.list_namespaced_event(namespace, field_selector="involvedObject.name=needs").items
+              if e.reason == "ServingFailed"]
+    assert len(events) == 1 and (events[0].count or 1) == 1, [(e.message, e.count) for e in events]
+    assert events[0].type == "Warning" and "modelpilot-missing-dependency" in events[0].message
+
+    # A version that loads: once its pod is ready the condition is back to normal.
+    custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "needs",
+                                          {"spec": {"model": {"name": "iris", "version": iris_version}}})
+    body = wait_for(lambda: _ready(custom, namespace, "needs"), 180, message="Ready on a loadable version")
+    assert _condition(body, "Ready")["reason"] == "Available" and body["status"]["phase"] == "Ready"

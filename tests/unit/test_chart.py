@@ -184,6 +184,7 @@ NAMESPACED = (
     | _g("modelpilot.io", ["modelversions/status", "abtests/status"], ["patch", "update"])
     | _g("apps", ["deployments"], ["get", "list", "watch", "create", "patch", "update", "delete"])
     | _g("", ["services"], ["get", "list", "watch", "create", "patch", "update", "delete"])
+    | _g("", ["pods"], ["get", "list", "watch"])  # read only: why serving pods are not ready
     | _g("autoscaling", ["horizontalpodautoscalers"], ["get", "list", "watch", "create", "patch", "delete"])
     | _g("policy", ["poddisruptionbudgets"], ["get", "list", "watch", "create", "patch", "delete"])
     | _g("gateway.networking.k8s.io", ["httproutes"], ["get", "list", "watch", "create", "patch", "delete"])
@@ -198,14 +199,17 @@ def rbac(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 @pytest.mark.parametrize("mode", ["cluster", "namespace"])
-def test_rbac_has_no_wildcards_no_pod_access_and_secrets_get_only(helm: Any, mode: str) -> None:
+def test_rbac_has_no_wildcards_read_only_pod_access_and_secrets_get_only(helm: Any, mode: str) -> None:
     roles = rbac(render(helm, scope=mode, watchNamespaces=["team-a"]))
     assert roles
     for role in roles:
         for rule in role["rules"]:
             for field in ("apiGroups", "resources", "verbs"):
                 assert not any("*" in item for item in rule[field]), f"wildcard in {role['metadata']['name']}: {rule}"
-            assert not any(r == "pods" or r.startswith("pods/") for r in rule["resources"]), rule
+            # Pods are only read (their status says why serving fails); no exec, logs, eviction or writes.
+            assert not any(r.startswith("pods/") for r in rule["resources"]), rule
+            if "pods" in rule["resources"]:
+                assert rule["resources"] == ["pods"] and set(rule["verbs"]) <= {"get", "list", "watch"}, rule
             assert not {"escalate", "bind", "impersonate"} & set(rule["verbs"]), rule
             if "secrets" in rule["resources"]:
                 assert rule["verbs"] == ["get"] and rule["resources"] == ["secrets"], rule

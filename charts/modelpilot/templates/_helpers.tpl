@@ -82,6 +82,11 @@ ModelVersion names; RBAC cannot restrict by a name chosen at run time).
 - apiGroups: [""]
   resources: ["services"]
   verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
+# Their pods, read only: why a serving pod does not become ready (its termination message, a crash loop,
+# an image that cannot be pulled) goes into the ModelVersion's Ready condition. No exec, no logs.
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["get", "list", "watch"]
 # Optional autoscaling and disruption budgets per ModelVersion.
 - apiGroups: ["autoscaling"]
   resources: ["horizontalpodautoscalers"]

@@ -17,12 +17,24 @@ scheduler bound to a node, this runtime:
   the process), runs the livenessProbe, restarts a crashed process with
   back-off and counts restarts, exactly as the pod status fields a kubelet
   writes;
+* emulates the termination message: each container start gets a fresh empty
+  file ``<workdir>/termination-log`` (the stand-in for the container's
+  ``terminationMessagePath``, by default ``/dev/termination-log``, which a local
+  process cannot have), whose path the process receives as
+  ``MODELPILOT_SERVE_TERMINATION_MESSAGE_PATH``; when the process exits or the
+  livenessProbe kills it, the file's content (its last 4096 bytes, as the
+  kubelet reads it) goes into ``lastState.terminated.message`` — or, if it is
+  empty, the exit code is not 0 and the container's
+  ``terminationMessagePolicy`` is ``FallbackToLogsOnError``, the end of that
+  run's log (the last 80 lines, at most 2048 bytes);
 * on deletion stops the process (SIGTERM, then SIGKILL after the grace period)
   and only then removes the pod object.
 
 What is simulated, not real: container isolation (processes share the host),
-the image (the local installation stands in for it), volumes, and pod networking
-(virtual IPs, loopback addresses).
+the image (the local installation stands in for it), volumes, pod networking
+(virtual IPs, loopback addresses) and the termination message path (a file in
+the pod's work directory named by an environment variable, not a mount at the
+container's ``terminationMessagePath``).
 """
 
 from __future__ import annotations
@@ -50,6 +62,12 @@ from kubernetes.client.rest import ApiException
 
 ADDRESS_ANNOTATION = "dev.modelpilot.io/address"
 VIRTUAL_NET = ipaddress.ip_network("10.245.0.0/16")
+TERMINATION_MESSAGE_ENV = "MODELPILOT_SERVE_TERMINATION_MESSAGE_PATH"
+# The kubelet's bounds (pkg/kubelet/container): a termination message file is read up to 4096 bytes from its
+# end; the log fallback keeps the last 80 lines and at most 2048 bytes.
+MAX_TERMINATION_MESSAGE_BYTES = 4096
+MAX_TERMINATION_LOG_LINES = 80
+MAX_TERMINATION_LOG_BYTES = 2048
 
 log = logging.getLogger("modelpilot.dev.runtime")
 
@@ -298,7 +316,12 @@ class Runtime:
                 running.stopping.wait(min(backoff, 30))
                 backoff *= 2
                 continue
+            # A fresh termination message file per container start, as the kubelet mounts one per container.
+            message_file = running.workdir / "termination-log"
+            message_file.write_bytes(b"")
+            env.setdefault(TERMINATION_MESSAGE_ENV, str(message_file))
             logfile = (running.workdir / "container.log").open("ab")
+            log_offset = logfile.tell()
             running.proc = subprocess.Popen(
                 self._argv(container, running), env=env, cwd=running.workdir, stdout=logfile, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL, start_new_session=True,
@@ -313,10 +336,14 @@ class Runtime:
             exit_code = self._probe_loop(running, readiness, liveness)
             if running.stopping.is_set() or self.shutdown.is_set():
                 return
+            if exit_code < 0:  # killed by a signal: a container runtime reports 128 + the signal number
+                exit_code = 128 - exit_code
             running.restart_count += 1
+            message = termination_message(message_file, running.workdir / "container.log", log_offset, exit_code,
+                                          container.termination_message_policy or "File")
             running.last_state = {"terminated": {"exitCode": exit_code, "reason": "Error" if exit_code else
                                                  "Completed", "startedAt": running.started_at,
-                                                 "finishedAt": _now()}}
+                                                 "finishedAt": _now(), **({"message": message} if message else {})}}
             running.ready = False
             self._report(running, waiting=("CrashLoopBackOff", f"back-off {backoff:.0f}s restarting failed "
                                                                f"container (exit code {exit_code})"))
@@ -475,6 +502,31 @@ class Runtime:
             except Exception:  # keep the runtime alive whatever one event does
                 log.exception("runtime loop error; relisting")
                 time.sleep(1)
+
+
+def termination_message(message_file: Path, log_file: Path, log_offset: int, exit_code: int, policy: str) -> str:
+    """What the kubelet puts into ``lastState.terminated.message`` after a container run ends.
+
+    The termination message file's last 4096 bytes; if the file is empty, the run failed (exit code not 0)
+    and the policy is ``FallbackToLogsOnError``, the end of the run's log (``log_offset`` is where the run
+    began in the log file): its last 80 lines, at most 2048 bytes.
+    """
+    data = _tail(message_file, 0, MAX_TERMINATION_MESSAGE_BYTES)
+    if not data.strip() and exit_code != 0 and policy == "FallbackToLogsOnError":
+        lines = _tail(log_file, log_offset, 64 * 1024).splitlines(keepends=True)[-MAX_TERMINATION_LOG_LINES:]
+        data = b"".join(lines)[-MAX_TERMINATION_LOG_BYTES:]
+    return data.decode("utf-8", errors="replace")
+
+
+def _tail(path: Path, start: int, limit: int) -> bytes:
+    """At most ``limit`` bytes from the end of ``path``, not before offset ``start``."""
+    try:
+        with path.open("rb") as fh:
+            size = fh.seek(0, os.SEEK_END)
+            fh.seek(max(start, size - limit))
+            return fh.read(limit)
+    except OSError:
+        return b""
 
 
 def _bindable(host: str, port: int) -> bool:

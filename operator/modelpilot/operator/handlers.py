@@ -17,6 +17,7 @@ import kopf
 from modelpilot.operator import metrics
 from modelpilot.operator.kube import Kube, KubeError
 from modelpilot.operator.abtest_reconcile import ABTestReconciler
+from modelpilot.operator.builders import SELECTOR_LABEL
 from modelpilot.operator.reconcile import Reconciler, Result
 from modelpilot.operator.settings import OperatorSettings
 
@@ -129,6 +130,26 @@ def follow_alias(body: kopf.Body, logger: logging.Logger, **_: Any) -> None:
     _measured(body, refresh=True)
 
 
+def _pod_has_a_problem(body: kopf.Body, type: str | None, **_: Any) -> bool:
+    if type == "DELETED":
+        return False
+    for c in (body.get("status") or {}).get("containerStatuses") or []:
+        if not c.get("ready") and ((c.get("state") or {}).get("waiting") or c.get("lastState")):
+            return True
+    return False
+
+
+@kopf.on.event("", "v1", "pods", labels={**MANAGED, SELECTOR_LABEL: kopf.PRESENT}, when=_pod_has_a_problem)
+def pod_changed(body: kopf.Body, logger: logging.Logger, **_: Any) -> None:
+    """A serving pod's container is failing (waiting, or restarted and not ready): refresh its ModelVersion.
+
+    A crash-looping pod changes no Deployment field, so without this no event would bring its reason
+    into status. An event handler, not a timer: kopf puts a finalizer on every resource a timer
+    runs for, and a finalizer blocks deletion while the operator is down.
+    """
+    _refresh(body["metadata"]["namespace"], body["metadata"]["labels"][SELECTOR_LABEL], logger)
+
+
 @kopf.on.event("apps", "v1", "deployments", labels=MANAGED)
 def deployment_changed(body: kopf.Body, type: str | None, logger: logging.Logger, **_: Any) -> None:
     """A serving Deployment moved: refresh its ModelVersion's readiness in status."""
@@ -136,16 +157,19 @@ def deployment_changed(body: kopf.Body, type: str | None, logger: logging.Logger
                   if o.get("kind") == "ModelVersion" and o.get("controller")), None)
     if owner is None:
         return
-    namespace = body["metadata"]["namespace"]
+    _refresh(body["metadata"]["namespace"], owner["name"], logger)
+
+
+def _refresh(namespace: str, name: str, logger: logging.Logger) -> None:
     try:
-        result = _reconciler().refresh_readiness(namespace, owner["name"])
+        result = _reconciler().refresh_readiness(namespace, name)
     except KubeError as exc:
-        logger.warning("readiness of %s/%s: %s", namespace, owner["name"], exc)
+        logger.warning("readiness of %s/%s: %s", namespace, name, exc)
         return
     if result:
-        metrics.set_phase("ModelVersion", f"{namespace}/{owner['name']}", result.status.get("phase"))
+        metrics.set_phase("ModelVersion", f"{namespace}/{name}", result.status.get("phase"))
     if result and result.events:
-        parent = _reconciler().kube.read_model_version(namespace, owner["name"])
+        parent = _reconciler().kube.read_model_version(namespace, name)
         if parent:
             _post(parent, result)
 

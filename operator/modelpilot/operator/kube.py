@@ -100,6 +100,15 @@ class Kube:
             raise KubeError(f"read Deployment {name}: {exc.status} {_reason(exc)}") from exc
         return dict(self.api_client.sanitize_for_serialization(dep))
 
+    def list_pods(self, namespace: str, match_labels: dict[str, str]) -> list[dict[str, Any]]:
+        """The pods a Deployment selects (by its ``matchLabels``), as plain dicts (camelCase, as the API has them)."""
+        selector = ",".join(f"{k}={v}" for k, v in sorted(match_labels.items()))
+        try:
+            pods = client.CoreV1Api(self.api_client).list_namespaced_pod(namespace, label_selector=selector)
+        except ApiException as exc:
+            raise KubeError(f"list pods {selector}: {exc.status} {_reason(exc)}") from exc
+        return list(self.api_client.sanitize_for_serialization(pods).get("items") or [])
+
     def read_model_version(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
             return dict(self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "modelversions", name))

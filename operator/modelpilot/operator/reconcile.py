@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 import logging
 from typing import Any
 
-from modelpilot.operator import abtest, analysis, builders, metrics, rollout
+from modelpilot.operator import abtest, analysis, builders, diagnosis, metrics, rollout
 from modelpilot.operator.kube import Kube, KubeError
 from modelpilot.operator.prometheus import Prometheus, PrometheusError
 from modelpilot.operator.registry import (
@@ -126,11 +126,29 @@ def observe(deployment: dict[str, Any] | None, spec: dict[str, Any]) -> dict[str
 
 
 def readiness_status(status: dict[str, Any], spec: dict[str, Any], generation: int,
-                     deployment: dict[str, Any] | None, now: str) -> tuple[dict[str, Any], list[Event]]:
-    """Status fields and transition Events that follow from the Deployment's state."""
+                     deployment: dict[str, Any] | None, now: str,
+                     pods: list[dict[str, Any]] | None = None) -> tuple[dict[str, Any], list[Event]]:
+    """Status fields and transition Events that follow from the Deployment's state.
+
+    ``pods`` (listed only while the Deployment is not fully available) explain why: the first
+    informative container problem becomes reason ``ServingFailed`` with the pod's message, phase
+    ``Failed`` (no replica ready) or ``Degraded``, and one Warning Event per distinct problem.
+    """
     seen = observe(deployment, spec)
     conditions = list(status.get("conditions") or [])
     was_ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+    was_stalled = any(c.get("type") == "Stalled" and c.get("status") == "True" for c in conditions)
+    old: dict[str, Any] = next((c for c in conditions if c.get("type") == "Ready"), {})
+    old_problem = str(old.get("message") or "") if old.get("reason") == diagnosis.REASON else ""
+    problem = diagnosis.serving_problem(pods or []) if not seen["ready"] else None
+    same = False
+    if problem is not None:
+        message = problem.message
+        same = bool(old_problem) and diagnosis.same_problem(old_problem, message)
+        if same and problem.reason == "ImagePullBackOff":
+            message = old_problem  # keep the pull error ErrImagePull reported; the back-off adds nothing
+        seen.update(reason=diagnosis.REASON, message=message,
+                    phase="Degraded" if seen["readyReplicas"] else "Failed")
     conditions = set_condition(conditions, "Ready", "True" if seen["ready"] else "False", seen["reason"],
                                seen["message"], generation, now)
     conditions = set_condition(conditions, "Reconciling", "False" if seen["ready"] or seen["stalled"] else "True",
@@ -142,8 +160,10 @@ def readiness_status(status: dict[str, Any], spec: dict[str, Any], generation: i
         events.append(Event("Normal", "Ready", seen["message"]))
     elif was_ready and not seen["ready"]:
         events.append(Event("Warning", "NotReady", seen["message"]))
-    if seen["stalled"] and status.get("phase") != "Degraded":
+    if seen["stalled"] and not was_stalled:
         events.append(Event("Warning", "ProgressDeadlineExceeded", seen["message"]))
+    if problem is not None and not same:
+        events.append(Event("Warning", diagnosis.REASON, seen["message"]))
     new = {"phase": seen["phase"], "replicas": seen["replicas"], "readyReplicas": seen["readyReplicas"],
            "conditions": conditions}
     return new, events
@@ -253,11 +273,27 @@ class Reconciler:
             status["model"] = model.as_status()
         else:
             events += self._canary(owner, spec, status, stable_model, model, body, now)
-        new, ready_events = readiness_status(status, spec, generation, self.kube.read_deployment(namespace, name), now)
+        deployment = self.kube.read_deployment(namespace, name)
+        new, ready_events = readiness_status(status, spec, generation, deployment, now,
+                                             self.pods_of(namespace, deployment, spec))
         status.update(new)
         status["phase"] = rollout_phase(status)
         self.kube.patch_status(namespace, name, status)
         return Result(status=status, events=events + ready_events)
+
+    def pods_of(self, namespace: str, deployment: dict[str, Any] | None,
+                spec: dict[str, Any]) -> list[dict[str, Any]] | None:
+        """The pods of a serving Deployment that is not fully available (to say why); None otherwise."""
+        if deployment is None or observe(deployment, spec)["ready"]:
+            return None
+        selector = ((deployment.get("spec") or {}).get("selector") or {}).get("matchLabels") or {}
+        if not selector:
+            return None
+        try:
+            return self.kube.list_pods(namespace, selector)
+        except KubeError as exc:  # e.g. RBAC without pods: say less, but keep reconciling
+            logging.getLogger(__name__).warning("cannot tell why the pods are not ready: %s", exc)
+            return None
 
     # ------------------------------------------------------------------ canary
 
@@ -310,14 +346,18 @@ class Reconciler:
             action = self._pending_action(body, ro)
             canary_dep = self.kube.read_deployment(owner.namespace, canary_name)
             canary_ready = observe(canary_dep, spec)["ready"]
+            problem = None if canary_ready else diagnosis.serving_problem(
+                self.pods_of(owner.namespace, canary_dep, spec) or [])
             verdict, measurements = None, None
             cfg = rollout.settings(spec)
             due = now - rollout.parse_time(ro["stepStartedAt"]) >= cfg["interval"]
             if canary_ready and due and cfg["analysis"] and ro.get("phase") == "Progressing" and not action:
                 verdict, measurements = self._analyse(owner, spec, stable, candidate)
-            decision = rollout.step(ro, spec, now, canary_ready, verdict, measurements, action)
+            decision = rollout.step(ro, spec, now, canary_ready, verdict, measurements, action,
+                                    canary_problem=problem.message if problem else "")
             if action:
                 decision.rollout["handledAction"] = self._annotation(body)
+            events += self._canary_problem(decision.rollout, candidate, problem)
             kind = {"Advance": ("Normal", "RolloutStep"), "Promote": ("Normal", "Promoted"),
                     "RollBack": ("Warning", "RolledBack"), "Pause": ("Warning", "RolloutPaused")}.get(decision.action)
             if kind:
@@ -345,6 +385,20 @@ class Reconciler:
             self._apply_stable(owner, spec, stable, stable_replicas)
             status["model"] = stable.as_status()
         return events
+
+    @staticmethod
+    def _canary_problem(ro: dict[str, Any], candidate: ResolvedModel,
+                        problem: diagnosis.Problem | None) -> list[Event]:
+        """Record why the canary's pods do not become ready in ``status.rollout.canaryProblem`` (the stable
+        version still serves, so ``Ready`` is not touched) and post one Warning Event per distinct problem."""
+        old = str(ro.get("canaryProblem") or "")
+        ro["canaryProblem"] = None  # status is merge-patched: null removes it
+        if problem is None or ro.get("phase") not in rollout.ACTIVE:
+            return []
+        same = bool(old) and diagnosis.same_problem(old, problem.message)
+        ro["canaryProblem"] = old if same and problem.reason == "ImagePullBackOff" else problem.message
+        return [] if same else [Event("Warning", diagnosis.REASON,
+                                      f"canary version {candidate.version}: {ro['canaryProblem']}")]
 
     @staticmethod
     def _annotation(body: dict[str, Any]) -> str:
@@ -424,7 +478,9 @@ class Reconciler:
         return Result(status=status, events=[event], retry=True, message=message)
 
     def refresh_readiness(self, namespace: str, name: str) -> Result | None:
-        """Re-read the Deployment and update the ModelVersion's readiness (Deployment events call this)."""
+        """Re-read the Deployment (and, while it is not available, its pods) and update the ModelVersion's
+        readiness. Deployment events call this, and a timer while the ModelVersion is not Ready: a crash-looping
+        pod changes no Deployment field, so no Deployment event would tell."""
         body = self.kube.read_model_version(namespace, name)
         if body is None:
             return None
@@ -432,9 +488,10 @@ class Reconciler:
         if not status.get("model"):
             return None  # not reconciled yet; the reconcile handler writes the first status
         generation = int(body["metadata"].get("generation") or 1)
-        new, events = readiness_status(status, body.get("spec") or {}, int(status.get("observedGeneration") or
-                                                                           generation),
-                                       self.kube.read_deployment(namespace, name), now_iso())
+        spec = body.get("spec") or {}
+        deployment = self.kube.read_deployment(namespace, name)
+        new, events = readiness_status(status, spec, int(status.get("observedGeneration") or generation),
+                                       deployment, now_iso(), self.pods_of(namespace, deployment, spec))
         new["phase"] = rollout_phase({**status, **new})
         changed = {k: v for k, v in new.items() if status.get(k) != v}
         if changed and not self.kube.patch_status(namespace, name, new,

@@ -88,8 +88,10 @@ def start(stable: dict[str, Any], canary: dict[str, Any], spec: dict[str, Any], 
 
 
 def step(rollout: dict[str, Any], spec: dict[str, Any], now: float, canary_ready: bool,
-         verdict: str | None, measurements: list[dict[str, Any]] | None, action: str = "") -> Decision:
-    """Advance the state machine once. ``verdict`` is None when no analysis round was due or run."""
+         verdict: str | None, measurements: list[dict[str, Any]] | None, action: str = "",
+         canary_problem: str = "") -> Decision:
+    """Advance the state machine once. ``verdict`` is None when no analysis round was due or run;
+    ``canary_problem`` says why the canary's pods are not ready, if that is known (it goes into the reason)."""
     cfg = settings(spec)
     r = dict(rollout)
     if r.get("phase") not in ACTIVE:
@@ -115,7 +117,8 @@ def step(rollout: dict[str, Any], spec: dict[str, Any], now: float, canary_ready
     elapsed_total = now - parse_time(r["startedAt"])
     if not canary_ready:
         if elapsed_total > cfg["deadline"]:
-            return _rollback(r, now, f"the canary was not ready within progressDeadlineSeconds={cfg['deadline']:.0f}")
+            why = f"the canary was not ready within progressDeadlineSeconds={cfg['deadline']:.0f}"
+            return _rollback(r, now, f"{why}: {canary_problem}" if canary_problem else why)
         return Decision("Wait", r, "waiting for the canary to be ready")
     if now - parse_time(r["stepStartedAt"]) < cfg["interval"]:
         return Decision("Wait", r, f"holding step {r['step']} ({r['weight']}%)")
