@@ -455,6 +455,25 @@ class ServedModel:
             # pipeline, 0 rows): the client can fix it, so it is not a 5xx.
             raise Unprocessable(f"the model could not score the input: {shorten(str(exc), 1000)}") from None
 
+    def batch_key(self, inp: ModelInput) -> tuple[Any, ...] | None:
+        """Which inputs may share one pyfunc predict: same key. None: this input is scored alone.
+
+        `FrameInput`s batch by columns and params; plain arrays (tensor
+        signatures, signature-less models) by trailing shape, dtype and params.
+        """
+        if isinstance(inp, FrameInput):
+            return inp.batch_key()
+        if isinstance(inp, PyfuncInput) and isinstance(inp.data, np.ndarray) and inp.data.ndim >= 1:
+            return ("array", inp.data.shape[1:], inp.data.dtype.str, _params_key(inp.params))
+        return None
+
+    def predict_many(self, inputs: list[Any]) -> Any:
+        """One predict for inputs of one batch key; the caller splits the output (`split_output`)."""
+        if isinstance(inputs[0], FrameInput):
+            return self.predict_frames(inputs)
+        data = np.concatenate([i.data for i in inputs]) if len(inputs) > 1 else inputs[0].data
+        return self.predict(PyfuncInput(data, inputs[0].params))
+
     def predict_frames(self, inputs: list[FrameInput]) -> Any:
         """Score several `FrameInput`s (same columns, same params) as one DataFrame.
 
@@ -1055,23 +1074,26 @@ def validate(model: ServedModel) -> GateResult:
 def _verify_batching(model: ServedModel, reference: Any) -> None:
     """Batched scoring must equal one-by-one scoring; else batching is turned off for this model.
 
-    The check scores the example (or a probe) as one request, then as two
-    requests batched together (the example, and its rows reversed), and
-    compares each request's slice with scoring it alone. A model whose answer
+    The check scores the example (or a probe), its first row alone and its
+    rows reversed as three requests, then as one batch, and compares each
+    request's slice with scoring it alone. A model whose answer
     for a row depends on the other rows in the batch fails this and is served
-    unbatched.
+    unbatched. A custom model with nothing to check on is served unbatched
+    too; the native flavors (sklearn, xgboost, lightgbm) score rows
+    independently by construction.
     """
     try:
-        inp = _example_frame_input(model)
+        inp = _example_batch_input(model)
         if inp is None:
-            return  # nothing to check on; pyfunc batching stays as configured
-        reversed_inp = FrameInput({k: list(v)[::-1] for k, v in inp.columns.items()}, inp.n, inp.params)
-        inputs = [inp, reversed_inp]
+            if model.flavor not in NATIVE_FLAVORS:
+                _disable_batching(model, "no input example to verify batched scoring on")
+            return
+        inputs = [inp, _first_row(inp), _reversed(inp)]
         alone = [model.predict(i) for i in inputs]
         if reference is not None and not _same(_plain(alone[0]), _plain(reference)):
             _disable_batching(model, "decoding as columns does not match MLflow's parser on the example")
             return
-        parts = split_output(model.predict_frames(inputs), [i.n for i in inputs])
+        parts = split_output(model.predict_many(inputs), [i.rows for i in inputs])
         if parts is None:
             _disable_batching(model, "the output cannot be split by rows")
             return
@@ -1083,7 +1105,20 @@ def _verify_batching(model: ServedModel, reference: Any) -> None:
         _disable_batching(model, f"{type(exc).__name__}: {shorten(str(exc), 300)}")
 
 
-def _example_frame_input(model: ServedModel) -> FrameInput | None:
+def _first_row(inp: FrameInput | PyfuncInput) -> FrameInput | PyfuncInput:
+    if isinstance(inp, FrameInput):
+        return FrameInput({k: list(v)[:1] for k, v in inp.columns.items()}, 1, inp.params)
+    return PyfuncInput(inp.data[:1].copy(), inp.params)
+
+
+def _reversed(inp: FrameInput | PyfuncInput) -> FrameInput | PyfuncInput:
+    if isinstance(inp, FrameInput):
+        return FrameInput({k: list(v)[::-1] for k, v in inp.columns.items()}, inp.n, inp.params)
+    return PyfuncInput(inp.data[::-1].copy(), inp.params)
+
+
+def _example_batch_input(model: ServedModel) -> FrameInput | PyfuncInput | None:
+    """The model's example (or a numeric probe) as the input the batcher would see, if it is batchable."""
     if model.serving_example is not None:
         payload = dict(model.serving_example)
         params = model._params(payload.pop("params", None))
@@ -1092,7 +1127,11 @@ def _example_frame_input(model: ServedModel) -> FrameInput | None:
                 cols = _json_columns(fmt, payload[fmt])
                 if cols is not None:
                     return FrameInput(cols[0], cols[1], params)
-        return None
+        from mlflow.pyfunc.scoring_server import infer_and_parse_data
+
+        data = infer_and_parse_data(payload, model.pyfunc.metadata.get_input_schema())
+        candidate = PyfuncInput(data, params)
+        return candidate if model.batch_key(candidate) is not None and candidate.rows > 0 else None
     sig = model.signature
     if sig is not None and sig.named_columns and all(s.type in _PROBE_DTYPES for s in sig.inputs):
         # Three probe rows of small numbers every numeric signature accepts.

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 from starlette.concurrency import run_in_threadpool
 
-from .model import FrameInput, MatrixInput, ModelInput, ServedModel, split_output
+from .model import FrameInput, MatrixInput, ModelInput, PyfuncInput, ServedModel, split_output
 
 if TYPE_CHECKING:  # pragma: no cover
     from .cache import PredictionCache
@@ -125,12 +125,13 @@ class BatchingRunner:
     async def run(self, model: ServedModel, inp: ModelInput) -> Any:
         self._in_runner += 1
         try:
-            if isinstance(inp, FrameInput) and model.batching and inp.rows < self.max_batch_size:
+            key = model.batch_key(inp) if model.batching and not isinstance(inp, MatrixInput) else None
+            if key is not None and not isinstance(inp, MatrixInput) and inp.rows < self.max_batch_size:
                 self._maybe_stop_waiting()
                 lane = self._lanes.get(id(model))
                 if lane is None or lane.model is not model:
                     lane = self._lanes[id(model)] = _FrameLane(model, self.max_batch_size, self.metrics)
-                return await lane.submit(inp)
+                return await lane.submit(inp, key)
             if not isinstance(inp, MatrixInput) or inp.rows >= self.max_batch_size:
                 self._maybe_stop_waiting()
                 self.metrics.observe_batch(inp.rows)
@@ -256,29 +257,30 @@ class _FrameLane:
         self.model = model
         self.max_rows = max_rows
         self.metrics = metrics
-        self._queue: list[tuple[FrameInput, asyncio.Future[Any]]] = []
+        self._queue: list[tuple[Any, tuple[Any, ...], asyncio.Future[Any]]] = []
         self._worker: asyncio.Task[None] | None = None
 
-    async def submit(self, inp: FrameInput) -> Any:
+    async def submit(self, inp: FrameInput | PyfuncInput, key: tuple[Any, ...]) -> Any:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queue.append((inp, future))
+        self._queue.append((inp, key, future))
         if self._worker is None or self._worker.done():
             self._worker = asyncio.get_running_loop().create_task(self._drain())
         return await future
 
-    def _take(self) -> list[tuple[FrameInput, asyncio.Future[Any]]]:
-        """The oldest request plus every queued one that fits with it (same columns and params)."""
-        first = self._queue[0]
-        key = first[0].batch_key()
-        batch: list[tuple[FrameInput, asyncio.Future[Any]]] = []
-        rest: list[tuple[FrameInput, asyncio.Future[Any]]] = []
+    def _take(self) -> list[tuple[Any, tuple[Any, ...], asyncio.Future[Any]]]:
+        """The oldest waiting request plus every queued one that fits with it (same batch key)."""
+        live = [item for item in self._queue if not item[2].done()]  # done: the client went away
+        if not live:
+            self._queue = []
+            return []
+        key = live[0][1]
+        batch: list[tuple[Any, tuple[Any, ...], asyncio.Future[Any]]] = []
+        rest: list[tuple[Any, tuple[Any, ...], asyncio.Future[Any]]] = []
         rows = 0
-        for item in self._queue:
-            if item[1].done():  # the client went away
-                continue
-            if item[0].batch_key() == key and rows + item[0].n <= self.max_rows or not batch and item is first:
+        for item in live:
+            if not batch or (item[1] == key and rows + item[0].rows <= self.max_rows):
                 batch.append(item)
-                rows += item[0].n
+                rows += item[0].rows
             else:
                 rest.append(item)
         self._queue = rest
@@ -289,16 +291,16 @@ class _FrameLane:
             batch = self._take()
             if not batch:
                 continue
-            inputs = [i for i, _ in batch]
-            self.metrics.observe_batch(sum(i.n for i in inputs))
+            inputs = [i for i, _, _ in batch]
+            self.metrics.observe_batch(sum(i.rows for i in inputs))
             try:
                 results = await run_in_threadpool(_score_batch, self.model, inputs)
             except BaseException as exc:  # noqa: BLE001 - cancelled while scoring: fail the waiting requests
-                for _, fut in batch:
+                for _, _, fut in batch:
                     if not fut.done():
                         fut.set_exception(exc if isinstance(exc, Exception) else RuntimeError("cancelled"))
                 raise
-            for (_, fut), result in zip(batch, results):
+            for (_, _, fut), result in zip(batch, results):
                 if fut.done():
                     continue
                 if isinstance(result, _Failed):
@@ -316,7 +318,7 @@ class _Failed:
     exc: Exception
 
 
-def _score_batch(model: ServedModel, inputs: list[FrameInput]) -> list[Any]:
+def _score_batch(model: ServedModel, inputs: list[Any]) -> list[Any]:
     """One predict for the batch, split by rows; if that fails or cannot be split, one predict each.
 
     Runs in a worker thread. Scoring one by one after a failed batch puts each
@@ -325,7 +327,7 @@ def _score_batch(model: ServedModel, inputs: list[FrameInput]) -> list[Any]:
     """
     if len(inputs) > 1:
         try:
-            parts = split_output(model.predict_frames(inputs), [i.n for i in inputs])
+            parts = split_output(model.predict_many(inputs), [i.rows for i in inputs])
         except Exception:  # noqa: BLE001 - retried one by one below
             parts = None
         if parts is not None:

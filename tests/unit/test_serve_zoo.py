@@ -12,6 +12,7 @@ their own rows' answers.
 from __future__ import annotations
 
 import concurrent.futures
+import time
 import io
 from pathlib import Path
 from typing import Any
@@ -130,3 +131,77 @@ def test_native_fast_path_is_used_for_numeric_flavors(zoo_dir: Path, serve_launc
         srv = serve_launch(serve_helpers.settings(model.path, model_name=MODEL))
         meta = srv.get(f"/v2/models/{MODEL}").json()["parameters"]
         assert meta["fast_path"] is False and meta["batching"] is True, (kind, meta)
+
+
+# --------------------------------------------------------------------------- custom pyfuncs and batching
+
+
+def _concurrently(srv: Any, bodies: list[Any]) -> list[Any]:
+    def call(body: Any) -> Any:
+        with httpx.Client(timeout=30) as client:
+            resp = client.post(srv.url + "/invocations", json=body)
+        assert resp.status_code == 200, resp.text
+        return resp.json()["predictions"]
+
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        return list(pool.map(call, bodies))
+
+
+def test_a_row_dependent_pyfunc_is_never_batched(tmp_path: Path, serve_launch: Any, serve_helpers: Any) -> None:
+    """A model whose answer for a row depends on the other rows (centres on the batch mean) must
+    give every request the answer it would get alone: the start-up self-check turns batching off."""
+    import mlflow.pyfunc
+    import pandas as pd
+
+    class Centre(mlflow.pyfunc.PythonModel):
+        def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
+            x = pd.DataFrame(model_input)["x"].to_numpy(dtype=float)
+            return (x - x.mean()).tolist()
+
+    example = pd.DataFrame({"x": [1.0, 2.0, 6.0]})
+    mlflow.pyfunc.save_model(str(tmp_path / "m"), python_model=Centre(), input_example=example,
+                             pip_requirements=["pandas"])
+    srv = serve_launch(serve_helpers.settings(tmp_path / "m", model_name=MODEL))
+    assert srv.get(f"/v2/models/{MODEL}").json()["parameters"]["batching"] is False
+    bodies = [{"dataframe_split": {"columns": ["x"], "data": [[float(i)], [float(i) * 3]]}} for i in range(48)]
+    for i, got in enumerate(_concurrently(srv, bodies)):
+        assert np.allclose(got, [-float(i), float(i)]), (i, got)
+
+
+def test_a_custom_pyfunc_without_an_example_is_not_batched(tmp_path: Path, serve_launch: Any,
+                                                           serve_helpers: Any) -> None:
+    import mlflow.pyfunc
+
+    class Double(mlflow.pyfunc.PythonModel):
+        def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
+            return np.asarray(model_input, dtype=float) * 2
+
+    mlflow.pyfunc.save_model(str(tmp_path / "m"), python_model=Double(), pip_requirements=["numpy"])
+    srv = serve_launch(serve_helpers.settings(tmp_path / "m", model_name=MODEL))
+    # Nothing to verify batched scoring on: served one by one.
+    assert srv.get(f"/v2/models/{MODEL}").json()["parameters"]["batching"] is False
+    resp = srv.post("/invocations", json={"instances": [[1.0, 2.0]]})
+    assert resp.status_code == 200 and resp.json()["predictions"] == [[2.0, 4.0]]
+
+
+def test_a_tensor_signature_pyfunc_is_batched(tmp_path: Path, serve_launch: Any, serve_helpers: Any) -> None:
+    import mlflow.pyfunc
+    from mlflow.models import infer_signature
+
+    class Norm(mlflow.pyfunc.PythonModel):
+        def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
+            time.sleep(0.002)  # a model with a real per-call cost, so concurrent requests queue
+            return np.linalg.norm(np.asarray(model_input, dtype=float), axis=1)
+
+    example = np.array([[3.0, 4.0], [6.0, 8.0]])
+    mlflow.pyfunc.save_model(str(tmp_path / "m"), python_model=Norm(), input_example=example,
+                             signature=infer_signature(example, np.array([5.0, 10.0])), pip_requirements=["numpy"])
+    srv = serve_launch(serve_helpers.settings(tmp_path / "m", model_name=MODEL))
+    meta = srv.get(f"/v2/models/{MODEL}").json()["parameters"]
+    assert meta["batching"] is True and meta["fast_path"] is False, meta
+    bodies = [{"instances": [[3.0 * i, 4.0 * i]]} for i in range(1, 49)]
+    for i, got in enumerate(_concurrently(srv, bodies), start=1):
+        assert np.allclose(got, [5.0 * i]), (i, got)
+    batches = srv.metric("modelpilot_batch_size_count")
+    rows = srv.metric("modelpilot_batch_size_sum")
+    assert rows >= 48 and batches < rows, f"{batches} predicts for {rows} rows: nothing was batched"
