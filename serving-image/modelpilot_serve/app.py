@@ -30,6 +30,7 @@ accepts with the true outcome.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import logging
 import os
@@ -102,13 +103,30 @@ prediction_ids = PredictionIds()
 
 
 def _json_default(value: Any) -> Any:
+    """What orjson cannot write itself: numpy scalars and arrays, missing markers, dates, bytes."""
     if isinstance(value, np.generic):
+        if isinstance(value, (np.datetime64, np.timedelta64)):
+            return None if np.isnat(value) else str(value)
         return value.item()
     if isinstance(value, np.ndarray):
         return value.tolist()
+    if isinstance(value, (bytes, bytearray)):
+        # As MLflow's scoring server does: binary predictions are base64 text.
+        return base64.b64encode(bytes(value)).decode("ascii")
+    if _is_missing(value):
+        return None  # pandas.NA, NaT: a missing value is null, never "<NA>"
     if hasattr(value, "isoformat"):
         return value.isoformat()
     return str(value)
+
+
+def _is_missing(value: Any) -> bool:
+    try:
+        import pandas as pd
+
+        return value is pd.NA or value is pd.NaT
+    except ImportError:  # pragma: no cover - pandas is always installed with MLflow
+        return False
 
 
 class JSONResponse(Response):
@@ -296,6 +314,8 @@ class _Server:
                 "state": snap.phase.value,
                 "reason": snap.reason,
                 **model.describe(),
+                # Batching is on only where the settings allow it and the model passed its check.
+                "batching": model.batching and s.batching,
             },
         })
 

@@ -64,7 +64,10 @@ def prediction_rows(output: Any) -> np.ndarray | None:
     if isinstance(output, pd.Series):
         output = output.to_numpy()
     if isinstance(output, list):
-        output = np.asarray(output)
+        try:
+            output = np.asarray(output)
+        except ValueError:  # ragged rows: not one value per row
+            return None
     if not isinstance(output, np.ndarray):
         return None
     if output.ndim == 2 and output.shape[1] == 1:

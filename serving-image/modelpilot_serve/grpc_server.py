@@ -151,14 +151,14 @@ def _typed_array(where: str, datatype: str, contents: pb.InferTensorContents) ->
         )
     values = list(getattr(contents, field))
     if datatype == "BYTES":
-        return _strings(values)
+        return _strings(values, where)
     # The JSON path's conversion: range checks for the narrower integer types included.
     return oip.numeric_array(where, datatype, values)
 
 
 def _raw_array(where: str, datatype: str, raw: bytes) -> np.ndarray:
     if datatype == "BYTES":
-        return _strings(_split_bytes(where, raw))
+        return _strings(_split_bytes(where, raw), where)
     if datatype == "BOOL":
         return np.not_equal(np.frombuffer(raw, dtype=np.uint8), 0)
     dtype = oip.DATATYPES[datatype]
@@ -184,13 +184,24 @@ def _split_bytes(where: str, raw: bytes) -> list[bytes]:
     return items
 
 
-def _strings(values: list[bytes]) -> np.ndarray:
-    """BYTES elements as the JSON path has them: str (UTF-8). Binary data stays bytes."""
+def _strings(values: list[bytes], where: str) -> np.ndarray:
+    """BYTES elements as the JSON path has them: str (UTF-8), or a 400 naming the element.
+
+    Not a silent fallback to `bytes` for the whole tensor: one bad element
+    would change how every row of a string column is scored. Binary columns
+    take base64 text, as MLflow's scoring protocol does.
+    """
     arr = np.empty(len(values), dtype=object)
-    try:
-        arr[:] = [v.decode("utf-8") for v in values]
-    except UnicodeDecodeError:
-        arr[:] = values
+    decoded: list[str] = []
+    for i, v in enumerate(values):
+        try:
+            decoded.append(v.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            raise BadRequest(
+                f"{where}: BYTES element {i} is not UTF-8 text ({exc.reason} at byte {exc.start}); "
+                "send text, or base64 for binary data"
+            ) from None
+    arr[:] = decoded
     return arr
 
 

@@ -60,6 +60,8 @@ def jsonable(output: Any) -> Any:
         # orjson writes contiguous numeric arrays directly, far faster than tolist().
         if output.dtype.kind in "biuf":
             return np.ascontiguousarray(output)
+        if output.dtype.kind in "mM":  # datetime64[ns].tolist() would give nanosecond integers
+            return [None if np.isnat(v) else str(v) for v in output.reshape(-1)]
         return output.tolist()
     if isinstance(output, pd.DataFrame):
         return output.to_dict(orient="records")

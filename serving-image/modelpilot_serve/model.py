@@ -313,7 +313,11 @@ class ServedModel:
             raise BadRequest("'params' must be a JSON object")
         fmt = formats[0]
         value = payload[fmt]
-        self._check_columns(_payload_columns(fmt, value))
+        names = _payload_columns(fmt, value)
+        if fmt == "dataframe_split" and names is not None and len(set(names)) != len(names):
+            dupes = sorted({n for n in names if names.count(n) > 1})
+            raise BadRequest(f"duplicate column name(s) {_few(dupes)} in dataframe_split")
+        self._check_columns(names)
         params = self._params(params)
         if self.fast_path and params is None:
             matrix = self._fast_from_json(fmt, value)
@@ -505,7 +509,7 @@ class ServedModel:
             converted: dict[str, Any] = {}
             leftover: list[str] = []
             for n in names:
-                arr = _typed_column(data[n], types.get(n))
+                arr = _typed_column(data[n], types.get(n), n)
                 if arr is None:
                     leftover.append(n)
                     arr = data[n]
@@ -650,28 +654,62 @@ def split_output(output: Any, sizes: list[int]) -> list[Any] | None:
 _NUMPY_OF_TYPE = {"double": np.float64, "float": np.float32, "long": np.int64, "integer": np.int32}
 
 
-def _typed_column(values: Any, mlflow_type: str | None) -> Any:
+def _typed_column(values: Any, mlflow_type: str | None, name: str = "") -> Any:
     """`values` in the dtype MLflow's cast would give them, or None when only MLflow's cast can tell.
 
     Only unambiguous cases: numbers (no bools, no None) for numeric columns —
     integers only for integer columns, as MLflow would truncate 1.5 — and
-    plain strings for string columns.
+    plain strings for string columns. Values an integer or boolean column
+    cannot hold (out of range, a fraction, a missing value) are a 400 naming
+    the column: numpy's cast would wrap them around silently.
     """
     if mlflow_type is None:
         return values if isinstance(values, np.ndarray) else None
     target = _NUMPY_OF_TYPE.get(mlflow_type)
     if isinstance(values, np.ndarray):
-        if target is not None and values.dtype.kind in ("iu" if mlflow_type in _INT_TYPES else "fiu"):
+        kind = values.dtype.kind
+        if target is not None and mlflow_type in _INT_TYPES and kind in "fiu":
+            return _checked_ints(values, target, mlflow_type, name)
+        if target is not None and kind in "fiu":
             return values.astype(target, copy=False)
+        if mlflow_type == "boolean" and kind == "f" and np.isnan(values).any():
+            raise BadRequest(f"column {name!r} is boolean in the model signature; it cannot hold a missing value")
         return None
     if target is not None:
-        want: tuple[type, ...] = (int, np.integer) if mlflow_type in _INT_TYPES else (int, float, np.integer, np.floating)
-        if all(isinstance(v, want) and not isinstance(v, (bool, np.bool_)) for v in values):
+        if mlflow_type in _INT_TYPES:
+            if all(isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) for v in values):
+                if not all(-(2**63) <= int(v) < 2**63 for v in values):
+                    raise BadRequest(f"column {name!r} ({mlflow_type}) has integers out of range")
+                return _checked_ints(np.asarray(values, dtype=np.int64), target, mlflow_type, name)
+            if all(isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+                   for v in values):
+                # Floats for an integer column (JSON parsers turn huge integers into floats):
+                # whole numbers in range only — MLflow's cast would truncate or wrap them.
+                return _checked_ints(np.asarray(values, dtype=np.float64), target, mlflow_type, name)
+            return None
+        if all(isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+               for v in values):
             return np.asarray(values, dtype=target)
         return None
     if mlflow_type == "string" and all(isinstance(v, str) for v in values):
         return np.asarray(values, dtype=object)
     return None
+
+
+def _checked_ints(values: np.ndarray, target: Any, mlflow_type: str, name: str) -> np.ndarray:
+    """Integers (or whole floats) that fit `target`, or a 400 naming the column."""
+    info = np.iinfo(target)
+    if values.dtype.kind == "f":
+        if not np.isfinite(values).all():
+            raise BadRequest(f"column {name!r} is {mlflow_type} in the model signature; it cannot hold a missing "
+                             "or infinite value (send a double column for that)")
+        if not (values == np.floor(values)).all():
+            raise BadRequest(f"column {name!r} is {mlflow_type} in the model signature; got non-integer values")
+    if values.size:
+        low, high = values.min(), values.max()
+        if (values.dtype.kind == "u" and int(high) > info.max) or float(low) < info.min or float(high) > info.max:
+            raise BadRequest(f"column {name!r} ({mlflow_type}) has values out of range [{info.min}, {info.max}]")
+    return values.astype(target)
 
 
 def _concat(parts: list[Any]) -> Any:
@@ -1084,9 +1122,15 @@ def _verify_batching(model: ServedModel, reference: Any) -> None:
     """
     try:
         inp = _example_batch_input(model)
+        native = model.flavor in NATIVE_FLAVORS
         if inp is None:
-            if model.flavor not in NATIVE_FLAVORS:
+            if not native:
                 _disable_batching(model, "no input example to verify batched scoring on")
+            return
+        if not native and _distinct_rows(inp) < 2:
+            # One row (or identical rows) cannot reveal a model whose answer for a row
+            # depends on the others: every request of the check would be the same.
+            _disable_batching(model, "the input example has fewer than 2 distinct rows to verify batched scoring on")
             return
         inputs = [inp, _first_row(inp), _reversed(inp)]
         alone = [model.predict(i) for i in inputs]
@@ -1103,6 +1147,16 @@ def _verify_batching(model: ServedModel, reference: Any) -> None:
                 return
     except Exception as exc:  # noqa: BLE001 - any doubt: serve unbatched
         _disable_batching(model, f"{type(exc).__name__}: {shorten(str(exc), 300)}")
+
+
+def _distinct_rows(inp: FrameInput | PyfuncInput) -> int:
+    try:
+        if isinstance(inp, FrameInput):
+            rows = zip(*(list(v) for v in inp.columns.values()))
+            return len({repr(r) for r in rows})
+        return len({np.asarray(r).tobytes() for r in inp.data})
+    except Exception:  # noqa: BLE001 - unhashable oddities: treat as not verifiable
+        return 0
 
 
 def _first_row(inp: FrameInput | PyfuncInput) -> FrameInput | PyfuncInput:

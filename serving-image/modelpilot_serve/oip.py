@@ -326,13 +326,27 @@ def encode_response(model_name: str, model_version: str, req_id: str | None, out
 def encode_outputs(output: Any, model: ServedModel) -> list[dict[str, Any]]:
     import pandas as pd
 
+    if isinstance(output, list) and output and all(isinstance(r, dict) for r in output):
+        output = pd.DataFrame(output)  # one record per row: one output tensor per key
+
     if isinstance(output, pd.DataFrame):
         return [_output_tensor(str(c), output[c].to_numpy()) for c in output.columns]
     if isinstance(output, pd.Series):
         return [_output_tensor(str(output.name) if output.name is not None else _default_name(model), output.to_numpy())]
     if isinstance(output, dict):
-        return [_output_tensor(str(k), np.asarray(v)) for k, v in output.items()]
-    return [_output_tensor(_default_name(model), np.asarray(output))]
+        return [_output_tensor(str(k), _array(v)) for k, v in output.items()]
+    return [_output_tensor(_default_name(model), _array(output))]
+
+
+def _array(value: Any) -> np.ndarray:
+    """np.asarray, except that ragged data (lists of different lengths) becomes one object element per row."""
+    try:
+        return np.asarray(value)
+    except ValueError:
+        items = list(value)
+        arr = np.empty(len(items), dtype=object)
+        arr[:] = items
+        return arr
 
 
 def _default_name(model: ServedModel) -> str:
@@ -348,6 +362,9 @@ def _output_tensor(name: str, arr: np.ndarray) -> dict[str, Any]:
     if kind in "biuf":
         flat = np.ascontiguousarray(arr).reshape(-1)
         return {"name": name, "datatype": _v2_datatype(arr), "shape": list(arr.shape), "data": flat}
+    if kind in "mM":  # dates and durations: ISO text, as /invocations writes them; NaT is null
+        text = [None if np.isnat(v) else str(v) for v in arr.reshape(-1)]
+        return {"name": name, "datatype": "BYTES", "shape": list(arr.shape), "data": text}
     datatype, data = typed_elements(arr.reshape(-1).tolist())
     return {"name": name, "datatype": datatype, "shape": list(arr.shape), "data": data}
 
@@ -360,6 +377,7 @@ def typed_elements(values: list[Any]) -> tuple[str, list[Any]]:
     Only a mix of kinds falls back to BYTES, each element as text.
     """
     kinds: set[str] = set()
+    values = [_element(v) for v in values]
     for v in values:
         if v is None or (isinstance(v, float) and v != v):
             continue
@@ -387,6 +405,33 @@ def typed_elements(values: list[Any]) -> tuple[str, list[Any]]:
     if kinds <= {"s"}:
         return "BYTES", [None if m else v for v, m in zip(values, missing)]
     return "BYTES", [None if m else (v if isinstance(v, str) else str(plain(v))) for v, m in zip(values, missing)]
+
+
+def _element(v: Any) -> Any:
+    """One output element as JSON can carry it: missing markers → None, bytes → base64, nested → JSON text."""
+    if v is None or isinstance(v, (str, bool, int, float, np.generic)):
+        if isinstance(v, (np.datetime64, np.timedelta64)):
+            return None if np.isnat(v) else str(v)
+        return v
+    if isinstance(v, (bytes, bytearray)):
+        import base64
+
+        return base64.b64encode(bytes(v)).decode("ascii")  # as MLflow's scoring server writes binary
+    try:
+        import pandas as pd
+
+        if v is pd.NA or v is pd.NaT:
+            return None
+        if isinstance(v, pd.Timestamp):
+            return v.isoformat()
+    except ImportError:  # pragma: no cover
+        pass
+    if isinstance(v, (list, tuple, dict, np.ndarray)):
+        # A ragged or nested element (a list per row): one BYTES element of JSON text.
+        return orjson.dumps(v, option=orjson.OPT_SERIALIZE_NUMPY, default=str).decode()
+    if hasattr(v, "isoformat"):
+        return v.isoformat()
+    return str(v)
 
 
 def _v2_datatype(arr: np.ndarray) -> str:

@@ -355,3 +355,153 @@ def test_concurrent_requests_during_loading_get_503_not_a_hang(serve_iris_model:
     assert set(codes) == {503}
     release.set()
     serve_helpers.poll(lambda: srv.get("/v2/health/ready").json()["ready"], deadline_s=60)
+
+
+# --------------------------------------------------------------------------- found by a fresh pair of eyes
+
+
+@pytest.fixture(scope="module")
+def typed_echo_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Echoes its long column as text; columns long `i`, optional integer `i32`, boolean `b`."""
+    import mlflow.pyfunc
+    import pandas as pd
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    class Echo(mlflow.pyfunc.PythonModel):
+        def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
+            return [str(v) for v in pd.DataFrame(model_input)["i"].tolist()]
+
+    sig = ModelSignature(inputs=Schema([ColSpec("long", "i"), ColSpec("integer", "i32", required=False),
+                                        ColSpec("boolean", "b")]))
+    return _save_pyfunc(tmp_path_factory.mktemp("echo") / "m", Echo(), signature=sig)
+
+
+def test_values_a_column_cannot_hold_are_a_400_not_a_wraparound(typed_echo_model: Path, serve_launch: Any,
+                                                                 serve_helpers: Any) -> None:
+    srv = serve_launch(serve_helpers.settings(typed_echo_model, model_name="echo"))
+    raw = b'{"dataframe_records":[{"i":1180591620717411303424,"b":true}]}'  # 2**70: a float to orjson
+    resp = srv.post("/invocations", content=raw, headers={"content-type": "application/json"})
+    assert resp.status_code == 400 and "'i'" in resp.json()["error"] and "range" in resp.json()["error"]
+    resp = srv.post("/invocations", json={"dataframe_records": [{"i": 5.5, "b": True}]})
+    assert resp.status_code == 400 and "non-integer" in resp.json()["error"]
+    resp = srv.post("/invocations", json={"dataframe_records": [{"i": 5.0, "b": True}, {"i": 6, "b": False}]})
+    assert resp.status_code == 200 and resp.json()["predictions"] == ["5", "6"]
+
+    def v2(*tensors: tuple[str, str, Any]) -> httpx.Response:
+        return srv.post("/v2/models/echo/infer", json={"inputs": [
+            {"name": n, "shape": [1], "datatype": d, "data": [v]} for n, d, v in tensors]})
+
+    for tensors, fragment in [
+        ((("i", "UINT64", 2**64 - 1), ("b", "BOOL", True)), "out of range"),
+        ((("i", "FP64", 1e20), ("b", "BOOL", True)), "out of range"),
+        ((("i", "INT64", 7), ("i32", "INT64", 2**40), ("b", "BOOL", True)), "'i32'"),
+        ((("i", "INT64", 7), ("b", "FP64", None)), "cannot hold a missing value"),
+    ]:
+        resp = v2(*tensors)
+        assert resp.status_code == 400 and fragment in resp.json()["error"], (tensors, resp.text)
+    assert v2(("i", "INT64", 7), ("b", "BOOL", True)).json()["outputs"][0]["data"] == ["7"]
+
+
+@pytest.fixture(scope="module")
+def outputs_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Returns, by the `kind` param: a nullable Int64 Series, records, bytes, datetimes, ragged lists."""
+    import mlflow.pyfunc
+    import pandas as pd
+    from mlflow.models import infer_signature
+
+    class Out(mlflow.pyfunc.PythonModel):
+        def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
+            kind = (params or {}).get("kind", "na")
+            n = len(model_input)
+            if kind == "na":
+                return pd.Series([1, pd.NA] * n, dtype="Int64")[:n]
+            if kind == "records":
+                return [{"p": float(i), "q": str(i)} for i in range(n)]
+            if kind == "bytes":
+                return [b"\x00\xffab"] * n
+            if kind == "dates":
+                return pd.DataFrame({"t": pd.to_datetime(["2024-01-02"] * n)})
+            return [[1.0] * (i + 1) for i in range(n)]  # ragged
+
+    frame = pd.DataFrame({"x": [1.0, 2.0]})
+    return _save_pyfunc(tmp_path_factory.mktemp("out") / "m", Out(),
+                        signature=infer_signature(frame, params={"kind": "na"}))
+
+
+@pytest.mark.parametrize("kind, invocations, v2", [
+    ("na", [1, None], [("output-0", "FP64", [1.0, None])]),
+    ("records", [{"p": 0.0, "q": "0"}, {"p": 1.0, "q": "1"}], [("p", "FP64", [0.0, 1.0]), ("q", "BYTES", ["0", "1"])]),
+    ("bytes", ["AP9hYg==", "AP9hYg=="], [("output-0", "BYTES", ["AP9hYg==", "AP9hYg=="])]),
+    ("ragged", [[1.0], [1.0, 1.0]], [("output-0", "BYTES", ["[1.0]", "[1.0,1.0]"])]),
+])
+def test_every_output_shape_is_encoded_typed_and_without_a_5xx(
+    kind: str, invocations: Any, v2: Any, outputs_model: Path, serve_launch: Any, serve_helpers: Any
+) -> None:
+    srv = serve_launch(serve_helpers.settings(outputs_model, model_name="out"))
+    resp = srv.post("/invocations", json={"dataframe_split": {"columns": ["x"], "data": [[1.0], [2.0]]},
+                                          "params": {"kind": kind}})
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["predictions"] == invocations
+    resp = srv.post("/v2/models/out/infer", json={"inputs": [{"name": "x", "shape": [2], "datatype": "FP64",
+                                                              "data": [1.0, 2.0]}], "parameters": {"kind": kind}})
+    assert resp.status_code == 200, resp.text
+    assert [(o["name"], o["datatype"], o["data"]) for o in resp.json()["outputs"]] == v2
+
+
+def test_dates_are_iso_text_on_both_protocols(outputs_model: Path, serve_launch: Any, serve_helpers: Any) -> None:
+    srv = serve_launch(serve_helpers.settings(outputs_model, model_name="out"))
+    inv = srv.post("/invocations", json={"dataframe_split": {"columns": ["x"], "data": [[1.0]]},
+                                         "params": {"kind": "dates"}}).json()["predictions"]
+    assert inv[0]["t"].startswith("2024-01-02T00:00:00")
+    out = srv.post("/v2/models/out/infer", json={"inputs": [{"name": "x", "shape": [1], "datatype": "FP64",
+                                                             "data": [1.0]}], "parameters": {"kind": "dates"}})
+    tensor = out.json()["outputs"][0]
+    assert tensor["datatype"] == "BYTES" and tensor["data"][0].startswith("2024-01-02T00:00:00")
+
+
+def test_a_one_row_example_cannot_verify_batching_so_a_custom_model_is_unbatched(
+    tmp_path: Path, serve_launch: Any, serve_helpers: Any
+) -> None:
+    import mlflow.pyfunc
+    import pandas as pd
+
+    class Centred(mlflow.pyfunc.PythonModel):
+        def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
+            x = pd.DataFrame(model_input)["x"].to_numpy(dtype=float)
+            return x - x.mean()
+
+    mlflow.pyfunc.save_model(str(tmp_path / "m"), python_model=Centred(), input_example=pd.DataFrame({"x": [1.0]}),
+                             pip_requirements=["pandas"])
+    srv = serve_launch(serve_helpers.settings(tmp_path / "m", model_name="c"))
+    assert srv.get("/v2/models/c").json()["parameters"]["batching"] is False
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(lambda v: srv.post("/invocations", json={
+            "dataframe_split": {"columns": ["x"], "data": [[float(v)]]}}).json()["predictions"], range(32)))
+    assert all(a == [0.0] for a in answers), answers
+
+
+def test_metadata_says_batching_is_off_when_the_settings_turn_it_off(serve_iris_model: Any, serve_launch: Any,
+                                                                     serve_helpers: Any) -> None:
+    srv = serve_launch(serve_helpers.settings(serve_iris_model.path, batching=False))
+    assert srv.get("/v2/models/iris").json()["parameters"]["batching"] is False
+
+
+def test_duplicate_columns_are_a_400(serve_iris_model: Any, serve_launch: Any, serve_helpers: Any) -> None:
+    srv = serve_launch(serve_helpers.settings(serve_iris_model.path))
+    cols = list(serve_iris_model.X.columns)
+    resp = srv.post("/invocations", json={"dataframe_split": {"columns": cols + cols[:1], "data": [[1, 2, 3, 4, 1]]}})
+    assert resp.status_code == 400 and "duplicate column" in resp.json()["error"]
+
+
+def test_grpc_bytes_that_are_not_utf8_are_a_400_naming_the_element() -> None:
+    import struct
+
+    from modelpilot_serve.errors import BadRequest
+    from modelpilot_serve.grpc_server import _raw_array
+
+    raw = b"".join(struct.pack("<I", len(v)) + v for v in (b"L", b"\xff"))
+    with pytest.raises(BadRequest, match="element 1 is not UTF-8"):
+        _raw_array("input 'size'", "BYTES", raw)
+    ok = b"".join(struct.pack("<I", len(v)) + v for v in (b"L", "ß".encode()))
+    assert list(_raw_array("input 'size'", "BYTES", ok)) == ["L", "ß"]
