@@ -23,6 +23,7 @@ from .settings import (
     DEFAULT_GRPC_PORT,
     DEFAULT_LOAD_RETRY_SECONDS,
     DEFAULT_MAX_COLUMNS,
+    DEFAULT_MODEL_THREADS,
     DEFAULT_TERMINATION_MESSAGE_PATH,
     DEFAULT_HOST,
     DEFAULT_MAX_BATCH_LATENCY_MS,
@@ -39,6 +40,7 @@ from .settings import (
     ENV_GRPC_PORT,
     ENV_LOAD_RETRY_SECONDS,
     ENV_MAX_COLUMNS,
+    ENV_MODEL_THREADS,
     ENV_TERMINATION_MESSAGE_PATH,
     ENV_HOST,
     ENV_MAX_BATCH_LATENCY_MS,
@@ -89,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--termination-message-path",
                    help=f"where the reason of a final failure is written, default {DEFAULT_TERMINATION_MESSAGE_PATH} "
                         f"when that file exists [{ENV_TERMINATION_MESSAGE_PATH}]")
+    p.add_argument("--model-threads", type=int,
+                   help=f"threads of the model's native libraries per predict (BLAS, OpenMP, xgboost, lightgbm), "
+                        f"default {DEFAULT_MODEL_THREADS} [{ENV_MODEL_THREADS}]")
     p.add_argument("--log-level", choices=LOG_LEVELS, help=f"default info [{ENV_LOG_LEVEL}]")
     p.add_argument(
         "--workers", type=int,

@@ -851,6 +851,7 @@ def load_model(settings: ServeSettings) -> ServedModel:
 
     if settings.tracking_uri:
         mlflow.set_tracking_uri(settings.tracking_uri)
+    limit_threads(settings.model_threads)
     uri = settings.model_uri
     if "://" not in uri and ":/" not in uri and not os.path.exists(uri):
         raise ModelLoadError(f"the local model path {uri!r} does not exist", permanent=True)
@@ -894,7 +895,31 @@ def load_model(settings: ServeSettings) -> ServedModel:
     native = next((f for f in NATIVE_FLAVORS if f in flavors), None)
     if native is not None:
         _attach_native(model, native)
+        _limit_model_threads(model.estimator, settings.model_threads)
     return model
+
+
+def limit_threads(threads: int) -> None:
+    """Cap the BLAS and OpenMP thread pools of this process (threadpoolctl), for every model."""
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=threads)
+
+
+def _limit_model_threads(raw: Any, threads: int) -> None:
+    """xgboost and lightgbm keep their own thread count on the model; set it too."""
+    if raw is None:
+        return
+    try:
+        if hasattr(raw, "get_booster"):  # xgboost sklearn API
+            raw.set_params(n_jobs=threads)
+            raw.get_booster().set_param({"nthread": threads})
+        elif type(raw).__module__.startswith("xgboost"):  # a bare xgboost Booster
+            raw.set_param({"nthread": threads})
+        elif type(raw).__module__.startswith("lightgbm") and hasattr(raw, "set_params"):
+            raw.set_params(n_jobs=threads)
+    except Exception as exc:  # noqa: BLE001 - a thread setting is an optimisation, never a reason to fail
+        event(log, logging.INFO, "could not set the model's thread count", error=f"{type(exc).__name__}: {exc}")
 
 
 def _missing_module(exc: BaseException) -> str | None:
