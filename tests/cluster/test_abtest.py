@@ -81,6 +81,56 @@ def test_replica_ratio_routes_by_weight_and_a_zero_percent_variant_gets_no_pods(
     wait_for(b_drained, 120, 1.0, "the 0 % variant to have no pods")
 
 
+def test_a_variant_rolling_out_a_canary_stays_in_its_abtest(
+    operator: Any, dev_env: dict[str, Any], custom: Any, core: Any, namespace: str, iris_version: str
+) -> None:
+    """The ABTest + canary interplay: while iris-a rolls a new version out as a canary and after it is
+    promoted, every pod of iris-a (both tracks) keeps the ABTest label, so the variant never drops out of
+    the experiment's Service, and the canary splits the replicas the ABTest assigned."""
+    from modelpilot.dev.workloads import register_iris_model
+
+    canary_a = _mv("iris-a", iris_version)
+    canary_a["spec"]["rollout"] = {"steps": [50, 100], "stepIntervalSeconds": 8, "progressDeadlineSeconds": 240,
+                                   "analysis": {"enabled": False}}
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "modelversions", canary_a)
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "modelversions", _mv("iris-b", iris_version))
+    test = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "ABTest", "metadata": {"name": "iris"},
+            "spec": {"variants": [{"name": "a", "modelVersion": "iris-a", "weight": 50},
+                                  {"name": "b", "modelVersion": "iris-b", "weight": 50}]}}
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "abtests", test)
+
+    def behind_the_abtest() -> Counter[str]:
+        pods = _ready_pods(core, namespace, "modelpilot.io/abtest=iris")
+        return Counter(p.metadata.labels["modelpilot.io/modelversion"] for p in pods)
+
+    wait_for(lambda: _ready(_abtest(custom, namespace)) and behind_the_abtest() == {"iris-a": 2, "iris-b": 2},
+             240, 1.0, "2 pods of each variant behind the ABTest")
+    newer = register_iris_model(dev_env["exports"]["MLFLOW_TRACKING_URI"], "iris")
+    custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, "modelversions", "iris-a",
+                                          {"spec": {"model": {"version": newer}}})
+    tracks: set[str] = set()
+
+    def promoted() -> bool:
+        pods = [p for p in core.list_namespaced_pod(namespace, label_selector="modelpilot.io/modelversion=iris-a")
+                .items if p.metadata.deletion_timestamp is None]
+        unlabelled = [p.metadata.name for p in pods if p.metadata.labels.get("modelpilot.io/abtest") != "iris"]
+        assert not unlabelled, f"pods of iris-a outside the ABTest: {unlabelled}"
+        tracks.update(p.metadata.labels["modelpilot.io/track"] for p in pods)
+        body = dict(custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "modelversions", "iris-a"))
+        ro = (body.get("status") or {}).get("rollout") or {}
+        if ro.get("phase") == "Progressing" and ro.get("replicas"):
+            assert sum(ro["replicas"].values()) == 2, ro["replicas"]  # the ABTest's share, split
+        # Serving continuity is not asserted here: the promotion at a 100 % last step (stable track at 0
+        # replicas, canary deleted at once) and the ABTest timer's concurrent reconciles can leave a moment
+        # without a ready pod, a separate problem from the labels this test is about.
+        return ro.get("phase") == "Promoted" and {p.metadata.labels["modelpilot.io/version"] for p in pods} == {newer}
+
+    wait_for(promoted, 240, 0.5, "iris-a's canary to be promoted inside the ABTest")
+    assert tracks == {"stable", "canary"}
+    wait_for(lambda: behind_the_abtest() == {"iris-a": 2, "iris-b": 2}, 120, 1.0,
+             "2 pods of each variant behind the ABTest after the promotion")
+
+
 def test_gateway_route_splits_pins_mirrors_and_the_comparison_names_a_winner(
     operator: Any, dev_env: dict[str, Any], api_client: Any, custom: Any, core: Any, namespace: str,
     iris_version: str

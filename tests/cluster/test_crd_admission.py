@@ -448,6 +448,43 @@ def test_the_apiserver_fills_in_the_documented_defaults(custom: client.CustomObj
     assert spec["routing"]["headerPinning"] == {"header": "x-modelpilot-variant"}
 
 
+def kstatus(body: dict[str, Any]) -> str:
+    """The generic rules of kstatus (sigs.k8s.io/cli-utils/pkg/kstatus), as Flux applies them to a custom
+    resource: a status.observedGeneration behind metadata.generation, or Reconciling=True, is InProgress;
+    Stalled=True is Failed; anything else, including no status at all, is Current."""
+    status = body.get("status") or {}
+    if "observedGeneration" in status and status["observedGeneration"] != body["metadata"]["generation"]:
+        return "InProgress"
+    conditions = {c["type"]: c["status"] for c in status.get("conditions") or []}
+    if conditions.get("Reconciling") == "True":
+        return "InProgress"
+    if conditions.get("Stalled") == "True":
+        return "Failed"
+    return "Current"
+
+
+@pytest.mark.parametrize("manifest", [pytest.param(mv(name="fresh-mv"), id="ModelVersion"),
+                                      pytest.param(ab(name="fresh-ab"), id="ABTest")])
+def test_a_new_object_reads_as_in_progress_before_the_operator_writes_status(
+    custom: client.CustomObjectsApi, namespace: str, manifest: dict[str, Any]
+) -> None:
+    """The CRD's status default (observedGeneration 0), applied by the real apiserver. A real create (not
+    a dry run): the status subresource makes the apiserver drop any status sent with a create, and the
+    default is filled in when the object is read back, so the created object and every read of it before
+    the operator's first status write carry it. (If an operator runs in this session it may reconcile the
+    object afterwards; only the create's own answer is asserted.)"""
+    body = copy.deepcopy(manifest)
+    body["metadata"]["namespace"] = namespace
+    body["status"] = {"observedGeneration": 7, "phase": "Ready"}  # a client cannot claim a status on create
+    created = custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURALS[body["kind"]], body,
+                                                     _request_timeout=30)
+    assert created["metadata"]["generation"] == 1
+    assert created["status"] == {"observedGeneration": 0}
+    assert kstatus(created) == "InProgress"
+    # Without the default the same object has no status, which kstatus reads as done.
+    assert kstatus({**created, "status": None}) == "Current"
+
+
 def test_kubectl_explain_documents_the_fields(
     dev_env: dict[str, Any], kubectl_env: dict[str, str], crds: None
 ) -> None:

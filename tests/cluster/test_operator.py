@@ -268,6 +268,12 @@ def test_changing_the_version_rolls_over_with_no_moment_without_a_ready_pod(
     pods = [p for p in core.list_namespaced_pod(namespace, label_selector="modelpilot.io/modelversion=iris").items
             if p.metadata.deletion_timestamp is None]
     assert {p.metadata.annotations["modelpilot.io/model-uri"] for p in pods} == {f"models:/iris/{newer}"}
+    # An ordinary rolling update while older pods serve is no Warning, and each transition is one Event.
+    events = [e for e in core.list_namespaced_event(namespace, field_selector="involvedObject.name=iris").items
+              if e.involved_object.kind == "ModelVersion"]
+    assert not [(e.reason, e.message) for e in events if e.type == "Warning"]
+    reasons = [e.reason for e in events for _ in range(e.count or 1)]
+    assert reasons.count("Ready") <= 2 and reasons.count("RollingOut") <= 1, reasons  # first version, new version
 
 
 MISSING_PACKAGE_MODEL = """# A model whose code needs a package no serving image has.

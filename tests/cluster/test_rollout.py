@@ -84,6 +84,10 @@ def _ready_on(custom: Any, ns: str, version: str) -> dict[str, Any] | None:
     return body if ready and (status.get("model") or {}).get("version") == version else None
 
 
+def _condition(body: dict[str, Any], kind: str) -> dict[str, Any]:
+    return next((c for c in (body.get("status") or {}).get("conditions") or [] if c["type"] == kind), {})
+
+
 @pytest.fixture
 def stable(operator: Any, custom: Any, namespace: str, iris_version: str) -> Iterator[str]:
     custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, _canary_mv(iris_version))
@@ -112,6 +116,8 @@ def test_a_regressing_canary_is_rolled_back_automatically_with_the_evidence(
     assert evidence["verdict"] == "Fail" and evidence["value"] > 0.05 and evidence["samples"] >= 10
     assert f'version="{faulty}"' in evidence["query"] and evidence["threshold"] == "maxDelta=0.05"
     assert status["model"]["version"] == stable and status["phase"] == "RolledBack"
+    wait_for(lambda: _condition(_body(custom, namespace), "Reconciling").get("status") == "False", 60,
+             message="Reconciling=False after the rollback")
     assert [h["decision"] for h in ro["history"]][-1] == "RollBack"
     # The canary really served (and failed) traffic; the stable version answered throughout.
     assert traffic.codes.get(faulty, {}).get(500, 0) > 0
@@ -150,6 +156,11 @@ def test_a_healthy_canary_is_promoted_step_by_step(
             if ro.get("phase") == "Progressing":
                 seen_weights.add(int(ro.get("weight", 0)))
                 assert body["status"]["phase"] == "Progressing"
+                # kstatus mid-rollout: InProgress (Reconciling=True) while the stable version serves, so Flux
+                # and `kubectl wait` do not take the canary for a finished rollout.
+                reconciling = _condition(body, "Reconciling")
+                assert reconciling.get("status") == "True", reconciling
+                assert reconciling.get("reason") == "CanaryRollingOut", reconciling
             return body if ro.get("phase") == "Promoted" and _ready_on(custom, namespace, newer) else None
 
         body = wait_for(promoted, 240, 0.5, "the canary to be promoted")
@@ -157,6 +168,9 @@ def test_a_healthy_canary_is_promoted_step_by_step(
     decisions = [h["decision"] for h in ro["history"]]
     assert decisions[0] == "Start" and "Pass" in decisions and decisions[-1] == "Promote"
     assert 50 in seen_weights
+    # Promoted: Reconciling=False once the stable Deployment serves the new version (kstatus Current).
+    wait_for(lambda: _condition(_body(custom, namespace), "Reconciling").get("status") == "False", 60,
+             message="Reconciling=False after the promotion")
     assert traffic.codes.get(newer, {}).get(200, 0) > 0
     assert all(set(codes) <= {200, 0} for codes in traffic.codes.values())
     wait_for(lambda: {p.metadata.labels["modelpilot.io/version"] for p in core.list_namespaced_pod(

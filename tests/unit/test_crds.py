@@ -305,6 +305,16 @@ def test_status_keeps_kopf_storage(kind: str) -> None:
 
 
 @pytest.mark.parametrize("kind", KINDS)
+def test_status_defaults_to_not_yet_observed(kind: str) -> None:
+    """Before the operator writes status, kstatus (Flux, cli-utils) must read a new resource as
+    in progress: an absent status reads "Current". observedGeneration 0 never equals a real
+    generation (they start at 1), so the default says "not observed yet" (see the cluster test
+    test_a_new_object_reads_as_in_progress_before_the_operator_writes_status)."""
+    status = root_schema(kind)["properties"]["status"]
+    assert status["default"] == {"observedGeneration": 0}
+
+
+@pytest.mark.parametrize("kind", KINDS)
 def test_every_field_has_a_description(kind: str) -> None:
     schema = root_schema(kind)
     assert schema.get("description", "").strip(), "the root schema needs a description"

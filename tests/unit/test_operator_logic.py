@@ -93,3 +93,38 @@ def test_registry_5xx_and_4xx_are_classified() -> None:
 def test_no_tracking_uri_is_a_clear_error() -> None:
     with pytest.raises(RegistryUnavailable, match="spec.registry.trackingUri"):
         Registry("")
+
+
+def _kstatus(status: dict, generation: int = 1) -> str:  # type: ignore[type-arg]
+    """kstatus' generic rules (sigs.k8s.io/cli-utils), as Flux reads a custom resource."""
+    if "observedGeneration" in status and status["observedGeneration"] != generation:
+        return "InProgress"
+    kinds = {c["type"]: c["status"] for c in status.get("conditions") or []}
+    return "InProgress" if kinds.get("Reconciling") == "True" else "Failed" if kinds.get("Stalled") == "True" \
+        else "Current"
+
+
+def test_a_canary_reads_reconciling_until_promoted_or_rolled_back() -> None:
+    from modelpilot.operator import rollout
+
+    ready = _deployment(2, 2, 2, 1, 1)  # the stable Deployment: fully available the whole time
+    ro = rollout.start({"name": "iris", "version": "1"}, {"name": "iris", "version": "2"},
+                       {"rollout": {"steps": [50, 100]}}, 1_800_000_000.0).rollout
+    status, _ = reconcile.readiness_status({}, {}, 1, ready, "t0")
+    assert _kstatus({**status, "observedGeneration": 1}) == "Current"
+    for phase, reason in (("Progressing", "CanaryRollingOut"), ("Paused", "CanaryPaused")):
+        during = {**status, "observedGeneration": 1, "rollout": {**ro, "phase": phase, "effectiveWeight": 50}}
+        new, events = reconcile.readiness_status(during, {}, 1, ready, "t1")
+        kinds = {c["type"]: c for c in new["conditions"]}
+        assert kinds["Ready"]["status"] == "True"  # the stable version serves
+        assert kinds["Reconciling"]["status"] == "True" and kinds["Reconciling"]["reason"] == reason
+        assert "canary version 2 at 50%" in kinds["Reconciling"]["message"]
+        assert _kstatus({**during, **new}) == "InProgress"
+        assert events == []  # Ready did not change: no Event
+        during = {**during, **new}
+    for phase in ("Promoted", "RolledBack"):
+        after = {**during, "rollout": {**ro, "phase": phase}}
+        new, _ = reconcile.readiness_status(after, {}, 1, ready, "t2")
+        kinds = {c["type"]: c for c in new["conditions"]}
+        assert kinds["Reconciling"]["status"] == "False" and kinds["Reconciling"]["reason"] == "Available"
+        assert _kstatus({**after, **new}) == "Current"

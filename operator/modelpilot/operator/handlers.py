@@ -71,28 +71,38 @@ def _startup(settings: kopf.OperatorSettings, **_: Any) -> None:
 @kopf.on.create(GROUP, VERSION, PLURAL)
 @kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
 def reconcile_model_version(body: kopf.Body, retry: int, logger: logging.Logger, **_: Any) -> None:
-    result = _measured(body, refresh=False)
-    if result is None:
-        raise kopf.TemporaryError("Kubernetes API error (see the operator log)", delay=_backoff(retry))
+    try:
+        result = _measured(body, refresh=False)
+    except KubeError as exc:  # classified (KubeUnavailable when the apiserver cannot be reached): one log line
+        raise kopf.TemporaryError(f"Kubernetes API: {exc}", delay=_backoff(retry)) from None
     if result.retry:
         raise kopf.TemporaryError(result.message, delay=_backoff(retry))
 
 
-def _measured(body: kopf.Body, refresh: bool) -> Result | None:
-    """Reconcile once, recording duration, outcome and phase; ``None`` on an API error."""
+def _measured_or_logged(body: kopf.Body, refresh: bool) -> None:
+    """Reconcile from a timer or a field handler: an API error is one warning line, the next tick retries."""
+    try:
+        _measured(body, refresh=refresh)
+    except KubeError as exc:
+        logging.getLogger(__name__).warning("reconcile %s/%s: %s", body["metadata"]["namespace"],
+                                            body["metadata"]["name"], exc)
+
+
+def _measured(body: kopf.Body, refresh: bool) -> Result:
+    """Reconcile once, recording duration, outcome and phase; raises ``KubeError`` on an API error."""
     started = time.monotonic()
     key = f"{body['metadata']['namespace']}/{body['metadata']['name']}"
     try:
         result = _reconciler().reconcile(dict(body), refresh=refresh)
-    except KubeError as exc:
+    except KubeError:
         metrics.RECONCILES.labels(kind="ModelVersion", result="error").inc()
-        logging.getLogger(__name__).warning("reconcile %s: %s", key, exc)
-        return None
+        raise
     finally:
         metrics.RECONCILE_SECONDS.labels(kind="ModelVersion").observe(time.monotonic() - started)
     metrics.RECONCILES.labels(kind="ModelVersion", result="retry" if result.retry else "success").inc()
     if result.retry:
-        reason = next((e.reason for e in result.events if e.type == "Warning"), "Unknown")
+        reason = next((c.get("reason") for c in result.status.get("conditions") or []
+                       if c.get("type") == "Resolved" and c.get("status") == "False"), "Unknown")
         metrics.REGISTRY_ERRORS.labels(reason=reason).inc()
     metrics.set_phase("ModelVersion", key, result.status.get("phase"))
     _post(body, result)
@@ -115,19 +125,19 @@ def _rolling_out(status: kopf.Status, **_: Any) -> bool:
 
 def rollout_tick(body: kopf.Body, **_: Any) -> None:
     """Re-evaluate an active canary: readiness, the step interval, analysis, manual actions."""
-    _measured(body, refresh=False)
+    _measured_or_logged(body, refresh=False)
 
 
 @kopf.on.field(GROUP, VERSION, PLURAL, field="metadata.annotations")
 def annotation_changed(body: kopf.Body, **_: Any) -> None:
     """`modelpilot promote|abort|pause|resume` set an annotation: act on it without waiting for a tick."""
     if ((body.get("status") or {}).get("rollout") or {}).get("phase") in ("Progressing", "Paused"):
-        _measured(body, refresh=False)
+        _measured_or_logged(body, refresh=False)
 
 
 def follow_alias(body: kopf.Body, logger: logging.Logger, **_: Any) -> None:
     """Ask MLflow where the alias points; a moved alias rolls the new version out."""
-    _measured(body, refresh=True)
+    _measured_or_logged(body, refresh=True)
 
 
 def _pod_has_a_problem(body: kopf.Body, type: str | None, **_: Any) -> bool:
@@ -163,15 +173,14 @@ def deployment_changed(body: kopf.Body, type: str | None, logger: logging.Logger
 def _refresh(namespace: str, name: str, logger: logging.Logger) -> None:
     try:
         result = _reconciler().refresh_readiness(namespace, name)
+        if result:
+            metrics.set_phase("ModelVersion", f"{namespace}/{name}", result.status.get("phase"))
+        parent = _reconciler().kube.read_model_version(namespace, name) if result and result.events else None
     except KubeError as exc:
         logger.warning("readiness of %s/%s: %s", namespace, name, exc)
         return
-    if result:
-        metrics.set_phase("ModelVersion", f"{namespace}/{name}", result.status.get("phase"))
-    if result and result.events:
-        parent = _reconciler().kube.read_model_version(namespace, name)
-        if parent:
-            _post(parent, result)
+    if result and parent:
+        _post(parent, result)
 
 
 # ---------------------------------------------------------------------------- ABTest
@@ -185,7 +194,7 @@ def reconcile_abtest(body: kopf.Body, retry: int, **_: Any) -> None:
         result = _state["abtests"].reconcile(dict(body), measure=False)
     except KubeError as exc:
         metrics.RECONCILES.labels(kind="ABTest", result="error").inc()
-        raise kopf.TemporaryError(str(exc), delay=_backoff(retry)) from exc
+        raise kopf.TemporaryError(f"Kubernetes API: {exc}", delay=_backoff(retry)) from None
     finally:
         metrics.RECONCILE_SECONDS.labels(kind="ABTest").observe(time.monotonic() - started)
     metrics.RECONCILES.labels(kind="ABTest", result="retry" if result.retry else "success").inc()

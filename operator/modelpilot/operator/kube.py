@@ -9,8 +9,11 @@ through its ``status`` subresource — never its spec.
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar
 
+import urllib3
 from kubernetes import client, dynamic
 from kubernetes.client.rest import ApiException
 
@@ -30,53 +33,105 @@ class KubeError(Exception):
     """The API refused or failed a write; retried by the caller."""
 
 
+class KubeUnavailable(KubeError):
+    """The API server could not be reached: connection refused or reset, timed out, TLS or protocol failure.
+    Raised instead of urllib3's own exceptions, so callers retry it with back-off like any ``KubeError``."""
+
+
+# What the client raises when the apiserver cannot be asked at all: urllib3's MaxRetryError,
+# ProtocolError, ReadTimeoutError, SSLError … (all urllib3.exceptions.HTTPError) and socket errors.
+TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (urllib3.exceptions.HTTPError, OSError)
+REQUEST_TIMEOUT_SECONDS = 30.0
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def describe_transport_error(exc: BaseException) -> str:
+    """A short reason for a transport failure, e.g. ``NewConnectionError: connection refused``."""
+    reason = getattr(exc, "reason", None)  # MaxRetryError wraps the last underlying error
+    inner = reason if isinstance(reason, BaseException) else exc
+    text = str(inner)
+    if "Connection refused" in text:
+        text = "connection refused"
+    elif "timed out" in text.lower():
+        text = "timed out"
+    return f"{type(inner).__name__}: {text}"[:300]
+
+
+def _classified(method: F) -> F:
+    """Turn a transport failure inside an adapter method into one ``KubeUnavailable`` naming the call."""
+
+    @functools.wraps(method)
+    def wrapper(self: Kube, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except TRANSPORT_ERRORS as exc:
+            raise KubeUnavailable(f"the Kubernetes API at {self.host} is unreachable ({method.__name__}: "
+                                  f"{describe_transport_error(exc)})") from exc
+
+    return wrapper  # type: ignore[return-value]
+
+
 class Kube:
     """The operator's only door to the Kubernetes API."""
 
-    def __init__(self, api_client: client.ApiClient, field_manager: str = "modelpilot") -> None:
+    def __init__(self, api_client: client.ApiClient, field_manager: str = "modelpilot",
+                 timeout: float = REQUEST_TIMEOUT_SECONDS) -> None:
         self.api_client = api_client
-        self.dynamic = dynamic.DynamicClient(api_client)
+        self.host = api_client.configuration.host
+        self._dynamic: dynamic.DynamicClient | None = None  # created on first use: its discovery calls the API
         self.custom = client.CustomObjectsApi(api_client)
         self.apps = client.AppsV1Api(api_client)
         self.field_manager = field_manager
+        self.timeout = timeout  # every request: a hung apiserver is a timeout, not a stuck worker
         self._resources: dict[str, Any] = {}
+
+    @property
+    def dynamic_client(self) -> dynamic.DynamicClient:
+        if self._dynamic is None:
+            self._dynamic = dynamic.DynamicClient(self.api_client)
+        return self._dynamic
 
     def _resource(self, kind: str) -> Any:
         if kind not in self._resources:
             api_version, name = _KINDS[kind]
             try:
-                self._resources[kind] = self.dynamic.resources.get(api_version=api_version, kind=name)
+                self._resources[kind] = self.dynamic_client.resources.get(api_version=api_version, kind=name)
             except dynamic.exceptions.ResourceNotFoundError as exc:
                 raise KubeError(f"the cluster does not serve {api_version} {name} (are its CRDs installed?)") from exc
         return self._resources[kind]
 
+    @_classified
     def list_abtests(self, namespace: str) -> list[dict[str, Any]]:
         try:
-            found = self.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, "abtests")
+            found = self.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, "abtests",
+                                                              _request_timeout=self.timeout)
         except ApiException as exc:
             if exc.status == 404:
                 return []
             raise KubeError(f"list ABTests: {exc.status} {_reason(exc)}") from exc
         return list(found.get("items") or [])
 
+    @_classified
     def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
         """Server-side apply; ``force`` because these fields are the operator's by contract."""
         resource = self._resource(manifest["kind"])
         try:
             result = resource.server_side_apply(
                 body=manifest, name=manifest["metadata"]["name"], namespace=manifest["metadata"]["namespace"],
-                field_manager=self.field_manager, force_conflicts=True,
+                field_manager=self.field_manager, force_conflicts=True, _request_timeout=self.timeout,
             )
         except ApiException as exc:
             raise KubeError(f"apply {manifest['kind']} {manifest['metadata']['name']}: {exc.status} "
                             f"{_reason(exc)}") from exc
         return dict(result.to_dict())
 
+    @_classified
     def delete_owned(self, kind: str, namespace: str, name: str, owner_uid: str) -> bool:
         """Delete an object only if this ModelVersion controls it. True if something was deleted."""
         resource = self._resource(kind)
         try:
-            current = resource.get(name=name, namespace=namespace)
+            current = resource.get(name=name, namespace=namespace, _request_timeout=self.timeout)
         except ApiException as exc:
             if exc.status == 404:
                 return False
@@ -85,38 +140,44 @@ class Kube:
         if not any(o.get("uid") == owner_uid for o in owners):
             return False
         try:
-            resource.delete(name=name, namespace=namespace)
+            resource.delete(name=name, namespace=namespace, _request_timeout=self.timeout)
         except ApiException as exc:
             if exc.status != 404:
                 raise KubeError(f"delete {kind} {name}: {exc.status} {_reason(exc)}") from exc
         return True
 
+    @_classified
     def read_deployment(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
-            dep = self.apps.read_namespaced_deployment(name, namespace)
+            dep = self.apps.read_namespaced_deployment(name, namespace, _request_timeout=self.timeout)
         except ApiException as exc:
             if exc.status == 404:
                 return None
             raise KubeError(f"read Deployment {name}: {exc.status} {_reason(exc)}") from exc
         return dict(self.api_client.sanitize_for_serialization(dep))
 
+    @_classified
     def list_pods(self, namespace: str, match_labels: dict[str, str]) -> list[dict[str, Any]]:
         """The pods a Deployment selects (by its ``matchLabels``), as plain dicts (camelCase, as the API has them)."""
         selector = ",".join(f"{k}={v}" for k, v in sorted(match_labels.items()))
         try:
-            pods = client.CoreV1Api(self.api_client).list_namespaced_pod(namespace, label_selector=selector)
+            pods = client.CoreV1Api(self.api_client).list_namespaced_pod(namespace, label_selector=selector,
+                                                                         _request_timeout=self.timeout)
         except ApiException as exc:
             raise KubeError(f"list pods {selector}: {exc.status} {_reason(exc)}") from exc
         return list(self.api_client.sanitize_for_serialization(pods).get("items") or [])
 
+    @_classified
     def read_model_version(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
-            return dict(self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "modelversions", name))
+            return dict(self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "modelversions", name,
+                                                                 _request_timeout=self.timeout))
         except ApiException as exc:
             if exc.status == 404:
                 return None
             raise KubeError(f"read ModelVersion {name}: {exc.status} {_reason(exc)}") from exc
 
+    @_classified
     def patch_status(self, namespace: str, name: str, status: dict[str, Any], plural: str = "modelversions",
                      resource_version: str | None = None) -> bool:
         """Merge-patch status. With ``resource_version`` the write only lands if nothing changed since that
@@ -125,7 +186,8 @@ class Kube:
         if resource_version:
             body["metadata"] = {"resourceVersion": resource_version}
         try:
-            self.custom.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, plural, name, body)
+            self.custom.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, plural, name, body,
+                                                              _request_timeout=self.timeout)
         except ApiException as exc:
             if exc.status == 404:  # deleted meanwhile: nothing to report on
                 return False
@@ -134,11 +196,13 @@ class Kube:
             raise KubeError(f"status of {plural}/{name}: {exc.status} {_reason(exc)}") from exc
         return True
 
+    @_classified
     def secret_data(self, namespace: str, name: str) -> dict[str, str]:
         import base64
 
         try:
-            secret = client.CoreV1Api(self.api_client).read_namespaced_secret(name, namespace)
+            secret = client.CoreV1Api(self.api_client).read_namespaced_secret(name, namespace,
+                                                                              _request_timeout=self.timeout)
         except ApiException as exc:
             raise KubeError(f"Secret {namespace}/{name}: {exc.status} {_reason(exc)}") from exc
         return {k: base64.b64decode(v).decode() for k, v in (secret.data or {}).items()}

@@ -15,6 +15,7 @@ The rules that keep production safe live here:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -22,7 +23,7 @@ import logging
 from typing import Any
 
 from modelpilot.operator import abtest, analysis, builders, diagnosis, metrics, rollout
-from modelpilot.operator.kube import Kube, KubeError
+from modelpilot.operator.kube import Kube, KubeError, KubeUnavailable
 from modelpilot.operator.prometheus import Prometheus, PrometheusError
 from modelpilot.operator.registry import (
     Credentials,
@@ -30,6 +31,7 @@ from modelpilot.operator.registry import (
     Registry,
     RegistryError,
     RegistryNotFound,
+    RegistryUnauthorized,
     ResolvedModel,
 )
 from modelpilot.operator.settings import OperatorSettings
@@ -57,6 +59,21 @@ class Result:
     events: list[Event] = field(default_factory=list)
     retry: bool = False
     message: str = ""
+
+
+@dataclass(frozen=True)
+class Membership:
+    """An ABTest that routes to a ModelVersion: its name, the replicas it assigns (replica-ratio provider;
+    None otherwise) and whether the variant is a shadow (mirrored, so not behind the ABTest's Service)."""
+
+    abtest: str
+    replicas: int | None
+    shadow: bool
+
+
+def pod_labels(member: Membership | None) -> dict[str, str]:
+    """Extra labels on a ModelVersion's serving pods (both tracks), from its ABTest membership."""
+    return {abtest.ABTEST_LABEL: member.abtest} if member is not None and not member.shadow else {}
 
 
 class SpecError(Exception):
@@ -96,6 +113,7 @@ def pinned(status: dict[str, Any], ref: ModelRef) -> ResolvedModel | None:
         name=model["name"], version=model["version"], alias=model.get("alias", ""), run_id=model.get("runId", ""),
         artifact_uri=model.get("artifactUri", ""), source=model.get("source", ""), flavor=model.get("flavor", ""),
         signature=model.get("signature", ""), resolved_at=model.get("resolvedAt", ""),
+        signature_inputs=model.get("signatureInputs"), signature_truncated=bool(model.get("signatureTruncated")),
     )
 
 
@@ -155,11 +173,21 @@ def readiness_status(status: dict[str, Any], spec: dict[str, Any], generation: i
                                seen["reason"], seen["message"], generation, now)
     conditions = set_condition(conditions, "Stalled", "True" if seen["stalled"] else "False", seen["reason"],
                                seen["message"], generation, now)
+    canary = canary_reconciling(status)
+    if canary is not None:
+        # The stable version still serves (Ready may stay True), but the spec's version is not rolled out
+        # yet: kstatus must read InProgress until the canary is promoted or rolled back.
+        conditions = set_condition(conditions, "Reconciling", "True", canary[0], canary[1], generation, now)
+    # One Event per transition: a Warning only when something is wrong, and only one saying it.
     events: list[Event] = []
+    explained = (seen["stalled"] and not was_stalled) or (problem is not None and not same)
     if seen["ready"] and not was_ready:
         events.append(Event("Normal", "Ready", seen["message"]))
-    elif was_ready and not seen["ready"]:
-        events.append(Event("Warning", "NotReady", seen["message"]))
+    elif was_ready and not seen["ready"] and not explained:
+        if seen["readyReplicas"] > 0:  # an ordinary rolling update: older pods still serve
+            events.append(Event("Normal", "RollingOut", seen["message"]))
+        else:
+            events.append(Event("Warning", "NotReady", seen["message"]))
     if seen["stalled"] and not was_stalled:
         events.append(Event("Warning", "ProgressDeadlineExceeded", seen["message"]))
     if problem is not None and not same:
@@ -167,6 +195,22 @@ def readiness_status(status: dict[str, Any], spec: dict[str, Any], generation: i
     new = {"phase": seen["phase"], "replicas": seen["replicas"], "readyReplicas": seen["readyReplicas"],
            "conditions": conditions}
     return new, events
+
+
+def canary_reconciling(status: dict[str, Any]) -> tuple[str, str] | None:
+    """(reason, message) of ``Reconciling=True`` while a canary rollout is active (Progressing or Paused);
+    None once it was promoted, rolled back or cancelled, or when there is none."""
+    ro = status.get("rollout") or {}
+    if ro.get("phase") not in rollout.ACTIVE:
+        return None
+    where = (f"canary version {ro.get('canaryVersion', '?')} at {ro.get('effectiveWeight', ro.get('weight', 0))}%, "
+             f"version {ro.get('stableVersion', '?')} serves the rest")
+    if ro.get("phase") == "Paused":
+        return "CanaryPaused", f"{where}; paused: promote or abort it (modelpilot promote|abort)"
+    return "CanaryRollingOut", f"{where}; waiting for promotion or rollback"
+
+
+READINESS_CONDITIONS = ("Ready", "Reconciling", "Stalled")
 
 
 def rollout_phase(status: dict[str, Any]) -> str:
@@ -200,6 +244,8 @@ class Reconciler:
             return Credentials()
         try:
             data = self.kube.secret_data(namespace, ref)
+        except KubeUnavailable:
+            raise  # the apiserver is down: retried as such, not blamed on the spec
         except KubeError as exc:
             raise SpecError(f"spec.registry.credentialsSecretRef: {exc}") from exc
         creds = Credentials(username=data.get("MLFLOW_TRACKING_USERNAME", ""),
@@ -257,6 +303,7 @@ class Reconciler:
         status.update({"observedGeneration": generation, "conditions": conditions})
 
         canary_enabled = bool(spec.get("rollout"))
+        member = self.abtest_membership(namespace, name)  # the same pod labels and replicas on every path
         if stable_model is None or model.version == stable_model.version or not canary_enabled:
             # First deployment, nothing changed, or a plain rolling update (no spec.rollout).
             if ro.get("phase") in rollout.ACTIVE:
@@ -267,19 +314,39 @@ class Reconciler:
                 ro["phase"] = "Superseded"  # the spec moved on from the rejected version
                 status["rollout"] = ro
             self.kube.delete_owned("Deployment", namespace, builders.deployment_name(owner, "canary"), owner.uid)
-            member = self.abtest_membership(namespace, name)
-            self._apply_stable(owner, spec, model, member[1] if member else None,
-                               {abtest.ABTEST_LABEL: member[0]} if member and not member[2] else None)
+            self._apply_stable(owner, spec, model, member)
             status["model"] = model.as_status()
         else:
-            events += self._canary(owner, spec, status, stable_model, model, body, now)
+            events += self._canary(owner, spec, status, stable_model, model, body, now, member)
         deployment = self.kube.read_deployment(namespace, name)
-        new, ready_events = readiness_status(status, spec, generation, deployment, now,
-                                             self.pods_of(namespace, deployment, spec))
-        status.update(new)
-        status["phase"] = rollout_phase(status)
-        self.kube.patch_status(namespace, name, status)
+        status, ready_events = self._write_readiness(namespace, name, status, spec, generation, deployment, now,
+                                                     self.pods_of(namespace, deployment, spec))
         return Result(status=status, events=events + ready_events)
+
+    def _write_readiness(self, namespace: str, name: str, status: dict[str, Any], spec: dict[str, Any],
+                         generation: int, deployment: dict[str, Any] | None, now: str,
+                         pods: list[dict[str, Any]] | None) -> tuple[dict[str, Any], list[Event]]:
+        """Write status with readiness judged against the readiness conditions last *written*, not those of the
+        (possibly older) body this reconcile started from: a Deployment event's refresh may have written and
+        posted the same transition meanwhile. The write only lands on the version read, so each readiness
+        transition posts one Event."""
+        out, events = status, list[Event]()
+        for _ in range(3):
+            fresh = self.kube.read_model_version(namespace, name)
+            if fresh is None:
+                return status, []  # deleted meanwhile: nothing to report on
+            latest = {c.get("type"): c for c in (fresh.get("status") or {}).get("conditions") or []
+                      if c.get("type") in READINESS_CONDITIONS}
+            base = {**status, "conditions": [c for c in status.get("conditions") or []
+                                             if c.get("type") not in latest] + list(latest.values())}
+            new, events = readiness_status(base, spec, generation, deployment, now, pods)
+            out = {**base, **new}
+            out["phase"] = rollout_phase(out)
+            if self.kube.patch_status(namespace, name, out,
+                                      resource_version=fresh["metadata"].get("resourceVersion")):
+                return out, events
+        self.kube.patch_status(namespace, name, out)  # still contended: readiness was read just now anyway
+        return out, events
 
     def pods_of(self, namespace: str, deployment: dict[str, Any] | None,
                 spec: dict[str, Any]) -> list[dict[str, Any]] | None:
@@ -297,7 +364,7 @@ class Reconciler:
 
     # ------------------------------------------------------------------ canary
 
-    def abtest_membership(self, namespace: str, name: str) -> tuple[str, int | None, bool] | None:
+    def abtest_membership(self, namespace: str, name: str) -> Membership | None:
         """(ABTest name, replicas it assigns or None, shadow?) when an ABTest routes to this ModelVersion."""
         for test in self.kube.list_abtests(namespace):
             for v in abtest.variants(test.get("spec") or {}):
@@ -308,16 +375,25 @@ class Reconciler:
                     assigned = next((sv for sv in (test.get("status") or {}).get("variants") or []
                                      if sv.get("modelVersion") == name), {})
                     replicas = assigned.get("replicas")
-                return test["metadata"]["name"], (int(replicas) if replicas is not None else None), v.shadow
+                return Membership(test["metadata"]["name"], int(replicas) if replicas is not None else None,
+                                  v.shadow)
         return None
 
+    def _deployment(self, owner: builders.Owner, spec: dict[str, Any], model: ResolvedModel,
+                    member: Membership | None, *, track: str = "stable", replicas: int | None = None) -> dict[str, Any]:
+        """The one place a serving Deployment is rendered, for every path (plain, canary, promote, rollback,
+        rejected): an ABTest member's pods always carry its label, so they never drop out of its Service."""
+        return builders.build_deployment(owner, spec, model, self.tracking_uri(spec), self.settings.serving_image,
+                                         track=track, replicas=replicas, extra_pod_labels=pod_labels(member))
+
     def _apply_stable(self, owner: builders.Owner, spec: dict[str, Any], model: ResolvedModel,
-                      replicas: int | None, extra_pod_labels: dict[str, str] | None = None) -> None:
+                      member: Membership | None, replicas: int | None = None) -> None:
+        """Apply the stable track and its companions; ``replicas`` (a canary's split) overrides the ABTest's
+        assignment, which overrides ``spec.replicas``."""
         manifests = builders.build_all(owner, spec, model, self.tracking_uri(spec), self.settings.serving_image)
-        if replicas is not None or extra_pod_labels:
-            manifests["Deployment"] = builders.build_deployment(
-                owner, spec, model, self.tracking_uri(spec), self.settings.serving_image, replicas=replicas,
-                extra_pod_labels=extra_pod_labels)
+        if replicas is None and member is not None:
+            replicas = member.replicas
+        manifests["Deployment"] = self._deployment(owner, spec, model, member, replicas=replicas)
         for kind, manifest in manifests.items():
             if manifest is None:
                 self.kube.delete_owned(kind, owner.namespace, owner.name, owner.uid)
@@ -325,20 +401,23 @@ class Reconciler:
                 self.kube.apply(manifest)
 
     def _canary(self, owner: builders.Owner, spec: dict[str, Any], status: dict[str, Any], stable: ResolvedModel,
-                candidate: ResolvedModel, body: dict[str, Any], now_text: str) -> list[Event]:
+                candidate: ResolvedModel, body: dict[str, Any], now_text: str,
+                member: Membership | None = None) -> list[Event]:
         """One step of a guarded canary: traffic by replica ratio, analysis, promote or roll back."""
         events: list[Event] = []
         now = rollout.parse_time(now_text)
         ro = dict(status.get("rollout") or {})
         canary_name = builders.deployment_name(owner, "canary")
-        total = int(spec.get("replicas", 1)) or 1
+        assigned = member.replicas if member else None  # an ABTest's replica-ratio share, if any
+        total = int(assigned if assigned is not None else spec.get("replicas", 1)) or 1
         if ro.get("phase") == "RolledBack" and ro.get("rejectedVersion") == candidate.version:
             # Rejected: keep serving the stable version until the spec or the alias points elsewhere.
             self.kube.delete_owned("Deployment", owner.namespace, canary_name, owner.uid)
-            self._apply_stable(owner, spec, stable, None)
+            self._apply_stable(owner, spec, stable, member)
             return events
         if ro.get("phase") not in rollout.ACTIVE or ro.get("canaryVersion") != candidate.version:
-            decision = rollout.start(stable.as_status(), candidate.as_status(), spec, now)
+            decision = rollout.start(stable.as_status(signature=False), candidate.as_status(signature=False),
+                                     spec, now)
             if ro.get("handledAction"):  # an annotation already acted on must not hit the next canary
                 decision.rollout["handledAction"] = ro["handledAction"]
             events.append(Event("Normal", "RolloutStarted", decision.message))
@@ -366,25 +445,40 @@ class Reconciler:
         status["rollout"] = ro
         metrics.observe_rollout(owner.namespace, owner.name, decision.action, ro)
         if decision.action == "Promote":
-            self._apply_stable(owner, spec, candidate, None)  # rolling update keeps old pods until new ones are ready
+            candidate = self._with_signature(owner.namespace, spec, candidate)
+            self._apply_stable(owner, spec, candidate, member)  # rolling update keeps old pods until new ones are ready
             self.kube.delete_owned("Deployment", owner.namespace, canary_name, owner.uid)
             status["model"] = candidate.as_status()
-            self._write_back(spec, candidate, promoted=True, reason=decision.message)
+            events += self._write_back(owner.namespace, spec, status, candidate, promoted=True,
+                                       reason=decision.message, now=now_text)
         elif decision.action == "RollBack":
             self.kube.delete_owned("Deployment", owner.namespace, canary_name, owner.uid)
-            self._apply_stable(owner, spec, stable, None)
+            self._apply_stable(owner, spec, stable, member)
             status["model"] = stable.as_status()
-            self._write_back(spec, candidate, promoted=False, reason=decision.message)
+            events += self._write_back(owner.namespace, spec, status, candidate, promoted=False,
+                                       reason=decision.message, now=now_text)
         else:
             stable_replicas, canary_replicas = rollout.split(total, int(ro["weight"]))
             ro["replicas"] = {"stable": stable_replicas, "canary": canary_replicas}
             ro["effectiveWeight"] = rollout.effective_weight(stable_replicas, canary_replicas)
-            self.kube.apply(builders.build_deployment(owner, spec, candidate, self.tracking_uri(spec),
-                                                      self.settings.serving_image, track="canary",
-                                                      replicas=canary_replicas))
-            self._apply_stable(owner, spec, stable, stable_replicas)
+            self.kube.apply(self._deployment(owner, spec, candidate, member, track="canary",
+                                             replicas=canary_replicas))
+            self._apply_stable(owner, spec, stable, member, stable_replicas)
             status["model"] = stable.as_status()
         return events
+
+    def _with_signature(self, namespace: str, spec: dict[str, Any], model: ResolvedModel) -> ResolvedModel:
+        """The promoted version with its signature: a canary's copy in ``status.rollout`` has none (a status
+        holds one signature), so it is read again from MLflow — best effort, the promotion does not wait on it."""
+        if model.signature:
+            return model
+        try:
+            full = self.resolve(namespace, {**spec, "model": {"name": model.name, "version": model.version}})
+        except (RegistryError, SpecError) as exc:
+            logging.getLogger(__name__).warning("signature of %s version %s: %s", model.name, model.version, exc)
+            return model
+        return dataclasses.replace(model, signature=full.signature, signature_inputs=full.signature_inputs,
+                                   signature_truncated=full.signature_truncated, flavor=model.flavor or full.flavor)
 
     @staticmethod
     def _canary_problem(ro: dict[str, Any], candidate: ResolvedModel,
@@ -441,23 +535,40 @@ class Reconciler:
             metrics.observe_measurement(owner.namespace, owner.name, m)
         return analysis.overall(results, cfg.no_data), [m.as_status() for m in results]
 
-    def _write_back(self, spec: dict[str, Any], model: ResolvedModel, promoted: bool, reason: str) -> None:
-        """Opt-in registry write-back (``spec.rollout.writeBack``); a failure is logged, never fatal."""
+    def _write_back(self, namespace: str, spec: dict[str, Any], status: dict[str, Any], model: ResolvedModel,
+                    promoted: bool, reason: str, now: str) -> list[Event]:
+        """Opt-in registry write-back (``spec.rollout.writeBack``), with the same credentials Secret as
+        resolution. Never fatal (the rollout decision stands), but never silent: the outcome is the
+        ``RegistryWriteBack`` condition, and a failure is one Warning Event."""
         wb = (spec.get("rollout") or {}).get("writeBack") or {}
         if not wb.get("enabled"):
-            return
+            return []
+        alias = wb.get("promoteAlias", "champion")
+        what = (f"set @{alias} on {model.name} version {model.version} and tagged it modelpilot.promoted"
+                if promoted else f"tagged {model.name} version {model.version} modelpilot.rejected")
+        generation = int(status.get("observedGeneration") or 1)
         try:
-            registry = self.registry_factory(self.tracking_uri(spec), Credentials())
+            registry = self.registry_factory(self.tracking_uri(spec), self.credentials(namespace, spec))
             try:
                 if promoted:
-                    registry.set_alias(model.name, wb.get("promoteAlias", "champion"), model.version)
+                    registry.set_alias(model.name, alias, model.version)
                     registry.set_tag(model.name, model.version, "modelpilot.promoted", "true")
                 else:
                     registry.set_tag(model.name, model.version, "modelpilot.rejected", reason[:500])
             finally:
                 registry.close()
-        except RegistryError as exc:
-            logging.getLogger(__name__).warning("registry write-back failed: %s", exc)
+        except (RegistryError, SpecError) as exc:
+            why = ("Unauthorized" if isinstance(exc, RegistryUnauthorized) else "SpecError"
+                   if isinstance(exc, SpecError) else "RegistryNotFound" if isinstance(exc, RegistryNotFound)
+                   else "RegistryUnavailable")
+            message = f"registry write-back failed (wanted: {what}): {exc}"
+            logging.getLogger(__name__).warning("%s", message)
+            status["conditions"] = set_condition(list(status.get("conditions") or []), "RegistryWriteBack", "False",
+                                                 why, message, generation, now)
+            return [Event("Warning", "RegistryWriteBackFailed", message)]
+        status["conditions"] = set_condition(list(status.get("conditions") or []), "RegistryWriteBack", "True",
+                                             "Written", what, generation, now)
+        return []
 
     def _unresolved(self, namespace: str, name: str, status: dict[str, Any], ref: ModelRef, generation: int,
                     now: str, exc: Exception, keep: bool) -> Result:
@@ -472,10 +583,12 @@ class Reconciler:
             conditions = set_condition(conditions, "Ready", "False", reason, message, generation, now)
             conditions = set_condition(conditions, "Reconciling", "True", reason, message, generation, now)
             status["phase"] = "Failed" if not_found else "Resolving"
+        old: dict[str, Any] = next((c for c in status.get("conditions") or [] if c.get("type") == "Resolved"), {})
+        repeated = old.get("status") == "False" and old.get("reason") == reason  # a retry: said already
         status.update({"conditions": conditions, "observedGeneration": generation})
         self.kube.patch_status(namespace, name, status)
-        event = Event("Warning", reason, f"cannot resolve {ref}: {message}")
-        return Result(status=status, events=[event], retry=True, message=message)
+        events = [] if repeated else [Event("Warning", reason, f"cannot resolve {ref}: {message}")]
+        return Result(status=status, events=events, retry=True, message=message)
 
     def refresh_readiness(self, namespace: str, name: str) -> Result | None:
         """Re-read the Deployment (and, while it is not available, its pods) and update the ModelVersion's

@@ -13,6 +13,7 @@ credentials and a short timeout, and every failure is classified exactly once:
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -32,6 +33,39 @@ class RegistryNotFound(RegistryError):
 
 class RegistryUnavailable(RegistryError):
     """The registry could not be asked: unreachable, timing out, or failing on its side."""
+
+
+class RegistryUnauthorized(RegistryUnavailable):
+    """The registry refused the credentials (HTTP 401/403)."""
+
+
+# The model signature kept in status is bounded: an object's status shares etcd's 1.5 MiB object limit and
+# every watcher receives it on each write, and a wide model can log thousands of columns.
+SIGNATURE_MAX_BYTES = 4096
+SIGNATURE_MAX_INPUTS = 20
+
+
+def summarise_signature(inputs: str) -> tuple[str, int | None, bool]:
+    """(signature to keep in status, number of inputs or None when not a JSON list, truncated?).
+
+    A signature within ``SIGNATURE_MAX_BYTES`` is kept as logged. A larger one keeps its first inputs (at
+    most ``SIGNATURE_MAX_INPUTS``, and within the byte bound) as a JSON list; the count says how many there are.
+    """
+    try:
+        columns = json.loads(inputs) if inputs else None
+    except ValueError:
+        columns = None
+    count = len(columns) if isinstance(columns, list) else None
+    if len(inputs.encode()) <= SIGNATURE_MAX_BYTES:
+        return inputs, count, False
+    if columns is None or not isinstance(columns, list):
+        return inputs.encode()[:SIGNATURE_MAX_BYTES].decode(errors="ignore"), None, True
+    kept: list[Any] = []
+    for column in columns[:SIGNATURE_MAX_INPUTS]:
+        if len(json.dumps(kept + [column]).encode()) > SIGNATURE_MAX_BYTES:
+            break
+        kept.append(column)
+    return json.dumps(kept), count, True
 
 
 @dataclass(frozen=True)
@@ -73,18 +107,30 @@ class ResolvedModel:
     flavor: str
     signature: str
     resolved_at: str
+    signature_inputs: int | None = None
+    """How many inputs the signature has (None: unknown); ``signature`` may list only the first ones."""
+    signature_truncated: bool = False
 
     @property
     def model_uri(self) -> str:
         """What a serving pod loads: the pinned version, never the moving alias."""
         return f"models:/{self.name}/{self.version}"
 
-    def as_status(self) -> dict[str, str]:
-        return {
+    def as_status(self, signature: bool = True) -> dict[str, Any]:
+        """``status.model``; without ``signature`` (a canary's copy in ``status.rollout``) the signature fields
+        are left out, so a rollout never holds a second signature."""
+        out: dict[str, Any] = {
             "name": self.name, "version": self.version, "alias": self.alias, "runId": self.run_id,
             "artifactUri": self.artifact_uri, "source": self.source, "flavor": self.flavor,
-            "signature": self.signature, "resolvedAt": self.resolved_at,
+            "resolvedAt": self.resolved_at,
         }
+        if signature:
+            out["signature"] = self.signature
+            if self.signature_inputs is not None:
+                out["signatureInputs"] = self.signature_inputs
+            if self.signature_truncated:
+                out["signatureTruncated"] = True
+        return out
 
 
 class Registry:
@@ -119,7 +165,7 @@ class Registry:
         if resp.status_code >= 500:
             raise RegistryUnavailable(f"MLflow at {self.base} failed on {what}: HTTP {resp.status_code}")
         if resp.status_code in (401, 403):
-            raise RegistryUnavailable(f"MLflow at {self.base} refused the credentials for {what} "
+            raise RegistryUnauthorized(f"MLflow at {self.base} refused the credentials for {what} "
                                       f"(HTTP {resp.status_code})")
         if resp.status_code >= 400:
             try:
@@ -153,10 +199,12 @@ class Registry:
         uri = self._get("/api/2.0/mlflow/model-versions/get-download-uri", {"name": ref.name, "version": version},
                         f"artifacts of {ref.name!r} version {version}").json().get("artifact_uri", "")
         flavor, signature = self._mlmodel(uri)
+        kept, inputs, truncated = summarise_signature(signature)
         return ResolvedModel(
             name=ref.name, version=version, alias=ref.alias, run_id=mv.get("run_id", "") or "",
-            artifact_uri=uri, source=mv.get("source", "") or "", flavor=flavor, signature=signature,
+            artifact_uri=uri, source=mv.get("source", "") or "", flavor=flavor, signature=kept,
             resolved_at=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            signature_inputs=inputs, signature_truncated=truncated,
         )
 
     # Write-back (opt-in, on promotion or rollback).

@@ -10,12 +10,15 @@ import argparse
 import logging
 import random
 import sys
+from urllib.parse import urlparse
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="modelpilot operator", description="Run the modelpilot operator.")
     parser.add_argument("--kubeconfig", help="kubeconfig to use (default: $KUBECONFIG, else in-cluster)")
-    parser.add_argument("--liveness", default="http://0.0.0.0:8082/healthz", help="kopf liveness endpoint")
+    parser.add_argument("--liveness", default=None, metavar="URL",
+                        help="liveness endpoint, e.g. http://0.0.0.0:8082/healthz (default: "
+                             "MODELPILOT_BIND_ADDRESS and MODELPILOT_LIVENESS_PORT; port 0 disables it)")
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args(argv)
 
@@ -26,6 +29,30 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"error: invalid operator settings: {exc}", file=sys.stderr)
         return 2
+    try:
+        liveness = _liveness(args.liveness, settings.bind_address, settings.liveness_port)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    # Ports first, before anything connects: a port that cannot be listened on is one clear line naming
+    # the variable or flag and the port, and a non-zero exit (not a traceback from deep inside a server).
+    if liveness is not None:
+        _, host, port, name = liveness
+        problem = _cannot_listen(host, port)
+        if problem:
+            print(f"error: {name}: cannot listen on {host}:{port}: {problem}; choose a free port "
+                  "(MODELPILOT_LIVENESS_PORT=0 disables the liveness endpoint)", file=sys.stderr)
+            return 2
+    if settings.metrics_port:
+        from modelpilot.operator import metrics
+
+        try:
+            metrics.serve(settings.metrics_port, settings.bind_address)
+        except OSError as exc:
+            print(f"error: MODELPILOT_METRICS_PORT={settings.metrics_port}: cannot listen on "
+                  f"{settings.bind_address}:{settings.metrics_port}: {exc.strerror or exc}; choose a free port "
+                  "(MODELPILOT_METRICS_PORT=0 disables the metrics endpoint)", file=sys.stderr)
+            return 2
 
     import kopf
     from kubernetes import client, config
@@ -41,28 +68,69 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: cannot find Kubernetes credentials: {exc}", file=sys.stderr)
         return 2
     from modelpilot.operator import handlers
-    from modelpilot.operator.kube import Kube
+    from modelpilot.operator.kube import TRANSPORT_ERRORS, Kube
 
-    api = client.ApiClient()
+    configuration = client.Configuration.get_default_copy()
+    # One pooled connection per worker (kopf's thread pool, see handlers._startup), so no "pool is full".
+    configuration.connection_pool_maxsize = 32
+    api = client.ApiClient(configuration)
     handlers.configure(settings, Kube(api, settings.field_manager))
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    if settings.metrics_port:
-        from modelpilot.operator import metrics
-
-        metrics.serve(settings.metrics_port, settings.bind_address)
+    # urllib3 logs each connection retry as a warning; the failure that follows is classified (KubeUnavailable)
+    # and logged once by the handler, so the retries' lines are noise.
+    logging.getLogger("urllib3.connectionpool").addFilter(lambda record: not record.getMessage().startswith("Retrying"))
     priority = settings.priority if settings.priority is not None else random.randint(1, 1_000_000)
     if settings.peering:
-        _ensure_peering(api, settings)
+        try:
+            _ensure_peering(api, settings)
+        except TRANSPORT_ERRORS as exc:
+            from modelpilot.operator.kube import describe_transport_error
+
+            print(f"error: cannot reach the Kubernetes API at {configuration.host}: "
+                  f"{describe_transport_error(exc)}", file=sys.stderr)
+            return 1
     kopf.run(
         standalone=not settings.peering,
         peering_name=settings.peering or None,
         priority=priority,
         clusterwide=not settings.namespaces,
         namespaces=list(settings.namespaces),
-        liveness_endpoint=args.liveness,
+        liveness_endpoint=liveness[0] if liveness else None,
     )
     return 0
+
+
+def _liveness(flag: str | None, bind_address: str, liveness_port: int) -> tuple[str, str, int, str] | None:
+    """(URL, host, port, what configured it) of the liveness endpoint; None when disabled."""
+    if flag:
+        parsed = urlparse(flag)
+        try:
+            port = parsed.port
+        except ValueError:
+            port = None
+        if parsed.scheme != "http" or not parsed.hostname or not port:
+            raise ValueError(f"--liveness {flag!r} must be an http URL with a host and a port, "
+                             "e.g. http://0.0.0.0:8082/healthz")
+        return flag, parsed.hostname, port, f"--liveness {flag}"
+    if not liveness_port:
+        return None
+    return (f"http://{bind_address}:{liveness_port}/healthz", bind_address, liveness_port,
+            f"MODELPILOT_LIVENESS_PORT={liveness_port}")
+
+
+def _cannot_listen(host: str, port: int) -> str:
+    """Why ``host:port`` cannot be listened on (empty if it can), binding as the liveness server will."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as aiohttp does: a TIME_WAIT port is free
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            return exc.strerror or str(exc)
+    return ""
 
 
 def _ensure_peering(api: object, settings: object) -> None:

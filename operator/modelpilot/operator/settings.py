@@ -58,7 +58,11 @@ class OperatorSettings:
     """Port of the operator's own ``/metrics`` (``MODELPILOT_METRICS_PORT``; 0 disables it)."""
 
     bind_address: str = "0.0.0.0"
-    """Address the metrics endpoint listens on (``MODELPILOT_BIND_ADDRESS``)."""
+    """Address the metrics and liveness endpoints listen on (``MODELPILOT_BIND_ADDRESS``)."""
+
+    liveness_port: int = 8082
+    """Port of the liveness endpoint ``/healthz`` (``MODELPILOT_LIVENESS_PORT``; 0 disables it). The
+    ``--liveness URL`` flag overrides it."""
 
     peering: str = "modelpilot"
     """kopf peering object shared by the operator's replicas so only the highest-priority one acts
@@ -83,6 +87,12 @@ class OperatorSettings:
             if value < minimum:
                 raise SettingsError(f"{name}={raw!r} must be at least {minimum:g}")
             return value
+
+        def port(name: str, default: int) -> int:
+            value = number(name, default, 0)
+            if value != int(value) or value > 65535:
+                raise SettingsError(f"{name}={env.get(name)!r} must be a port number 0-65535 (0 disables)")
+            return int(value)
 
         tracking = env.get("MODELPILOT_MLFLOW_TRACKING_URI") or env.get("MLFLOW_TRACKING_URI") or ""
         if tracking:
@@ -109,7 +119,8 @@ class OperatorSettings:
             prometheus_url=prometheus.rstrip("/"),
             abtest_refresh_seconds=number("MODELPILOT_ABTEST_REFRESH_SECONDS", 15.0, 1.0),
             rollout_tick_seconds=number("MODELPILOT_ROLLOUT_TICK_SECONDS", 5.0, 0.5),
-            metrics_port=int(number("MODELPILOT_METRICS_PORT", 8080, 0)),
+            metrics_port=port("MODELPILOT_METRICS_PORT", 8080),
+            liveness_port=port("MODELPILOT_LIVENESS_PORT", 8082),
             bind_address=env.get("MODELPILOT_BIND_ADDRESS") or "0.0.0.0",
             peering=env.get("MODELPILOT_PEERING", "modelpilot"),
             priority=priority,

@@ -1,0 +1,79 @@
+"""The Kubernetes adapter when the apiserver cannot be reached: a classified error, never a urllib3 traceback.
+
+A real ``kubernetes`` client pointed at a closed local port (bound, then closed, so nothing listens there):
+the same connection errors an operator sees while its apiserver is down or restarting.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from typing import Any
+
+import kopf
+import pytest
+from kubernetes import client
+
+from modelpilot.operator import handlers
+from modelpilot.operator.kube import Kube, KubeError, KubeUnavailable
+from modelpilot.operator.reconcile import Reconciler
+from modelpilot.operator.settings import OperatorSettings
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def down() -> Kube:
+    config = client.Configuration()
+    config.host = f"http://127.0.0.1:{_closed_port()}"
+    config.retries = 0  # one connection attempt per call: the test needs no retries to prove the point
+    return Kube(client.ApiClient(config), timeout=2)
+
+
+BODY: dict[str, Any] = {"apiVersion": "modelpilot.io/v1alpha1", "kind": "ModelVersion",
+                        "metadata": {"name": "iris", "namespace": "ml", "uid": "u", "generation": 1},
+                        "spec": {"model": {"name": "iris", "version": "1"}}}
+
+
+@pytest.mark.parametrize("call", [
+    lambda k: k.read_model_version("ml", "iris"),
+    lambda k: k.read_deployment("ml", "iris"),
+    lambda k: k.list_abtests("ml"),
+    lambda k: k.list_pods("ml", {"a": "b"}),
+    lambda k: k.patch_status("ml", "iris", {"phase": "Ready"}),
+    lambda k: k.secret_data("ml", "creds"),
+    lambda k: k.apply({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "iris", "namespace": "ml"}}),
+    lambda k: k.delete_owned("Deployment", "ml", "iris", "u"),
+], ids=["read_model_version", "read_deployment", "list_abtests", "list_pods", "patch_status", "secret_data",
+        "apply", "delete_owned"])
+def test_every_adapter_call_classifies_a_connection_failure(down: Kube, call: Any) -> None:
+    with pytest.raises(KubeUnavailable) as excinfo:
+        call(down)
+    message = str(excinfo.value)
+    assert isinstance(excinfo.value, KubeError)  # callers retry it like any API error
+    assert down.host in message and "unreachable" in message and "connection refused" in message, message
+
+
+def test_the_handler_backs_off_with_one_line(down: Kube, caplog: pytest.LogCaptureFixture,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = OperatorSettings(tracking_uri="http://mlflow:5000", retry_delay_seconds=10)
+    monkeypatch.setitem(handlers._state, "settings", settings)
+    monkeypatch.setitem(handlers._state, "reconciler", Reconciler(settings, down))
+    logger = logging.getLogger("test")
+    # The create/update handler: a kopf TemporaryError with exponential back-off (kopf logs it as one line).
+    with pytest.raises(kopf.TemporaryError) as excinfo:
+        handlers.reconcile_model_version(body=BODY, retry=2, logger=logger)  # type: ignore[arg-type]
+    assert excinfo.value.delay == 40.0
+    assert "Kubernetes API" in str(excinfo.value) and "unreachable" in str(excinfo.value)
+    assert excinfo.value.__cause__ is None and excinfo.value.__suppress_context__
+    # A timer (canary tick): no exception escapes, one warning line without a traceback.
+    with caplog.at_level(logging.WARNING):
+        handlers.rollout_tick(body=BODY)  # type: ignore[arg-type]
+        handlers._refresh("ml", "iris", logger)
+    lines = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(lines) == 2 and all(r.exc_info is None for r in lines)
+    assert all("unreachable" in r.getMessage() for r in lines)

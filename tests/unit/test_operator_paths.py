@@ -1,0 +1,389 @@
+"""The ModelVersion reconciler on every path (plain, canary start/step, promote, rollback), without a cluster.
+
+``FakeKube`` stands in for the Kubernetes adapter (``kube.Kube``): it keeps applied manifests and the
+ModelVersion's status in memory, with resourceVersions so optimistic writes can conflict. The MLflow side
+is the real ``Registry`` adapter over ``httpx.MockTransport``: a fake at the HTTP boundary, because a real
+MLflow cannot be made to refuse credentials or fail on demand.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+import httpx
+
+from modelpilot.operator import abtest, reconcile
+from modelpilot.operator.kube import KubeError
+from modelpilot.operator.reconcile import Reconciler
+from modelpilot.operator.registry import Credentials, Registry
+from modelpilot.operator.settings import OperatorSettings
+
+NS, NAME, UID = "ml", "iris", "uid-1"
+
+
+class FakeKube:
+    """In-memory stand-in for ``kube.Kube`` (the same method names and return shapes)."""
+
+    def __init__(self, body: dict[str, Any]) -> None:
+        self.body = copy.deepcopy(body)
+        self.body["metadata"].setdefault("resourceVersion", "1")
+        self.objects: dict[tuple[str, str], dict[str, Any]] = {}
+        self.abtests: list[dict[str, Any]] = []
+        self.secrets: dict[str, dict[str, str]] = {}
+        self.status_writes = 0
+        self.conflict_next = 0  # how many upcoming optimistic status writes conflict
+
+    # reads
+    def read_model_version(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return copy.deepcopy(self.body)
+
+    def read_deployment(self, namespace: str, name: str) -> dict[str, Any] | None:
+        dep = self.objects.get(("Deployment", name))
+        if dep is None:
+            return None
+        dep = copy.deepcopy(dep)
+        replicas = int(dep["spec"].get("replicas", 1))
+        dep["metadata"]["generation"] = 1
+        dep["status"] = {"observedGeneration": 1, "replicas": replicas, "updatedReplicas": replicas,
+                         "availableReplicas": replicas, "readyReplicas": replicas}
+        return dep
+
+    def list_pods(self, namespace: str, match_labels: dict[str, str]) -> list[dict[str, Any]]:
+        return []
+
+    def list_abtests(self, namespace: str) -> list[dict[str, Any]]:
+        return copy.deepcopy(self.abtests)
+
+    def secret_data(self, namespace: str, name: str) -> dict[str, str]:
+        if name not in self.secrets:
+            raise KubeError(f"Secret {namespace}/{name}: 404 not found")
+        return dict(self.secrets[name])
+
+    # writes
+    def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        self.objects[(manifest["kind"], manifest["metadata"]["name"])] = copy.deepcopy(manifest)
+        return manifest
+
+    def delete_owned(self, kind: str, namespace: str, name: str, owner_uid: str) -> bool:
+        return self.objects.pop((kind, name), None) is not None
+
+    def patch_status(self, namespace: str, name: str, status: dict[str, Any], plural: str = "modelversions",
+                     resource_version: str | None = None) -> bool:
+        if resource_version is not None:
+            if self.conflict_next:
+                self.conflict_next -= 1
+                self._bump()
+                return False
+            if resource_version != self.body["metadata"]["resourceVersion"]:
+                return False
+        merged = {**(self.body.get("status") or {}), **copy.deepcopy(status)}
+        self.body["status"] = {k: v for k, v in merged.items() if v is not None}
+        self.status_writes += 1
+        self._bump()
+        return True
+
+    def _bump(self) -> None:
+        self.body["metadata"]["resourceVersion"] = str(int(self.body["metadata"]["resourceVersion"]) + 1)
+
+
+SKLEARN_MLMODEL = "flavors: {sklearn: {}, python_function: {}}\n"
+
+
+def mlflow(versions: dict[str, str], seen: list[httpx.Request] | None = None,
+           write_status: int = 200, mlmodel: str = SKLEARN_MLMODEL) -> httpx.MockTransport:
+    """A fake MLflow REST API at the HTTP boundary: ``versions`` maps version → run id."""
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        if seen is not None:
+            seen.append(request)
+        path = request.url.path
+        if request.method == "POST":
+            return httpx.Response(write_status, json={} if write_status < 400 else {"message": "denied"})
+        if path.endswith("/model-versions/get"):
+            version = request.url.params["version"]
+            if version not in versions:
+                return httpx.Response(404, json={"error_code": "RESOURCE_DOES_NOT_EXIST",
+                                                 "message": f"version {version} not found"})
+            return httpx.Response(200, json={"model_version": {"version": version, "run_id": versions[version],
+                                                               "status": "READY", "source": "models:/m-1"}})
+        if path.endswith("/get-download-uri"):
+            return httpx.Response(200, json={"artifact_uri": f"mlflow-artifacts:/1/{request.url.params['version']}"})
+        if path.endswith("/MLmodel"):
+            return httpx.Response(200, text=mlmodel)
+        return httpx.Response(404, json={"message": "no such thing"})
+
+    return httpx.MockTransport(handle)
+
+
+def mv_body(version: str = "1", **spec: Any) -> dict[str, Any]:
+    return {"apiVersion": "modelpilot.io/v1alpha1", "kind": "ModelVersion",
+            "metadata": {"name": NAME, "namespace": NS, "uid": UID, "generation": 1},
+            "spec": {"model": {"name": "iris", "version": version}, "replicas": 2, **spec}}
+
+
+def reconciler(kube: FakeKube, transport: httpx.MockTransport,
+               made: list[Credentials] | None = None) -> Reconciler:
+    def factory(uri: str, creds: Credentials) -> Registry:
+        if made is not None:
+            made.append(creds)
+        return Registry(uri, creds, transport=transport)
+
+    return Reconciler(OperatorSettings(tracking_uri="http://mlflow:5000"), kube,  # type: ignore[arg-type]
+                      registry_factory=factory)
+
+
+def run(kube: FakeKube, rec: Reconciler) -> reconcile.Result:
+    return rec.reconcile(kube.read_model_version(NS, NAME))  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- one Event per transition
+
+
+def _dep(replicas: int, available: int, updated: int) -> dict[str, Any]:
+    return {"metadata": {"generation": 1}, "spec": {"replicas": replicas},
+            "status": {"observedGeneration": 1, "replicas": replicas + (replicas - updated),
+                       "updatedReplicas": updated, "availableReplicas": available, "readyReplicas": available}}
+
+
+def test_an_ordinary_rolling_update_posts_normal_events_only() -> None:
+    ready, _ = reconcile.readiness_status({}, {}, 1, _dep(2, 2, 2), "t0")
+    # New pods starting while the old ones still serve: not a Warning, and one Event for the transition.
+    rolling, events = reconcile.readiness_status(ready, {}, 2, _dep(2, 2, 1), "t1")
+    assert [(e.type, e.reason) for e in events] == [("Normal", "RollingOut")]
+    assert rolling["phase"] == "Deploying"
+    _, events = reconcile.readiness_status(rolling, {}, 2, _dep(2, 2, 1), "t2")
+    assert events == []  # still rolling: no further Event
+    _, events = reconcile.readiness_status(rolling, {}, 2, _dep(2, 2, 2), "t3")
+    assert [(e.type, e.reason) for e in events] == [("Normal", "Ready")]
+    # Nothing serves any more: that is a Warning.
+    _, events = reconcile.readiness_status(ready, {}, 2, _dep(2, 0, 2), "t4")
+    assert [(e.type, e.reason) for e in events] == [("Warning", "NotReady")]
+
+
+def test_a_failing_pod_during_a_rolling_update_is_one_warning() -> None:
+    ready, _ = reconcile.readiness_status({}, {}, 1, _dep(2, 2, 2), "t0")
+    crashed = {"metadata": {"name": "iris-new"}, "status": {"containerStatuses": [{
+        "name": "server", "ready": False, "restartCount": 1, "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+        "lastState": {"terminated": {"exitCode": 1, "reason": "Error", "message": "model server failed: boom"}}}]}}
+    new, events = reconcile.readiness_status(ready, {}, 2, _dep(2, 2, 1), "t1", [crashed])
+    assert [(e.type, e.reason) for e in events] == [("Warning", "ServingFailed")]
+    assert new["phase"] == "Degraded"
+
+
+def test_a_registry_failure_is_one_warning_however_often_it_is_retried() -> None:
+    kube = FakeKube(mv_body("9"))
+    rec = reconciler(kube, mlflow({}))  # version 9 is unknown: 404 → ModelNotFound
+    first = run(kube, rec)
+    assert first.retry and [(e.type, e.reason) for e in first.events] == [("Warning", "ModelNotFound")]
+    again = run(kube, rec)
+    assert again.retry and again.events == []
+
+
+def test_a_readiness_transition_written_meanwhile_is_not_posted_again() -> None:
+    """A Deployment event's refresh wrote Ready=True (and posted Ready) after kopf read the body this
+    reconcile starts from: the reconcile judges the transition against what was written, so no second Event."""
+    kube = FakeKube(mv_body("1"))
+    rec = reconciler(kube, mlflow({"1": "run1"}))
+    stale = kube.read_model_version(NS, NAME)
+    first = run(kube, rec)
+    assert [e.reason for e in first.events] == ["Resolved", "Ready"]
+    stale["status"] = {**kube.body["status"], "conditions": [c for c in kube.body["status"]["conditions"]
+                                                            if c["type"] == "Resolved"]}
+    again = rec.reconcile(stale)  # stale: no Ready condition in it
+    assert [e.reason for e in again.events] == []
+    # A conflicting write is retried on the fresh version, still with one Event at most.
+    kube.conflict_next = 1
+    assert run(kube, rec).events == []
+
+
+# --------------------------------------------------------------------------- ABTest membership on every path
+
+ROLLOUT = {"steps": [50, 100], "stepIntervalSeconds": 60, "analysis": {"enabled": False}}
+
+
+def _member_of_abtest(kube: FakeKube, replicas: int = 3) -> None:
+    kube.abtests = [{"metadata": {"name": "iris-ab", "namespace": NS},
+                     "spec": {"variants": [{"name": "a", "modelVersion": NAME, "weight": 50},
+                                           {"name": "b", "modelVersion": "iris-b", "weight": 50}]},
+                     "status": {"variants": [{"name": "a", "modelVersion": NAME, "replicas": replicas}]}}]
+
+
+def _pod_labels(kube: FakeKube, name: str = NAME) -> dict[str, str]:
+    return kube.objects[("Deployment", name)]["spec"]["template"]["metadata"]["labels"]
+
+
+def _edit(kube: FakeKube, version: str | None = None, action: str | None = None) -> None:
+    if version is not None:
+        kube.body["spec"]["model"]["version"] = version
+        kube.body["metadata"]["generation"] += 1
+    if action is not None:
+        kube.body["metadata"].setdefault("annotations", {})[reconcile.ACTION_ANNOTATION] = action
+
+
+def _started_canary() -> tuple[FakeKube, Reconciler]:
+    kube = FakeKube(mv_body("1", rollout=ROLLOUT))
+    _member_of_abtest(kube)
+    rec = reconciler(kube, mlflow({"1": "run1", "2": "run2"}))
+    run(kube, rec)  # plain path: the first deployment
+    assert _pod_labels(kube)[abtest.ABTEST_LABEL] == "iris-ab"
+    assert kube.objects[("Deployment", NAME)]["spec"]["replicas"] == 3  # the ABTest's share, not spec.replicas
+    _edit(kube, version="2")
+    run(kube, rec)  # canary path: the rollout starts
+    assert kube.body["status"]["rollout"]["phase"] == "Progressing"
+    for name in (NAME, f"{NAME}-canary"):
+        assert _pod_labels(kube, name)[abtest.ABTEST_LABEL] == "iris-ab", name
+    replicas = kube.body["status"]["rollout"]["replicas"]
+    assert replicas["stable"] + replicas["canary"] == 3  # the canary splits the ABTest's share
+    return kube, rec
+
+
+def test_abtest_membership_is_kept_through_a_promotion() -> None:
+    kube, rec = _started_canary()
+    _edit(kube, action="promote")
+    run(kube, rec)
+    assert kube.body["status"]["rollout"]["phase"] == "Promoted"
+    assert ("Deployment", f"{NAME}-canary") not in kube.objects
+    labels = _pod_labels(kube)
+    assert labels[abtest.ABTEST_LABEL] == "iris-ab" and labels["modelpilot.io/version"] == "2"
+    assert kube.objects[("Deployment", NAME)]["spec"]["replicas"] == 3
+
+
+def test_abtest_membership_is_kept_through_a_rollback_and_after_it() -> None:
+    kube, rec = _started_canary()
+    _edit(kube, action="abort")
+    run(kube, rec)
+    assert kube.body["status"]["rollout"]["phase"] == "RolledBack"
+    labels = _pod_labels(kube)
+    assert labels[abtest.ABTEST_LABEL] == "iris-ab" and labels["modelpilot.io/version"] == "1"
+    run(kube, rec)  # the rejected version is still asked for: the stable one is re-applied
+    assert _pod_labels(kube)[abtest.ABTEST_LABEL] == "iris-ab"
+    assert kube.objects[("Deployment", NAME)]["spec"]["replicas"] == 3
+
+
+def test_a_shadow_variant_is_not_labelled_into_the_abtest_service() -> None:
+    kube = FakeKube(mv_body("1"))
+    kube.abtests = [{"metadata": {"name": "iris-ab", "namespace": NS},
+                     "spec": {"variants": [{"name": "a", "modelVersion": "iris-a", "weight": 100},
+                                           {"name": "s", "modelVersion": NAME, "shadow": True}]}}]
+    run(kube, reconciler(kube, mlflow({"1": "run1"})))
+    assert abtest.ABTEST_LABEL not in _pod_labels(kube)
+
+
+# --------------------------------------------------------------------------- registry write-back
+
+
+def _secured_canary(write_status: int | None = None) -> tuple[FakeKube, Reconciler, list[httpx.Request]]:
+    """A canary of version 2 against a secured MLflow (fake at the HTTP boundary) that accepts only the
+    token in the resource's credentials Secret — or, with ``write_status``, answers every write with it."""
+    seen: list[httpx.Request] = []
+    inner = mlflow({"1": "run1", "2": "run2"}, seen)
+
+    def secured(request: httpx.Request) -> httpx.Response:
+        if request.headers.get("Authorization") != "Bearer s3cret":
+            seen.append(request)
+            return httpx.Response(401, json={"message": "unauthenticated"})
+        if write_status is not None and request.method == "POST":
+            seen.append(request)
+            return httpx.Response(write_status, json={"message": "permission denied"})
+        return inner.handler(request)  # type: ignore[no-any-return]
+
+    body = mv_body("1", registry={"credentialsSecretRef": {"name": "mlflow-creds"}},
+                   rollout={**ROLLOUT, "writeBack": {"enabled": True, "promoteAlias": "champion"}})
+    kube = FakeKube(body)
+    kube.secrets["mlflow-creds"] = {"MLFLOW_TRACKING_TOKEN": "s3cret"}
+    rec = reconciler(kube, httpx.MockTransport(secured))
+    run(kube, rec)
+    _edit(kube, version="2")
+    run(kube, rec)
+    assert kube.body["status"]["rollout"]["phase"] == "Progressing"
+    return kube, rec, seen
+
+
+def _condition(kube: FakeKube, kind: str) -> dict[str, Any]:
+    return next(c for c in kube.body["status"]["conditions"] if c["type"] == kind)
+
+
+def test_write_back_uses_the_resources_credentials() -> None:
+    kube, rec, seen = _secured_canary()
+    _edit(kube, action="promote")
+    result = run(kube, rec)
+    writes = [r for r in seen if r.method == "POST"]
+    assert [r.url.path.rsplit("/", 1)[-1] for r in writes] == ["alias", "set-tag"]
+    assert all(r.headers["Authorization"] == "Bearer s3cret" for r in writes)
+    assert json.loads(writes[0].content) == {"name": "iris", "alias": "champion", "version": "2"}
+    assert _condition(kube, "RegistryWriteBack")["status"] == "True"
+    assert not [e for e in result.events if e.type == "Warning"]
+
+
+def test_a_refused_write_back_is_a_condition_and_one_event() -> None:
+    kube, rec, _ = _secured_canary(write_status=403)
+    _edit(kube, action="abort")
+    result = run(kube, rec)
+    assert kube.body["status"]["rollout"]["phase"] == "RolledBack"  # the decision stands
+    cond = _condition(kube, "RegistryWriteBack")
+    assert cond["status"] == "False" and cond["reason"] == "Unauthorized"
+    assert "modelpilot.rejected" in cond["message"] and "HTTP 403" in cond["message"]
+    failed = [e for e in result.events if e.reason == "RegistryWriteBackFailed"]
+    assert len(failed) == 1 and failed[0].type == "Warning"
+    # Later reconciles keep the condition and post nothing more about it.
+    again = run(kube, rec)
+    assert _condition(kube, "RegistryWriteBack")["status"] == "False"
+    assert not [e for e in again.events if e.reason == "RegistryWriteBackFailed"]
+
+
+def test_a_missing_credentials_secret_at_write_back_is_a_spec_error_condition() -> None:
+    kube, rec, _ = _secured_canary()
+    del kube.secrets["mlflow-creds"]
+    _edit(kube, action="promote")
+    result = run(kube, rec)
+    assert kube.body["status"]["rollout"]["phase"] == "Promoted"
+    assert _condition(kube, "RegistryWriteBack")["reason"] == "SpecError"
+    assert [e.reason for e in result.events if e.type == "Warning"] == ["RegistryWriteBackFailed"]
+
+
+# --------------------------------------------------------------------------- bounded status
+
+
+def test_a_12000_column_signature_is_summarised_and_held_once() -> None:
+    import yaml
+
+    from modelpilot.operator.registry import SIGNATURE_MAX_BYTES, SIGNATURE_MAX_INPUTS
+
+    columns = [{"type": "double", "name": f"feature_{i:05d}", "required": True} for i in range(12_000)]
+    mlmodel = yaml.safe_dump({"flavors": {"sklearn": {}, "python_function": {}},
+                              "signature": {"inputs": json.dumps(columns), "outputs": "[]"}})
+    kube = FakeKube(mv_body("1", rollout=ROLLOUT))
+    rec = reconciler(kube, mlflow({"1": "run1", "2": "run2"}, mlmodel=mlmodel))
+    run(kube, rec)
+    model = kube.body["status"]["model"]
+    kept = json.loads(model["signature"])
+    assert len(model["signature"].encode()) <= SIGNATURE_MAX_BYTES
+    assert 0 < len(kept) <= SIGNATURE_MAX_INPUTS and kept == columns[:len(kept)]
+    assert model["signatureInputs"] == 12_000 and model["signatureTruncated"] is True
+    bounded = len(json.dumps(kube.body["status"]).encode())
+    assert bounded < 16_384, bounded  # the logged signature alone is ~600 kB
+
+    _edit(kube, version="2")
+    run(kube, rec)  # a canary: the stable version's signature only, none in status.rollout
+    assert kube.body["status"]["rollout"]["phase"] == "Progressing"
+    assert "signature" not in kube.body["status"]["rollout"]["canaryModel"]
+    assert json.dumps(kube.body["status"]).count("feature_00000") == 1
+    assert len(json.dumps(kube.body["status"]).encode()) < 24_576
+
+    _edit(kube, action="promote")
+    run(kube, rec)  # the promoted version gets its (summarised) signature back from MLflow
+    model = kube.body["status"]["model"]
+    assert model["version"] == "2" and model["signatureInputs"] == 12_000 and model["signatureTruncated"] is True
+    assert json.dumps(kube.body["status"]).count("feature_00000") == 1
+
+
+def test_a_small_signature_is_kept_as_logged() -> None:
+    from modelpilot.operator.registry import summarise_signature
+
+    small = json.dumps([{"type": "double", "name": "sepal_length"}])
+    assert summarise_signature(small) == (small, 1, False)
+    assert summarise_signature("") == ("", None, False)
+    text, count, truncated = summarise_signature("x" * 10_000)  # not JSON: cut at the byte bound
+    assert len(text) == 4096 and count is None and truncated
