@@ -205,3 +205,38 @@ def test_a_tensor_signature_pyfunc_is_batched(tmp_path: Path, serve_launch: Any,
     batches = srv.metric("modelpilot_batch_size_count")
     rows = srv.metric("modelpilot_batch_size_sum")
     assert rows >= 48 and batches < rows, f"{batches} predicts for {rows} rows: nothing was batched"
+
+
+def test_the_linear_fast_path_equals_sklearn_predict_exactly() -> None:
+    """The sklearn-free linear predict (fast path) against sklearn's own, on the linear estimators users fit."""
+    from sklearn.linear_model import LinearRegression, LogisticRegression, Ridge, RidgeClassifier, SGDClassifier
+
+    from modelpilot_serve.model import _linear_predict
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(200, 5))
+    y2 = (X[:, 0] + X[:, 1] > 0).astype(int)
+    y3 = np.digitize(X[:, 0], [-0.5, 0.5])
+    labels = np.array(["no", "yes"])[y2]
+    checked = 0
+    for est, y in [
+        (LogisticRegression(), y2), (LogisticRegression(), y3), (LogisticRegression(), labels),
+        (RidgeClassifier(), y3), (SGDClassifier(random_state=0), y2),
+        (LinearRegression(), X[:, 0] * 2), (LinearRegression(), X[:, :2]), (Ridge(), X[:, 1]),
+    ]:
+        est.fit(X, y)
+        fn = _linear_predict(est)
+        if fn is None:
+            continue  # not a plain linear predict in this sklearn version: sklearn's own predict is used
+        checked += 1
+        got, want = fn(X), est.predict(X)
+        assert got.shape == want.shape and got.dtype.kind == want.dtype.kind, type(est)
+        assert (np.array_equal(got, want) if want.dtype.kind not in "f" else np.allclose(got, want, rtol=1e-12))
+        bad = X[:3].copy()
+        bad[1, 2] = np.nan
+        with pytest.raises(ValueError, match="NaN"):
+            fn(bad)
+        bad[1, 2] = np.inf
+        with pytest.raises(ValueError, match="infinity"):
+            fn(bad)
+    assert checked >= 5  # LogisticRegression ×3, RidgeClassifier, SGDClassifier, LinearRegression at least
