@@ -38,7 +38,7 @@ import re
 import signal
 import time
 import itertools
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from types import FrameType
 from typing import Any, TypeVar
 
@@ -48,7 +48,7 @@ import uvicorn
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
@@ -130,10 +130,82 @@ def _is_missing(value: Any) -> bool:
 
 
 class JSONResponse(Response):
+    """A JSON response built directly: orjson body and raw headers, without Starlette's header assembly.
+
+    Same wire result as `starlette.responses.JSONResponse` (content-length,
+    content-type application/json, extra headers); on the inference path the
+    generic assembly cost more than a fast-path prediction.
+    """
+
     media_type = "application/json"
+
+    def __init__(self, content: Any, status_code: int = 200, headers: Mapping[str, str] | None = None) -> None:
+        self.status_code = status_code
+        self.background = None
+        body = self.render(content)
+        self.body = body
+        raw = [(b"content-length", str(len(body)).encode()), (b"content-type", b"application/json")]
+        if headers:
+            raw.extend((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items())
+        self.raw_headers = raw
 
     def render(self, content: Any) -> bytes:
         return orjson.dumps(content, default=_json_default, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+class _RawHeaders:
+    """Case-insensitive lookups in an ASGI scope's header list (servers send names lower-case)."""
+
+    __slots__ = ("_raw",)
+
+    def __init__(self, raw: list[tuple[bytes, bytes]]) -> None:
+        self._raw = raw
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        key = name.lower().encode("latin-1")
+        for k, v in self._raw:
+            if k == key or k.lower() == key:
+                return v.decode("latin-1")
+        return default
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and self.get(name) is not None
+
+
+class _Url:
+    __slots__ = ("path",)
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+
+class DirectRequest:
+    """What the inference handlers use of a request — headers, path params, URL path, body —
+    read straight from the ASGI scope and receive channel (the direct lane, see `ServeApp`)."""
+
+    __slots__ = ("scope", "_receive", "headers", "path_params", "url")
+
+    def __init__(self, scope: Any, receive: Any, path_params: dict[str, str]) -> None:
+        self.scope = scope
+        self._receive = receive
+        self.headers = _RawHeaders(scope["headers"])
+        self.path_params = path_params
+        self.url = _Url(scope["path"])
+
+    async def stream(self) -> AsyncIterator[bytes]:
+        while True:
+            message = await self._receive()
+            if message["type"] == "http.disconnect":
+                raise ClientDisconnect()
+            chunk = message.get("body", b"")
+            if chunk:
+                yield chunk
+            if not message.get("more_body", False):
+                return
+
+    async def body(self) -> bytes:
+        chunks = [chunk async for chunk in self.stream()]
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def error_response(exc: ServeError) -> JSONResponse:
@@ -406,9 +478,7 @@ class ServeApp(Starlette):
             hit = self.direct.get(scope["path"])
             if hit is not None:
                 endpoint, params = hit
-                scope["app"] = self
-                scope["path_params"] = params
-                response = await endpoint(Request(scope, receive))
+                response = await endpoint(DirectRequest(scope, receive, params))  # type: ignore[arg-type]
                 await send({"type": "http.response.start", "status": response.status_code,
                             "headers": response.raw_headers})
                 await send({"type": "http.response.body", "body": response.body})

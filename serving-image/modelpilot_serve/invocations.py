@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 
 from .errors import BadRequest, UnsupportedMediaType
-from .model import ModelInput, ServedModel, _payload_columns
-from .oip import check_input_count, loads_lenient
+from .model import ModelInput, ServedModel
+from .oip import loads_lenient
 
 JSON_TYPES = frozenset({"", "application/json"})
 CSV_TYPES = frozenset({"text/csv", "application/csv"})
@@ -34,13 +34,7 @@ def media_type(content_type: str | None) -> str:
 def decode(model: ServedModel, body: bytes, content_type: str | None, max_columns: int | None = None) -> ModelInput:
     mt = media_type(content_type)
     if mt in JSON_TYPES:
-        doc = loads_lenient(body)
-        if max_columns is not None and isinstance(doc, dict):
-            for fmt, value in doc.items():
-                names = _payload_columns(fmt, value)
-                if names is not None:
-                    check_input_count(len(names), max_columns)
-        return model.from_scoring_payload(doc)
+        return model.from_scoring_payload(loads_lenient(body), max_columns)
     if mt in CSV_TYPES:
         return model.from_csv(body)
     raise UnsupportedMediaType(

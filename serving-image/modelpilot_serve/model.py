@@ -293,8 +293,11 @@ class ServedModel:
 
     # ---- input constructors shared by the protocol adapters
 
-    def from_scoring_payload(self, payload: dict[str, Any]) -> ModelInput:
-        """An MLflow scoring-protocol JSON document (already decoded) → model input."""
+    def from_scoring_payload(self, payload: dict[str, Any], max_columns: int | None = None) -> ModelInput:
+        """An MLflow scoring-protocol JSON document (already decoded) → model input.
+
+        `max_columns` bounds the number of columns the payload names (a 400 above it).
+        """
         if not isinstance(payload, dict):
             raise BadRequest(
                 "the JSON body must be an object with one of the keys " + ", ".join(SCORING_FORMATS)
@@ -314,6 +317,11 @@ class ServedModel:
         fmt = formats[0]
         value = payload[fmt]
         names = _payload_columns(fmt, value)
+        if names is not None and max_columns is not None and len(names) > max_columns:
+            raise BadRequest(
+                f"the request has {len(names)} inputs; this server accepts at most {max_columns} "
+                "(MODELPILOT_SERVE_MAX_COLUMNS)"
+            )
         if fmt == "dataframe_split" and names is not None and len(set(names)) != len(names):
             dupes = sorted({n for n in names if names.count(n) > 1})
             raise BadRequest(f"duplicate column name(s) {_few(dupes)} in dataframe_split")
