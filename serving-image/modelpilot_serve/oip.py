@@ -196,6 +196,8 @@ def numeric_array(where: str, datatype: str, data: list[Any]) -> np.ndarray:
     except (ValueError, TypeError):
         raise BadRequest(f"{where}: data is ragged (nested lists of different lengths)") from None
     target = DATATYPES[datatype]
+    if arr.dtype == target and datatype in _ACCEPTED_KINDS:
+        return arr  # the common case (JSON floats as FP64): nothing to convert or check
     if arr.dtype.kind == "O" and datatype in ("FP16", "FP32", "FP64"):
         arr = _with_missing(where, datatype, arr)
     kind = arr.dtype.kind
