@@ -3,7 +3,8 @@
 Top of the operator side. ``modelpilot serve`` hands over to the serving
 package (the only place the two packages meet, so a serving pod never imports
 the operator); ``modelpilot dev …`` drives the local environment;
-``modelpilot demo`` runs the Quick start story on it.
+``modelpilot demo`` runs the Quick start story on it; the resource verbs
+(``promote|abort|pause|resume|undo|status``) live in ``modelpilot.kubectl``.
 """
 
 from __future__ import annotations
@@ -71,52 +72,11 @@ def _demo(args: argparse.Namespace) -> int:
     return run(home=Path(args.home) if args.home else None, keep=not args.down)
 
 
-ACTIONS = ("promote", "abort", "pause", "resume")
-
-
-def _rollout_action(args: argparse.Namespace) -> int:
-    """Set the rollout-action annotation: visible to GitOps tools and kubectl, no hidden state."""
-    from kubernetes import client, config
-    from kubernetes.client.rest import ApiException
-
-    try:
-        api = config.new_client_from_config(args.kubeconfig) if args.kubeconfig else config.new_client_from_config()
-    except config.ConfigException as exc:
-        print(f"error: no Kubernetes credentials: {exc}", file=sys.stderr)
-        return 2
-    namespace = args.namespace or _current_namespace()
-    custom = client.CustomObjectsApi(api)
-    try:
-        body = custom.get_namespaced_custom_object("modelpilot.io", "v1alpha1", namespace, "modelversions", args.name)
-    except ApiException as exc:
-        print(f"error: modelversion {namespace}/{args.name}: {exc.reason}", file=sys.stderr)
-        return 1
-    rollout = (body.get("status") or {}).get("rollout") or {}
-    if rollout.get("phase") not in ("Progressing", "Paused"):
-        print(f"error: modelversion {namespace}/{args.name} has no rollout in progress "
-              f"(rollout phase: {rollout.get('phase') or 'none'})", file=sys.stderr)
-        return 1
-    custom.patch_namespaced_custom_object("modelpilot.io", "v1alpha1", namespace, "modelversions", args.name,
-                                          {"metadata": {"annotations": {
-                                              "modelpilot.io/rollout-action": f"{args.action}/{rollout.get('canaryVersion')}"}}})
-    print(f"modelversion {namespace}/{args.name}: {args.action} requested for canary version "
-          f"{rollout.get('canaryVersion')}")
-    return 0
-
-
-def _current_namespace() -> str:
-    from kubernetes import config
-
-    try:
-        _, active = config.list_kube_config_contexts()
-        return str(active["context"].get("namespace") or "default")
-    except (config.ConfigException, KeyError, TypeError):
-        return "default"
-
-
 def kubectl_plugin() -> int:
-    """`kubectl modelpilot promote NAME` — the same commands as a kubectl plugin."""
-    return main(sys.argv[1:])
+    """`kubectl modelpilot promote NAME`: only the resource verbs (see ``modelpilot.kubectl``)."""
+    from modelpilot.kubectl import plugin_main
+
+    return plugin_main(sys.argv[1:])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -142,12 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     dev_sub.add_parser("env", help='print export lines: eval "$(modelpilot dev env)"')
     dev_sub.add_parser("build", help="build (or find) the control-plane binaries")
 
-    for action in ACTIONS:
-        cmd = sub.add_parser(action, help=f"{action} the canary rollout of a ModelVersion")
-        cmd.add_argument("name", help="ModelVersion name")
-        cmd.add_argument("-n", "--namespace", help="namespace (default: the kubeconfig context's)")
-        cmd.add_argument("--kubeconfig", help="kubeconfig (default: $KUBECONFIG)")
-        cmd.set_defaults(action=action)
+    from modelpilot import kubectl
+
+    kubectl.add_verbs(sub)
 
     demo = sub.add_parser("demo", help="the Quick start: environment up, register a model, serve it, predict")
     demo.add_argument("--home", help="state directory of the environment")
@@ -158,8 +115,8 @@ def main(argv: list[str] | None = None) -> int:
         return _dev(args)
     if args.command == "demo":
         return _demo(args)
-    if args.command in ACTIONS:
-        return _rollout_action(args)
+    if args.command in kubectl.VERBS:
+        return kubectl.run(args)
     parser.error(f"unknown command {args.command}")
     return 2
 

@@ -118,7 +118,7 @@ def test_a_regressing_canary_is_rolled_back_automatically_with_the_evidence(
     assert status["model"]["version"] == stable and status["phase"] == "RolledBack"
     wait_for(lambda: _condition(_body(custom, namespace), "Reconciling").get("status") == "False", 60,
              message="Reconciling=False after the rollback")
-    assert [h["decision"] for h in ro["history"]][-1] == "RollBack"
+    assert [h["decision"] for h in ro["history"]][-2:] == ["RollBack", "RolledBack"]
     # The canary really served (and failed) traffic; the stable version answered throughout.
     assert traffic.codes.get(faulty, {}).get(500, 0) > 0
     assert traffic.codes[stable].get(200, 0) > 0 and set(traffic.codes[stable]) <= {200, 0}
@@ -166,7 +166,7 @@ def test_a_healthy_canary_is_promoted_step_by_step(
         body = wait_for(promoted, 240, 0.5, "the canary to be promoted")
     ro = body["status"]["rollout"]
     decisions = [h["decision"] for h in ro["history"]]
-    assert decisions[0] == "Start" and "Pass" in decisions and decisions[-1] == "Promote"
+    assert decisions[0] == "Start" and "Pass" in decisions and decisions[-2:] == ["Promote", "Promoted"]
     assert 50 in seen_weights
     # Promoted: Reconciling=False once the stable Deployment serves the new version (kstatus Current).
     wait_for(lambda: _condition(_body(custom, namespace), "Reconciling").get("status") == "False", 60,
@@ -269,5 +269,5 @@ def test_a_killed_operator_mid_rollout_is_resumed_by_another_at_the_same_step(
     assert ro["phase"] == "Promoted"
     assert ro["startedAt"] == before["startedAt"]  # resumed, not restarted
     decisions = [h["decision"] for h in ro["history"]]
-    assert decisions.count("Start") == 1 and decisions[-1] == "Promote"
+    assert decisions.count("Start") == 1 and decisions[-1] == "Promoted"
     assert operator.logpath.read_text().count("Resuming operations") > resumed_before

@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 import yaml
+from rollout_world import settled
 
 from modelpilot.operator import abtest, reconcile, rollout
 
@@ -147,10 +148,23 @@ def with_rollout(status: dict[str, Any], ro: dict[str, Any]) -> dict[str, Any]:
 
 def canary_at_step_two() -> dict[str, Any]:
     started = rollout.start(STABLE, CANARY, SPEC, T0).rollout
-    advanced = rollout.step(started, SPEC, T0 + 61, True, "Pass", []).rollout
+    started = rollout.plan(started, SPEC, 4, settled(started, SPEC, stable_version="3", canary_version="4"), T0).rollout
+    advanced = rollout.plan(started, SPEC, 4, settled(started, SPEC, verdict="Pass"), T0 + 61).rollout
     assert advanced["step"] == 1 and advanced["weight"] == 25
-    stable, canary = rollout.split(4, advanced["weight"])
+    stable, canary, _ = rollout.targets(advanced, 4, rollout.settings(SPEC))
     return {**advanced, "effectiveWeight": rollout.effective_weight(stable, canary)}
+
+
+def rolled_back() -> dict[str, Any]:
+    """Step two fails its analysis twice (the default failureLimit tolerates one), then the stable version is
+    back at full size and the canary is removed."""
+    r = canary_at_step_two()
+    r = rollout.plan(r, SPEC, 4, settled(r, SPEC), T0 + 65).rollout
+    for at in (T0 + 130, T0 + 195):
+        r = rollout.plan(r, SPEC, 4, settled(r, SPEC, verdict="Fail", measurements=FAIL), at).rollout
+    assert r["phase"] == "RollingBack"
+    back = rollout.World(stable=rollout.Track(4, 4, True, "3", True), canary=rollout.Track(1, 1, True, "4", True))
+    return rollout.plan(r, SPEC, 4, back, T0 + 200).rollout
 
 
 def unresolved_status(reason: str, message: str, phase: str, generation: int = 2) -> dict[str, Any]:
@@ -194,7 +208,8 @@ def test_model_version_with_a_canary_in_progress_reports_step_and_weight() -> No
 
 
 def test_model_version_paused_canary_is_suspended() -> None:
-    paused = rollout.step(canary_at_step_two(), SPEC, T0 + 70, True, None, None, action="pause").rollout
+    at_two = canary_at_step_two()
+    paused = rollout.plan(at_two, SPEC, 4, settled(at_two, SPEC, action="pause"), T0 + 70).rollout
     assert paused["phase"] == "Paused"
     status, message = health(MV_HEALTH, model_version(with_rollout(ready_status(), paused)))
     assert status == "Suspended"
@@ -202,7 +217,7 @@ def test_model_version_paused_canary_is_suspended() -> None:
 
 
 def test_model_version_rolled_back_is_degraded_with_the_reason() -> None:
-    rolled = rollout.step(canary_at_step_two(), SPEC, T0 + 130, True, "Fail", FAIL).rollout
+    rolled = rolled_back()
     assert rolled["phase"] == "RolledBack"
     s = with_rollout(ready_status(), rolled)
     assert s["phase"] == "RolledBack"
@@ -212,7 +227,7 @@ def test_model_version_rolled_back_is_degraded_with_the_reason() -> None:
 
 
 def test_model_version_after_the_spec_moved_past_a_rejected_version_is_healthy_again() -> None:
-    rolled = rollout.step(canary_at_step_two(), SPEC, T0 + 130, True, "Fail", FAIL).rollout
+    rolled = rolled_back()
     s = with_rollout(ready_status(), {**rolled, "phase": "Superseded"})
     assert health(MV_HEALTH, model_version(s))[0] == "Healthy"
     # The rejected version became the stable one (e.g. the spec pinned it on purpose): rollout_phase says Ready.

@@ -62,7 +62,7 @@ def test_no_errors_at_all_is_zero_not_no_data() -> None:
 def test_too_few_samples_is_no_data_and_the_policy_decides(policy: str, expected: str) -> None:
     settings = Settings(min_samples=20, no_data=policy, checks=[{"name": "error-rate", "max": 0.05}])
     results = analysis.measure(scripted(3, {"code=~": 0.0}), settings, CANARY, BASE)
-    assert results[0].verdict == "NoData" and "3 requests < minSamples 20" in results[0].message
+    assert results[0].verdict == "NoData" and "3 requests in the last 1m < minSamples 20" in results[0].message
     assert analysis.overall(results, policy) == expected
 
 
@@ -112,3 +112,63 @@ def test_two_proportion_test_declares_a_winner_only_when_significant() -> None:
     assert analysis.two_proportion_test(9, 10, 1, 10)["decision"] == "NotEnoughData"
     # z for 0.95 vs 0.90 with n=1000 each: pooled 0.925, se≈0.01178 → z≈4.245
     assert clear["z"] == pytest.approx(4.245, abs=0.01)
+
+
+def test_a_step_is_judged_on_its_own_samples_only() -> None:
+    """Every query's range is the step's own time (capped at ``interval``): traffic of an earlier step
+    cannot pass a later one (cf. flagger#1011)."""
+    seen: list[str] = []
+
+    def query(q: str) -> float | None:
+        seen.append(q)
+        return 0.0 if "increase" not in q else 100.0
+
+    settings = Settings(interval="1m", min_samples=10, checks=[{"name": "error-rate", "maxDelta": 0.01}])
+    analysis.measure(query, settings, CANARY, BASE, step_seconds=25)
+    assert seen and all("[25s]" in q and "[1m]" not in q for q in seen)
+    seen.clear()
+    analysis.measure(query, settings, CANARY, BASE, step_seconds=600)
+    assert all("[60s]" in q for q in seen)
+
+
+def test_at_the_100_percent_step_relative_checks_use_the_baseline_of_an_earlier_step() -> None:
+    """At 100 % the stable version serves nothing: comparing with it had no baseline and failed closed, so
+    every canary was rolled back at its last step (cf. flagger#869)."""
+    settings = Settings(min_samples=10, checks=[{"name": "latency-p99", "maxRatio": 1.5, "slack": 0.01},
+                                                {"name": "error-rate", "maxDelta": 0.01}])
+    asked_stable: list[str] = []
+
+    def query(q: str) -> float | None:
+        if 'version="1"' in q:
+            asked_stable.append(q)
+            return None  # no traffic on the stable version
+        return 200.0 if "increase" in q else (0.012 if "duration" in q else 0.0)
+
+    results = analysis.measure(query, settings, CANARY, BASE, step_seconds=30,
+                               stored_baselines={"latency-p99": 0.010, "error-rate": 0.0})
+    assert [m.verdict for m in results] == ["Pass", "Pass"] and asked_stable == []
+    assert results[0].baseline == 0.010 and "earlier step" in results[0].message
+    # A check no earlier step measured is compared with the stable version before the rollout started.
+    before: list[str] = []
+    results = analysis.measure(query, settings, CANARY, BASE, step_seconds=30, stored_baselines={},
+                               baseline_query=lambda q: before.append(q) or 0.011)
+    assert [m.verdict for m in results] == ["Pass", "Pass"] and len(before) == 2
+    assert all("[1m]" in q for q in before)  # the full interval before the rollout, not the step's window
+
+
+def test_a_query_returning_several_series_is_an_error_not_its_first_series() -> None:
+    import httpx
+
+    from modelpilot.operator.prometheus import Prometheus
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"status": "success", "data": {"resultType": "vector", "result": [
+            {"metric": {"pod": "a"}, "value": [0, "0.5"]}, {"metric": {"pod": "b"}, "value": [0, "0.0"]}]}})
+
+    prom = Prometheus("http://prometheus.test", transport=httpx.MockTransport(handler))  # fault injection
+    with pytest.raises(PrometheusError, match=r"returned 2 series \(\{pod=\"a\"\}, \{pod=\"b\"\}\).*aggregate"):
+        prom.scalar("rate(x[1m])")
+    settings = Settings(min_samples=0, checks=[{"name": "custom", "query": "rate(x[{interval}])", "max": 1}])
+    results = analysis.measure(lambda q: 100.0 if "increase" in q else prom.scalar(q), settings, CANARY, BASE)
+    assert results[0].verdict == "Error" and "2 series" in results[0].message
+    assert analysis.overall(results, "hold") == "Inconclusive"  # never a pass

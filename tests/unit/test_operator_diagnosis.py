@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from rollout_world import not_ready
+
 from modelpilot.operator import diagnosis, reconcile, rollout
 
 MISSING = ("the model needs packages this serving image does not have: modelpilot-missing-dependency==1.0 "
@@ -203,20 +205,20 @@ def test_the_progress_deadline_keeps_the_pod_reason_and_posts_its_event_once() -
 def test_a_canary_that_cannot_become_ready_is_rolled_back_with_the_reason() -> None:
     spec = {"rollout": {"progressDeadlineSeconds": 60}}
     ro = rollout.start({"version": "1"}, {"version": "2"}, spec, 0).rollout
-    waiting = rollout.step(ro, spec, 30, False, None, None, canary_problem="pod iris-canary-x: model server failed")
+    world = not_ready(ro, spec, total=1, problem="pod iris-canary-x: model server failed")
+    waiting = rollout.plan(ro, spec, 1, world, 30)
     assert waiting.action == "Wait"
-    late = rollout.step(ro, spec, 120, False, None, None, canary_problem="pod iris-canary-x: model server failed")
+    late = rollout.plan(ro, spec, 1, world, 120)
     assert late.action == "RollBack" and late.rollout["reason"].endswith(": pod iris-canary-x: model server failed")
 
 
 def test_the_canary_problem_is_recorded_in_the_rollout_once() -> None:
-    from modelpilot.operator.registry import ResolvedModel
-
-    candidate = ResolvedModel("iris", "2", "", "run", "mlflow-artifacts:/x", "", "sklearn", "", "t")
-    problem = diagnosis.serving_problem([_pod("iris-canary-x", state=_backoff(10), last=_crashed())])
+    found = diagnosis.serving_problem([_pod("iris-canary-x", state=_backoff(10), last=_crashed())])
+    assert found is not None
+    problem = found.message
     ro: dict[str, Any] = {"phase": "Progressing"}
-    events = reconcile.Reconciler._canary_problem(ro, candidate, problem)
-    assert ro["canaryProblem"] == problem.message  # type: ignore[union-attr]
+    events = reconcile.Reconciler._canary_problem(ro, "2", problem)
+    assert ro["canaryProblem"] == problem
     assert [e.reason for e in events] == ["ServingFailed"] and events[0].message.startswith("canary version 2: ")
-    assert reconcile.Reconciler._canary_problem(ro, candidate, problem) == []
-    assert reconcile.Reconciler._canary_problem(ro, candidate, None) == [] and ro["canaryProblem"] is None
+    assert reconcile.Reconciler._canary_problem(ro, "2", problem) == []
+    assert reconcile.Reconciler._canary_problem(ro, "2", "") == [] and ro["canaryProblem"] is None

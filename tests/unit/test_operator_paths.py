@@ -92,13 +92,21 @@ SKLEARN_MLMODEL = "flavors: {sklearn: {}, python_function: {}}\n"
 
 
 def mlflow(versions: dict[str, str], seen: list[httpx.Request] | None = None,
-           write_status: int = 200, mlmodel: str = SKLEARN_MLMODEL) -> httpx.MockTransport:
-    """A fake MLflow REST API at the HTTP boundary: ``versions`` maps version → run id."""
+           write_status: int = 200, mlmodel: str = SKLEARN_MLMODEL,
+           aliases: dict[str, str] | None = None) -> httpx.MockTransport:
+    """A fake MLflow REST API at the HTTP boundary: ``versions`` maps version → run id, ``aliases`` (a dict
+    the test may change) alias → version."""
 
     def handle(request: httpx.Request) -> httpx.Response:
         if seen is not None:
             seen.append(request)
         path = request.url.path
+        if request.method == "GET" and path.endswith("/registered-models/alias"):
+            version = (aliases or {}).get(request.url.params["alias"])
+            if version is None:
+                return httpx.Response(404, json={"error_code": "RESOURCE_DOES_NOT_EXIST", "message": "no alias"})
+            return httpx.Response(200, json={"model_version": {"version": version, "run_id": versions[version],
+                                                               "status": "READY", "source": "models:/m-1"}})
         if request.method == "POST":
             return httpx.Response(write_status, json={} if write_status < 400 else {"message": "denied"})
         if path.endswith("/model-versions/get"):
@@ -235,13 +243,19 @@ def _started_canary() -> tuple[FakeKube, Reconciler]:
     for name in (NAME, f"{NAME}-canary"):
         assert _pod_labels(kube, name)[abtest.ABTEST_LABEL] == "iris-ab", name
     replicas = kube.body["status"]["rollout"]["replicas"]
-    assert replicas["stable"] + replicas["canary"] == 3  # the canary splits the ABTest's share
+    assert replicas == {"stable": 3, "canary": 2}  # surge first: the canary comes up before stable shrinks
+    run(kube, rec)  # the canary is ready: the stable track shrinks to its share of the ABTest's 3
+    replicas = kube.body["status"]["rollout"]["replicas"]
+    assert replicas == {"stable": 2, "canary": 2}  # 50 % of the ABTest's share, within maxSurge
     return kube, rec
 
 
 def test_abtest_membership_is_kept_through_a_promotion() -> None:
     kube, rec = _started_canary()
     _edit(kube, action="promote")
+    run(kube, rec)
+    assert kube.body["status"]["rollout"]["phase"] == "Promoting"  # the new version at full size first
+    assert ("Deployment", f"{NAME}-canary") in kube.objects
     run(kube, rec)
     assert kube.body["status"]["rollout"]["phase"] == "Promoted"
     assert ("Deployment", f"{NAME}-canary") not in kube.objects
@@ -253,6 +267,8 @@ def test_abtest_membership_is_kept_through_a_promotion() -> None:
 def test_abtest_membership_is_kept_through_a_rollback_and_after_it() -> None:
     kube, rec = _started_canary()
     _edit(kube, action="abort")
+    run(kube, rec)
+    assert kube.body["status"]["rollout"]["phase"] == "RollingBack"  # the stable version at full size first
     run(kube, rec)
     assert kube.body["status"]["rollout"]["phase"] == "RolledBack"
     labels = _pod_labels(kube)
@@ -308,6 +324,7 @@ def _condition(kube: FakeKube, kind: str) -> dict[str, Any]:
 def test_write_back_uses_the_resources_credentials() -> None:
     kube, rec, seen = _secured_canary()
     _edit(kube, action="promote")
+    run(kube, rec)
     result = run(kube, rec)
     writes = [r for r in seen if r.method == "POST"]
     assert [r.url.path.rsplit("/", 1)[-1] for r in writes] == ["alias", "set-tag"]
@@ -320,6 +337,7 @@ def test_write_back_uses_the_resources_credentials() -> None:
 def test_a_refused_write_back_is_a_condition_and_one_event() -> None:
     kube, rec, _ = _secured_canary(write_status=403)
     _edit(kube, action="abort")
+    run(kube, rec)
     result = run(kube, rec)
     assert kube.body["status"]["rollout"]["phase"] == "RolledBack"  # the decision stands
     cond = _condition(kube, "RegistryWriteBack")
@@ -335,8 +353,9 @@ def test_a_refused_write_back_is_a_condition_and_one_event() -> None:
 
 def test_a_missing_credentials_secret_at_write_back_is_a_spec_error_condition() -> None:
     kube, rec, _ = _secured_canary()
-    del kube.secrets["mlflow-creds"]
     _edit(kube, action="promote")
+    run(kube, rec)
+    del kube.secrets["mlflow-creds"]
     result = run(kube, rec)
     assert kube.body["status"]["rollout"]["phase"] == "Promoted"
     assert _condition(kube, "RegistryWriteBack")["reason"] == "SpecError"
@@ -373,6 +392,7 @@ def test_a_12000_column_signature_is_summarised_and_held_once() -> None:
     assert len(json.dumps(kube.body["status"]).encode()) < 24_576
 
     _edit(kube, action="promote")
+    run(kube, rec)  # Promoting: the new version at full size on the stable track
     run(kube, rec)  # the promoted version gets its (summarised) signature back from MLflow
     model = kube.body["status"]["model"]
     assert model["version"] == "2" and model["signatureInputs"] == 12_000 and model["signatureTruncated"] is True
@@ -387,3 +407,200 @@ def test_a_small_signature_is_kept_as_logged() -> None:
     assert summarise_signature("") == ("", None, False)
     text, count, truncated = summarise_signature("x" * 10_000)  # not JSON: cut at the byte bound
     assert len(text) == 4096 and count is None and truncated
+
+
+# --------------------------------------------------------------------------- guarded rollouts (issue 12)
+
+
+def test_an_alias_triggered_canary_rolls_out_instead_of_restarting_every_tick() -> None:
+    """With followAlias, each tick pinned the stable version again, decided the spec no longer asked for the
+    canary, cancelled and restarted it: the rollout thrashed (examples/modelversion-canary.yaml)."""
+    aliases = {"champion": "1"}
+    body = mv_body("1", followAlias=True, rollout=ROLLOUT)
+    body["spec"]["model"] = {"name": "iris", "alias": "champion"}
+    kube = FakeKube(body)
+    rec = reconciler(kube, mlflow({"1": "run1", "2": "run2"}, aliases=aliases))
+    run(kube, rec)
+    assert kube.body["status"]["model"]["version"] == "1"
+    aliases["champion"] = "2"
+    result = rec.reconcile(kube.read_model_version(NS, NAME), refresh=True)  # type: ignore[arg-type]  # the poll
+    ro = kube.body["status"]["rollout"]
+    assert ro["phase"] == "Progressing" and ro["canaryVersion"] == "2" and ro["stableVersion"] == "1"
+    assert "AliasMoved" in [e.reason for e in result.events]
+    started_at = ro["startedAt"]
+    for _ in range(3):  # rollout ticks, and the alias poll again
+        result = run(kube, rec)
+        assert not {"RolloutCancelled", "RolloutStarted"} & {e.reason for e in result.events}
+        rec.reconcile(kube.read_model_version(NS, NAME), refresh=True)  # type: ignore[arg-type]
+    ro = kube.body["status"]["rollout"]
+    assert ro["phase"] == "Progressing" and ro["startedAt"] == started_at and ro["canaryVersion"] == "2"
+    assert kube.body["status"]["model"]["version"] == "1"  # the stable version serves the rest
+
+
+def test_a_new_rollout_starts_with_a_clean_record() -> None:
+    """reason, rejectedVersion and finishedAt of a rolled-back rollout stayed on the next one: status is
+    merge-patched, so the new record names them as null."""
+    kube, rec = _started_canary()
+    _edit(kube, action="abort")
+    run(kube, rec)
+    run(kube, rec)
+    old = kube.body["status"]["rollout"]
+    assert old["phase"] == "RolledBack" and old["reason"] and old["rejectedVersion"] == "2" and old["finishedAt"]
+    kube.objects[("Deployment", NAME)]["spec"]["replicas"] = 3
+    _edit(kube, version="3")
+    rec = reconciler(kube, mlflow({"1": "run1", "2": "run2", "3": "run3"}))
+    run(kube, rec)
+    ro = kube.body["status"]["rollout"]
+    assert ro["phase"] == "Progressing" and ro["canaryVersion"] == "3"
+    for key in ("reason", "rejectedVersion", "finishedAt", "finalPhase", "canaryProblem"):
+        assert key in ro and ro[key] is None, key
+
+
+def _promoted_two(versions: dict[str, str]) -> tuple[FakeKube, Reconciler]:
+    """Version 1 deployed, then version 2 rolled out and promoted by hand."""
+    kube = FakeKube(mv_body("1", rollout=ROLLOUT))
+    rec = reconciler(kube, mlflow(versions))
+    run(kube, rec)
+    _edit(kube, version="2")
+    for _ in range(3):
+        run(kube, rec)
+    _edit(kube, action="promote/2")
+    run(kube, rec)
+    run(kube, rec)
+    return kube, rec
+
+
+def test_undo_brings_back_the_previous_version_and_keeps_the_undone_one_rejected() -> None:
+    kube, rec = _promoted_two({"1": "run1", "2": "run2"})
+    assert kube.body["status"]["rollout"]["phase"] == "Promoted"
+    assert kube.body["status"]["model"]["version"] == "2"
+    assert kube.body["status"]["previousModel"]["version"] == "1"
+    _edit(kube, action="undo/2")
+    events = []
+    for _ in range(6):
+        events += [e.reason for e in run(kube, rec).events]
+    ro = kube.body["status"]["rollout"]
+    assert ro["phase"] == "RolledBack" and ro["kind"] == "Undo" and ro["rejectedVersion"] == "2"  # the spec's
+    assert kube.body["status"]["model"]["version"] == "1"
+    assert _pod_labels(kube)["modelpilot.io/version"] == "1" and ("Deployment", f"{NAME}-canary") not in kube.objects
+    assert events[0] == "RolloutStarted" and "RollbackComplete" in events
+    assert [h["decision"] for h in ro["history"]][-1] == "RolledBack"
+    run(kube, rec)  # the spec still says version 2: it stays rejected, version 1 serves
+    assert kube.body["status"]["model"]["version"] == "1" and kube.body["status"]["rollout"]["phase"] == "RolledBack"
+
+
+def test_undo_after_a_rollback_keeps_the_spec_version_rejected() -> None:
+    """Serving 2 with the spec on rejected 3, undo goes back to 1: the spec's 3 must not start again."""
+    kube, rec = _promoted_two({"1": "run1", "2": "run2", "3": "run3"})
+    _edit(kube, version="3")
+    run(kube, rec)
+    _edit(kube, action="abort/3")
+    run(kube, rec)
+    run(kube, rec)
+    assert kube.body["status"]["rollout"]["rejectedVersion"] == "3"
+    _edit(kube, action="undo/2")
+    for _ in range(6):
+        run(kube, rec)
+    ro = kube.body["status"]["rollout"]
+    assert ro["kind"] == "Undo" and ro["phase"] == "RolledBack" and ro["rejectedVersion"] == "3"
+    assert kube.body["status"]["model"]["version"] == "1"
+    run(kube, rec)
+    assert kube.body["status"]["rollout"]["kind"] == "Undo"  # no new canary of version 3
+
+
+def test_undo_with_nothing_to_go_back_to_says_so() -> None:
+    kube = FakeKube(mv_body("1"))
+    rec = reconciler(kube, mlflow({"1": "run1"}))
+    run(kube, rec)
+    _edit(kube, action="undo")
+    result = run(kube, rec)
+    assert [e.reason for e in result.events if e.type == "Warning"] == ["UndoImpossible"]
+    assert kube.body["status"]["model"]["version"] == "1"
+
+
+def _route(kube: FakeKube) -> dict[str, Any]:
+    return kube.objects[("HTTPRoute", NAME)]
+
+
+def _weights(kube: FakeKube) -> dict[str, int]:
+    default = _route(kube)["spec"]["rules"][-1]
+    return {ref["name"]: ref["weight"] for ref in default["backendRefs"]}
+
+
+def test_a_gateway_canary_gets_exact_weights_header_pinning_and_a_shadow_phase(monkeypatch: Any) -> None:
+    from modelpilot.operator import rollout
+
+    clock = [1_800_000_000.0]
+    monkeypatch.setattr(reconcile, "now_iso", lambda: rollout.fmt_time(clock[0]))
+
+    def tick(seconds: float = 1) -> reconcile.Result:
+        clock[0] += seconds
+        return run(kube, rec)
+
+    body = mv_body("1", routing={"gatewayRef": {"name": "gw", "namespace": "infra"}},
+                   rollout={"steps": [10, 50, 100], "stepIntervalSeconds": 30, "shadowSeconds": 20,
+                            "analysis": {"enabled": False}})
+    body["spec"]["replicas"] = 4
+    kube = FakeKube(body)
+    rec = reconciler(kube, mlflow({"1": "run1", "2": "run2"}))
+    run(kube, rec)
+    route = _route(kube)
+    assert route["spec"]["parentRefs"] == [{"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "gw",
+                                            "namespace": "infra"}]
+    assert _weights(kube) == {f"{NAME}-stable": 100} and len(route["spec"]["rules"]) == 1  # no canary: no pins
+    assert kube.objects[("Service", NAME)]["spec"]["selector"]["modelpilot.io/track"] == "stable"
+    assert kube.objects[("Service", f"{NAME}-canary")]["spec"]["selector"]["modelpilot.io/track"] == "canary"
+    assert kube.body["status"]["gatewayRoute"] == NAME
+
+    _edit(kube, version="2")
+    tick()
+    ro = kube.body["status"]["rollout"]
+    assert ro["shadow"] is True and ro["routeWeight"] == 0
+    assert kube.objects[("Deployment", f"{NAME}-canary")]["spec"]["replicas"] == 1  # its share of the first step
+    assert kube.objects[("Deployment", NAME)]["spec"]["replicas"] == 4  # stable keeps every replica
+    tick()  # the canary is ready: mirrored traffic, no weight
+    rules = _route(kube)["spec"]["rules"]
+    assert [r["matches"][0]["headers"][0]["value"] for r in rules[:2]] == ["canary", "stable"]
+    assert rules[0]["matches"][0]["headers"][0]["name"] == "x-modelpilot-track"
+    assert rules[-1]["filters"] == [{"type": "RequestMirror", "requestMirror": {"backendRef": {
+        "kind": "Service", "name": f"{NAME}-canary", "port": 80}}}]
+    assert _weights(kube) == {f"{NAME}-stable": 100, f"{NAME}-canary": 0}
+    tick(21)  # the shadow phase passed (analysis off: healthy pods for its duration)
+    assert kube.body["status"]["rollout"]["shadow"] is False
+    tick()
+    assert _weights(kube) == {f"{NAME}-stable": 90, f"{NAME}-canary": 10}  # exact, with 4 replicas
+    assert "filters" not in _route(kube)["spec"]["rules"][-1]
+    assert kube.body["status"]["rollout"]["effectiveWeight"] == 10
+    tick(31)  # next step: the canary grows to 2 replicas first; the route keeps 10 % until they are ready
+    assert _weights(kube)[f"{NAME}-canary"] == 10
+    assert kube.objects[("Deployment", f"{NAME}-canary")]["spec"]["replicas"] == 2
+    tick()
+    assert _weights(kube) == {f"{NAME}-stable": 50, f"{NAME}-canary": 50}
+    tick(31)
+    tick()
+    assert _weights(kube) == {f"{NAME}-stable": 0, f"{NAME}-canary": 100}
+    tick(31)  # promote: the stable Deployment runs version 2 at full size while the canary takes everything
+    assert kube.body["status"]["rollout"]["phase"] == "Promoting" and _weights(kube)[f"{NAME}-canary"] == 100
+    tick()  # version 2 ready on stable: all traffic to it, the canary stays while the Gateway applies that
+    assert _weights(kube)[f"{NAME}-canary"] == 0 and ("Deployment", f"{NAME}-canary") in kube.objects
+    tick(2)
+    assert ("Deployment", f"{NAME}-canary") in kube.objects  # within ROUTE_GRACE_SECONDS
+    tick(5)
+    assert kube.body["status"]["rollout"]["phase"] == "Promoted"
+    assert ("Deployment", f"{NAME}-canary") not in kube.objects
+    assert _weights(kube) == {f"{NAME}-stable": 100} and len(_route(kube)["spec"]["rules"]) == 1
+    assert _pod_labels(kube)["modelpilot.io/version"] == "2"
+
+
+def test_dropping_the_gateway_removes_its_route_and_track_services() -> None:
+    body = mv_body("1", routing={"gatewayRef": {"name": "gw"}})
+    kube = FakeKube(body)
+    rec = reconciler(kube, mlflow({"1": "run1"}))
+    run(kube, rec)
+    assert ("HTTPRoute", NAME) in kube.objects
+    del kube.body["spec"]["routing"]
+    kube.body["metadata"]["generation"] += 1
+    run(kube, rec)
+    assert ("HTTPRoute", NAME) not in kube.objects and ("Service", f"{NAME}-stable") not in kube.objects
+    assert "modelpilot.io/track" not in kube.objects[("Service", NAME)]["spec"]["selector"]
+    assert "gatewayRoute" not in kube.body["status"]

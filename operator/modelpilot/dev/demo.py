@@ -3,8 +3,10 @@
 Part of the local environment. Brings the environment up, registers a real
 scikit-learn model in MLflow, deploys the serving image as a Deployment, waits
 until its pods' processes are ready, and prints a real prediction served by a
-pod — then how Prometheus sees it. Later features (the operator, canaries,
-A/B tests) grow this story.
+pod — then how Prometheus sees it, an alias move, and the guarded rollout
+story: under steady traffic through the Service a regressing version is rolled
+back on its own and a healthy one is promoted step by step, with a timeline.
+The command exits non-zero unless both outcomes happened.
 """
 
 from __future__ import annotations
@@ -106,7 +108,7 @@ def run(home: Path | None = None, keep: bool = True) -> int:
         print(f"  up: {target['scrapeUrl']}  pod={target['labels'].get('pod')}")
 
     _follow_alias_story(env, tracking, core, custom)
-    _guarded_canary_story(env, tracking, core, custom, version)
+    ok = _guarded_canary_story(env, tracking, core, custom, version)
 
     print("\nDone. The environment keeps running; use it with:")
     print('  eval "$(.venv/bin/modelpilot dev env)"; kubectl get modelversions,pods -n modelpilot-demo -o wide')
@@ -114,6 +116,9 @@ def run(home: Path | None = None, keep: bool = True) -> int:
     print("  .venv/bin/modelpilot dev down          # stop everything")
     if not keep:
         env.down()
+    if not ok:
+        print("\nerror: the guarded rollout story did not end as it must (see FAILED above)", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -158,66 +163,96 @@ def _has_alias(registry: Any) -> bool:
         return False
 
 
-def _guarded_canary_story(env: Environment, tracking: str, core: Any, custom: Any, stable: str) -> None:
-    """A regressing version is rolled out as a canary and rolled back automatically, with the evidence."""
-    import threading
+def _guarded_canary_story(env: Environment, tracking: str, core: Any, custom: Any, stable: str) -> bool:
+    """The full story under steady traffic through the Service: version A serves, version B regresses and
+    is rolled back on its own, version C is promoted step by step. A timeline of every decision with the
+    measured values; False unless both outcomes happened."""
+    from kubernetes import config
 
-    from modelpilot.dev.workloads import register_faulty_model
+    from modelpilot.dev.workloads import ServiceTraffic, register_faulty_model
 
     name = "iris-guarded"
     manifest = {
         "apiVersion": "modelpilot.io/v1alpha1", "kind": "ModelVersion", "metadata": {"name": name},
         "spec": {"model": {"name": "iris", "version": stable}, "replicas": 2,
-                 "rollout": {"steps": [50, 100], "stepIntervalSeconds": 15, "progressDeadlineSeconds": 240,
-                             "analysis": {"interval": "30s", "minSamples": 10,
-                                          "checks": [{"name": "error-rate", "maxDelta": 0.05}]}}},
+                 "rollout": {"steps": [25, 50, 100], "stepIntervalSeconds": 15, "progressDeadlineSeconds": 240,
+                             "analysis": {"interval": "30s", "minSamples": 20,
+                                          "checks": [{"name": "error-rate", "maxDelta": 0.05},
+                                                     {"name": "latency-p99", "maxRatio": 1.5, "slack": 0.05}]}}},
     }
-    _step(f"a guarded ModelVersion {name} (canary steps 50 → 100 %, error-rate analysis) on version {stable}")
+    _step(f"a guarded ModelVersion {name}: canary steps 25 → 50 → 100 %, error-rate and latency-p99 analysis, "
+          f"serving version {stable}")
     env.kubectl("apply", "-n", NAMESPACE, "-f", "-", input=yaml.safe_dump(manifest))
     _wait_ready(custom, name)
-    faulty = register_faulty_model(tracking, "iris")
-    _step(f"registered version {faulty}: passes its validation gate, fails on large flowers; "
-          "sending traffic and moving the spec to it")
-    stop = threading.Event()
-    body = json.dumps({"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP64",
-                                   "data": [6.7, 3.0, 5.2, 2.3]}]}).encode()
+    api = config.new_client_from_config(env.exports()["KUBECONFIG"])
+    ok = True
+    with ServiceTraffic(api, NAMESPACE, name, "iris", rate=20) as traffic:
+        wait_for(lambda: traffic.sent > 20, 60, 0.5, "traffic through the Service")
+        print(f"traffic: 20 requests/s to the ready endpoints of Service {name}")
+        faulty = register_faulty_model(tracking, "iris")
+        _step(f"version {faulty} regresses (passes its validation gate, fails on large flowers): rolling it out")
+        ro = _timeline(custom, name, faulty, ("RolledBack", "Promoted", "Cancelled"))
+        first_bad = min((t for t, pod, what in traffic.failures if pod.startswith(f"{name}-canary-")), default=None)
+        if ro.get("phase") != "RolledBack":
+            print(f"FAILED: version {faulty} was not rolled back (phase {ro.get('phase')})", file=sys.stderr)
+            ok = False
+        elif first_bad is not None:
+            back = _finished_at(ro)
+            print(f"detected and rolled back: {back - first_bad:.0f}s from the first failed request to every "
+                  f"request back on version {ro['stableVersion']}")
+        good = register_iris_model(tracking, "iris")
+        _step(f"version {good} is a retrained, healthy model: rolling it out")
+        ro = _timeline(custom, name, good, ("Promoted", "RolledBack", "Cancelled"))
+        if ro.get("phase") != "Promoted":
+            print(f"FAILED: version {good} was not promoted (phase {ro.get('phase')}: {ro.get('reason')})",
+                  file=sys.stderr)
+            ok = False
+        time.sleep(2)
+    dropped = [f for f in traffic.failures if not f[1].startswith(f"{name}-canary-")]
+    print(f"\nrequests: {traffic.sent} sent, answered by version: "
+          + ", ".join(f"{v}: {n}" for v, n in sorted(traffic.answers.items()))
+          + f"; failed by the regressing canary's model: {len(traffic.failures) - len(dropped)}; "
+          f"failed for want of a pod: {len(dropped)}; fewest ready endpoints: {traffic.min_ready}")
+    if dropped:
+        print(f"FAILED: {len(dropped)} requests failed outside the regressing model: {dropped[:3]}", file=sys.stderr)
+        ok = False
+    print(env.kubectl("get", "-n", NAMESPACE, "modelversion", name, "-o", "wide").stdout.rstrip())
+    return ok
 
-    def traffic() -> None:  # what a Service would spread over the ready pods of both tracks
-        while not stop.is_set():
-            pods = core.list_namespaced_pod(NAMESPACE, label_selector=f"modelpilot.io/modelversion={name}").items
-            for pod in pods:
-                ready = any(c.type == "Ready" and c.status == "True" for c in pod.status.conditions or [])
-                if ready and pod.metadata.deletion_timestamp is None and pod_address(pod):
-                    req = urllib.request.Request(f"http://{pod_address(pod)}/v2/models/iris/infer", data=body,
-                                                 headers={"Content-Type": "application/json"})
-                    try:
-                        urllib.request.urlopen(req, timeout=5).close()
-                    except OSError:
-                        pass  # the canary's 500s are the point
-            stop.wait(0.1)
 
-    sender = threading.Thread(target=traffic, daemon=True)
-    sender.start()
+def _finished_at(ro: dict[str, Any]) -> float:
+    from datetime import datetime, timezone
+
+    return datetime.strptime(ro["finishedAt"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc).timestamp()
+
+
+def _timeline(custom: Any, name: str, version: str, final: tuple[str, ...]) -> dict[str, Any]:
+    """Move the spec to ``version`` and print each decision (time, step, weight, measured values) until the
+    rollout reaches one of ``final``; returns the last rollout status."""
     custom.patch_namespaced_custom_object("modelpilot.io", "v1alpha1", NAMESPACE, "modelversions", name,
-                                          {"spec": {"model": {"version": faulty}}})
-    started = time.monotonic()
-    try:
-        def rolled_back() -> Any:
-            status = custom.get_namespaced_custom_object("modelpilot.io", "v1alpha1", NAMESPACE, "modelversions",
-                                                         name).get("status") or {}
-            ro = status.get("rollout") or {}
-            return ro if ro.get("phase") == "RolledBack" else None
-
-        ro = wait_for(rolled_back, 300, 1.0, "the regressing canary to be rolled back")
-    finally:
-        stop.set()
-    print(f"rolled back after {time.monotonic() - started:.0f}s; {name} serves version {ro['stableVersion']} again")
-    for m in ro.get("analysis") or []:
-        print(f"  evidence: {m['check']} = {m['value']} (baseline {m['baseline']}, {m['threshold']}, "
-              f"{m['samples']:.0f} requests) → {m['verdict']}")
-        print(f"            query: {m['query']}")
-    for h in ro.get("history") or []:
-        print(f"  {h['time']}  {h['decision']:9} {h['weight']:>3}%  {h['message'][:120]}")
+                                          {"spec": {"model": {"version": version}}})
+    start, printed = time.monotonic(), 0
+    print(f"  {'t':>5}  {'step':>4}  {'weight':>13}  {'decision':<11} measured / why")
+    ro: dict[str, Any] = {}
+    deadline = time.monotonic() + 420
+    while time.monotonic() < deadline:
+        status = custom.get_namespaced_custom_object("modelpilot.io", "v1alpha1", NAMESPACE, "modelversions",
+                                                     name).get("status") or {}
+        ro = status.get("rollout") or {}
+        if ro.get("canaryVersion") == version:
+            history = ro.get("history") or []
+            for h in history[printed:]:
+                values = ", ".join(f"{m['check']}={m['value']:.4g}" for m in ro.get("analysis") or []
+                                   if m.get("value") is not None) if h["decision"] in ("Pass", "Fail", "RollBack") else ""
+                weight = f"{h['weight']}%" + (f" (eff {h['effectiveWeight']}%)" if h.get("effectiveWeight") is not None
+                                              else "")
+                print(f"  {time.monotonic() - start:4.0f}s  {int(h['step']) + 1:>4}  {weight:>13}  "
+                      f"{h['decision']:<11} {values + ' | ' if values else ''}{h['message'][:110]}", flush=True)
+            printed = len(history)
+            if ro.get("phase") in final:
+                return ro
+        time.sleep(1)
+    return ro
 
 
 def _wait_ready(custom: Any, name: str, timeout: float = 180) -> dict[str, Any]:

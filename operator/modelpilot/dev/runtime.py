@@ -27,8 +27,9 @@ scheduler bound to a node, this runtime:
   empty, the exit code is not 0 and the container's
   ``terminationMessagePolicy`` is ``FallbackToLogsOnError``, the end of that
   run's log (the last 80 lines, at most 2048 bytes);
-* on deletion stops the process (SIGTERM, then SIGKILL after the grace period)
-  and only then removes the pod object.
+* on deletion runs the container's preStop ``sleep`` action (the process keeps
+  serving), stops the process (SIGTERM, then SIGKILL after the rest of the grace
+  period) and only then removes the pod object.
 
 What is simulated, not real: container isolation (processes share the host),
 the image (the local installation stands in for it), volumes, pod networking
@@ -454,7 +455,19 @@ class Runtime:
         return code
 
     def _terminate_and_remove(self, running: PodProcess, pod: Any, grace: int | None) -> None:
-        self._stop(running, grace=float(30 if grace is None else grace))
+        # The preStop sleep action, as the kubelet runs it: the process keeps serving, then SIGTERM; both
+        # within the grace period.
+        budget = float(30 if grace is None else grace)
+        sleep = 0.0
+        for container in pod.spec.containers or []:
+            pre_stop = (container.lifecycle.pre_stop if container.lifecycle else None)
+            if pre_stop is not None and pre_stop.sleep is not None:
+                sleep = max(sleep, float(pre_stop.sleep.seconds or 0))
+        if sleep:
+            sleep = min(sleep, budget)
+            self.shutdown.wait(sleep)
+            budget -= sleep
+        self._stop(running, grace=max(budget, 1.0))
         with self.lock:
             if self.pods.get(f"{running.namespace}/{running.name}") is running:
                 self.pods.pop(f"{running.namespace}/{running.name}")

@@ -7,11 +7,17 @@ render the full production manifest from a ModelVersion.
 
 from __future__ import annotations
 
+import json
+import threading
 import time
+import urllib.error
+import urllib.request
 from typing import Any
 
 SERVING_IMAGE = "ghcr.io/modelpilot/modelpilot-serve:0.1.0"
 ADDRESS_ANNOTATION = "dev.modelpilot.io/address"
+#: One v2 request row (a large iris flower): the faulty demo model fails on it.
+LARGE_FLOWER = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP64", "data": [6.7, 3.0, 5.2, 2.3]}]}
 
 
 def register_iris_model(tracking_uri: str, name: str = "iris") -> str:
@@ -42,10 +48,11 @@ def register_iris_model(tracking_uri: str, name: str = "iris") -> str:
     return str(version)
 
 
-def register_faulty_model(tracking_uri: str, name: str = "iris") -> str:
+def register_faulty_model(tracking_uri: str, name: str = "iris", asset: str = "faulty_model.py") -> str:
     """Register a new version of ``name`` that passes the validation gate but fails on most real traffic.
 
-    The model is logged from code (``assets/faulty_model.py``), so serving it needs nothing of this package.
+    The model is logged from code (``assets/faulty_model.py``; ``crashing_model.py`` answers right but
+    crashes its server process now and then), so serving it needs nothing of this package.
     """
     from pathlib import Path
 
@@ -60,7 +67,7 @@ def register_faulty_model(tracking_uri: str, name: str = "iris") -> str:
     with mlflow.start_run():
         info = mlflow.pyfunc.log_model(
             name="model",
-            python_model=str(Path(__file__).parent / "assets" / "faulty_model.py"),
+            python_model=str(Path(__file__).parent / "assets" / asset),
             input_example=features.head(3),
             signature=infer_signature(features, data.target),
             registered_model_name=name,
@@ -136,3 +143,93 @@ def wait_for(predicate: Any, timeout: float, interval: float = 0.25, message: st
             return last
         time.sleep(interval)
     raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {message} (last: {last!r})")
+
+
+class ServiceTraffic:
+    """Steady requests (``rate`` per second) to the ready endpoints of one Service, round robin — what
+    kube-proxy does with a ClusterIP. The endpoints are the Service's real EndpointSlices (polled every
+    0.2 s); pod networking is simulated on the process runtime, so an endpoint's pod is reached at its
+    loopback address (``pod_address``).
+
+    Records answers per model version, every failure (connection errors and non-2xx, with the pod and the
+    time), and the fewest ready endpoints seen while traffic ran.
+    """
+
+    def __init__(self, api_client: Any, namespace: str, service: str, model: str, rate: float = 20.0,
+                 row: dict[str, Any] | None = None) -> None:
+        from kubernetes import client
+
+        self.core = client.CoreV1Api(api_client)
+        self.discovery = client.DiscoveryV1Api(api_client)
+        self.namespace, self.service, self.model, self.rate = namespace, service, model, rate
+        self.body = json.dumps(row or LARGE_FLOWER).encode()
+        self.stop = threading.Event()
+        self.paused = threading.Event()
+        self.lock = threading.Lock()
+        self.endpoints: list[tuple[str, str]] = []  # (pod name, loopback address)
+        self.addresses: dict[str, str] = {}
+        self.answers: dict[str, int] = {}
+        self.failures: list[tuple[float, str, str]] = []  # (time, pod, what)
+        self.min_ready: int | None = None
+        self.sent = 0
+        self.threads = [threading.Thread(target=self._watch_endpoints, daemon=True),
+                        threading.Thread(target=self._send, daemon=True)]
+
+    def _watch_endpoints(self) -> None:
+        while not self.stop.is_set():
+            try:
+                slices = self.discovery.list_namespaced_endpoint_slice(
+                    self.namespace, label_selector=f"kubernetes.io/service-name={self.service}").items
+                ready = []
+                for s in slices:
+                    for ep in s.endpoints or []:
+                        if ep.conditions and ep.conditions.ready and ep.target_ref is not None:
+                            ready.append(ep.target_ref.name)
+                for name in ready:
+                    if name not in self.addresses:
+                        pod = self.core.read_namespaced_pod(name, self.namespace)
+                        address = pod_address(pod)
+                        if address:
+                            self.addresses[name] = address
+                with self.lock:
+                    self.endpoints = [(n, self.addresses[n]) for n in sorted(ready) if n in self.addresses]
+                    if self.sent:  # capacity is judged once traffic runs
+                        self.min_ready = len(ready) if self.min_ready is None else min(self.min_ready, len(ready))
+            except Exception:  # noqa: BLE001 - the next poll retries; the test judges what it saw
+                pass
+            self.stop.wait(0.2)
+
+    def _send(self) -> None:
+        turn = 0
+        while not self.stop.is_set():
+            started = time.monotonic()
+            with self.lock:
+                endpoints = list(self.endpoints)
+            if endpoints and not self.paused.is_set():
+                name, address = endpoints[turn % len(endpoints)]
+                turn += 1
+                self.sent += 1
+                req = urllib.request.Request(f"http://{address}/v2/models/{self.model}/infer", data=self.body,
+                                             headers={"Content-Type": "application/json"})
+                try:
+                    with urllib.request.urlopen(req, timeout=10) as resp:
+                        version = str(json.loads(resp.read()).get("model_version", "?"))
+                        self.answers[version] = self.answers.get(version, 0) + 1
+                except urllib.error.HTTPError as exc:
+                    self.failures.append((time.time(), name, f"HTTP {exc.code}"))
+                except OSError as exc:
+                    self.failures.append((time.time(), name, f"{type(exc).__name__}: {exc}"))
+            self.stop.wait(max(0.0, 1 / self.rate - (time.monotonic() - started)))
+
+    def failures_of(self, pods_prefix: str = "") -> list[tuple[float, str, str]]:
+        return [f for f in self.failures if f[1].startswith(pods_prefix)]
+
+    def __enter__(self) -> ServiceTraffic:
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(timeout=15)

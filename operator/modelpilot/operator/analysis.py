@@ -45,10 +45,15 @@ SHIFT_QUERY = ("0.5 * sum(abs("
                " / scalar(sum(rate(modelpilot_predictions_total{{{base}}}[{interval}]))))))")
 SAMPLES_QUERY = "sum(increase(modelpilot_requests_total{{{sel}}}[{interval}]))"
 
+#: Defaults that do not roll back an identical model on noise: p99 of a freshly started pod over a short
+#: window varies by tens of milliseconds, so the latency check allows 1.5 × baseline + 50 ms (a real
+#: regression of that size still fails); with ``failureLimit`` 1 two failing rounds are needed, and
+#: ``minSamples`` 50 keeps one slow request from being a p99.
 DEFAULT_CHECKS: list[dict[str, Any]] = [
     {"name": "error-rate", "maxDelta": 0.01},
-    {"name": "latency-p99", "maxRatio": 1.5, "slack": 0.01},
+    {"name": "latency-p99", "maxRatio": 1.5, "slack": 0.05},
 ]
+DEFAULT_MIN_SAMPLES = 50
 
 
 class AnalysisSpecError(ValueError):
@@ -77,9 +82,11 @@ class Measurement:
     samples: float | None
     query: str
     message: str
+    stored_baseline: bool = False
 
     def as_status(self) -> dict[str, Any]:
         data = asdict(self)
+        data["storedBaseline"] = data.pop("stored_baseline")
         for key in ("value", "baseline", "samples"):
             if data[key] is not None:
                 data[key] = round(float(data[key]), 6)
@@ -89,7 +96,7 @@ class Measurement:
 @dataclass(frozen=True)
 class Settings:
     interval: str = "1m"
-    min_samples: int = 20
+    min_samples: int = DEFAULT_MIN_SAMPLES
     no_data: str = "hold"
     checks: list[dict[str, Any]] = field(default_factory=lambda: list(DEFAULT_CHECKS))
 
@@ -113,7 +120,7 @@ class Settings:
         interval = str(spec.get("interval", "1m"))
         if not interval[:-1].isdigit() or interval[-1] not in "smh":
             raise AnalysisSpecError(f"analysis.interval {interval!r} must look like 30s, 1m or 1h")
-        return cls(interval=interval, min_samples=int(spec.get("minSamples", 20)), no_data=no_data, checks=checks)
+        return cls(interval=interval, min_samples=int(spec.get("minSamples", DEFAULT_MIN_SAMPLES)), no_data=no_data, checks=checks)
 
 
 def render(template: str, target: Target, interval: str, baseline: Target | None = None) -> str:
@@ -150,9 +157,31 @@ def judge(check: dict[str, Any], value: float, baseline: float | None) -> tuple[
     return (not reasons), ("; ".join(reasons) or "within threshold")
 
 
-def measure(query: Query, settings: Settings, candidate: Target, baseline: Target | None) -> list[Measurement]:
-    """Run every check for ``candidate`` (against ``baseline`` where one is given)."""
-    samples_q = render(SAMPLES_QUERY, candidate, settings.interval)
+def window_text(settings: Settings, step_seconds: int | None) -> str:
+    """The range of every query: the step's own time (samples from this step only), at most ``interval``."""
+    longest = parse_duration(settings.interval)
+    if step_seconds is None:
+        return settings.interval
+    return f"{max(1, min(step_seconds, longest))}s"
+
+
+def parse_duration(text: str) -> int:
+    """``30s`` / ``1m`` / ``2h`` in seconds."""
+    return int(text[:-1]) * {"s": 1, "m": 60, "h": 3600}[text[-1]]
+
+
+def measure(query: Query, settings: Settings, candidate: Target, baseline: Target | None,
+            step_seconds: int | None = None, stored_baselines: dict[str, float] | None = None,
+            baseline_query: Query | None = None) -> list[Measurement]:
+    """Run every check for ``candidate`` (against ``baseline`` where one is given).
+
+    ``step_seconds``: how long the step has run; queries cover only that time (never an earlier step's
+    traffic). ``stored_baselines`` (check name → value): when the stable version serves no traffic (the
+    100 % step), relative checks compare with the value measured at an earlier step; a check without one
+    is measured on the stable version by ``baseline_query`` (e.g. at the rollout's start), if given.
+    """
+    interval = window_text(settings, step_seconds)
+    samples_q = render(SAMPLES_QUERY, candidate, interval)
     try:
         samples = query(samples_q)
     except PrometheusError as exc:
@@ -165,28 +194,32 @@ def measure(query: Query, settings: Settings, candidate: Target, baseline: Targe
             template = SHIFT_QUERY
         else:
             template = check.get("query") or BUILTIN_QUERIES[name]
-        q = render(template, candidate, settings.interval, baseline)
+        q = render(template, candidate, interval, baseline)
         threshold = _threshold_text(check)
         if samples is None or samples < settings.min_samples:
             results.append(Measurement(name, NODATA, None, None, threshold, samples, q,
-                                       f"{0 if samples is None else samples:.0f} requests < minSamples "
-                                       f"{settings.min_samples}"))
+                                       f"{0 if samples is None else samples:.0f} requests in the last {interval} "
+                                       f"< minSamples {settings.min_samples}"))
             continue
+        needs_base = baseline is not None and name != "prediction-shift" and any(
+            k in check for k in ("maxDelta", "minDelta", "maxRatio"))
+        stored = stored_baselines is not None
         try:
             value = query(q)
             base_value = None
-            needs_base = baseline is not None and name != "prediction-shift" and any(
-                k in check for k in ("maxDelta", "minDelta", "maxRatio"))
-            if needs_base:
+            if needs_base and stored and name in (stored_baselines or {}):
+                base_value = (stored_baselines or {})[name]
+            elif needs_base:
                 assert baseline is not None
-                base_value = query(render(template, baseline, settings.interval))
+                ask = baseline_query if (stored and baseline_query is not None) else query
+                base_value = ask(render(template, baseline, settings.interval if stored else interval))
         except PrometheusError as exc:
             results.append(Measurement(name, ERROR, None, None, threshold, samples, q, str(exc)))
             continue
         if name == "error-rate" and value is None and samples >= settings.min_samples:
             value = 0.0  # requests exist, none failed: 0/n, not "no data"
-        if name == "error-rate" and base_value is None and needs_base:
-            base_value = 0.0 if baseline is not None else None
+        if name == "error-rate" and base_value is None and needs_base and not stored:
+            base_value = 0.0
         if name == "prediction-shift":
             base_value = 0.0
         if value is None or (isinstance(value, float) and math.isnan(value)):
@@ -194,7 +227,10 @@ def measure(query: Query, settings: Settings, candidate: Target, baseline: Targe
                                        "the query returned no value"))
             continue
         ok, why = judge(check, value, base_value)
-        results.append(Measurement(name, PASS if ok else FAIL, value, base_value, threshold, samples, q, why))
+        if stored and needs_base and base_value is not None:
+            why += " (baseline: the stable version at an earlier step)"
+        results.append(Measurement(name, PASS if ok else FAIL, value, base_value, threshold, samples, q, why,
+                                   stored_baseline=stored and needs_base))
     return results
 
 

@@ -28,6 +28,11 @@ SERVING_PORT = 8080
 # otherwise). The number lives on both sides of the contract: the operator never imports the server.
 GRPC_PORT = 8081
 SELECTOR_LABEL = "modelpilot.io/modelversion"
+#: Seconds a deleted serving pod keeps serving before SIGTERM (see build_deployment).
+PRESTOP_SLEEP_SECONDS = 5
+#: Request header that pins a request to a track of a Gateway-routed canary (``canary`` or ``stable``).
+TRACK_HEADER = "x-modelpilot-track"
+VERSION_LABEL = "modelpilot.io/version"  # on the pod template: the model version a track's pods serve
 TRACK_LABEL = "modelpilot.io/track"  # stable | canary; the Service selects both, so replicas split traffic
 DEFAULT_RESOURCES = {"requests": {"cpu": "100m", "memory": "256Mi"}}
 
@@ -66,7 +71,7 @@ def labels(owner: Owner, model: ResolvedModel) -> dict[str, str]:
         "app.kubernetes.io/version": label_value(model.version),
         SELECTOR_LABEL: owner.name,
         "modelpilot.io/model": label_value(model.name),
-        "modelpilot.io/version": label_value(model.version),
+        VERSION_LABEL: label_value(model.version),
         "modelpilot.io/run-id": label_value(model.run_id),
     }
 
@@ -164,6 +169,10 @@ def build_deployment(owner: Owner, spec: dict[str, Any], model: ResolvedModel, t
         },
         # The model is downloaded at start; with a read-only root it needs a writable scratch space.
         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+        # A deleted pod keeps serving for a few seconds before SIGTERM: its endpoint is withdrawn at once, but
+        # kube-proxy and Gateways take a moment to stop sending to it, and a server that stopped listening in
+        # that moment fails requests (promote, rollback and scale-down would each drop some).
+        "lifecycle": {"preStop": {"sleep": {"seconds": PRESTOP_SLEEP_SECONDS}}},
     }
     pod_spec: dict[str, Any] = {
         "containers": [container],
@@ -204,16 +213,59 @@ def build_deployment(owner: Owner, spec: dict[str, Any], model: ResolvedModel, t
     return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": meta, "spec": deployment_spec}
 
 
-def build_service(owner: Owner, model: ResolvedModel) -> Manifest:
+def gateway_routing(spec: dict[str, Any]) -> bool:
+    """Whether the ModelVersion routes through a Gateway (``spec.routing.gatewayRef``)."""
+    return bool((spec.get("routing") or {}).get("gatewayRef"))
+
+
+def build_service(owner: Owner, model: ResolvedModel, track: str = "", named: bool = False) -> Manifest:
+    """The ModelVersion's Service ``<name>``: both tracks' pods (replica-ratio canaries split traffic by
+    ready replicas behind it), or only ``track``'s. ``named`` gives the per-track Service ``<name>-<track>``
+    a Gateway routes to. With a Gateway the main Service selects the stable track only, so in-cluster
+    clients that bypass the Gateway never reach a canary beyond its weight."""
+    selector = {SELECTOR_LABEL: owner.name, **({TRACK_LABEL: track} if track else {})}
     return {
-        "apiVersion": "v1", "kind": "Service", "metadata": _meta(owner, owner.name, model),
-        "spec": {"type": "ClusterIP", "selector": {SELECTOR_LABEL: owner.name},
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": _meta(owner, f"{owner.name}-{track}" if named else owner.name, model),
+        "spec": {"type": "ClusterIP", "selector": selector,
                  "ports": [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"},
                            # h2c: the Kubernetes / Gateway API name for cleartext HTTP/2 (what gRPC
                            # without TLS is), so meshes and gateways proxy it as HTTP/2, not HTTP/1.
                            {"name": "grpc", "port": GRPC_PORT, "targetPort": "grpc", "protocol": "TCP",
                             "appProtocol": "kubernetes.io/h2c"}]},
     }
+
+
+def build_canary_route(owner: Owner, spec: dict[str, Any], model: ResolvedModel, canary_weight: int,
+                       mirror: bool, canary_active: bool) -> Manifest:
+    """The HTTPRoute of a Gateway-routed ModelVersion (``spec.routing.gatewayRef``): the default rule sends
+    ``canary_weight`` % to ``<name>-canary`` and the rest to ``<name>-stable``, exactly; with ``mirror`` (the
+    shadow phase) live traffic is also copied to the canary, whose answers are dropped. While a canary runs,
+    the header ``x-modelpilot-track: canary|stable`` pins a request to a track (QA)."""
+    gateway = (spec.get("routing") or {})["gatewayRef"]
+    parent: dict[str, Any] = {"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": gateway["name"]}
+    for key in ("namespace", "sectionName"):
+        if gateway.get(key):
+            parent[key] = gateway[key]
+
+    def ref(track: str, weight: int | None = None) -> dict[str, Any]:
+        backend: dict[str, Any] = {"kind": "Service", "name": f"{owner.name}-{track}", "port": 80}
+        if weight is not None:
+            backend["weight"] = weight
+        return backend
+
+    rules: list[dict[str, Any]] = []
+    if canary_active:
+        rules = [{"matches": [{"headers": [{"type": "Exact", "name": TRACK_HEADER, "value": track}]}],
+                  "backendRefs": [ref(track)]} for track in ("canary", "stable")]
+    default: dict[str, Any] = {"backendRefs": [ref("stable", 100 - canary_weight)]}
+    if canary_active:
+        default["backendRefs"].append(ref("canary", canary_weight))
+    if mirror and canary_active:
+        default["filters"] = [{"type": "RequestMirror", "requestMirror": {"backendRef": ref("canary")}}]
+    rules.append(default)
+    return {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+            "metadata": _meta(owner, owner.name, model), "spec": {"parentRefs": [parent], "rules": rules}}
 
 
 def build_hpa(owner: Owner, spec: dict[str, Any], model: ResolvedModel) -> Manifest | None:
@@ -249,7 +301,7 @@ def build_all(owner: Owner, spec: dict[str, Any], model: ResolvedModel, tracking
     """Every object a ModelVersion owns, by kind; ``None`` means "must not exist"."""
     return {
         "Deployment": build_deployment(owner, spec, model, tracking_uri, default_image),
-        "Service": build_service(owner, model),
+        "Service": build_service(owner, model, "stable" if gateway_routing(spec) else ""),
         "HorizontalPodAutoscaler": build_hpa(owner, spec, model),
         "PodDisruptionBudget": build_pdb(owner, spec, model),
     }

@@ -14,11 +14,11 @@ from typing import Any
 
 import kopf
 
-from modelpilot.operator import metrics
+from modelpilot.operator import metrics, rollout
 from modelpilot.operator.kube import Kube, KubeError
 from modelpilot.operator.abtest_reconcile import ABTestReconciler
 from modelpilot.operator.builders import SELECTOR_LABEL
-from modelpilot.operator.reconcile import Reconciler, Result
+from modelpilot.operator.reconcile import Reconciler, Result, pending_action
 from modelpilot.operator.settings import OperatorSettings
 
 GROUP, VERSION, PLURAL = "modelpilot.io", "v1alpha1", "modelversions"
@@ -120,7 +120,7 @@ def _follows_alias(spec: kopf.Spec, **_: Any) -> bool:
 
 
 def _rolling_out(status: kopf.Status, **_: Any) -> bool:
-    return (status.get("rollout") or {}).get("phase") in ("Progressing", "Paused")
+    return (status.get("rollout") or {}).get("phase") in rollout.ACTIVE
 
 
 def rollout_tick(body: kopf.Body, **_: Any) -> None:
@@ -128,11 +128,20 @@ def rollout_tick(body: kopf.Body, **_: Any) -> None:
     _measured_or_logged(body, refresh=False)
 
 
-@kopf.on.field(GROUP, VERSION, PLURAL, field="metadata.annotations")
-def annotation_changed(body: kopf.Body, **_: Any) -> None:
-    """`modelpilot promote|abort|pause|resume` set an annotation: act on it without waiting for a tick."""
-    if ((body.get("status") or {}).get("rollout") or {}).get("phase") in ("Progressing", "Paused"):
-        _measured_or_logged(body, refresh=False)
+def _action_pending(body: kopf.Body, **_: Any) -> bool:
+    status = dict(body.get("status") or {})
+    value = str((body.get("metadata", {}).get("annotations") or {}).get(rollout.ACTION_ANNOTATION, ""))
+    return bool(value) and bool(pending_action(value, dict(status.get("rollout") or {}), status))
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL, when=_action_pending)
+def action_requested(body: kopf.Body, **_: Any) -> None:
+    """`modelpilot promote|abort|pause|resume|undo` set an annotation: act on it at once, not at the next tick
+    (and for undo there is no tick). An event handler filtered on "set and not handled yet", not a field
+    handler: kopf leaves annotations under its own storage prefix (``modelpilot.io/``) out of the diff it
+    compares, so a field handler never saw the action. Once acted on, ``status.rollout.handledAction``
+    equals the value and the filter is false."""
+    _measured_or_logged(body, refresh=False)
 
 
 def follow_alias(body: kopf.Body, logger: logging.Logger, **_: Any) -> None:

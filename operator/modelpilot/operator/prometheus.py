@@ -33,9 +33,13 @@ class Prometheus:
     def close(self) -> None:
         self.client.close()
 
-    def query(self, promql: str) -> list[Sample]:
+    def query(self, promql: str, at: float | None = None) -> list[Sample]:
+        """Samples of an instant query, evaluated now or at ``at`` (epoch seconds)."""
+        params: dict[str, str] = {"query": promql}
+        if at is not None:
+            params["time"] = f"{at:.3f}"
         try:
-            resp = self.client.get("/api/v1/query", params={"query": promql})
+            resp = self.client.get("/api/v1/query", params=params)
         except httpx.HTTPError as exc:
             raise PrometheusError(f"Prometheus at {self.url} is unreachable ({type(exc).__name__})") from exc
         try:
@@ -53,10 +57,19 @@ class Prometheus:
             samples.append(Sample(dict(item.get("metric") or {}), value))
         return samples
 
-    def scalar(self, promql: str) -> float | None:
-        """The single value of a query, or ``None`` when it has no (finite) result."""
-        samples = self.query(promql)
+    def scalar(self, promql: str, at: float | None = None) -> float | None:
+        """The single value of a query, or ``None`` when it has no (finite) result.
+
+        A query that returns several series is an error, not its first series: a check compares one
+        number, and which series comes first is arbitrary (cf. argo-rollouts#363).
+        """
+        samples = self.query(promql, at)
         if not samples:
             return None
+        if len(samples) > 1:
+            shown = ", ".join("{" + ", ".join(f'{k}="{v}"' for k, v in sorted(s.labels.items())) + "}"
+                              for s in samples[:3])
+            raise PrometheusError(f"the query returned {len(samples)} series ({shown}{', …' if len(samples) > 3 else ''})"
+                                  "; a check needs one value: aggregate it, e.g. sum(...) or max(...)")
         value = samples[0].value
         return None if math.isnan(value) or math.isinf(value) else value

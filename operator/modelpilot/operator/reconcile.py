@@ -37,7 +37,7 @@ from modelpilot.operator.registry import (
 from modelpilot.operator.settings import OperatorSettings
 
 RegistryFactory = Callable[[str, Credentials], Registry]
-ACTION_ANNOTATION = "modelpilot.io/rollout-action"
+ACTION_ANNOTATION = rollout.ACTION_ANNOTATION
 
 
 def now_iso() -> str:
@@ -207,10 +207,71 @@ def canary_reconciling(status: dict[str, Any]) -> tuple[str, str] | None:
              f"version {ro.get('stableVersion', '?')} serves the rest")
     if ro.get("phase") == "Paused":
         return "CanaryPaused", f"{where}; paused: promote or abort it (modelpilot promote|abort)"
+    if ro.get("phase") == "Promoting":
+        return "Promoting", (f"promoting version {ro.get('canaryVersion', '?')}: bringing it to full size on the "
+                             "stable Deployment before the canary is removed")
+    if ro.get("phase") == "RollingBack":
+        return "RollingBack", (f"rolling back to version {ro.get('stableVersion', '?')}: bringing it to full size "
+                               f"before the canary is removed ({ro.get('reason') or ''})")
     return "CanaryRollingOut", f"{where}; waiting for promotion or rollback"
 
 
 READINESS_CONDITIONS = ("Ready", "Reconciling", "Stalled")
+
+
+def pending_action(value: str, ro: dict[str, Any], status: dict[str, Any]) -> str:
+    """The manual action the annotation value asks for and that was not handled yet, or "".
+
+    The value is ``<action>`` or ``<action>/<version>`` (what ``modelpilot promote|undo`` writes): promote,
+    abort, pause and resume apply to a stepping rollout (with a version, only to that canary); ``undo``
+    applies when no rollout is active (with a version, only while that version serves). A value is acted
+    on once: the handled value is kept in ``status.rollout.handledAction`` and carried into later rollouts.
+    """
+    action, _, version = value.strip().partition("/")
+    if not value or value.strip() == ro.get("handledAction"):
+        return ""
+    if action == "undo":
+        serving = (status.get("model") or {}).get("version")
+        if ro.get("phase") in rollout.ACTIVE or not serving:
+            return ""
+        return "" if version and version != serving else action
+    if action not in ("promote", "abort", "pause", "resume") or ro.get("phase") not in rollout.STEPPING:
+        return ""
+    if version and version != ro.get("canaryVersion"):
+        return ""
+    return action
+
+
+def replace_action(world: rollout.World, action: str) -> rollout.World:
+    return dataclasses.replace(world, action=action)
+
+
+def _timestamp(value: Any) -> float:
+    """Epoch seconds of an API timestamp: ``2026-01-05T10:00:00Z`` as served, or the client's rendering of it
+    (a ``datetime``, or ISO text with ``+00:00``)."""
+    if isinstance(value, datetime):
+        return value.timestamp()
+    return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
+
+
+def pod_health(pods: list[dict[str, Any]]) -> rollout.Health:
+    """The canary pods' health for the planner: restarts summed over containers, pods not ready (ignoring
+    those being deleted), the latest change of a Ready condition, and the diagnosis of what is wrong."""
+    restarts, not_ready, last = 0, [], None
+    for pod in pods:
+        meta, pstatus = pod.get("metadata") or {}, pod.get("status") or {}
+        if meta.get("deletionTimestamp"):
+            continue
+        restarts += sum(int(c.get("restartCount") or 0) for c in pstatus.get("containerStatuses") or [])
+        ready = next((c for c in pstatus.get("conditions") or [] if c.get("type") == "Ready"), {})
+        if ready.get("status") != "True":
+            not_ready.append(str(meta.get("name", "?")))
+        if ready.get("lastTransitionTime"):
+            changed = _timestamp(ready["lastTransitionTime"])
+            last = changed if last is None else max(last, changed)
+    problem = diagnosis.serving_problem(pods)
+    return rollout.Health(restarts=restarts, not_ready=tuple(not_ready), last_ready_change=last,
+                          problem=problem.message if problem else "")
 
 
 def rollout_phase(status: dict[str, Any]) -> str:
@@ -278,7 +339,13 @@ class Reconciler:
         current = pinned(status, ref)  # the stable version, when it still answers the spec
         ro = dict(status.get("rollout") or {})
         known_canary = pinned({"model": ro.get("canaryModel") or {}}, ref) if ro.get("canaryModel") else None
-        model = current or known_canary
+        # While a rollout is active its canary is the newest answer to the spec's reference: with an alias both
+        # the pinned stable version and the canary answer it, and the canary is where the alias points. (Taking
+        # the stable one cancelled and restarted every alias-triggered canary on each tick.)
+        if ro.get("phase") in rollout.ACTIVE and ro.get("kind") != "Undo":
+            model = known_canary or current
+        else:
+            model = current or known_canary
         if model is None or refresh:
             try:
                 model = self.resolve(namespace, spec)
@@ -304,20 +371,26 @@ class Reconciler:
 
         canary_enabled = bool(spec.get("rollout"))
         member = self.abtest_membership(namespace, name)  # the same pod labels and replicas on every path
-        if stable_model is None or model.version == stable_model.version or not canary_enabled:
-            # First deployment, nothing changed, or a plain rolling update (no spec.rollout).
-            if ro.get("phase") in rollout.ACTIVE:
-                ro.update(phase="Cancelled", finishedAt=now, reason="the spec no longer asks for the canary version")
-                events.append(Event("Normal", "RolloutCancelled", ro["reason"]))
-                status["rollout"] = ro
-            elif ro.get("phase") == "RolledBack" and ro.get("rejectedVersion") != model.version:
+        assigned = member.replicas if member else None  # an ABTest's replica-ratio share, if any
+        total = int(assigned if assigned is not None else spec.get("replicas", 1)) or 1
+        rejected = (ro.get("phase") == "RolledBack" and ro.get("rejectedVersion") == model.version
+                    and stable_model is not None and stable_model.version != model.version)
+        undo = self._pending_action(body, ro, status) == "undo" and stable_model is not None
+        if stable_model is not None and (ro.get("phase") in rollout.ACTIVE or rejected or undo or (
+                canary_enabled and model.version != stable_model.version)):
+            events += self._canary(owner, spec, status, stable_model, model, body, now, member, total)
+        else:
+            # First deployment, nothing changed, or a plain rolling update (no spec.rollout): the Deployment's own
+            # rolling update (maxSurge 1, maxUnavailable 0) keeps every replica serving.
+            if ro.get("phase") == "RolledBack" and ro.get("rejectedVersion") != model.version:
                 ro["phase"] = "Superseded"  # the spec moved on from the rejected version
                 status["rollout"] = ro
             self.kube.delete_owned("Deployment", namespace, builders.deployment_name(owner, "canary"), owner.uid)
             self._apply_stable(owner, spec, model, member)
+            self._apply_routing(owner, spec, model, status)
+            if stable_model is not None and stable_model.version != model.version:
+                status["previousModel"] = stable_model.as_status(signature=False)
             status["model"] = model.as_status()
-        else:
-            events += self._canary(owner, spec, status, stable_model, model, body, now, member)
         deployment = self.kube.read_deployment(namespace, name)
         status, ready_events = self._write_readiness(namespace, name, status, spec, generation, deployment, now,
                                                      self.pods_of(namespace, deployment, spec))
@@ -401,71 +474,151 @@ class Reconciler:
                 self.kube.apply(manifest)
 
     def _canary(self, owner: builders.Owner, spec: dict[str, Any], status: dict[str, Any], stable: ResolvedModel,
-                candidate: ResolvedModel, body: dict[str, Any], now_text: str,
-                member: Membership | None = None) -> list[Event]:
-        """One step of a guarded canary: traffic by replica ratio, analysis, promote or roll back."""
+                candidate: ResolvedModel, body: dict[str, Any], now_text: str, member: Membership | None,
+                total: int) -> list[Event]:
+        """One tick of a guarded rollout: observe both tracks, plan (``rollout.plan``, pure), act."""
         events: list[Event] = []
         now = rollout.parse_time(now_text)
-        ro = dict(status.get("rollout") or {})
+        old = dict(status.get("rollout") or {})
+        ro = dict(old)
         canary_name = builders.deployment_name(owner, "canary")
-        assigned = member.replicas if member else None  # an ABTest's replica-ratio share, if any
-        total = int(assigned if assigned is not None else spec.get("replicas", 1)) or 1
-        if ro.get("phase") == "RolledBack" and ro.get("rejectedVersion") == candidate.version:
+        world = self._observe_tracks(owner, spec)
+        action = self._pending_action(body, ro, status)
+        handled = self._annotation(body) if action else ro.get("handledAction")
+        if ro.get("phase") == "RolledBack" and ro.get("rejectedVersion") == candidate.version and action != "undo":
             # Rejected: keep serving the stable version until the spec or the alias points elsewhere.
             self.kube.delete_owned("Deployment", owner.namespace, canary_name, owner.uid)
             self._apply_stable(owner, spec, stable, member)
+            self._apply_routing(owner, spec, stable, status)
+            status["model"] = stable.as_status()
             return events
-        if ro.get("phase") not in rollout.ACTIVE or ro.get("canaryVersion") != candidate.version:
-            decision = rollout.start(stable.as_status(signature=False), candidate.as_status(signature=False),
-                                     spec, now)
-            if ro.get("handledAction"):  # an annotation already acted on must not hit the next canary
-                decision.rollout["handledAction"] = ro["handledAction"]
-            events.append(Event("Normal", "RolloutStarted", decision.message))
+        stepping = ro.get("phase") in rollout.STEPPING
+        if action == "undo" and ro.get("phase") not in rollout.ACTIVE:
+            previous = status.get("previousModel") or {}
+            if not previous.get("version") or previous.get("version") == stable.version:
+                status["rollout"] = {**ro, "handledAction": handled}
+                self._apply_stable(owner, spec, stable, member)
+                self._apply_routing(owner, spec, stable, status)
+                return [Event("Warning", "UndoImpossible", f"nothing to undo: no earlier version than "
+                              f"{stable.version} is recorded in status.previousModel")]
+            # The spec's version stays rejected (usually the serving one; after an earlier rollback the spec may
+            # still name the version that was rolled back), so the undo is not followed by a new canary of it.
+            start = rollout.start(stable.as_status(signature=False), previous, spec, now, kind="Undo",
+                                  reason="requested with modelpilot undo", rejected=candidate.version)
+            decision = self._started(start, spec, total, world, now)
+        elif not stepping and ro.get("phase") in rollout.ACTIVE:
+            decision = rollout.plan(ro, spec, total, world, now)  # Promoting / RollingBack: finish first
+        elif stepping and ro.get("kind") != "Undo" and candidate.version == stable.version:
+            decision = rollout.cancel(ro, spec, world, total, now, f"the spec asks for version {stable.version} "
+                                      f"again, not the canary version {ro.get('canaryVersion')}")
+        elif stepping and ro.get("kind") != "Undo" and not spec.get("rollout"):
+            decision = rollout.promote_now(ro, spec, world, total, now, "spec.rollout was removed: the spec's version "
+                                           "is rolled out without further steps")
+        elif not stepping or (ro.get("kind") != "Undo" and ro.get("canaryVersion") != candidate.version):
+            start = rollout.start(stable.as_status(signature=False), candidate.as_status(signature=False), spec, now)
+            decision = self._started(start, spec, total, world, now)
         else:
-            action = self._pending_action(body, ro)
-            canary_dep = self.kube.read_deployment(owner.namespace, canary_name)
-            canary_ready = observe(canary_dep, spec)["ready"]
-            problem = None if canary_ready else diagnosis.serving_problem(
-                self.pods_of(owner.namespace, canary_dep, spec) or [])
-            verdict, measurements = None, None
-            cfg = rollout.settings(spec)
-            due = now - rollout.parse_time(ro["stepStartedAt"]) >= cfg["interval"]
-            if canary_ready and due and cfg["analysis"] and ro.get("phase") == "Progressing" and not action:
-                verdict, measurements = self._analyse(owner, spec, stable, candidate)
-            decision = rollout.step(ro, spec, now, canary_ready, verdict, measurements, action,
-                                    canary_problem=problem.message if problem else "")
-            if action:
-                decision.rollout["handledAction"] = self._annotation(body)
-            events += self._canary_problem(decision.rollout, candidate, problem)
-            kind = {"Advance": ("Normal", "RolloutStep"), "Promote": ("Normal", "Promoted"),
-                    "RollBack": ("Warning", "RolledBack"), "Pause": ("Warning", "RolloutPaused")}.get(decision.action)
-            if kind:
-                events.append(Event(kind[0], kind[1], decision.message))
-        ro = decision.rollout
+            canary_model = self._canary_model(ro, candidate)
+            window = rollout.analysis_window(ro, spec, replace_action(world, action), total, now)
+            verdict, measurements = (self._analyse(owner, spec, stable, canary_model, window, ro)
+                                     if window is not None else (None, None))
+            world = dataclasses.replace(world, action=action, verdict=verdict, measurements=measurements)
+            decision = rollout.plan(ro, spec, total, world, now)
+        ro = {**dict.fromkeys(old), **decision.rollout}  # keys the decision dropped are removed (merge patch)
+        if handled:
+            ro["handledAction"] = handled
+        events += self._canary_problem(ro, ro.get("canaryVersion", candidate.version), world.health.problem)
+        kind = {"Start": ("Normal", "RolloutStarted"), "Advance": ("Normal", "RolloutStep"),
+                "Promote": ("Normal", "Promoting"), "Promoted": ("Normal", "Promoted"),
+                "RollBack": ("Warning", "RolledBack"), "RolledBack": ("Normal", "RollbackComplete"),
+                "Cancel": ("Normal", "RolloutCancelled"), "Pause": ("Warning", "RolloutPaused")}.get(decision.action)
+        if kind:
+            events.append(Event(kind[0], kind[1], decision.message))
+        if decision.warning:
+            events.append(Event("Warning", "WeightNotHonoured", decision.warning))
         status["rollout"] = ro
         metrics.observe_rollout(owner.namespace, owner.name, decision.action, ro)
-        if decision.action == "Promote":
-            candidate = self._with_signature(owner.namespace, spec, candidate)
-            self._apply_stable(owner, spec, candidate, member)  # rolling update keeps old pods until new ones are ready
+        canary_model = self._canary_model(ro, candidate)
+        survivor = canary_model if decision.stable_model == "canary" else stable
+        if decision.canary_replicas is None:
             self.kube.delete_owned("Deployment", owner.namespace, canary_name, owner.uid)
-            status["model"] = candidate.as_status()
-            events += self._write_back(owner.namespace, spec, status, candidate, promoted=True,
-                                       reason=decision.message, now=now_text)
-        elif decision.action == "RollBack":
-            self.kube.delete_owned("Deployment", owner.namespace, canary_name, owner.uid)
-            self._apply_stable(owner, spec, stable, member)
-            status["model"] = stable.as_status()
-            events += self._write_back(owner.namespace, spec, status, candidate, promoted=False,
-                                       reason=decision.message, now=now_text)
         else:
-            stable_replicas, canary_replicas = rollout.split(total, int(ro["weight"]))
-            ro["replicas"] = {"stable": stable_replicas, "canary": canary_replicas}
-            ro["effectiveWeight"] = rollout.effective_weight(stable_replicas, canary_replicas)
-            self.kube.apply(self._deployment(owner, spec, candidate, member, track="canary",
-                                             replicas=canary_replicas))
-            self._apply_stable(owner, spec, stable, member, stable_replicas)
-            status["model"] = stable.as_status()
+            self.kube.apply(self._deployment(owner, spec, canary_model, member, track="canary",
+                                             replicas=decision.canary_replicas))
+        if decision.action in ("Promoted", "RolledBack", "Cancelled") and survivor.version != stable.version:
+            survivor = self._with_signature(owner.namespace, spec, survivor)
+        self._apply_stable(owner, spec, survivor, member, decision.stable_replicas)
+        self._apply_routing(owner, spec, survivor, status, decision.route_weight or 0, decision.mirror,
+                            canary_active=decision.canary_replicas is not None)
+        status["model"] = stable.as_status()
+        if decision.action in ("Promoted", "RolledBack", "Cancelled"):
+            if survivor.version != stable.version:
+                status["previousModel"] = stable.as_status(signature=False)
+                status["model"] = survivor.as_status()
+            if ro.get("kind") != "Undo" and decision.action in ("Promoted", "RolledBack"):
+                events += self._write_back(owner.namespace, spec, status, canary_model,
+                                           promoted=decision.action == "Promoted", reason=str(ro.get("reason") or ""),
+                                           now=now_text)
         return events
+
+    def _apply_routing(self, owner: builders.Owner, spec: dict[str, Any], model: ResolvedModel,
+                       status: dict[str, Any], canary_weight: int = 0, mirror: bool = False,
+                       canary_active: bool = False) -> None:
+        """With ``spec.routing.gatewayRef``: the per-track Services and the HTTPRoute with the canary's exact
+        weight (0 and no canary rules when none runs), named in ``status.gatewayRoute``. Without it, the
+        route and Services a previous spec had are deleted."""
+        if builders.gateway_routing(spec):
+            for track in ("stable", "canary"):
+                self.kube.apply(builders.build_service(owner, model, track, named=True))
+            self.kube.apply(builders.build_canary_route(owner, spec, model, canary_weight, mirror, canary_active))
+            status["gatewayRoute"] = owner.name
+        elif status.get("gatewayRoute"):
+            self.kube.delete_owned("HTTPRoute", owner.namespace, owner.name, owner.uid)
+            for track in ("stable", "canary"):
+                self.kube.delete_owned("Service", owner.namespace, f"{owner.name}-{track}", owner.uid)
+            status["gatewayRoute"] = None
+
+    @staticmethod
+    def _started(start: rollout.Decision, spec: dict[str, Any], total: int, world: rollout.World,
+                 now: float) -> rollout.Decision:
+        """A new rollout's first tick: its record from ``start``, its replicas from the planner."""
+        first = rollout.plan(start.rollout, spec, total, world, now)
+        return dataclasses.replace(first, action="Start", message=start.message)
+
+    @staticmethod
+    def _canary_model(ro: dict[str, Any], fallback: ResolvedModel) -> ResolvedModel:
+        """The canary track's model, from the rollout record (for an undo it is the previous version)."""
+        record = ro.get("canaryModel") or {}
+        model = pinned({"model": record}, ModelRef(str(record.get("name") or fallback.name),
+                                                    version=str(record.get("version") or "")))
+        return model or fallback
+
+    def _observe_tracks(self, owner: builders.Owner, spec: dict[str, Any]) -> rollout.World:
+        """Both tracks' Deployments and the canary pods' health, as the planner reads them."""
+        tracks = []
+        for track in ("stable", "canary"):
+            dep = self.kube.read_deployment(owner.namespace, builders.deployment_name(owner, track))
+            if dep is None:
+                tracks.append(rollout.Track())
+                continue
+            dstatus, dspec = dep.get("status") or {}, dep.get("spec") or {}
+            current = int(dstatus.get("observedGeneration") or 0) >= int(dep["metadata"].get("generation") or 0)
+            ready = min(int(dstatus.get("updatedReplicas") or 0), int(dstatus.get("availableReplicas") or 0))
+            template = ((dspec.get("template") or {}).get("metadata") or {}).get("labels") or {}
+            tracks.append(rollout.Track(
+                replicas=int(dspec.get("replicas") if dspec.get("replicas") is not None else 1),
+                ready=ready if current else 0, settled=bool(observe(dep, spec)["ready"]) and current,
+                version=str(template.get(builders.VERSION_LABEL, "")), exists=True))
+        health = rollout.Health()
+        if tracks[1].exists:
+            try:
+                pods = self.kube.list_pods(owner.namespace, {builders.SELECTOR_LABEL: owner.name,
+                                                              builders.TRACK_LABEL: "canary"})
+            except KubeError as exc:  # e.g. RBAC without pods: health is then judged on the Deployment only
+                logging.getLogger(__name__).warning("cannot read the canary pods: %s", exc)
+                pods = []
+            health = pod_health(pods)
+        return rollout.World(stable=tracks[0], canary=tracks[1], health=health)
 
     def _with_signature(self, namespace: str, spec: dict[str, Any], model: ResolvedModel) -> ResolvedModel:
         """The promoted version with its signature: a canary's copy in ``status.rollout`` has none (a status
@@ -481,54 +634,47 @@ class Reconciler:
                                    signature_truncated=full.signature_truncated, flavor=model.flavor or full.flavor)
 
     @staticmethod
-    def _canary_problem(ro: dict[str, Any], candidate: ResolvedModel,
-                        problem: diagnosis.Problem | None) -> list[Event]:
+    def _canary_problem(ro: dict[str, Any], version: str, problem: str) -> list[Event]:
         """Record why the canary's pods do not become ready in ``status.rollout.canaryProblem`` (the stable
         version still serves, so ``Ready`` is not touched) and post one Warning Event per distinct problem."""
         old = str(ro.get("canaryProblem") or "")
         ro["canaryProblem"] = None  # status is merge-patched: null removes it
-        if problem is None or ro.get("phase") not in rollout.ACTIVE:
+        if not problem or ro.get("phase") not in rollout.STEPPING:
             return []
-        same = bool(old) and diagnosis.same_problem(old, problem.message)
-        ro["canaryProblem"] = old if same and problem.reason == "ImagePullBackOff" else problem.message
-        return [] if same else [Event("Warning", diagnosis.REASON,
-                                      f"canary version {candidate.version}: {ro['canaryProblem']}")]
+        same = bool(old) and diagnosis.same_problem(old, problem)
+        ro["canaryProblem"] = old if same and "ImagePullBackOff" in problem else problem
+        return [] if same else [Event("Warning", diagnosis.REASON, f"canary version {version}: {ro['canaryProblem']}")]
 
     @staticmethod
     def _annotation(body: dict[str, Any]) -> str:
         return str(((body.get("metadata") or {}).get("annotations") or {}).get(ACTION_ANNOTATION, "")).strip()
 
-    def _pending_action(self, body: dict[str, Any], ro: dict[str, Any]) -> str:
-        """A manual action asked for through the annotation and not handled yet.
-
-        The value is ``<action>`` or ``<action>/<canary version>`` (what ``modelpilot promote`` writes);
-        with a version it only applies to that canary. A value is acted on once: the handled value is
-        kept in status and carried into later rollouts.
-        """
-        value = self._annotation(body)
-        action, _, version = value.partition("/")
-        if action not in ("promote", "abort", "pause", "resume") or value == ro.get("handledAction"):
-            return ""
-        if version and version != ro.get("canaryVersion"):
-            return ""
-        return action
+    def _pending_action(self, body: dict[str, Any], ro: dict[str, Any], status: dict[str, Any]) -> str:
+        return pending_action(self._annotation(body), ro, status)
 
     def _analyse(self, owner: builders.Owner, spec: dict[str, Any], stable: ResolvedModel,
-                 candidate: ResolvedModel) -> tuple[str, list[dict[str, Any]]]:
+                 candidate: ResolvedModel, step_seconds: int, ro: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
+        """One analysis round over this step's samples only. At a step where the stable version serves no
+        traffic (100 %), relative checks compare with the baselines of earlier steps, or — for a check no
+        earlier step measured — with the stable version's value just before the rollout started."""
         try:
             cfg = analysis.Settings.from_spec((spec.get("rollout") or {}).get("analysis"))
         except analysis.AnalysisSpecError as exc:
             return "Inconclusive", [{"check": "spec", "verdict": "Error", "value": None, "baseline": None,
                                      "threshold": "", "samples": None, "query": "", "message": str(exc)}]
         try:
-            prom = Prometheus(self.settings.prometheus_url, timeout=self.settings.registry_timeout_seconds)
+            prom = Prometheus(self.settings.prometheus_url, timeout=self.settings.prometheus_timeout_seconds)
         except PrometheusError as exc:
             return "Inconclusive", [{"check": "prometheus", "verdict": "Error", "value": None, "baseline": None,
                                      "threshold": "", "samples": None, "query": "", "message": str(exc)}]
+        stable_idle = int(ro.get("weight") or 0) >= 100
+        started = rollout.parse_time(ro["startedAt"]) if ro.get("startedAt") else None
         try:
-            results = analysis.measure(prom.scalar, cfg,
-                                       analysis.Target(owner.namespace, owner.name, candidate.version),
-                                       analysis.Target(owner.namespace, owner.name, stable.version))
+            results = analysis.measure(
+                prom.scalar, cfg, analysis.Target(owner.namespace, owner.name, candidate.version),
+                analysis.Target(owner.namespace, owner.name, stable.version), step_seconds=step_seconds,
+                stored_baselines=dict(ro.get("baselines") or {}) if stable_idle else None,
+                baseline_query=(lambda q: prom.scalar(q, at=started)) if stable_idle and started else None)
         finally:
             prom.close()
         for m in results:

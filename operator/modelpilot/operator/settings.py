@@ -35,6 +35,9 @@ class OperatorSettings:
     registry_timeout_seconds: float = 5.0
     """Timeout of one MLflow request (``MODELPILOT_REGISTRY_TIMEOUT_SECONDS``)."""
 
+    prometheus_timeout_seconds: float = 10.0
+    """Timeout of one Prometheus query of the analysis (``MODELPILOT_PROMETHEUS_TIMEOUT_SECONDS``)."""
+
     retry_delay_seconds: float = 10.0
     """First delay before retrying a failed registry lookup; doubles up to 5 minutes
     (``MODELPILOT_RETRY_DELAY_SECONDS``)."""
@@ -114,6 +117,7 @@ class OperatorSettings:
             serving_image=env.get("MODELPILOT_SERVING_IMAGE") or DEFAULT_SERVING_IMAGE,
             alias_poll_seconds=number("MODELPILOT_ALIAS_POLL_SECONDS", 30.0, 1.0),
             registry_timeout_seconds=number("MODELPILOT_REGISTRY_TIMEOUT_SECONDS", 5.0, 0.1),
+            prometheus_timeout_seconds=number("MODELPILOT_PROMETHEUS_TIMEOUT_SECONDS", 10.0, 0.1),
             retry_delay_seconds=number("MODELPILOT_RETRY_DELAY_SECONDS", 10.0, 0.1),
             field_manager=env.get("MODELPILOT_FIELD_MANAGER") or "modelpilot",
             prometheus_url=prometheus.rstrip("/"),
