@@ -24,7 +24,6 @@ from typing import Any
 
 import pytest
 import yaml
-from rollout_world import settled
 
 from modelpilot.operator import abtest, reconcile, rollout
 
@@ -146,9 +145,18 @@ def with_rollout(status: dict[str, Any], ro: dict[str, Any]) -> dict[str, Any]:
     return status
 
 
+def settled(r: dict[str, Any], spec: dict[str, Any], verdict: str | None = None,
+            measurements: list[dict[str, Any]] | None = None, action: str = "") -> rollout.World:
+    """Both tracks at the step's replicas, all ready. (Not rollout_world.settled: tests/cluster/test_argocd_live.py
+    loads this module by path, where the unit tests' directory is not importable.)"""
+    s, c, _ = rollout.targets(r, 4, rollout.settings(spec))
+    return rollout.World(stable=rollout.Track(s, s, True, "3", True), canary=rollout.Track(c, c, True, "4", True),
+                         action=action, verdict=verdict, measurements=measurements)
+
+
 def canary_at_step_two() -> dict[str, Any]:
     started = rollout.start(STABLE, CANARY, SPEC, T0).rollout
-    started = rollout.plan(started, SPEC, 4, settled(started, SPEC, stable_version="3", canary_version="4"), T0).rollout
+    started = rollout.plan(started, SPEC, 4, settled(started, SPEC), T0).rollout
     advanced = rollout.plan(started, SPEC, 4, settled(started, SPEC, verdict="Pass"), T0 + 61).rollout
     assert advanced["step"] == 1 and advanced["weight"] == 25
     stable, canary, _ = rollout.targets(advanced, 4, rollout.settings(SPEC))
