@@ -18,12 +18,20 @@ need "$PYTHON" "install Python >= 3.11"
 
 # Debian packages: redis-server (the serving cache's Redis backend is tested against a real one),
 # wrk (the serving benchmarks' load generator) and lua5.4 (runs the Argo CD health checks in
-# tests/unit/test_argocd_health.py). Installed only when missing.
-APT_PACKAGES=(redis-server wrk lua5.4)
+# tests/unit/test_argocd_health.py). The real node (`modelpilot dev up --node real`) needs containerd,
+# runc, the CNI plugins, iptables, podman/buildah and debootstrap (its images), and gcc with a static libc
+# (the pause program). Installed only when missing.
+APT_PACKAGES=(redis-server wrk lua5.4 containerd runc containernetworking-plugins iptables podman buildah debootstrap
+              gcc libc6-dev)
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v wrk >/dev/null 2>&1 || missing+=(wrk)
 command -v lua5.4 >/dev/null 2>&1 || missing+=(lua5.4)
+for tool in containerd runc iptables podman buildah debootstrap gcc; do
+  command -v "$tool" >/dev/null 2>&1 || PATH="$PATH:/usr/sbin:/sbin" command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
+done
+[ -x /usr/lib/cni/bridge ] || [ -x /opt/cni/bin/bridge ] || missing+=(containernetworking-plugins)
+[ -f /usr/include/stdio.h ] || missing+=(libc6-dev)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "==> installing Debian packages: ${missing[*]}"
   SUDO=""
@@ -51,4 +59,9 @@ else
 fi
 
 echo "==> control-plane binaries (built once from Go modules, then cached)"
-.venv/bin/modelpilot dev build
+if [ "${MODELPILOT_DEV_NODE:-process}" = real ]; then
+  # Also kubelet, kube-proxy and the node's images (base, pause, serving, operator).
+  .venv/bin/modelpilot dev build --node real
+else
+  .venv/bin/modelpilot dev build
+fi

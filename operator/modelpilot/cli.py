@@ -10,6 +10,7 @@ the operator); ``modelpilot dev …`` drives the local environment;
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -25,8 +26,20 @@ def _dev(args: argparse.Namespace) -> int:
             for name, path in found.as_dict().items():
                 print(f"{name:24} {path}")
             print(f"{'gateway-api CRDs':24} {binaries.gateway_api_crds()}")
+            if args.node == "real":
+                from modelpilot.dev import images
+
+                for name, path in binaries.resolve_node(build=True).items():
+                    print(f"{name:24} {path}")
+                coredns = binaries.resolve_coredns(build=True)
+                print(f"{'coredns':24} {coredns}")
+                try:
+                    for image in images.ensure_all(operator=True, coredns=coredns):
+                        print(f"{image.name:24} {image.image_id[:12]} {image.archive}")
+                except images.ImageError as exc:
+                    raise DevError(str(exc)) from None
         elif args.dev_command == "up":
-            state = env.up(build=not args.no_build)
+            state = env.up(build=not args.no_build, node=args.node)
             _print_summary(env, state)
         elif args.dev_command == "env":
             for key, value in env.exports().items():
@@ -55,6 +68,10 @@ def _print_summary(env: object, state: dict) -> None:  # type: ignore[type-arg]
     print(f"  MLflow          {exports['MLFLOW_TRACKING_URI']}")
     print(f"  Prometheus      {exports['PROMETHEUS_URL']}")
     print(f"  kubeconfig      {exports['KUBECONFIG']}")
+    if state.get("node"):
+        node = state["node"]
+        print(f"  real node       {node['name']} (node IP {node['node_ip']}, netns {node['netns']}, "
+              f"pods {node['pod_cidr']}; control plane for pods at {node['host_ip']})")
     if "startup_seconds" in state:
         print(f"  started in      {state['startup_seconds']}s")
     print(f'use it with:      eval "$(modelpilot dev env)"   (or: source {Path(state["home"]) / "env.sh"})')
@@ -97,10 +114,17 @@ def main(argv: list[str] | None = None) -> int:
     dev_sub = dev.add_subparsers(dest="dev_command", required=True)
     up = dev_sub.add_parser("up", help="start everything in the background (idempotent)")
     up.add_argument("--no-build", action="store_true", help="fail instead of building missing binaries")
+    node_default = os.environ.get("MODELPILOT_DEV_NODE", "process")
+    up.add_argument("--node", choices=("process", "real"), default=node_default,
+                    help="'real' adds a real node (containerd, kubelet, kube-proxy in a network namespace; images "
+                         "built here from the Dockerfiles) beside the simulated ones; default "
+                         f"$MODELPILOT_DEV_NODE or 'process' (now: {node_default})")
     dev_sub.add_parser("status", help="health of each component")
     dev_sub.add_parser("down", help="stop every process the environment started and delete its state")
     dev_sub.add_parser("env", help='print export lines: eval "$(modelpilot dev env)"')
-    dev_sub.add_parser("build", help="build (or find) the control-plane binaries")
+    build = dev_sub.add_parser("build", help="build (or find) the control-plane binaries")
+    build.add_argument("--node", choices=("process", "real"), default="process",
+                       help="'real' also builds kubelet, kube-proxy and the container images")
 
     from modelpilot import kubectl
 

@@ -86,7 +86,8 @@ def test_a_variant_rolling_out_a_canary_stays_in_its_abtest(
 ) -> None:
     """The ABTest + canary interplay: while iris-a rolls a new version out as a canary and after it is
     promoted, every pod of iris-a (both tracks) keeps the ABTest label, so the variant never drops out of
-    the experiment's Service, and the canary splits the replicas the ABTest assigned."""
+    the experiment's Service, and the canary splits the replicas the ABTest assigned (surge first).
+    Serving continuity through the Service is tested in tests/cluster/test_guarded_rollouts.py."""
     from modelpilot.dev.workloads import register_iris_model
 
     canary_a = _mv("iris-a", iris_version)
@@ -119,10 +120,8 @@ def test_a_variant_rolling_out_a_canary_stays_in_its_abtest(
         body = dict(custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "modelversions", "iris-a"))
         ro = (body.get("status") or {}).get("rollout") or {}
         if ro.get("phase") == "Progressing" and ro.get("replicas"):
-            assert sum(ro["replicas"].values()) == 2, ro["replicas"]  # the ABTest's share, split
-        # Serving continuity is not asserted here: the promotion at a 100 % last step (stable track at 0
-        # replicas, canary deleted at once) and the ABTest timer's concurrent reconciles can leave a moment
-        # without a ready pod, a separate problem from the labels this test is about.
+            # The ABTest's share (2), split; surge first, so never fewer, and at most maxSurge (100 %) more.
+            assert 2 <= sum(ro["replicas"].values()) <= 4, ro["replicas"]
         return ro.get("phase") == "Promoted" and {p.metadata.labels["modelpilot.io/version"] for p in pods} == {newer}
 
     wait_for(promoted, 240, 0.5, "iris-a's canary to be promoted inside the ABTest")

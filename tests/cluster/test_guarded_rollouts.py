@@ -56,6 +56,17 @@ def _cli(dev_env: dict[str, Any], namespace: str, *args: str) -> subprocess.Comp
                           timeout=60)
 
 
+def _kubectl_plugin(dev_env: dict[str, Any], namespace: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """``kubectl modelpilot ...`` as a user runs it: kubectl finds ``kubectl-modelpilot`` on the PATH."""
+    import os
+    from pathlib import Path
+
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    return subprocess.run([dev_env["binaries"]["kubectl"], "modelpilot", *args, "-n", namespace],
+                          capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PATH": path, "KUBECONFIG": dev_env["exports"]["KUBECONFIG"]})
+
+
 def _events(core: Any, namespace: str, name: str) -> list[Any]:
     return list(core.list_namespaced_event(namespace, field_selector=f"involvedObject.name={name}").items)
 
@@ -80,7 +91,7 @@ def test_promote_abort_rollback_and_undo_never_drop_a_request_or_capacity(
         custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "iris",
                                               {"spec": {"model": {"version": good}}})
         view = wait_for(lambda: (lambda r: r.stdout if "Step:        2 of 2" in r.stdout else None)(
-            _cli(dev_env, namespace, "status", "iris")), 120, 1.0, "the status view at step 2")
+            _kubectl_plugin(dev_env, namespace, "status", "iris")), 120, 1.0, "the status view at step 2")
         assert "Weight:      100% requested" in view and f"canary of version {good}" in view
         wait_for(lambda: _phase(custom, namespace, "iris", "Promoted") and
                  _serving(custom, namespace, "iris", good), 240, 1.0, "the good version promoted")
@@ -257,3 +268,56 @@ def test_replica_ratio_weights_are_honoured_within_5_points_or_reported(
     assert "asks for 10% but 3 stable + 1 canary replicas give 25%" in coarse["weightWarning"]
     warned = [e for e in _events(core, namespace, "coarse") if e.reason == "WeightNotHonoured"]
     assert len(warned) == 1 and warned[0].type == "Warning"
+
+
+def test_a_gateway_canary_is_an_httproute_with_exact_weights_pins_and_a_shadow_phase(
+    operator: Any, dev_env: dict[str, Any], custom: Any, namespace: str, iris_version: str
+) -> None:
+    """With spec.routing.gatewayRef the canary is an HTTPRoute (accepted by the real Gateway API CRDs'
+    validation): a shadow phase mirrors traffic to the canary with no weight, then each step gets its exact
+    weight — 10 % with 4 replicas, which replica ratio cannot do — and the header x-modelpilot-track pins
+    a request to a track. Simulated: no Gateway data plane runs locally yet, so the test reads the route the
+    operator wrote; tests/cluster/test_abtest.py routes requests through such a route."""
+    gateway = {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway", "metadata": {"name": "gw"},
+               "spec": {"gatewayClassName": "example", "listeners": [{"name": "http", "port": 80,
+                                                                         "protocol": "HTTP"}]}}
+    custom.create_namespaced_custom_object("gateway.networking.k8s.io", "v1", namespace, "gateways", gateway)
+    mv = _mv("iris", {"name": "iris", "version": iris_version}, replicas=4, steps=[10, 100],
+             stepIntervalSeconds=10, shadowSeconds=10, analysis={"enabled": False})
+    mv["spec"]["routing"] = {"gatewayRef": {"name": "gw"}}
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, mv)
+    wait_for(lambda: _serving(custom, namespace, "iris", iris_version), 180, message="the first version Ready")
+
+    def route() -> dict[str, Any]:
+        return dict(custom.get_namespaced_custom_object("gateway.networking.k8s.io", "v1", namespace,
+                                                        "httproutes", "iris"))
+
+    def weights(r: dict[str, Any]) -> dict[str, int]:
+        return {ref["name"]: ref["weight"] for ref in r["spec"]["rules"][-1]["backendRefs"]}
+
+    assert weights(route()) == {"iris-stable": 100}
+    newer = register_iris_model(dev_env["exports"]["MLFLOW_TRACKING_URI"])
+    custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "iris",
+                                          {"spec": {"model": {"version": newer}}})
+    seen: list[tuple[bool, dict[str, int]]] = []
+
+    def observe() -> Any:
+        r = route()
+        state = (bool(r["spec"]["rules"][-1].get("filters")), weights(r))
+        if not seen or seen[-1] != state:
+            seen.append(state)
+        if len(r["spec"]["rules"]) == 3:
+            pins = {rule["matches"][0]["headers"][0]["value"]: rule["backendRefs"][0]["name"]
+                    for rule in r["spec"]["rules"][:2]}
+            assert pins == {"canary": "iris-canary", "stable": "iris-stable"}, pins
+        return _phase(custom, namespace, "iris", "Promoted", "RolledBack")
+
+    ro = wait_for(observe, 240, 0.5, "the Gateway canary to finish")
+    assert ro["phase"] == "Promoted", ro
+    assert (True, {"iris-stable": 100, "iris-canary": 0}) in seen  # the shadow phase: mirrored, no weight
+    assert (False, {"iris-stable": 90, "iris-canary": 10}) in seen  # exactly 10 %
+    assert (False, {"iris-stable": 0, "iris-canary": 100}) in seen
+    assert seen[-1] == (False, {"iris-stable": 100})  # after promotion: everything on stable, no canary rules
+    decisions = [h["decision"] for h in ro["history"]]
+    assert "shadow phase passed" in " ".join(h["message"] for h in ro["history"]), decisions
+    assert _serving(custom, namespace, "iris", newer)

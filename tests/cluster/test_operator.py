@@ -365,3 +365,58 @@ def test_a_model_that_can_never_load_says_why_in_its_ready_condition(
                                           {"spec": {"model": {"name": "iris", "version": iris_version}}})
     body = wait_for(lambda: _ready(custom, namespace, "needs"), 180, message="Ready on a loadable version")
     assert _condition(body, "Ready")["reason"] == "Available" and body["status"]["phase"] == "Ready"
+
+
+def test_nothing_blocks_deletion_while_the_operator_is_down(
+    operator: Any, dev_env: dict[str, Any], custom: Any, namespace: str
+) -> None:
+    """kopf timers put a finalizer on every alias-following ModelVersion and every ABTest, so with the operator
+    down they could not be deleted. Periodic work now runs without timers: the operator is frozen (SIGSTOP),
+    and the resources still go at once."""
+    import signal
+
+    from mlflow import MlflowClient
+
+    tracking = dev_env["exports"]["MLFLOW_TRACKING_URI"]
+    model = f"iris-{namespace}"
+    version = register_iris_model(tracking, model)
+    MlflowClient(tracking_uri=tracking).set_registered_model_alias(model, "champion", version)
+    mv = {"apiVersion": "modelpilot.io/v1alpha1", "kind": "ModelVersion", "metadata": {"name": "follows"},
+          "spec": {"model": {"name": model, "alias": "champion"}, "followAlias": True, "replicas": 1,
+                   "rollout": {"steps": [50, 100]}}}
+    custom.create_namespaced_custom_object("modelpilot.io", "v1alpha1", namespace, "modelversions", mv)
+    ab = {"apiVersion": "modelpilot.io/v1alpha1", "kind": "ABTest", "metadata": {"name": "ab"},
+          "spec": {"variants": [{"name": "a", "modelVersion": "follows", "weight": 50},
+                                {"name": "b", "modelVersion": "not-there", "weight": 50}]}}
+    custom.create_namespaced_custom_object("modelpilot.io", "v1alpha1", namespace, "abtests", ab)
+
+    def handled() -> bool:
+        mv_status = custom.get_namespaced_custom_object("modelpilot.io", "v1alpha1", namespace, "modelversions",
+                                                        "follows").get("status") or {}
+        ab_status = custom.get_namespaced_custom_object("modelpilot.io", "v1alpha1", namespace, "abtests",
+                                                        "ab").get("status") or {}
+        return bool((mv_status.get("model") or {}).get("version")) and bool(ab_status.get("phase"))
+
+    wait_for(handled, 120, 1.0, "the operator to handle both resources")
+    time.sleep(5)  # a few alias polls and ABTest refreshes (every 2-3 s in these tests)
+    for plural, name in (("modelversions", "follows"), ("abtests", "ab")):
+        body = custom.get_namespaced_custom_object("modelpilot.io", "v1alpha1", namespace, plural, name)
+        assert not body["metadata"].get("finalizers"), (plural, body["metadata"].get("finalizers"))
+    operator.send_signal(signal.SIGSTOP)  # the operator is down
+    try:
+        for plural, name in (("modelversions", "follows"), ("abtests", "ab")):
+            custom.delete_namespaced_custom_object("modelpilot.io", "v1alpha1", namespace, plural, name)
+
+        def gone() -> bool:
+            for plural, name in (("modelversions", "follows"), ("abtests", "ab")):
+                try:
+                    custom.get_namespaced_custom_object("modelpilot.io", "v1alpha1", namespace, plural, name)
+                    return False
+                except ApiException as exc:
+                    if exc.status != 404:
+                        raise
+            return True
+
+        wait_for(gone, 15, 0.5, "both resources deleted with the operator down")
+    finally:
+        operator.send_signal(signal.SIGCONT)

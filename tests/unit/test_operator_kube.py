@@ -70,9 +70,11 @@ def test_the_handler_backs_off_with_one_line(down: Kube, caplog: pytest.LogCaptu
     assert excinfo.value.delay == 40.0
     assert "Kubernetes API" in str(excinfo.value) and "unreachable" in str(excinfo.value)
     assert excinfo.value.__cause__ is None and excinfo.value.__suppress_context__
-    # A timer (canary tick): no exception escapes, one warning line without a traceback.
+    # A periodic run (canary tick) and a readiness refresh: no exception escapes, one warning line each,
+    # without a traceback.
+    monkeypatch.setitem(handlers._state, "ticker", handlers.Ticker(handlers._tick))
     with caplog.at_level(logging.WARNING):
-        handlers.rollout_tick(body=BODY)  # type: ignore[arg-type]
+        handlers._tick("rollout", "ml", "iris")
         handlers._refresh("ml", "iris", logger)
     lines = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(lines) == 2 and all(r.exc_info is None for r in lines)

@@ -42,6 +42,10 @@ PROMETHEUS_MODULE_VERSION = "0.316.0"
 GATEWAY_API_VERSION = "1.4.1"
 #: Helm, built from its Go module; the chart's tests run `helm lint` / `helm template` with it.
 HELM_VERSION = "3.22.0"
+#: CoreDNS, the real node's cluster DNS: only the plugins it needs (a main of our own, as CoreDNS documents
+#: for custom builds; its stock main links every plugin, and the Go proxy here lacks some of their modules).
+COREDNS_VERSION = "1.15.0"
+COREDNS_PLUGINS = ("ready", "health", "errors", "log", "loadbalance", "cache", "kubernetes")  # directive order
 
 #: binary name -> (build group, Go package path)
 _K8S_PACKAGES = {
@@ -51,6 +55,13 @@ _K8S_PACKAGES = {
     "kubectl": "k8s.io/kubernetes/cmd/kubectl",
 }
 NAMES = ("etcd", *_K8S_PACKAGES, "kwok", "prometheus", "helm")
+#: The real node's Kubernetes binaries (``modelpilot dev up --node real``): built from the same
+#: wrapper module into the same cache directory, only when a real node is asked for.
+_NODE_PACKAGES = {
+    "kubelet": "k8s.io/kubernetes/cmd/kubelet",
+    "kube-proxy": "k8s.io/kubernetes/cmd/kube-proxy",
+}
+NODE_NAMES = tuple(_NODE_PACKAGES)
 
 Progress = Callable[[str], None]
 
@@ -93,6 +104,8 @@ def _group_dir(name: str) -> Path:
         key = f"prometheus-v{PROMETHEUS_MODULE_VERSION}"
     elif name == "helm":
         key = f"helm-v{HELM_VERSION}"
+    elif name == "coredns":
+        key = f"coredns-v{COREDNS_VERSION}"
     else:
         key = f"kubernetes-v{K8S_VERSION}"
     return cache_root() / "bin" / key
@@ -138,12 +151,11 @@ def _cached_ok(path: Path, progress: Progress) -> bool:
     return False
 
 
-def resolve(build: bool = True, progress: Progress | None = None) -> Binaries:
-    """Find every binary, building the missing ones into the cache when ``build`` is true."""
-    say = progress or (lambda msg: print(msg, file=sys.stderr, flush=True))
+def _find(names: tuple[str, ...], say: Progress) -> tuple[dict[str, Path], list[str]]:
+    """(found, missing) binaries among ``names``: an override from the environment, else a good cached build."""
     found: dict[str, Path] = {}
     missing: list[str] = []
-    for name in NAMES:
+    for name in names:
         path = _override(name)
         if path is None:
             cached = _group_dir(name) / name
@@ -153,6 +165,13 @@ def resolve(build: bool = True, progress: Progress | None = None) -> Binaries:
             missing.append(name)
         else:
             found[name] = path
+    return found, missing
+
+
+def resolve(build: bool = True, progress: Progress | None = None) -> Binaries:
+    """Find every binary, building the missing ones into the cache when ``build`` is true."""
+    say = progress or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    found, missing = _find(NAMES, say)
     if missing and not build:
         raise BinaryError(
             f"not built yet: {', '.join(missing)}; run `modelpilot dev build` "
@@ -263,6 +282,52 @@ def _wrapper_dir(key: str) -> Path:
     return path
 
 
+def resolve_node(build: bool = True, progress: Progress | None = None) -> dict[str, Path]:
+    """kubelet and kube-proxy for the real node, found like the control plane's (override → cache → build)."""
+    say = progress or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    found, missing = _find(NODE_NAMES, say)
+    if missing and not build:
+        raise BinaryError(f"not built yet: {', '.join(missing)}; run `modelpilot dev build --node real`")
+    if missing:
+        _check_go()
+        found.update(_build_kubernetes(missing, say))
+    return found
+
+
+def resolve_coredns(build: bool = True, progress: Progress | None = None) -> Path:
+    """CoreDNS for the real node's cluster DNS (``MODELPILOT_COREDNS`` → cache → build)."""
+    say = progress or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    path = _override("coredns")
+    if path is not None:
+        return path
+    cached = _group_dir("coredns") / "coredns"
+    if _cached_ok(cached, say):
+        return cached
+    if not build:
+        raise BinaryError("coredns is not built yet; run `modelpilot dev build --node real`")
+    _check_go()
+    version = f"v{COREDNS_VERSION}"
+    module = "github.com/coredns/coredns"
+    work = _wrapper_dir(f"coredns-{version}")
+    upstream = _module_gomod(module, version, work, say)
+    go_line = re.search(r"^go\s+(\S+)", upstream, re.M)
+    (work / "go.mod").write_text(f"module modelpilot.local/corednsbuild\n\ngo {go_line.group(1) if go_line else '1.26.0'}"
+                                 f"\n\nrequire {module} {version}\n")
+    imports = "".join(f'\t_ "{module}/plugin/{p}"\n' for p in COREDNS_PLUGINS)
+    directives = ", ".join(f'"{p}"' for p in COREDNS_PLUGINS)
+    (work / "main.go").write_text(
+        "package main\n\nimport (\n"
+        f'\t"{module}/core/dnsserver"\n\t"{module}/coremain"\n{imports})\n\n'
+        f"func init() {{ dnsserver.Directives = []string{{{directives}}} }}\n\nfunc main() {{ coremain.Run() }}\n")
+    out = work / "out"
+    out.mkdir()
+    _run_go(["build", "-v", "-trimpath", "-ldflags", "-s -w", "-o", str(out / "coredns"), "."], work,
+            f"coredns {version}", say)
+    dest = _install(out / "coredns", _group_dir("coredns") / "coredns")
+    shutil.rmtree(work, ignore_errors=True)
+    return dest
+
+
 def _build_kubernetes(names: list[str], say: Progress) -> dict[str, Path]:
     version = f"v{K8S_VERSION}"
     staging = "v0." + K8S_VERSION.split(".", 1)[1]
@@ -292,7 +357,7 @@ def _build_kubernetes(names: list[str], say: Progress) -> dict[str, Path]:
     out.mkdir()
     _run_go(
         ["build", "-v", "-trimpath", "-ldflags", " ".join(ldflags), "-o", str(out) + "/",
-         *(_K8S_PACKAGES[n] for n in names)],
+         *({**_K8S_PACKAGES, **_NODE_PACKAGES}[n] for n in names)],
         work, f"kubernetes {version} ({', '.join(names)})", say,
     )
     result = {n: _install(out / n, _group_dir(n) / n) for n in names}

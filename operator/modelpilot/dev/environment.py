@@ -164,8 +164,14 @@ class Environment:
 
     # ------------------------------------------------------------------ up
 
-    def up(self, *, build: bool = True, timeout: float = 120.0) -> dict[str, Any]:
-        """Start everything (or report the running environment). Returns the state."""
+    def up(self, *, build: bool = True, timeout: float = 120.0, node: str = "process") -> dict[str, Any]:
+        """Start everything (or report the running environment). Returns the state.
+
+        ``node="real"`` adds a real node (containerd, kubelet, kube-proxy in a network namespace, images
+        built from the project's Dockerfiles; see ``modelpilot.dev.node``) beside the simulated ones.
+        """
+        if node not in ("process", "real"):
+            raise DevError(f"unknown node kind {node!r}: use 'process' or 'real'")
         started = time.monotonic()
         state = self.load_state()
         if state:
@@ -189,11 +195,23 @@ class Environment:
                 )
             mlflow_bin = Path(found)
         modelpilot_bin = python_bin.parent / "modelpilot"
+        self._real: dict[str, Any] | None = None
+        if node == "real":
+            self._real = self._prepare_real_node(build)
 
         if self.home.exists():
             shutil.rmtree(self.home)
         self.logs.mkdir(parents=True)
-        keys = pki.ensure(self.home / "pki")
+        if self._real is not None:
+            from modelpilot.dev import node as realnode
+
+            net = realnode.allocate(self.home)
+            self._real["net"] = net
+            keys = pki.ensure(self.home / "pki", extra_ips=(net.host_ip,), extra_clients={
+                "kubelet": (f"system:node:{realnode.NODE_NAME}", "system:nodes"),
+                "kube-proxy": ("system:kube-proxy", None)})
+        else:
+            keys = pki.ensure(self.home / "pki")
         ports = {name: free_port() for name in (
             "etcd", "etcd-peer", "apiserver", "controller-manager", "scheduler", "kwok", "runtime", "mlflow",
             "prometheus")}
@@ -215,6 +233,9 @@ class Environment:
             "exports": exports,
             "components": [],
         }
+        if self._real is not None:
+            state["node"] = {"mode": "real", "name": self._real["name"], **self._real["net"].as_dict(),
+                             "images": [i.name for i in self._real["images"]]}
         self._save_state(state)
         try:
             self._start_all(state, bins, keys, ports, prometheus_bin, mlflow_bin, modelpilot_bin, python_bin, timeout,
@@ -227,6 +248,7 @@ class Environment:
         state["startup_seconds"] = round(time.monotonic() - started, 1)
         self._save_state(state)
         self.say(f"environment up in {state['startup_seconds']}s at {self.home}")
+        self._real = None
         return state
 
     def _start_all(self, state: dict[str, Any], bins: binaries.Binaries, keys: pki.Pki, ports: dict[str, int],
@@ -271,8 +293,23 @@ class Environment:
              "--profiling=false", "--v=1"],
             f"https://127.0.0.1:{ports['apiserver']}/readyz", ports["apiserver"],
         )
+        real = getattr(self, "_real", None)
+        if real is not None:
+            # The real node reaches the apiserver at the host side of its veth (DNAT to loopback), and so do
+            # pods through the `kubernetes` Service; the kubelet is authorised by the Node authorizer.
+            net = real["net"]
+            apiserver.argv = [a for a in apiserver.argv if not a.startswith((
+                "--advertise-address=", "--endpoint-reconciler-type=", "--authorization-mode="))]
+            apiserver.argv += [f"--advertise-address={net.host_ip}", "--endpoint-reconciler-type=lease",
+                               "--authorization-mode=Node,RBAC",
+                               f"--kubelet-client-certificate={keys.client_crt('admin')}",
+                               f"--kubelet-client-key={keys.client_key('admin')}",
+                               "--kubelet-preferred-address-types=InternalIP"]
         self._start(state, apiserver)
         self._wait([apiserver], deadline)
+        if real is not None:
+            # The node's image import (≈ 13 s) overlaps the rest of the control plane's start.
+            self._launch_real_node(state, keys, ports, python_bin)
         kcm = Component(
             "kube-controller-manager",
             [str(bins.kube_controller_manager), f"--kubeconfig={h / 'controller-manager.kubeconfig'}",
@@ -310,13 +347,15 @@ class Environment:
             [str(python_bin), "-m", "modelpilot.dev.runtime", f"--kubeconfig={self.kubeconfig}",
              f"--state-dir={h / 'pods'}", f"--health-port={ports['runtime']}",
              f"--entrypoint={modelpilot_bin}",
-             *(f"--image-prefix={p}" for p in DEFAULT_PROCESS_IMAGE_PREFIXES)],
+             *(f"--image-prefix={p}" for p in DEFAULT_PROCESS_IMAGE_PREFIXES),
+             *([f"--skip-node={real['name']}"] if real is not None else [])],
             f"http://127.0.0.1:{ports['runtime']}/healthz", ports["runtime"],
         )
         prom_dir = h / "prometheus"
         prom_dir.mkdir()
         (prom_dir / "prometheus.yml").write_text(
-            prometheus_config(f"https://127.0.0.1:{ports['apiserver']}", keys)
+            prometheus_config(f"https://127.0.0.1:{ports['apiserver']}", keys,
+                              real_node=real["name"] if real is not None else None)
         )
         prometheus = Component(
             "prometheus",
@@ -336,6 +375,121 @@ class Environment:
                        env={**os.environ, "KUBECONFIG": str(self.kubeconfig)}, check=True, capture_output=True,
                        timeout=120)
         self.say("  Gateway API CRDs installed")
+        if real is not None:
+            self._await_real_node(state)
+
+    # ------------------------------------------------------------------ the real node
+
+    def _prepare_real_node(self, build: bool) -> dict[str, Any]:
+        """Check the machine, find (or build) kubelet/kube-proxy and the images, before anything starts."""
+        from modelpilot.dev import images
+        from modelpilot.dev import node as realnode
+
+        missing = realnode.check_machine() + images.missing_tools()
+        if missing:
+            raise DevError("this machine cannot run a real node; missing:\n  - " + "\n  - ".join(missing))
+        bins = binaries.resolve_node(build=build, progress=self.say)
+        coredns = binaries.resolve_coredns(build=build, progress=self.say)
+        try:
+            built = images.ensure_all(self.say, coredns=coredns)
+        except images.ImageError as exc:
+            raise DevError(str(exc)) from None
+        return {"name": realnode.NODE_NAME, "binaries": bins, "images": built}
+
+    def _launch_real_node(self, state: dict[str, Any], keys: pki.Pki, ports: dict[str, int],
+                          python_bin: Path) -> None:
+        """Network, configuration and the node's supervisor; ``_await_real_node`` waits for it."""
+        from modelpilot.dev import node as realnode
+
+        real = self._real
+        assert real is not None
+        net = real["net"]
+        node_dir = self.home / "node"
+        api_url = f"https://{net.host_ip}:{ports['apiserver']}"
+        kubeconfigs = {}
+        for name in ("kubelet", "kube-proxy"):
+            path = node_dir / f"{name}.kubeconfig"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(kubeconfig_yaml(api_url, keys.ca_crt, keys.client_crt(name), keys.client_key(name)))
+            path.chmod(0o600)
+            kubeconfigs[name] = path
+        try:
+            realnode.setup_network(net, [ports["apiserver"], ports["mlflow"], ports["prometheus"]])
+        except realnode.NodeError as exc:
+            raise DevError(f"cannot create the real node's network: {exc}") from None
+        self.say(f"  node network: netns {net.netns}, node IP {net.node_ip}, host side {net.host_ip}, "
+                 f"pods {net.pod_cidr}")
+        spec = realnode.write_configs(node_dir, net, api_url, kubeconfigs, keys.ca_crt)
+        spec.update({
+            "logs": str(self.logs), "node_name": real["name"], "kubelet_kubeconfig": str(kubeconfigs["kubelet"]),
+            "containerd": shutil.which("containerd") or "containerd",
+            "kubelet": str(real["binaries"]["kubelet"]), "kube_proxy": str(real["binaries"]["kube-proxy"]),
+            "images": [{"name": i.name, "archive": str(i.archive), "imported_as": i.name, "names": []}
+                       for i in real["images"]],
+        })
+        spec_file = node_dir / "supervisor.json"
+        spec_file.write_text(json.dumps(spec, indent=2))
+        comp = Component("node", realnode.supervisor_argv(python_bin, spec_file, net.netns),
+                         f"http://{net.node_ip}:{realnode.KUBELET_HEALTHZ_PORT}/healthz",
+                         realnode.KUBELET_HEALTHZ_PORT)
+        self._start(state, comp)
+        # containerd and kube-proxy run under the same supervisor (same pid): their own health rows.
+        for name, url in (("containerd", f"http://{net.node_ip}:{realnode.CONTAINERD_METRICS_PORT}/v1/metrics"),
+                          ("kube-proxy", f"http://{net.node_ip}:{realnode.KUBE_PROXY_HEALTHZ_PORT}/healthz")):
+            state["components"].append({"name": name, "pid": comp.pid, "port": 0, "extra_ports": [],
+                                        "health_url": url, "log": str(self.logs / f"{name}.log"), "argv": []})
+        self._save_state(state)
+        real["component"] = comp
+        state["node"]["endpoints"] = {
+            "apiserver": f"https://{net.host_ip}:{ports['apiserver']}",
+            "mlflow": f"http://{net.host_ip}:{ports['mlflow']}",
+            "prometheus": f"http://{net.host_ip}:{ports['prometheus']}"}
+        self._save_state(state)
+
+    def _await_real_node(self, state: dict[str, Any], timeout: float = 240.0) -> None:
+        real = self._real
+        assert real is not None
+        net, comp = real["net"], real["component"]
+        deadline = time.monotonic() + timeout
+        proxy_url = next(c["health_url"] for c in state["components"] if c["name"] == "kube-proxy")
+        self._wait([comp, Component("kube-proxy", [], proxy_url, 0, pid=comp.pid)], deadline)
+        from kubernetes import client, config
+
+        api = client.CoreV1Api(config.new_client_from_config(str(self.kubeconfig)))
+        while True:
+            try:
+                found = api.read_node(real["name"])
+                if any(c.type == "Ready" and c.status == "True" for c in (found.status.conditions or [])):
+                    break
+                why = "; ".join(f"{c.type}={c.status} {c.message or ''}" for c in (found.status.conditions or []))
+            except Exception as exc:  # noqa: BLE001 - not registered yet
+                why = str(exc).splitlines()[0]
+            if not _pid_alive(comp.pid or 0):
+                raise DevError(f"the real node exited during start-up.\n{self._log_tail('node')}\n"
+                               f"{self._log_tail('kubelet')}")
+            if time.monotonic() > deadline:
+                raise DevError(f"the real node {real['name']} did not become Ready ({why}).\n"
+                               f"{self._log_tail('kubelet')}")
+            time.sleep(0.5)
+        self.say(f"  real node {real['name']} Ready (node IP {net.node_ip})")
+        # Cluster DNS on the node (kube-dns at 10.96.0.10, the kubelet's clusterDNS).
+        from modelpilot.dev import images
+        from modelpilot.dev import node as realnode
+
+        manifests = {"apiVersion": "v1", "kind": "List", "items": realnode.coredns_manifests(images.COREDNS_IMAGE)}
+        subprocess.run([state["binaries"]["kubectl"], "apply", "--server-side", "-f", "-"], input=json.dumps(manifests),
+                       env={**os.environ, "KUBECONFIG": str(self.kubeconfig)}, check=True, capture_output=True,
+                       text=True, timeout=60)
+        apps = client.AppsV1Api(api.api_client)
+        while True:
+            dep = apps.read_namespaced_deployment("coredns", "kube-system")
+            if (dep.status.ready_replicas or 0) >= 1:
+                break
+            if time.monotonic() > deadline:
+                raise DevError("cluster DNS (CoreDNS on the real node) did not become ready.\n"
+                               + self.kubectl("-n", "kube-system", "get", "pods,events", check=False).stdout[-2000:])
+            time.sleep(0.5)
+        self.say(f"  cluster DNS ready (CoreDNS, kube-dns {realnode.CLUSTER_DNS_IP})")
 
     def _start(self, state: dict[str, Any], comp: Component) -> None:
         if port_bound(comp.port):
@@ -400,8 +554,8 @@ class Environment:
             api.create_node(node)
         while True:
             nodes = api.list_node().items
-            ready = [n for n in nodes if any(c.type == "Ready" and c.status == "True"
-                                             for c in (n.status.conditions or []))]
+            ready = [n for n in nodes if n.metadata.name.startswith("kwok-node-")  # not the real node
+                     and any(c.type == "Ready" and c.status == "True" for c in (n.status.conditions or []))]
             accounts = api.list_namespaced_service_account("default").items
             if len(ready) == NODE_COUNT and any(a.metadata.name == "default" for a in accounts):
                 self.say(f"  {NODE_COUNT} simulated nodes Ready")
@@ -477,7 +631,10 @@ class Environment:
             if not quiet:
                 self.say(f"no environment at {self.home}")
             return stopped
-        pids: list[tuple[str, int]] = [(c["name"], c["pid"]) for c in state["components"] if c.get("pid")]
+        pids: list[tuple[str, int]] = []
+        for c in state["components"]:  # the real node's rows share its supervisor's pid: stop it once
+            if c.get("pid") and all(c["pid"] != p for _, p in pids):
+                pids.append((c["name"], c["pid"]))
         # Serving processes started by the process runtime have their own process groups.
         for pidfile in (self.home / "pods").glob("*/pid") if (self.home / "pods").exists() else []:
             try:
@@ -497,6 +654,12 @@ class Environment:
         while any(port_bound(p) for p in ports) and time.monotonic() < deadline:
             time.sleep(0.2)
         still = [p for p in ports if port_bound(p)]
+        if state.get("node"):
+            from modelpilot.dev import node as realnode
+
+            for item in realnode.teardown_network(state["node"]):
+                if not quiet:
+                    self.say(f"  deleted {item}")
         if keep_logs:
             self.state_file.unlink(missing_ok=True)
         else:
@@ -558,11 +721,28 @@ def kwok_stages(image_prefixes: tuple[str, ...]) -> str:
         "${PROCESS_IMAGE_PREFIXES}", ", ".join(image_prefixes))
 
 
-def prometheus_config(api_url: str, keys: pki.Pki, scrape_interval: str = "5s") -> str:
-    """Scrape pods annotated ``prometheus.io/scrape`` at their loopback address, never their pod IP."""
+#: Relabelling every pod scrape job ends with: the metrics path from the annotation, the pod's labels, and
+#: its namespace, name and IP as target labels.
+_POD_LABELS: list[dict[str, Any]] = [
+    {"source_labels": ["__meta_kubernetes_pod_annotation_prometheus_io_path"],
+     "regex": "(.+)", "target_label": "__metrics_path__"},
+    {"action": "labelmap", "regex": "__meta_kubernetes_pod_label_(.+)"},
+    {"source_labels": ["__meta_kubernetes_namespace"], "target_label": "namespace"},
+    {"source_labels": ["__meta_kubernetes_pod_name"], "target_label": "pod"},
+    {"source_labels": ["__meta_kubernetes_pod_ip"], "target_label": "pod_ip"},
+]
+
+
+def prometheus_config(api_url: str, keys: pki.Pki, scrape_interval: str = "5s", real_node: str | None = None) -> str:
+    """Scrape pods annotated ``prometheus.io/scrape`` at their loopback address, never their pod IP.
+
+    With ``real_node``, a second job scrapes that node's pods the ordinary way: at their pod IP (the host
+    routes the node's pod range to it) and the ``prometheus.io/port`` annotation, as in Prometheus' own
+    Kubernetes example.
+    """
     tls = {"ca_file": str(keys.ca_crt), "cert_file": str(keys.client_crt("admin")),
            "key_file": str(keys.client_key("admin"))}
-    return yaml.safe_dump({
+    conf = {
         "global": {"scrape_interval": scrape_interval, "evaluation_interval": scrape_interval},
         "scrape_configs": [{
             "job_name": "kubernetes-pods",
@@ -575,12 +755,21 @@ def prometheus_config(api_url: str, keys: pki.Pki, scrape_interval: str = "5s") 
                  "regex": "(127\\.[0-9]+\\.[0-9]+\\.[0-9]+:[0-9]+)", "action": "keep"},
                 {"source_labels": ["__meta_kubernetes_pod_annotation_dev_modelpilot_io_address"],
                  "target_label": "__address__"},
-                {"source_labels": ["__meta_kubernetes_pod_annotation_prometheus_io_path"],
-                 "regex": "(.+)", "target_label": "__metrics_path__"},
-                {"action": "labelmap", "regex": "__meta_kubernetes_pod_label_(.+)"},
-                {"source_labels": ["__meta_kubernetes_namespace"], "target_label": "namespace"},
-                {"source_labels": ["__meta_kubernetes_pod_name"], "target_label": "pod"},
-                {"source_labels": ["__meta_kubernetes_pod_ip"], "target_label": "pod_ip"},
+                *_POD_LABELS,
             ],
         }],
-    }, sort_keys=False)
+    }
+    if real_node:
+        conf["scrape_configs"].append({
+            "job_name": "kubernetes-pods-real-node",
+            "kubernetes_sd_configs": [{"role": "pod", "api_server": api_url, "tls_config": dict(tls),
+                                       "selectors": [{"role": "pod", "field": f"spec.nodeName={real_node}"}]}],
+            "relabel_configs": [
+                {"source_labels": ["__meta_kubernetes_pod_annotation_prometheus_io_scrape"],
+                 "regex": "true", "action": "keep"},
+                {"source_labels": ["__address__", "__meta_kubernetes_pod_annotation_prometheus_io_port"],
+                 "regex": "([^:]+)(?::\\d+)?;(\\d+)", "replacement": "$1:$2", "target_label": "__address__"},
+                *_POD_LABELS,
+            ],
+        })
+    return yaml.safe_dump(conf, sort_keys=False)

@@ -124,11 +124,17 @@ def _sign(
     return builder.sign(ca_key, hashes.SHA256())
 
 
-def ensure(directory: Path) -> Pki:
-    """Create the CA, serving, client and service-account material if it is not there yet."""
+def ensure(directory: Path, extra_ips: tuple[str, ...] = (),
+           extra_clients: dict[str, tuple[str, str | None]] | None = None) -> Pki:
+    """Create the CA, serving, client and service-account material if it is not there yet.
+
+    ``extra_ips`` are further apiserver addresses (the real node's host-side veth address);
+    ``extra_clients`` further client identities (the real node's kubelet and kube-proxy).
+    """
     pki = Pki(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    if pki.sa_pub.exists() and all(pki.client_crt(n).exists() for n in CLIENTS):
+    clients = {**CLIENTS, **(extra_clients or {})}
+    if pki.sa_pub.exists() and all(pki.client_crt(n).exists() for n in clients):
         return pki
     ca_key = _key()
     ca_name = _name("modelpilot-dev-ca")
@@ -141,13 +147,13 @@ def ensure(directory: Path) -> Pki:
         for n in ("localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc",
                   "kubernetes.default.svc.cluster.local")
     ]
-    sans += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ("127.0.0.1", KUBERNETES_SERVICE_IP)]
+    sans += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ("127.0.0.1", KUBERNETES_SERVICE_IP, *extra_ips)]
     server_key = _key()
     server_cert = _sign(_name("kube-apiserver"), server_key.public_key(), ca_key, ca_name, server_sans=sans)
     _write_key(pki.apiserver_key, server_key)
     pki.apiserver_crt.write_bytes(server_cert.public_bytes(serialization.Encoding.PEM))
 
-    for name, (cn, org) in CLIENTS.items():
+    for name, (cn, org) in clients.items():
         key = _key()
         cert = _sign(_name(cn, org), key.public_key(), ca_key, ca_name)
         _write_key(pki.client_key(name), key)

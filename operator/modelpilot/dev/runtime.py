@@ -141,12 +141,14 @@ class Runtime:
         self.lock = threading.Lock()
         self.shutdown = threading.Event()
         self._next_ip = 2
+        #: Nodes whose pods a real kubelet runs (``dev up --node real``): never run those here too.
+        self.skip_nodes: set[str] = set()
 
     # ------------------------------------------------------------------ selection
 
     def runnable(self, pod: Any) -> bool:
         spec = pod.spec
-        return bool(spec and spec.node_name) and any(
+        return bool(spec and spec.node_name) and spec.node_name not in self.skip_nodes and any(
             (c.image or "").startswith(tuple(self.prefixes)) for c in spec.containers
         )
 
@@ -606,6 +608,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--health-port", type=int, required=True)
     parser.add_argument("--entrypoint", required=True, help="local command standing in for the image ENTRYPOINT")
     parser.add_argument("--image-prefix", action="append", required=True)
+    parser.add_argument("--skip-node", action="append", default=[], help="a node whose pods a real kubelet runs")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     api = config.new_client_from_config(args.kubeconfig)
@@ -613,6 +616,7 @@ def main(argv: list[str] | None = None) -> int:
 
     admin = yaml.safe_load(Path(args.kubeconfig).read_text())
     runtime = Runtime(client.CoreV1Api(api), args.state_dir, args.entrypoint, args.image_prefix, admin)
+    runtime.skip_nodes = set(args.skip_node)
     args.state_dir.mkdir(parents=True, exist_ok=True)
     handler = type("Health", (_Health,), {"runtime": runtime})
     server = http.server.ThreadingHTTPServer(("127.0.0.1", args.health_port), handler)

@@ -122,15 +122,18 @@ class ABTestReconciler:
         status["phase"] = ("Promoted" if spec.get("autoPromote") and status.get("winner") else
                            "Concluded" if status.get("winner") else "Running" if all_ready else "Pending")
         self.kube.patch_status(namespace, name, status, plural="abtests")
-        # The variants' Deployments follow the replicas just recorded (one writer per Deployment).
+        # The variants' Deployments follow the replicas just recorded (one writer per Deployment): only the
+        # variants whose share changed, or all of them on a spec change — not on every refresh of the figures.
         if prov == "replicas":
-            for mv_body in bodies.values():
-                fresh = self.kube.read_model_version(namespace, mv_body["metadata"]["name"]) if mv_body else None
-                if fresh is not None:
-                    try:
-                        self.models.reconcile(fresh)
-                    except KubeError as exc:
-                        log.warning("re-applying %s for ABTest %s: %s", fresh["metadata"]["name"], name, exc)
+            before = {v.get("modelVersion"): v.get("replicas") for v in (body.get("status") or {}).get("variants") or []}
+            after = {v.get("modelVersion"): v.get("replicas") for v in status.get("variants") or []}
+            for mv in bodies:
+                if measure and before.get(mv) == after.get(mv):
+                    continue
+                try:
+                    self.models.reconcile_latest(namespace, mv)
+                except KubeError as exc:
+                    log.warning("re-applying %s for ABTest %s: %s", mv, name, exc)
         return Result(status=status, events=events, retry=not routing_ok, message=routing_msg)
 
     def _figures(self, namespace: str, vs: list[abtest.Variant], spec: dict[str, Any],

@@ -20,6 +20,7 @@ from modelpilot.operator.abtest_reconcile import ABTestReconciler
 from modelpilot.operator.builders import SELECTOR_LABEL
 from modelpilot.operator.reconcile import Reconciler, Result, pending_action
 from modelpilot.operator.settings import OperatorSettings
+from modelpilot.operator.ticker import Ticker
 
 GROUP, VERSION, PLURAL = "modelpilot.io", "v1alpha1", "modelversions"
 MANAGED = {"app.kubernetes.io/managed-by": "modelpilot"}
@@ -32,10 +33,23 @@ def configure(settings: OperatorSettings, kube: Kube) -> None:
     _state["settings"] = settings
     _state["reconciler"] = Reconciler(settings, kube)
     _state["abtests"] = ABTestReconciler(_state["reconciler"])
-    # Registered here rather than at import so its interval comes from the validated settings.
-    kopf.timer(GROUP, VERSION, PLURAL, interval=settings.alias_poll_seconds, when=_follows_alias)(follow_alias)
-    kopf.timer(GROUP, VERSION, PLURAL, interval=settings.rollout_tick_seconds, when=_rolling_out)(rollout_tick)
-    kopf.timer(GROUP, VERSION, "abtests", interval=settings.abtest_refresh_seconds)(abtest_figures)
+    # Periodic work (rollout ticks, alias polls, ABTest figures) runs on the ticker, not on kopf timers:
+    # a timer puts a finalizer on each resource, which blocks its deletion while the operator is down.
+    _state["ticker"] = Ticker(_tick)
+
+
+def _tick(kind: str, namespace: str, name: str) -> None:
+    """One periodic run: re-evaluate an active rollout, ask MLflow where a followed alias points, or refresh
+    an ABTest's figures. Each reads the resource afresh; a resource gone meanwhile is forgotten."""
+    if kind == "abtest":
+        body = _reconciler().kube.read_abtest(namespace, name)
+        if body is None:
+            _state["ticker"].forget(kind, namespace, name)
+            return
+        abtest_figures(body, logging.getLogger(__name__))
+        return
+    if _measured_or_logged(namespace, name, refresh=(kind == "alias")) is None:
+        _state["ticker"].forget(kind, namespace, name)
 
 
 def _reconciler() -> Reconciler:
@@ -47,12 +61,19 @@ def _settings() -> OperatorSettings:
 
 
 def _post(body: Any, result: Result | None) -> None:
+    """Post the result's Events through the adapter (kopf.event only works inside kopf's own handlers)."""
     for event in (result.events if result else []):
-        kopf.event(body, type=event.type, reason=event.reason, message=event.message)
+        _reconciler().kube.post_event(dict(body), event.type, event.reason, event.message)
 
 
 def _backoff(retry: int) -> float:
     return float(min(_settings().retry_delay_seconds * (2 ** retry), 300.0))
+
+
+@kopf.on.cleanup()
+def _cleanup(**_: Any) -> None:
+    if "ticker" in _state:
+        _state["ticker"].stop()
 
 
 @kopf.on.startup()
@@ -65,40 +86,47 @@ def _startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     # Readiness refreshes share this pool with reconciles; at 200 resources 8 workers left them queued
     # for tens of seconds behind the creates (benchmarks/README.md), so give the pool more room.
     settings.execution.max_workers = 20
+    _state["ticker"].start()
 
 
 @kopf.on.resume(GROUP, VERSION, PLURAL)
 @kopf.on.create(GROUP, VERSION, PLURAL)
 @kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
 def reconcile_model_version(body: kopf.Body, retry: int, logger: logging.Logger, **_: Any) -> None:
+    namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
     try:
-        result = _measured(body, refresh=False)
+        result = _measured(namespace, name, refresh=False)
     except KubeError as exc:  # classified (KubeUnavailable when the apiserver cannot be reached): one log line
         raise kopf.TemporaryError(f"Kubernetes API: {exc}", delay=_backoff(retry)) from None
-    if result.retry:
+    if result is not None and result.retry:
         raise kopf.TemporaryError(result.message, delay=_backoff(retry))
 
 
-def _measured_or_logged(body: kopf.Body, refresh: bool) -> None:
-    """Reconcile from a timer or a field handler: an API error is one warning line, the next tick retries."""
+def _measured_or_logged(namespace: str, name: str, refresh: bool) -> Result | None:
+    """Reconcile from the ticker or an event handler: an API error is one warning line, the next tick retries.
+    None when the ModelVersion is gone."""
     try:
-        _measured(body, refresh=refresh)
+        return _measured(namespace, name, refresh=refresh)
     except KubeError as exc:
-        logging.getLogger(__name__).warning("reconcile %s/%s: %s", body["metadata"]["namespace"],
-                                            body["metadata"]["name"], exc)
+        logging.getLogger(__name__).warning("reconcile %s/%s: %s", namespace, name, exc)
+        return Result(status={}, retry=True, message=str(exc))
 
 
-def _measured(body: kopf.Body, refresh: bool) -> Result:
-    """Reconcile once, recording duration, outcome and phase; raises ``KubeError`` on an API error."""
+def _measured(namespace: str, name: str, refresh: bool) -> Result | None:
+    """Reconcile the ModelVersion as it is now (``Reconciler.reconcile_latest``), recording duration, outcome
+    and phase; raises ``KubeError`` on an API error, None when it no longer exists."""
     started = time.monotonic()
-    key = f"{body['metadata']['namespace']}/{body['metadata']['name']}"
+    key = f"{namespace}/{name}"
     try:
-        result = _reconciler().reconcile(dict(body), refresh=refresh)
+        done = _reconciler().reconcile_latest(namespace, name, refresh=refresh)
     except KubeError:
         metrics.RECONCILES.labels(kind="ModelVersion", result="error").inc()
         raise
     finally:
         metrics.RECONCILE_SECONDS.labels(kind="ModelVersion").observe(time.monotonic() - started)
+    if done is None:
+        return None
+    result, body = done
     metrics.RECONCILES.labels(kind="ModelVersion", result="retry" if result.retry else "success").inc()
     if result.retry:
         reason = next((c.get("reason") for c in result.status.get("conditions") or []
@@ -109,23 +137,33 @@ def _measured(body: kopf.Body, refresh: bool) -> Result:
     return result
 
 
+@kopf.on.event(GROUP, VERSION, PLURAL)
+def model_version_seen(body: kopf.Body, type: str | None, **_: Any) -> None:
+    """Keep the ticker's list current from every watch event (the initial listing included): an active
+    rollout is re-evaluated every ``MODELPILOT_ROLLOUT_TICK_SECONDS``, a followed alias polled every
+    ``MODELPILOT_ALIAS_POLL_SECONDS``."""
+    meta = body.get("metadata") or {}
+    namespace, name = meta.get("namespace", ""), meta.get("name", "")
+    ticker: Ticker = _state["ticker"]
+    settings = _settings()
+    gone = type == "DELETED" or bool(meta.get("deletionTimestamp"))
+    spec, status = body.get("spec") or {}, body.get("status") or {}
+    if not gone and (status.get("rollout") or {}).get("phase") in rollout.ACTIVE:
+        ticker.track("rollout", namespace, name, settings.rollout_tick_seconds)
+    else:
+        ticker.forget("rollout", namespace, name)
+    if not gone and spec.get("followAlias") and (spec.get("model") or {}).get("alias"):
+        ticker.track("alias", namespace, name, settings.alias_poll_seconds)
+    else:
+        ticker.forget("alias", namespace, name)
+    if type == "DELETED":
+        _reconciler().forget(namespace, name)
+
+
 @kopf.on.delete(GROUP, VERSION, PLURAL, optional=True)
 def forget_model_version(body: kopf.Body, **_: Any) -> None:
     """Nothing to clean up (owner references do that); only the phase gauge forgets it."""
     metrics.set_phase("ModelVersion", f"{body['metadata']['namespace']}/{body['metadata']['name']}", None)
-
-
-def _follows_alias(spec: kopf.Spec, **_: Any) -> bool:
-    return bool(spec.get("followAlias")) and bool((spec.get("model") or {}).get("alias"))
-
-
-def _rolling_out(status: kopf.Status, **_: Any) -> bool:
-    return (status.get("rollout") or {}).get("phase") in rollout.ACTIVE
-
-
-def rollout_tick(body: kopf.Body, **_: Any) -> None:
-    """Re-evaluate an active canary: readiness, the step interval, analysis, manual actions."""
-    _measured_or_logged(body, refresh=False)
 
 
 def _action_pending(body: kopf.Body, **_: Any) -> bool:
@@ -141,12 +179,7 @@ def action_requested(body: kopf.Body, **_: Any) -> None:
     handler: kopf leaves annotations under its own storage prefix (``modelpilot.io/``) out of the diff it
     compares, so a field handler never saw the action. Once acted on, ``status.rollout.handledAction``
     equals the value and the filter is false."""
-    _measured_or_logged(body, refresh=False)
-
-
-def follow_alias(body: kopf.Body, logger: logging.Logger, **_: Any) -> None:
-    """Ask MLflow where the alias points; a moved alias rolls the new version out."""
-    _measured_or_logged(body, refresh=True)
+    _measured_or_logged(body["metadata"]["namespace"], body["metadata"]["name"], refresh=False)
 
 
 def _pod_has_a_problem(body: kopf.Body, type: str | None, **_: Any) -> bool:
@@ -181,7 +214,8 @@ def deployment_changed(body: kopf.Body, type: str | None, logger: logging.Logger
 
 def _refresh(namespace: str, name: str, logger: logging.Logger) -> None:
     try:
-        result = _reconciler().refresh_readiness(namespace, name)
+        with _reconciler().lock(namespace, name):
+            result = _reconciler().refresh_readiness(namespace, name)
         if result:
             metrics.set_phase("ModelVersion", f"{namespace}/{name}", result.status.get("phase"))
         parent = _reconciler().kube.read_model_version(namespace, name) if result and result.events else None
@@ -214,7 +248,18 @@ def reconcile_abtest(body: kopf.Body, retry: int, **_: Any) -> None:
         raise kopf.TemporaryError(result.message, delay=_backoff(retry))
 
 
-def abtest_figures(body: kopf.Body, logger: logging.Logger, **_: Any) -> None:
+@kopf.on.event(GROUP, VERSION, "abtests")
+def abtest_seen(body: kopf.Body, type: str | None, **_: Any) -> None:
+    """Keep the ticker's list of ABTests current: figures refresh every ``MODELPILOT_ABTEST_REFRESH_SECONDS``."""
+    meta = body.get("metadata") or {}
+    if type == "DELETED" or meta.get("deletionTimestamp"):
+        _state["ticker"].forget("abtest", meta.get("namespace", ""), meta.get("name", ""))
+    else:
+        _state["ticker"].track("abtest", meta.get("namespace", ""), meta.get("name", ""),
+                               _settings().abtest_refresh_seconds)
+
+
+def abtest_figures(body: dict[str, Any], logger: logging.Logger) -> None:
     """Refresh each variant's live figures, the statistical comparison and readiness."""
     try:
         result = _state["abtests"].reconcile(dict(body), measure=True)

@@ -10,7 +10,10 @@ through its ``status`` subresource — never its spec.
 from __future__ import annotations
 
 import functools
+import logging
+import socket
 from collections.abc import Callable
+from datetime import datetime, timezone
 from typing import Any, TypeVar
 
 import urllib3
@@ -82,6 +85,7 @@ class Kube:
         self._dynamic: dynamic.DynamicClient | None = None  # created on first use: its discovery calls the API
         self.custom = client.CustomObjectsApi(api_client)
         self.apps = client.AppsV1Api(api_client)
+        self.core = client.CoreV1Api(api_client)
         self.field_manager = field_manager
         self.timeout = timeout  # every request: a hung apiserver is a timeout, not a stuck worker
         self._resources: dict[str, Any] = {}
@@ -167,15 +171,44 @@ class Kube:
             raise KubeError(f"list pods {selector}: {exc.status} {_reason(exc)}") from exc
         return list(self.api_client.sanitize_for_serialization(pods).get("items") or [])
 
-    @_classified
     def read_model_version(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self._read_custom("modelversions", "ModelVersion", namespace, name)
+
+    def read_abtest(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self._read_custom("abtests", "ABTest", namespace, name)
+
+    @_classified
+    def _read_custom(self, plural: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         try:
-            return dict(self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "modelversions", name,
+            return dict(self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, plural, name,
                                                                  _request_timeout=self.timeout))
         except ApiException as exc:
             if exc.status == 404:
                 return None
-            raise KubeError(f"read ModelVersion {name}: {exc.status} {_reason(exc)}") from exc
+            raise KubeError(f"read {kind} {name}: {exc.status} {_reason(exc)}") from exc
+
+    def post_event(self, involved: dict[str, Any], type: str, reason: str, message: str) -> None:
+        """Post a core/v1 Event about a ModelVersion or ABTest (``kubectl describe`` and
+        ``kubectl get events`` show it). Works from any thread — kopf's own ``kopf.event`` only works inside
+        its handlers, and periodic work runs on the operator's ticker. Never raises: an Event that cannot be
+        posted is one warning line, and the decision it reports stands."""
+        meta = involved.get("metadata") or {}
+        now = datetime.now(timezone.utc)
+        event = client.CoreV1Event(
+            metadata=client.V1ObjectMeta(generate_name=f"{meta.get('name', 'modelpilot')}.",
+                                         namespace=meta.get("namespace")),
+            involved_object=client.V1ObjectReference(
+                api_version=involved.get("apiVersion", f"{GROUP}/{VERSION}"), kind=involved.get("kind"),
+                name=meta.get("name"), namespace=meta.get("namespace"), uid=meta.get("uid"),
+                resource_version=meta.get("resourceVersion")),
+            reason=reason, message=message[:1024], type=type, count=1, first_timestamp=now, last_timestamp=now,
+            source=client.V1EventSource(component="modelpilot"), reporting_component="modelpilot",
+            reporting_instance=socket.gethostname())
+        try:
+            self.core.create_namespaced_event(meta.get("namespace"), event, _request_timeout=self.timeout)
+        except (ApiException, *TRANSPORT_ERRORS) as exc:
+            logging.getLogger(__name__).warning("cannot post Event %s on %s/%s: %s", reason, meta.get("namespace"),
+                                                meta.get("name"), exc)
 
     @_classified
     def patch_status(self, namespace: str, name: str, status: dict[str, Any], plural: str = "modelversions",

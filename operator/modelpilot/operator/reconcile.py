@@ -16,6 +16,7 @@ The rules that keep production safe live here:
 from __future__ import annotations
 
 import dataclasses
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -293,6 +294,11 @@ class Reconciler:
     def __init__(self, settings: OperatorSettings, kube: Kube, registry_factory: RegistryFactory | None = None):
         self.settings = settings
         self.kube = kube
+        # One reconcile at a time per ModelVersion, whichever path asks (kopf handlers, the ticker, an ABTest):
+        # with each one reading the resource afresh inside the lock, no reconcile decides on a status another
+        # one has already moved past (a stale one could redo a canary step).
+        self._locks: dict[tuple[str, str], threading.Lock] = {}
+        self._locks_guard = threading.Lock()
         self.registry_factory = registry_factory or (
             lambda uri, creds: Registry(uri, creds, timeout=settings.registry_timeout_seconds))
 
@@ -323,6 +329,23 @@ class Reconciler:
             return registry.resolve(model_ref(spec))
         finally:
             registry.close()
+
+    def lock(self, namespace: str, name: str) -> threading.Lock:
+        with self._locks_guard:
+            return self._locks.setdefault((namespace, name), threading.Lock())
+
+    def forget(self, namespace: str, name: str) -> None:
+        with self._locks_guard:
+            self._locks.pop((namespace, name), None)
+
+    def reconcile_latest(self, namespace: str, name: str, *, refresh: bool = False) -> tuple[Result, dict[str, Any]] | None:
+        """Reconcile the ModelVersion as it is now (read inside its lock); None when it no longer exists.
+        Returns the result and the body it started from (Events are posted against it)."""
+        with self.lock(namespace, name):
+            body = self.kube.read_model_version(namespace, name)
+            if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
+                return None
+            return self.reconcile(body, refresh=refresh), body
 
     def reconcile(self, body: dict[str, Any], *, refresh: bool = False) -> Result:
         """Bring one ModelVersion's objects in line with its spec.
