@@ -65,9 +65,13 @@ def run(args: argparse.Namespace) -> int:
     status = body.get("status") or {}
     ro = status.get("rollout") or {}
     if args.verb == "undo":
-        if ro.get("phase") in ACTIVE:
+        if ro.get("phase") in STEPPING:
             print(f"error: modelversion {namespace}/{args.name} has a rollout in progress (phase {ro['phase']}); "
                   "abort it instead", file=sys.stderr)
+            return 1
+        if ro.get("phase") in ACTIVE:
+            print(f"error: modelversion {namespace}/{args.name} is finishing a rollout (phase {ro['phase']}: the "
+                  "surviving version is coming up at full size); wait for it to finish, then undo", file=sys.stderr)
             return 1
         current = (status.get("model") or {}).get("version")
         previous = (status.get("previousModel") or {}).get("version")
@@ -77,6 +81,11 @@ def run(args: argparse.Namespace) -> int:
             return 1
         value, what = f"undo/{current}", f"undo requested: version {previous} comes back, version {current} goes"
     else:
+        if ro.get("phase") in ACTIVE and ro.get("phase") not in STEPPING:
+            print(f"error: modelversion {namespace}/{args.name} is finishing its rollout (phase {ro['phase']}: the "
+                  f"surviving version is coming up at full size); `{args.verb}` no longer applies — wait for it to "
+                  "finish (then `modelpilot undo` can bring the previous version back)", file=sys.stderr)
+            return 1
         if ro.get("phase") not in STEPPING:
             print(f"error: modelversion {namespace}/{args.name} has no rollout in progress "
                   f"(rollout phase: {ro.get('phase') or 'none'})", file=sys.stderr)

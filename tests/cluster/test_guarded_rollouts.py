@@ -321,3 +321,28 @@ def test_a_gateway_canary_is_an_httproute_with_exact_weights_pins_and_a_shadow_p
     decisions = [h["decision"] for h in ro["history"]]
     assert "shadow phase passed" in " ".join(h["message"] for h in ro["history"]), decisions
     assert _serving(custom, namespace, "iris", newer)
+
+
+def test_a_version_change_mid_rollout_restarts_the_canary_on_its_own_pods(
+    operator: Any, dev_env: dict[str, Any], custom: Any, namespace: str, iris_version: str
+) -> None:
+    """The spec moves on while a canary runs: the new canary must be judged on its own pods. (Found by a
+    fresh-eyes try: the old canary's ready pods counted as the new step's, and the new pods' start-up read as
+    a readiness flap, so the new version was rolled back within a second.)"""
+    tracking = dev_env["exports"]["MLFLOW_TRACKING_URI"]
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, _mv(
+        "iris", {"name": "iris", "version": iris_version}, steps=[50, 100], stepIntervalSeconds=15,
+        analysis={"enabled": False}))
+    wait_for(lambda: _serving(custom, namespace, "iris", iris_version), 180, message="the first version Ready")
+    second, third = register_iris_model(tracking), register_iris_model(tracking)
+    custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "iris",
+                                          {"spec": {"model": {"version": second}}})
+    wait_for(lambda: (lambda r: r if r.get("canaryVersion") == second and r.get("stepStartedAt") else None)(
+        _rollout(custom, namespace, "iris")), 120, 0.5, "the first canary's step in place")
+    custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "iris",
+                                          {"spec": {"model": {"version": third}}})
+    ro = wait_for(lambda: (lambda r: r if r.get("canaryVersion") == third and r.get("phase") in
+                           ("Promoted", "RolledBack") else None)(_rollout(custom, namespace, "iris")), 240, 1.0,
+                  "the second canary to finish")
+    assert ro["phase"] == "Promoted", (ro.get("reason"), ro.get("history"))
+    assert _serving(custom, namespace, "iris", third)

@@ -35,7 +35,8 @@ def test_the_view_shows_versions_step_weights_checks_and_history() -> None:
                      "threshold": "maxDelta=0.01", "samples": 120.0, "message": "within threshold"},
                     {"check": "latency-p99", "verdict": "Pass", "value": 0.0123, "baseline": 0.011,
                      "threshold": "maxRatio=1.5, slack=0.05", "samples": 120.0, "message": "within threshold"}]
-    r = rollout.plan(r, SPEC, 4, settled(r, SPEC, verdict="Pass", measurements=measurements), T0 + 31).rollout
+    r = rollout.plan(r, SPEC, 4, settled(r, SPEC, verdict="Pass", measurements=measurements, stable_version="2",
+                                         canary_version="3"), T0 + 31).rollout
     text = kubectl.render(_body(r), now=T0 + 40)
     assert "Serving:       version 2 (run r2), 4/4 ready" in text
     assert "Rollout:       Progressing (canary of version 3 against 2)" in text
@@ -62,3 +63,45 @@ def test_the_kubectl_plugin_offers_only_the_resource_verbs() -> None:
         assert f"    {verb} " in out.stdout
     for hidden in ("operator", "serve", "dev", "demo"):
         assert f"    {hidden} " not in out.stdout
+
+
+def test_each_verb_is_refused_or_sent_by_the_rollout_phase(monkeypatch: object) -> None:
+    """Which phase takes which verb: step actions while Progressing/Paused, undo when nothing is active, and
+    neither while a rollout finishes (Promoting/RollingBack) — with a message saying why."""
+    import argparse
+    import sys as _sys
+    import types
+
+    from kubernetes import client, config
+
+    patched: list[dict] = []  # type: ignore[type-arg]
+
+    class FakeCustom:
+        def __init__(self, body: dict) -> None:  # type: ignore[type-arg]
+            self.body = body
+
+        def get_namespaced_custom_object(self, *args: object) -> dict:  # type: ignore[type-arg]
+            return self.body
+
+        def patch_namespaced_custom_object(self, *args: object) -> None:
+            patched.append(args[-1])  # type: ignore[arg-type]
+
+    def verdict(verb: str, phase: str | None) -> int:
+        body = _body({"phase": phase, "canaryVersion": "3"} if phase else None)
+        setattr(config, "new_client_from_config", lambda *a, **k: None)
+        setattr(client, "CustomObjectsApi", lambda api: FakeCustom(body))
+        return kubectl.run(argparse.Namespace(verb=verb, name="iris", namespace="ml", kubeconfig=None))
+
+    saved = (config.new_client_from_config, client.CustomObjectsApi)  # a boundary no cluster stands behind here
+    try:
+        for phase in ("Progressing", "Paused"):
+            assert verdict("abort", phase) == 0 and verdict("undo", phase) == 1
+        for phase in ("Promoting", "RollingBack"):
+            assert verdict("abort", phase) == 1 and verdict("promote", phase) == 1 and verdict("undo", phase) == 1
+        for phase in ("Promoted", "RolledBack", None):
+            assert verdict("abort", phase) == 1 and verdict("undo", phase) == 0
+    finally:
+        config.new_client_from_config, client.CustomObjectsApi = saved
+    assert patched[0] == {"metadata": {"annotations": {"modelpilot.io/rollout-action": "abort/3"}}}
+    assert patched[-1] == {"metadata": {"annotations": {"modelpilot.io/rollout-action": "undo/2"}}}
+    del _sys, types

@@ -119,13 +119,13 @@ def test_a_restart_during_a_step_fails_it_even_when_every_metric_passes(analysis
     spec = {**SPEC, "rollout": {**SPEC["rollout"], "analysis": {"enabled": analysis_enabled}}}
     r = in_place(spec)
     d = rollout.plan(r, spec, 4, settled(r, spec, verdict="Pass", restarts=1), T0 + 31)
-    assert d.action == "RollBack" and d.message.endswith("canary containers restarted 1 time during step 0")
+    assert d.action == "RollBack" and d.message.endswith("canary containers restarted 1 time during step 1")
 
 
 def test_a_readiness_flap_between_ticks_fails_the_step() -> None:
     r = in_place()
     d = rollout.plan(r, SPEC, 4, settled(r, SPEC, verdict="Pass", last_ready_change=T0 + 12), T0 + 31)
-    assert d.action == "RollBack" and "readiness changed during step 0" in d.message
+    assert d.action == "RollBack" and "readiness changed during step 1" in d.message
 
 
 def test_with_analysis_disabled_a_step_advances_on_time_with_healthy_pods_only() -> None:
@@ -240,7 +240,8 @@ def test_undo_brings_the_previous_version_back_at_full_size_before_it_takes_the_
     spec = {"replicas": 3}
     cluster = Cluster(3, stable_version="3", canary_version="2")
     cluster.stable_runs = "3"
-    r = rollout.start({"name": "iris", "version": "3"}, {"name": "iris", "version": "2"}, spec, T0, kind="Undo").rollout
+    r = rollout.start({"name": "iris", "version": "3"}, {"name": "iris", "version": "2"}, spec, T0, kind="Undo",
+                      rejected="3").rollout
     assert r["weight"] == 100 and r["rejectedVersion"] == "3"
     for i in range(50):
         d = rollout.plan(r, spec, 3, cluster.world(), T0 + 5 * i)
@@ -276,3 +277,21 @@ def test_pod_health_reads_restarts_readiness_and_either_timestamp_rendering(stam
     health = pod_health([pod("a", "True", 1), pod("b", "False", 2), pod("c", "False", 9, deleting=True)])
     assert health.restarts == 3 and health.not_ready == ("b",)
     assert health.last_ready_change == rollout.parse_time("2026-11-30T02:09:18Z")
+
+
+def test_a_canary_deployment_still_running_a_superseded_version_is_not_in_place() -> None:
+    """The spec moved on mid-rollout: the new rollout's first tick sees the old canary Deployment at the right
+    size; taking it for the new canary started the step's clock, and the new pods' start-up then read as a
+    readiness flap and rolled the new version back at once."""
+    r = rollout.start(STABLE, {"name": "iris", "version": "3"}, SPEC, T0).rollout
+    old_canary = settled(r, SPEC, canary_version="2")  # the superseded canary's pods, ready
+    d = rollout.plan(r, SPEC, 4, old_canary, T0)
+    assert d.rollout["stepStartedAt"] is None and d.action == "Wait"
+    starting = not_ready(d.rollout, SPEC)  # the new version's pods come up
+    assert rollout.plan(d.rollout, SPEC, 4, starting, T0 + 2).action == "Wait"
+
+
+def test_undoing_an_undo_rejects_nothing() -> None:
+    r = rollout.start({"name": "iris", "version": "1"}, {"name": "iris", "version": "2"}, {}, T0, kind="Undo",
+                      rejected="").rollout
+    assert r["rejectedVersion"] is None and r["finalPhase"] == "Promoted"

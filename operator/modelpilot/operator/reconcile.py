@@ -527,7 +527,8 @@ class Reconciler:
             # The spec's version stays rejected (usually the serving one; after an earlier rollback the spec may
             # still name the version that was rolled back), so the undo is not followed by a new canary of it.
             start = rollout.start(stable.as_status(signature=False), previous, spec, now, kind="Undo",
-                                  reason="requested with modelpilot undo", rejected=candidate.version)
+                                  reason="requested with modelpilot undo",
+                                  rejected="" if candidate.version == previous.get("version") else candidate.version)
             decision = self._started(start, spec, total, world, now)
         elif not stepping and ro.get("phase") in rollout.ACTIVE:
             decision = rollout.plan(ro, spec, total, world, now)  # Promoting / RollingBack: finish first

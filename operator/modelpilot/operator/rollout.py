@@ -158,7 +158,8 @@ def settings(spec: dict[str, Any]) -> dict[str, Any]:
 def replica_targets(total: int, weight: int, max_surge: int) -> tuple[int, int, bool]:
     """(stable, canary, honoured) replicas for ``weight`` % by replica ratio, never fewer than ``total``
     pods in all and at most ``total + max_surge``: the fewest pods within ±5 points of the weight, else the
-    closest split (``honoured`` False). The canary always has a replica and, below 100 %, so has stable."""
+    closest split (``honoured`` False). The canary always has a replica and, below 100 %, so has stable —
+    so with ``total`` 1 a step below 100 % runs 2 pods whatever ``max_surge`` says."""
     total = max(total, 1)
     if weight >= 100:
         return 0, total, True
@@ -205,8 +206,10 @@ def start(stable: dict[str, Any], canary: dict[str, Any], spec: dict[str, Any], 
                     "inconclusive": 0, "analysis": [], "baselines": {}, "history": []})
     what = (f"undo: back to version {canary['version']} from {stable['version']}" if kind == "Undo" else
             f"canary {canary['version']} against stable {stable['version']} at {weight}%")
-    if kind == "Undo":  # the undone version stays rejected until the spec or the alias moves on
-        rollout.update(finalPhase="RolledBack", rejectedVersion=rejected or stable["version"])
+    if kind == "Undo":
+        # The spec's version (``rejected``) stays rejected until the spec or the alias moves on — unless the
+        # version brought back is the spec's own (an undo of an undo): then nothing is rejected.
+        rollout.update(finalPhase="RolledBack" if rejected else "Promoted", rejectedVersion=rejected or None)
     elif cfg["gateway"] and cfg["shadow_seconds"] > 0:
         rollout.update(shadow=True)  # live traffic mirrored to the canary, analysed, never answered by it
         what += f", after a {cfg['shadow_seconds']:.0f}s shadow phase"
@@ -236,9 +239,13 @@ def targets(r: dict[str, Any], total: int, cfg: dict[str, Any]) -> tuple[int, in
     return replica_targets(total, weight, surge_limit(total, cfg["max_surge"]))
 
 
-def _settled(world: World, stable: int, canary: int) -> bool:
+def _settled(r: dict[str, Any], world: World, stable: int, canary: int) -> bool:
+    """Both tracks at these replicas, every one ready, each running its rollout's version: a canary
+    Deployment still running a superseded canary version (the spec moved on mid-rollout) is not in place."""
     s, c = world.stable, world.canary
-    return (s.replicas == stable and c.replicas == canary and c.exists and s.settled and c.settled
+    versions = ((not s.version or s.version == str(r.get("stableVersion")))
+                and (not c.version or c.version == str(r.get("canaryVersion"))))
+    return (versions and s.replicas == stable and c.replicas == canary and c.exists and s.settled and c.settled
             and s.ready >= stable and c.ready >= canary)
 
 
@@ -249,7 +256,7 @@ def analysis_window(r: dict[str, Any], spec: dict[str, Any], world: World, total
     if r.get("phase") != "Progressing" or not cfg["analysis"] or world.action or r.get("kind") == "Undo":
         return None
     started = _step_started(r)
-    if started is None or not _settled(world, *targets(r, total, cfg)[:2]):
+    if started is None or not _settled(r, world, *targets(r, total, cfg)[:2]):
         return None
     elapsed = now - started
     if elapsed < (cfg["shadow_seconds"] if r.get("shadow") else cfg["interval"]):
@@ -293,14 +300,14 @@ def plan(rollout: dict[str, Any], spec: dict[str, Any], total: int, world: World
     warning = ""
     r["weightWarning"] = None
     if not honoured:
-        r["weightWarning"] = (f"step {r['step']} asks for {r['weight']}% but {stable} stable + {canary} canary "
+        r["weightWarning"] = (f"step {r['step'] + 1} asks for {r['weight']}% but {stable} stable + {canary} canary "
                               f"replicas give {effective_weight(stable, canary)}%: within "
-                              f"maxSurge={cfg['max_surge'] or '100%'} no split is within ±{WEIGHT_TOLERANCE:.0f} "
+                              f"maxSurge={'100%' if cfg['max_surge'] is None else cfg['max_surge']} no split is within ±{WEIGHT_TOLERANCE:.0f} "
                               "points (raise maxSurge or replicas, or route with a Gateway)")
         if rollout.get("weightWarning") != r["weightWarning"]:
             warning = r["weightWarning"]
     started = _step_started(r)
-    if not _settled(world, stable, canary):
+    if not _settled(r, world, stable, canary):
         # The step's replicas are not in place (or a pod left): its clock has not started.
         r["stepStartedAt"] = None
         restarts = world.health.restarts - int(r.get("canaryRestarts") or 0)
@@ -311,23 +318,23 @@ def plan(rollout: dict[str, Any], spec: dict[str, Any], total: int, world: World
         elif restarts > RESTARTS_WHILE_STARTING:
             return _roll_back(cfg, r, world, total, now, _health_failure(r, world, restarts))
         if now - _step_requested(r) > cfg["deadline"]:
-            why = (f"the canary's replicas for step {r['step']} ({r['weight']}%) were not ready within "
+            why = (f"the canary's replicas for step {r['step'] + 1} ({r['weight']}%) were not ready within "
                    f"progressDeadlineSeconds={cfg['deadline']:.0f}")
             return _roll_back(cfg, r, world, total, now, f"{why}: {world.health.problem}" if world.health.problem else why)
-        return _hold(cfg, r, world, stable, canary, "Wait", f"step {r['step']}: waiting for {stable} stable + {canary} "
+        return _hold(cfg, r, world, stable, canary, "Wait", f"step {r['step'] + 1}: waiting for {stable} stable + {canary} "
                      "canary replicas to be ready", warning)
     if started is None:
         # Not before the last pod became ready (seconds resolution): that change belongs to the transition.
         r["stepStartedAt"] = fmt_time(max(now, world.health.last_ready_change or 0.0))
         r["canaryRestarts"] = world.health.restarts
-        return _hold(cfg, r, world, stable, canary, "Wait", f"step {r['step']} at {r['weight']}% is in place", warning)
+        return _hold(cfg, r, world, stable, canary, "Wait", f"step {r['step'] + 1} at {r['weight']}% is in place", warning)
     restarts = world.health.restarts - int(r.get("canaryRestarts") or 0)
     flapped = world.health.last_ready_change is not None and world.health.last_ready_change > started
     if restarts > 0 or flapped:
         return _roll_back(cfg, r, world, total, now, _health_failure(r, world, restarts))
     interval = cfg["shadow_seconds"] if r.get("shadow") else cfg["interval"]
     if now - started < interval:
-        where = "the shadow phase" if r.get("shadow") else f"step {r['step']} ({r['weight']}%)"
+        where = "the shadow phase" if r.get("shadow") else f"step {r['step'] + 1} ({r['weight']}%)"
         return _hold(cfg, r, world, stable, canary, "Wait", f"holding {where}", warning)
     verdict = "Pass" if not cfg["analysis"] else world.verdict
     measurements = world.measurements or []
@@ -368,23 +375,27 @@ def plan(rollout: dict[str, Any], spec: dict[str, Any], total: int, world: World
                  canaryRestarts=world.health.restarts)
         return _hold(cfg, r, world, stable, canary, "Advance", f"shadow phase passed; canary weight {r['weight']}%")
     if r["step"] + 1 >= len(steps) or r["weight"] >= 100:
-        return _promote(cfg, r, world, total, now, "every step passed analysis" if cfg["analysis"]
-                        else "every step held its interval with healthy pods (analysis disabled)")
-    r["history"] = _history(r, now, "Pass", _evidence(measurements) or "passed")
+        why = ("the previous version is ready at full size" if r.get("kind") == "Undo" else
+               "every step passed analysis" if cfg["analysis"] else
+               "every step held its interval with healthy pods (analysis disabled)")
+        return _promote(cfg, r, world, total, now, why)
+    held = "held its interval with healthy pods (analysis disabled)"
+    r["history"] = _history(r, now, "Pass", (_evidence(measurements) or "passed") if cfg["analysis"] else held)
+    why = "analysis passed" if cfg["analysis"] else f"step {r['step'] + 1} {held}"
     r.update(step=r["step"] + 1, weight=steps[r["step"] + 1], stepRequestedAt=fmt_time(now), stepStartedAt=None,
              failures=0, inconclusive=0, canaryRestarts=world.health.restarts)
     stable, canary, _ = targets(r, total, cfg)
-    return _hold(cfg, r, world, stable, canary, "Advance", f"analysis passed; canary weight {r['weight']}%")
+    return _hold(cfg, r, world, stable, canary, "Advance", f"{why}; canary weight {r['weight']}%")
 
 
 def _health_failure(r: dict[str, Any], world: World, restarts: int) -> str:
     h = world.health
     if restarts > 0:
-        what = f"canary containers restarted {restarts} time{'s' if restarts != 1 else ''} during step {r['step']}"
+        what = f"canary containers restarted {restarts} time{'s' if restarts != 1 else ''} during step {r['step'] + 1}"
     elif h.not_ready:
-        what = f"canary pod {', '.join(h.not_ready[:3])} stopped being ready during step {r['step']}"
+        what = f"canary pod {', '.join(h.not_ready[:3])} stopped being ready during step {r['step'] + 1}"
     else:
-        what = f"a canary pod's readiness changed during step {r['step']}"
+        what = f"a canary pod's readiness changed during step {r['step'] + 1}"
     message = what + (f": {h.problem}" if h.problem else "")
     check: dict[str, Any] = {"check": "pod-health", "verdict": "Fail", "value": float(restarts), "baseline": 0.0,
                              "threshold": "no restart and no readiness change during a step", "samples": None,
@@ -411,7 +422,7 @@ def _hold(cfg: dict[str, Any], r: dict[str, Any], world: World, stable: int, can
         return Decision(action, r, message, stable_replicas=stable_now, canary_replicas=canary_now, warning=warning)
     if r.get("shadow"):
         route = 0
-    elif _settled(world, stable, canary):
+    elif _settled(r, world, stable, canary):
         route = int(r.get("weight") or 0)
     else:
         route = int(r.get("routeWeight") or 0) if c.ready > 0 else 0
@@ -453,7 +464,8 @@ def promote_now(rollout: dict[str, Any], spec: dict[str, Any], world: World, tot
 
 def _promote(cfg: dict[str, Any], r: dict[str, Any], world: World, total: int, now: float, why: str) -> Decision:
     """Enter ``Promoting``: the stable Deployment runs the canary version at full size before the canary goes."""
-    r.update(phase="Promoting", finalPhase="RolledBack" if r.get("kind") == "Undo" else "Promoted", reason=why,
+    undo_final = "RolledBack" if r.get("rejectedVersion") else "Promoted"
+    r.update(phase="Promoting", finalPhase=undo_final if r.get("kind") == "Undo" else "Promoted", reason=why,
              stepStartedAt=None, shadow=None)
     r["history"] = _history(r, now, "Promote", why)
     d = _finish(cfg, r, world, total, now, promote=True, entering=True)
@@ -490,7 +502,7 @@ def _finish(cfg: dict[str, Any], r: dict[str, Any], world: World, total: int, no
                             canary_replicas=canary_now, stable_model=which, route_weight=0)
     final = r.get("finalPhase") or ("Promoted" if promote else "RolledBack")
     r.update(phase=final, finishedAt=fmt_time(now), replicas={"stable": total, "canary": 0},
-             effectiveWeight=100 if promote else 0)
+             effectiveWeight=100 if promote else 0, weightWarning=None)
     if cfg["gateway"]:
         r["routeWeight"] = 0
     done = {"Promoted": f"promoted version {survivor}: it serves every request at {total} replicas",
