@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 MODE=${1:-local}
 PY=.venv/bin/python
 [ -x "$PY" ] || { echo "error: run ./scripts/bootstrap.sh first (no .venv)" >&2; exit 1; }
-bin() { "$PY" -c "from modelpilot.dev import binaries; print(getattr(binaries.resolve(build=False), '$1'))"; }
+bin() { "$PY" -c "from modelpilot_dev import binaries; print(getattr(binaries.resolve(build=False), '$1'))"; }
 HELM=$(bin helm)
 CLEANUP=()
 cleanup() { for c in "${CLEANUP[@]}"; do eval "$c" || true; done; }
@@ -40,7 +40,7 @@ case "$MODE" in
     kind get kubeconfig --name "$CLUSTER" > "$KUBECONFIG"
     IMAGE_REGISTRY=ghcr.io/modelpilot IMAGE_TAG=e2e ./scripts/build-images.sh
     kind load docker-image --name "$CLUSTER" ghcr.io/modelpilot/modelpilot-operator:e2e ghcr.io/modelpilot/modelpilot-serve:e2e
-    "$KUBECTL" apply --server-side -f "$("$PY" -c 'from modelpilot.dev import binaries; print(binaries.gateway_api_crds())')"
+    "$KUBECTL" apply --server-side -f "$("$PY" -c 'from modelpilot_dev import binaries; print(binaries.gateway_api_crds())')"
     "$KUBECTL" apply -f e2e/manifests/
     "$KUBECTL" -n modelpilot-e2e rollout status deploy/mlflow deploy/prometheus --timeout=300s
     "$KUBECTL" -n modelpilot-e2e port-forward svc/mlflow 15000:5000 >/dev/null & CLEANUP+=("kill $!")

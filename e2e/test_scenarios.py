@@ -13,7 +13,7 @@ import urllib.request
 from collections import Counter
 from typing import Any
 
-from modelpilot.dev.workloads import register_faulty_model, register_iris_model, wait_for
+from modelpilot_dev.workloads import register_faulty_model, register_iris_model, wait_for
 
 G, V = "modelpilot.io", "v1alpha1"
 ROW = json.dumps({"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP64",

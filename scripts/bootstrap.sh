@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install everything modelpilot needs on a fresh machine, idempotently and cached:
-#   1. a Python virtualenv in .venv with the project and all extras (pip's cache makes reruns quick;
-#      nothing is reinstalled while pyproject.toml is unchanged);
+#   1. a Python virtualenv in .venv with the project and all extras, and the local environment's own
+#      package from devenv/ (pip's cache makes reruns quick; nothing is reinstalled while
+#      pyproject.toml and devenv/pyproject.toml are unchanged);
 #   2. the local control plane's binaries (etcd, kube-apiserver, kube-controller-manager,
 #      kube-scheduler, kubectl, kwok, Prometheus, helm), built once from pinned Go modules into
 #      ~/.cache/modelpilot (or $MODELPILOT_CACHE) — skipped for any binary that
@@ -45,13 +46,16 @@ else
   echo "==> Debian packages present (${APT_PACKAGES[*]})"
 fi
 
-stamp_src=$(cat pyproject.toml | sha256sum | cut -c1-16)
+# Two distributions from this checkout, both editable: the product (`modelpilot`: operator/ and
+# serving-image/, what the images hold) and the local environment (`modelpilot-dev`: devenv/,
+# the `modelpilot-dev` command behind `modelpilot dev` and `modelpilot demo`; never in an image).
+stamp_src=$(cat pyproject.toml devenv/pyproject.toml | sha256sum | cut -c1-16)
 stamp=.venv/.installed-$stamp_src
-if [ ! -f "$stamp" ]; then
-  echo "==> installing Python packages into .venv (pip install -e '.[dev]')"
+if [ ! -f "$stamp" ] || ! .venv/bin/python -c 'import modelpilot, modelpilot_serve, modelpilot_dev' 2>/dev/null; then
+  echo "==> installing Python packages into .venv (pip install -e '.[dev]' -e ./devenv)"
   [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e '.[dev]'
+  .venv/bin/python -m pip install -q -e '.[dev]' -e ./devenv
   rm -f .venv/.installed-*
   touch "$stamp"
 else

@@ -31,7 +31,7 @@ def _interrupt(signum: int, frame: Any) -> None:
 @pytest.fixture(scope="session")
 def dev_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """A running local environment; yields its state (ports, exports, binaries)."""
-    from modelpilot.dev.environment import Environment
+    from modelpilot_dev.environment import Environment
 
     home = Path(os.environ.get("MODELPILOT_TEST_HOME") or tmp_path_factory.mktemp("devenv"))
     env = Environment(home)
@@ -81,6 +81,6 @@ def namespace(core: Any) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def iris_version(dev_env: dict[str, Any]) -> str:
     """A real scikit-learn model registered in the environment's MLflow as 'iris'."""
-    from modelpilot.dev.workloads import register_iris_model
+    from modelpilot_dev.workloads import register_iris_model
 
     return register_iris_model(dev_env["exports"]["MLFLOW_TRACKING_URI"], "iris")

@@ -25,7 +25,7 @@ def _operator_env(dev_env: dict[str, Any], **extra: str) -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def metrics_port() -> int:
-    from modelpilot.dev.environment import free_port
+    from modelpilot_dev.environment import free_port
 
     return free_port()
 
@@ -39,7 +39,7 @@ def operator(dev_env: dict[str, Any], tmp_path_factory: pytest.TempPathFactory,
                              capture_output=True, text=True, timeout=60)
     assert applied.returncode == 0, applied.stderr
     # `kubectl wait` fails at once if a CRD is not visible yet: retry until both are Established.
-    from modelpilot.dev.workloads import wait_for
+    from modelpilot_dev.workloads import wait_for
 
     def established() -> bool:
         done = subprocess.run([kubectl, "wait", "--for=condition=Established", "--timeout=20s",
@@ -50,7 +50,7 @@ def operator(dev_env: dict[str, Any], tmp_path_factory: pytest.TempPathFactory,
     wait_for(established, 120, 1.0, "the CRDs to be Established")
     logpath = tmp_path_factory.mktemp("operator") / "operator.log"
     log = logpath.open("wb")
-    from modelpilot.dev.environment import free_port
+    from modelpilot_dev.environment import free_port
 
     proc = subprocess.Popen([sys.executable, "-m", "modelpilot.cli", "operator", "--liveness",
                              f"http://127.0.0.1:{free_port()}/healthz"], env=env, stdout=log,

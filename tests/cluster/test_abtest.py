@@ -19,7 +19,7 @@ from typing import Any
 
 from kubernetes import client
 
-from modelpilot.dev.workloads import pod_address, register_faulty_model, wait_for
+from modelpilot_dev.workloads import pod_address, register_faulty_model, wait_for
 from modelpilot.operator import abtest
 
 GROUP, VERSION = "modelpilot.io", "v1alpha1"
@@ -88,7 +88,7 @@ def test_a_variant_rolling_out_a_canary_stays_in_its_abtest(
     promoted, every pod of iris-a (both tracks) keeps the ABTest label, so the variant never drops out of
     the experiment's Service, and the canary splits the replicas the ABTest assigned (surge first).
     Serving continuity through the Service is tested in tests/cluster/test_guarded_rollouts.py."""
-    from modelpilot.dev.workloads import register_iris_model
+    from modelpilot_dev.workloads import register_iris_model
 
     canary_a = _mv("iris-a", iris_version)
     canary_a["spec"]["rollout"] = {"steps": [50, 100], "stepIntervalSeconds": 8, "progressDeadlineSeconds": 240,

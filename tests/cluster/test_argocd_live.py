@@ -6,7 +6,7 @@ import importlib.util
 from pathlib import Path
 from typing import Any
 
-from modelpilot.dev.workloads import wait_for
+from modelpilot_dev.workloads import wait_for
 
 _spec = importlib.util.spec_from_file_location(
     "argocd_harness", Path(__file__).resolve().parents[1] / "unit" / "test_argocd_health.py")

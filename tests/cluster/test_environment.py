@@ -2,7 +2,7 @@
 
 Each test talks to the processes the session's environment started; nothing
 here is mocked. What the environment simulates (pod networking, container
-isolation) is described in modelpilot.dev.runtime.
+isolation) is described in modelpilot_dev.runtime.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import pytest
 import yaml
 from kubernetes.client.rest import ApiException
 
-from modelpilot.dev.workloads import pod_address, serving_deployment, wait_for
+from modelpilot_dev.workloads import pod_address, serving_deployment, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -6,7 +6,7 @@ passed on the previous step's traffic, a crash-looping canary advanced, a multi-
 its first series, replica ratios silently missed the requested weight, a new rollout kept the last one's
 reason, and there was no way back after a promotion.
 
-Traffic: ``ServiceTraffic`` (modelpilot.dev.workloads) sends requests at a steady rate to the *Service's* ready endpoints, in turn, as
+Traffic: ``ServiceTraffic`` (modelpilot_dev.workloads) sends requests at a steady rate to the *Service's* ready endpoints, in turn, as
 kube-proxy balances a ClusterIP. What is simulated on today's environment (no real node yet): pod networking
 — an endpoint's pod is reached at the loopback address the process runtime gives it; the endpoints
 themselves are the real EndpointSlices the controller-manager keeps for the Service.
@@ -19,7 +19,7 @@ import sys
 import time
 from typing import Any
 
-from modelpilot.dev.workloads import ServiceTraffic, register_faulty_model, register_iris_model, wait_for
+from modelpilot_dev.workloads import ServiceTraffic, register_faulty_model, register_iris_model, wait_for
 
 GROUP, VERSION, PLURAL = "modelpilot.io", "v1alpha1", "modelversions"
 SMALL_ROW = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP64", "data": [5.1, 3.5, 1.4, 0.2]}]}

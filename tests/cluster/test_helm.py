@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from modelpilot.dev.workloads import pod_address, wait_for
+from modelpilot_dev.workloads import pod_address, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 RELEASE, SYSTEM = "mp", "modelpilot-system"

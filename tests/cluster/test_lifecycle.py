@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from modelpilot.dev.environment import Environment, port_bound
+from modelpilot_dev.environment import Environment, port_bound
 
 CLI = [sys.executable, "-m", "modelpilot.cli"]
 

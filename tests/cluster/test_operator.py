@@ -19,7 +19,7 @@ import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from modelpilot.dev.workloads import pod_address, register_iris_model, wait_for
+from modelpilot_dev.workloads import pod_address, register_iris_model, wait_for
 
 GROUP, VERSION, PLURAL = "modelpilot.io", "v1alpha1", "modelversions"
 
@@ -202,7 +202,7 @@ def test_the_operator_exports_its_own_metrics(
 def test_a_second_replica_with_lower_priority_stands_by(
     operator: Any, operator_env: Any, custom: Any, namespace: str, iris_version: str, tmp_path: Path
 ) -> None:
-    from modelpilot.dev.environment import free_port
+    from modelpilot_dev.environment import free_port
 
     def peers() -> list[int]:
         try:

@@ -46,7 +46,7 @@ def _interrupt(signum: int, frame: Any) -> None:
 
 @pytest.fixture(scope="module")
 def real_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    from modelpilot.dev.environment import Environment
+    from modelpilot_dev.environment import Environment
 
     home = tmp_path_factory.mktemp("realnode")
     env = Environment(home)
@@ -119,7 +119,7 @@ def test_node_is_ready_with_its_own_ip(real_env: dict[str, Any], core: Any) -> N
 
 
 def test_serving_pod_behind_a_cluster_ip(real_env: dict[str, Any], core: Any) -> None:
-    from modelpilot.dev.workloads import register_iris_model
+    from modelpilot_dev.workloads import register_iris_model
 
     env = real_env
     node = env["node"]

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from modelpilot.dev.workloads import pod_address, register_faulty_model, register_iris_model, wait_for
+from modelpilot_dev.workloads import pod_address, register_faulty_model, register_iris_model, wait_for
 
 GROUP, VERSION, PLURAL = "modelpilot.io", "v1alpha1", "modelversions"
 ROW = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP64", "data": [6.7, 3.0, 5.2, 2.3]}]}
@@ -235,7 +235,7 @@ def test_a_killed_operator_mid_rollout_is_resumed_by_another_at_the_same_step(
     import subprocess
     import sys
 
-    from modelpilot.dev.environment import free_port
+    from modelpilot_dev.environment import free_port
 
     resumed_before = operator.logpath.read_text().count("Resuming operations")
     paused_before = operator.logpath.read_text().count("Pausing operations in favour of")

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from modelpilot.dev import binaries
+from modelpilot_dev import binaries
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "modelpilot"

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from modelpilot.dev import binaries, pki
-from modelpilot.dev.environment import kwok_stages, prometheus_config
+from modelpilot_dev import binaries, pki
+from modelpilot_dev.environment import kwok_stages, prometheus_config
 
 
 def _fake_binary(path: Path) -> Path:

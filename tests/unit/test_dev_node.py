@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from modelpilot.dev import images, node
+from modelpilot_dev import images, node
 
 
 def test_addresses_of_one_node() -> None:
@@ -95,7 +95,7 @@ def test_supervisor_is_pid_1_of_its_own_namespaces() -> None:
     assert argv[0] == "unshare" and {"--pid", "--mount", "--fork", "--kill-child", "--mount-proc"} <= set(argv)
     assert argv[argv.index("--propagation") + 1] == "private"
     assert "nsenter" in argv and "--net=/run/netns/mp-x" in argv
-    assert argv[-4:] == ["-m", "modelpilot.dev.node", "--spec", "/home/node/supervisor.json"]
+    assert argv[-4:] == ["-m", "modelpilot_dev.node", "--spec", "/home/node/supervisor.json"]
 
 
 def test_check_machine_names_what_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:

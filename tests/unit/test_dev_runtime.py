@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from modelpilot.dev.runtime import termination_message
+from modelpilot_dev.runtime import termination_message
 
 
 def test_the_file_wins_and_keeps_its_last_4096_bytes(tmp_path: Path) -> None:

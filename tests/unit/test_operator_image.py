@@ -46,6 +46,10 @@ def test_the_image_install_steps_run_the_operator_without_the_serving_stack(tmp_
     _run(py, "-c", "import modelpilot.operator.handlers, modelpilot.operator.run")
     for absent in ("sklearn", "mlflow", "uvicorn"):
         assert _run(py, "-c", f"import {absent}", check=False).returncode != 0, f"{absent} must not be installed"
+    # The local environment is its own distribution (devenv/): never in the product, never in an image.
+    assert _run(py, "-c", "import modelpilot_dev", check=False).returncode != 0, "modelpilot_dev must not be installed"
+    dev = _run(venv / "bin" / "modelpilot", "dev", "up", check=False)
+    assert dev.returncode == 2 and "not part of the modelpilot product" in dev.stderr, dev.stderr
     helped = _run(venv / "bin" / "modelpilot", "operator", "--help")
     assert "--liveness" in helped.stdout
     # Settings are validated before anything connects: a bad value stops it, naming the variable.

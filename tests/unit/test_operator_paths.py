@@ -64,6 +64,8 @@ class FakeKube:
     # writes
     def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
         self.objects[(manifest["kind"], manifest["metadata"]["name"])] = copy.deepcopy(manifest)
+        if manifest["kind"] == "Deployment":  # as the API answers an apply: the object now, status included
+            return self.read_deployment(manifest["metadata"]["namespace"], manifest["metadata"]["name"]) or {}
         return manifest
 
     def delete_owned(self, kind: str, namespace: str, name: str, owner_uid: str) -> bool:

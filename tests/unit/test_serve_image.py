@@ -71,7 +71,7 @@ def test_fresh_virtualenv_from_requirements_serves_a_model(
     _run(*pip, "-r", src / "serving-image" / "requirements.txt")
     _run(*pip, "--no-deps", src)
 
-    for forbidden in ("kopf", "kubernetes", "mlflow.server"):
+    for forbidden in ("kopf", "kubernetes", "mlflow.server", "modelpilot_dev"):
         probe = subprocess.run([str(py), "-c", f"import {forbidden}"], capture_output=True, text=True, timeout=120)
         assert probe.returncode != 0, f"{forbidden} must not be installed in the serving image"
     _run(py, "-c", "import modelpilot_serve.app, uvloop, httptools, redis", timeout=120)

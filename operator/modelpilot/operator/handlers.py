@@ -8,8 +8,11 @@ knows about the failure is already in the resource's status and Events.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import kopf
@@ -18,7 +21,7 @@ from modelpilot.operator import metrics, rollout
 from modelpilot.operator.kube import Kube, KubeError
 from modelpilot.operator.abtest_reconcile import ABTestReconciler
 from modelpilot.operator.builders import SELECTOR_LABEL
-from modelpilot.operator.reconcile import Reconciler, Result, pending_action
+from modelpilot.operator.reconcile import Membership, Reconciler, Result, memberships, pending_action
 from modelpilot.operator.settings import OperatorSettings
 from modelpilot.operator.ticker import Ticker
 
@@ -36,6 +39,7 @@ def configure(settings: OperatorSettings, kube: Kube) -> None:
     # Periodic work (rollout ticks, alias polls, ABTest figures) runs on the ticker, not on kopf timers:
     # a timer puts a finalizer on each resource, which blocks its deletion while the operator is down.
     _state["ticker"] = Ticker(_tick)
+    _state["readiness_pool"] = ThreadPoolExecutor(settings.readiness_workers, thread_name_prefix="readiness")
 
 
 def _tick(kind: str, namespace: str, name: str) -> None:
@@ -74,18 +78,42 @@ def _backoff(retry: int) -> float:
 def _cleanup(**_: Any) -> None:
     if "ticker" in _state:
         _state["ticker"].stop()
+    if "readiness_pool" in _state:
+        _state["readiness_pool"].shutdown(wait=False, cancel_futures=True)
+    if "reconciler" in _state:
+        _state["reconciler"].registries.close()
+
+
+@kopf.index(GROUP, VERSION, "abtests")
+def abtest_routes(body: kopf.Body, **_: Any) -> dict[tuple[str, str], Membership]:
+    """(namespace, ModelVersion) → its membership in this ABTest. kopf keeps the index current from the
+    ABTest watch and starts no resource handler before it is filled, so a restarted operator never renders a
+    member's pods without their ABTest label, and no reconcile LISTs the ABTests."""
+    namespace = body["metadata"]["namespace"]
+    return {(namespace, mv): m for mv, m in memberships(dict(body)).items()}
+
+
+def _member_of(index: kopf.Index[tuple[str, str], Membership]) -> Any:
+    def lookup(namespace: str, name: str) -> Membership | None:
+        found = sorted(index.get((namespace, name), []), key=lambda m: m.abtest)
+        return found[0] if found else None
+
+    return lookup
 
 
 @kopf.on.startup()
-def _startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+def _startup(settings: kopf.OperatorSettings, abtest_routes: kopf.Index[tuple[str, str], Membership],
+             **_: Any) -> None:
+    # The index object is live (kopf passes the same one to every handler), so the ticker's reconciles
+    # use it too.
+    _reconciler().membership_lookup = _member_of(abtest_routes)
     # Progress in annotations only: status belongs to modelpilot's own fields.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="modelpilot.io")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="modelpilot.io")
     settings.posting.level = logging.INFO
     settings.watching.server_timeout = 60
-    # Readiness refreshes share this pool with reconciles; at 200 resources 8 workers left them queued
-    # for tens of seconds behind the creates (benchmarks/README.md), so give the pool more room.
-    settings.execution.max_workers = 20
+    # Reconciles are mostly waiting on the API; readiness refreshes have their own pool (deployment_changed).
+    settings.execution.max_workers = _settings().workers
     _state["ticker"].start()
 
 
@@ -203,19 +231,27 @@ def pod_changed(body: kopf.Body, logger: logging.Logger, **_: Any) -> None:
 
 
 @kopf.on.event("apps", "v1", "deployments", labels=MANAGED)
-def deployment_changed(body: kopf.Body, type: str | None, logger: logging.Logger, **_: Any) -> None:
-    """A serving Deployment moved: refresh its ModelVersion's readiness in status."""
+async def deployment_changed(body: kopf.Body, type: str | None, logger: logging.Logger, **_: Any) -> None:
+    """A serving Deployment moved: refresh its ModelVersion's readiness in status.
+
+    Runs on its own small thread pool, not kopf's: behind a burst of creates (each reconcile ~0.5 s) kopf's
+    pool queued every readiness refresh for tens of seconds, so Deployments were available long before their
+    ModelVersions said Ready (benchmarks/README.md)."""
     owner = next((o for o in body.get("metadata", {}).get("ownerReferences") or []
                   if o.get("kind") == "ModelVersion" and o.get("controller")), None)
     if owner is None:
         return
-    _refresh(body["metadata"]["namespace"], owner["name"], logger)
+    # The stable Deployment (it carries the ModelVersion's name) as the event delivered it: no second read.
+    stable = type != "DELETED" and owner["name"] == body["metadata"]["name"]
+    refresh = functools.partial(_refresh, body["metadata"]["namespace"], owner["name"], logger,
+                                deployment=dict(body) if stable else None)
+    await asyncio.get_running_loop().run_in_executor(_state["readiness_pool"], refresh)
 
 
-def _refresh(namespace: str, name: str, logger: logging.Logger) -> None:
+def _refresh(namespace: str, name: str, logger: logging.Logger, deployment: dict[str, Any] | None = None) -> None:
     try:
         with _reconciler().lock(namespace, name):
-            result = _reconciler().refresh_readiness(namespace, name)
+            result = _reconciler().refresh_readiness(namespace, name, deployment)
         if result:
             metrics.set_phase("ModelVersion", f"{namespace}/{name}", result.status.get("phase"))
         parent = _reconciler().kube.read_model_version(namespace, name) if result and result.events else None

@@ -29,15 +29,16 @@ from modelpilot.operator.prometheus import Prometheus, PrometheusError
 from modelpilot.operator.registry import (
     Credentials,
     ModelRef,
+    Registries,
     Registry,
     RegistryError,
+    RegistryFactory,
     RegistryNotFound,
     RegistryUnauthorized,
     ResolvedModel,
 )
 from modelpilot.operator.settings import OperatorSettings
 
-RegistryFactory = Callable[[str, Credentials], Registry]
 ACTION_ANNOTATION = rollout.ACTION_ANNOTATION
 
 
@@ -75,6 +76,18 @@ class Membership:
 def pod_labels(member: Membership | None) -> dict[str, str]:
     """Extra labels on a ModelVersion's serving pods (both tracks), from its ABTest membership."""
     return {abtest.ABTEST_LABEL: member.abtest} if member is not None and not member.shadow else {}
+
+
+def memberships(test: dict[str, Any]) -> dict[str, Membership]:
+    """ModelVersion name → its membership in this ABTest (the body as the API has it)."""
+    spec = test.get("spec") or {}
+    assigned = {sv.get("modelVersion"): sv.get("replicas") for sv in (test.get("status") or {}).get("variants") or []}
+    out: dict[str, Membership] = {}
+    for v in abtest.variants(spec):
+        replicas = assigned.get(v.model_version) if abtest.provider(spec) == "replicas" and not v.shadow else None
+        out.setdefault(v.model_version, Membership(test["metadata"]["name"],
+                                                   int(replicas) if replicas is not None else None, v.shadow))
+    return out
 
 
 class SpecError(Exception):
@@ -299,8 +312,12 @@ class Reconciler:
         # one has already moved past (a stale one could redo a canary step).
         self._locks: dict[tuple[str, str], threading.Lock] = {}
         self._locks_guard = threading.Lock()
-        self.registry_factory = registry_factory or (
-            lambda uri, creds: Registry(uri, creds, timeout=settings.registry_timeout_seconds))
+        # One pooled client and version cache per (tracking URI, credentials), kept across reconciles.
+        self.registries = Registries(registry_factory or (
+            lambda uri, creds: Registry(uri, creds, timeout=settings.registry_timeout_seconds)))
+        # Which ABTest routes to a ModelVersion: the operator wires a kopf index here (handlers._startup);
+        # without one (unit tests, tools) the ABTests are listed.
+        self.membership_lookup: Callable[[str, str], Membership | None] | None = None
 
     def tracking_uri(self, spec: dict[str, Any]) -> str:
         return ((spec.get("registry") or {}).get("trackingUri") or self.settings.tracking_uri).rstrip("/")
@@ -323,12 +340,13 @@ class Reconciler:
                             "MLFLOW_TRACKING_TOKEN nor MLFLOW_TRACKING_USERNAME")
         return creds
 
+    def registry(self, namespace: str, spec: dict[str, Any]) -> Registry:
+        """The pooled registry for this spec's tracking URI and credentials (raises ``SpecError``,
+        ``KubeUnavailable`` reading the credentials Secret, ``RegistryUnavailable`` without a URI)."""
+        return self.registries.get(self.tracking_uri(spec), self.credentials(namespace, spec))
+
     def resolve(self, namespace: str, spec: dict[str, Any]) -> ResolvedModel:
-        registry = self.registry_factory(self.tracking_uri(spec), self.credentials(namespace, spec))
-        try:
-            return registry.resolve(model_ref(spec))
-        finally:
-            registry.close()
+        return self.registry(namespace, spec).resolve(model_ref(spec))
 
     def lock(self, namespace: str, name: str) -> threading.Lock:
         with self._locks_guard:
@@ -393,6 +411,7 @@ class Reconciler:
         status.update({"observedGeneration": generation, "conditions": conditions})
 
         canary_enabled = bool(spec.get("rollout"))
+        applied: dict[str, Any] | None = None
         member = self.abtest_membership(namespace, name)  # the same pod labels and replicas on every path
         assigned = member.replicas if member else None  # an ABTest's replica-ratio share, if any
         total = int(assigned if assigned is not None else spec.get("replicas", 1)) or 1
@@ -409,12 +428,13 @@ class Reconciler:
                 ro["phase"] = "Superseded"  # the spec moved on from the rejected version
                 status["rollout"] = ro
             self.kube.delete_owned("Deployment", namespace, builders.deployment_name(owner, "canary"), owner.uid)
-            self._apply_stable(owner, spec, model, member)
+            applied = self._apply_stable(owner, spec, model, member)
             self._apply_routing(owner, spec, model, status)
             if stable_model is not None and stable_model.version != model.version:
                 status["previousModel"] = stable_model.as_status(signature=False)
             status["model"] = model.as_status()
-        deployment = self.kube.read_deployment(namespace, name)
+        # The apply's answer is the Deployment as it is now (status included): no second read on that path.
+        deployment = applied if applied is not None else self.kube.read_deployment(namespace, name)
         status, ready_events = self._write_readiness(namespace, name, status, spec, generation, deployment, now,
                                                      self.pods_of(namespace, deployment, spec))
         return Result(status=status, events=events + ready_events)
@@ -461,19 +481,13 @@ class Reconciler:
     # ------------------------------------------------------------------ canary
 
     def abtest_membership(self, namespace: str, name: str) -> Membership | None:
-        """(ABTest name, replicas it assigns or None, shadow?) when an ABTest routes to this ModelVersion."""
-        for test in self.kube.list_abtests(namespace):
-            for v in abtest.variants(test.get("spec") or {}):
-                if v.model_version != name:
-                    continue
-                replicas = None
-                if abtest.provider(test.get("spec") or {}) == "replicas" and not v.shadow:
-                    assigned = next((sv for sv in (test.get("status") or {}).get("variants") or []
-                                     if sv.get("modelVersion") == name), {})
-                    replicas = assigned.get("replicas")
-                return Membership(test["metadata"]["name"], int(replicas) if replicas is not None else None,
-                                  v.shadow)
-        return None
+        """(ABTest name, replicas it assigns or None, shadow?) when an ABTest routes to this ModelVersion:
+        from the operator's index of ABTests when wired, else by listing them."""
+        if self.membership_lookup is not None:
+            return self.membership_lookup(namespace, name)
+        found = sorted((m for test in self.kube.list_abtests(namespace) for m in memberships(test).items()
+                        if m[0] == name), key=lambda m: m[1].abtest)
+        return found[0][1] if found else None
 
     def _deployment(self, owner: builders.Owner, spec: dict[str, Any], model: ResolvedModel,
                     member: Membership | None, *, track: str = "stable", replicas: int | None = None) -> dict[str, Any]:
@@ -483,18 +497,22 @@ class Reconciler:
                                          track=track, replicas=replicas, extra_pod_labels=pod_labels(member))
 
     def _apply_stable(self, owner: builders.Owner, spec: dict[str, Any], model: ResolvedModel,
-                      member: Membership | None, replicas: int | None = None) -> None:
+                      member: Membership | None, replicas: int | None = None) -> dict[str, Any] | None:
         """Apply the stable track and its companions; ``replicas`` (a canary's split) overrides the ABTest's
-        assignment, which overrides ``spec.replicas``."""
+        assignment, which overrides ``spec.replicas``. Returns the stable Deployment as the apply answered it."""
         manifests = builders.build_all(owner, spec, model, self.tracking_uri(spec), self.settings.serving_image)
         if replicas is None and member is not None:
             replicas = member.replicas
         manifests["Deployment"] = self._deployment(owner, spec, model, member, replicas=replicas)
+        applied: dict[str, Any] | None = None
         for kind, manifest in manifests.items():
             if manifest is None:
                 self.kube.delete_owned(kind, owner.namespace, owner.name, owner.uid)
             else:
-                self.kube.apply(manifest)
+                answer = self.kube.apply(manifest)
+                if kind == "Deployment":
+                    applied = answer if isinstance(answer, dict) and answer.get("kind") == "Deployment" else None
+        return applied
 
     def _canary(self, owner: builders.Owner, spec: dict[str, Any], status: dict[str, Any], stable: ResolvedModel,
                 candidate: ResolvedModel, body: dict[str, Any], now_text: str, member: Membership | None,
@@ -718,15 +736,12 @@ class Reconciler:
                 if promoted else f"tagged {model.name} version {model.version} modelpilot.rejected")
         generation = int(status.get("observedGeneration") or 1)
         try:
-            registry = self.registry_factory(self.tracking_uri(spec), self.credentials(namespace, spec))
-            try:
-                if promoted:
-                    registry.set_alias(model.name, alias, model.version)
-                    registry.set_tag(model.name, model.version, "modelpilot.promoted", "true")
-                else:
-                    registry.set_tag(model.name, model.version, "modelpilot.rejected", reason[:500])
-            finally:
-                registry.close()
+            registry = self.registry(namespace, spec)
+            if promoted:
+                registry.set_alias(model.name, alias, model.version)
+                registry.set_tag(model.name, model.version, "modelpilot.promoted", "true")
+            else:
+                registry.set_tag(model.name, model.version, "modelpilot.rejected", reason[:500])
         except (RegistryError, SpecError) as exc:
             why = ("Unauthorized" if isinstance(exc, RegistryUnauthorized) else "SpecError"
                    if isinstance(exc, SpecError) else "RegistryNotFound" if isinstance(exc, RegistryNotFound)
@@ -760,10 +775,10 @@ class Reconciler:
         events = [] if repeated else [Event("Warning", reason, f"cannot resolve {ref}: {message}")]
         return Result(status=status, events=events, retry=True, message=message)
 
-    def refresh_readiness(self, namespace: str, name: str) -> Result | None:
-        """Re-read the Deployment (and, while it is not available, its pods) and update the ModelVersion's
-        readiness. Deployment events call this, and a timer while the ModelVersion is not Ready: a crash-looping
-        pod changes no Deployment field, so no Deployment event would tell."""
+    def refresh_readiness(self, namespace: str, name: str, deployment: dict[str, Any] | None = None) -> Result | None:
+        """Update the ModelVersion's readiness from its Deployment (``deployment``: as a watch event just
+        delivered it; read when not given) and, while it is not available, its pods. Deployment and pod events
+        call this: a crash-looping pod changes no Deployment field, so no Deployment event would tell."""
         body = self.kube.read_model_version(namespace, name)
         if body is None:
             return None
@@ -772,7 +787,8 @@ class Reconciler:
             return None  # not reconciled yet; the reconcile handler writes the first status
         generation = int(body["metadata"].get("generation") or 1)
         spec = body.get("spec") or {}
-        deployment = self.kube.read_deployment(namespace, name)
+        if deployment is None:
+            deployment = self.kube.read_deployment(namespace, name)
         new, events = readiness_status(status, spec, int(status.get("observedGeneration") or generation),
                                        deployment, now_iso(), self.pods_of(namespace, deployment, spec))
         new["phase"] = rollout_phase({**status, **new})

@@ -14,11 +14,15 @@ credentials and a short timeout, and every failure is classified exactly once:
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import quote
 
+import cachetools
 import httpx
 import yaml
 
@@ -133,8 +137,18 @@ class ResolvedModel:
         return out
 
 
+#: How long a resolved version's details (run, artifact URI, flavor, signature) are reused, in seconds.
+#: A registered version's fields are immutable once READY; the bound only limits how long a version deleted
+#: from the registry still resolves. Aliases are never cached: they move.
+VERSION_CACHE_SECONDS = 600.0
+VERSION_CACHE_SIZE = 4096
+
+
 class Registry:
-    """One MLflow tracking server, with its credentials."""
+    """One MLflow tracking server, with its credentials: one pooled HTTP client (thread-safe) and a cache of
+    the versions it resolved, so a thousand ModelVersions of one model version ask MLflow once, not 3,000
+    times (``resolve`` holds one lock per version while it asks, so concurrent first resolutions wait for
+    the one in flight instead of all asking)."""
 
     def __init__(self, tracking_uri: str, credentials: Credentials | None = None, timeout: float = 5.0,
                  transport: httpx.BaseTransport | None = None) -> None:
@@ -146,6 +160,24 @@ class Registry:
         kwargs = (credentials or Credentials()).auth()
         self.client = httpx.Client(base_url=self.base, timeout=timeout, transport=transport,
                                    headers=kwargs.pop("headers", {}), **kwargs)
+        self._versions: cachetools.TTLCache[tuple[str, str], ResolvedModel] = cachetools.TTLCache(
+            VERSION_CACHE_SIZE, VERSION_CACHE_SECONDS)
+        self._guard = threading.Lock()
+        self._inflight: dict[tuple[str, str], threading.Lock] = {}
+
+    @contextmanager
+    def _version_lock(self, key: tuple[str, str]) -> Iterator[None]:
+        with self._guard:
+            lock = self._inflight.setdefault(key, threading.Lock())
+        with lock:
+            yield
+        with self._guard:
+            if not lock.locked():
+                self._inflight.pop(key, None)
+
+    def _cached(self, key: tuple[str, str]) -> ResolvedModel | None:
+        with self._guard:
+            return self._versions.get(key)
 
     def close(self) -> None:
         self.client.close()
@@ -179,14 +211,39 @@ class Registry:
         return self._request("GET", path, what, params=params)
 
     def resolve(self, ref: ModelRef) -> ResolvedModel:
-        """Pin ``ref`` to one registered version, with its run, artifacts, flavor and signature."""
+        """Pin ``ref`` to one registered version, with its run, artifacts, flavor and signature.
+
+        An alias is asked every time (1 GET); a version's details come from the cache when it resolved the
+        version in the last ``VERSION_CACHE_SECONDS`` (else 3 GETs). ``resolved_at`` is always now.
+        Raises ``RegistryNotFound``, ``RegistryUnavailable`` (``RegistryUnauthorized``)."""
+        now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        mv: dict[str, Any] | None = None
         if ref.alias:
             data = self._get("/api/2.0/mlflow/registered-models/alias", {"name": ref.name, "alias": ref.alias},
                              f"alias @{ref.alias} of model {ref.name!r}").json()
+            mv = data.get("model_version") or {}
+            version = str(mv.get("version", ""))
+            if not version:
+                raise RegistryNotFound(f"MLflow returned no model version for {ref}")
         else:
-            data = self._get("/api/2.0/mlflow/model-versions/get", {"name": ref.name, "version": ref.version},
-                             f"version {ref.version} of model {ref.name!r}").json()
-        mv = data.get("model_version") or {}
+            version = ref.version
+        key = (ref.name, version)
+        hit = self._cached(key)
+        if hit is None:
+            with self._version_lock(key):
+                hit = self._cached(key)
+                if hit is None:
+                    hit = self._resolve_version(ref, version, mv)
+                    with self._guard:
+                        self._versions[key] = hit
+        return replace(hit, alias=ref.alias, resolved_at=now)
+
+    def _resolve_version(self, ref: ModelRef, version: str, mv: dict[str, Any] | None) -> ResolvedModel:
+        """Ask MLflow for one version (``mv``: its record when the alias lookup returned it already)."""
+        if mv is None:
+            data = self._get("/api/2.0/mlflow/model-versions/get", {"name": ref.name, "version": version},
+                             f"version {version} of model {ref.name!r}").json()
+            mv = data.get("model_version") or {}
         version = str(mv.get("version", ""))
         if not version:
             raise RegistryNotFound(f"MLflow returned no model version for {ref}")
@@ -203,8 +260,7 @@ class Registry:
         return ResolvedModel(
             name=ref.name, version=version, alias=ref.alias, run_id=mv.get("run_id", "") or "",
             artifact_uri=uri, source=mv.get("source", "") or "", flavor=flavor, signature=kept,
-            resolved_at=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            signature_inputs=inputs, signature_truncated=truncated,
+            resolved_at="", signature_inputs=inputs, signature_truncated=truncated,
         )
 
     # Write-back (opt-in, on promotion or rollback).
@@ -243,3 +299,38 @@ class Registry:
         signature = mlmodel.get("signature") or {}
         inputs = signature.get("inputs", "") if isinstance(signature, dict) else ""
         return flavor, inputs if isinstance(inputs, str) else ""
+
+
+RegistryFactory = Callable[[str, Credentials], Registry]
+
+
+class Registries:
+    """The operator's registries: one ``Registry`` (pooled client + version cache) per (tracking URI,
+    credentials), made by ``factory`` on first use and kept; the least recently used beyond ``size`` is
+    closed. Thread-safe. Rotated credentials are a new key, so a new client."""
+
+    def __init__(self, factory: RegistryFactory, size: int = 32) -> None:
+        self.factory = factory
+        self._guard = threading.Lock()
+        self._open: cachetools.LRUCache[tuple[str, Credentials], Registry] = _ClosingLRU(size)
+
+    def get(self, tracking_uri: str, credentials: Credentials) -> Registry:
+        key = (tracking_uri, credentials)
+        with self._guard:
+            registry = self._open.get(key)
+            if registry is None:
+                registry = self._open[key] = self.factory(tracking_uri, credentials)
+            return registry
+
+    def close(self) -> None:
+        with self._guard:
+            for registry in list(self._open.values()):
+                registry.close()
+            self._open.clear()
+
+
+class _ClosingLRU(cachetools.LRUCache[tuple[str, Credentials], Registry]):
+    def popitem(self) -> tuple[tuple[str, Credentials], Registry]:
+        key, registry = super().popitem()
+        registry.close()
+        return key, registry

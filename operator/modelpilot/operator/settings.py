@@ -75,6 +75,13 @@ class OperatorSettings:
     """This replica's peering priority (``MODELPILOT_PRIORITY``); unset picks a random one at start,
     so two replicas never tie (kopf freezes all operators of equal priority)."""
 
+    workers: int = 20
+    """Threads running reconciles (kopf's pool for sync handlers; ``MODELPILOT_WORKERS``)."""
+
+    readiness_workers: int = 4
+    """Threads refreshing readiness from Deployment events, apart from the reconciles so a burst of creates
+    never queues them (``MODELPILOT_READINESS_WORKERS``)."""
+
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> OperatorSettings:
         env = dict(os.environ if env is None else env)
@@ -128,6 +135,8 @@ class OperatorSettings:
             bind_address=env.get("MODELPILOT_BIND_ADDRESS") or "0.0.0.0",
             peering=env.get("MODELPILOT_PEERING", "modelpilot"),
             priority=priority,
+            workers=int(number("MODELPILOT_WORKERS", 20, 1)),
+            readiness_workers=int(number("MODELPILOT_READINESS_WORKERS", 4, 1)),
             namespaces=tuple(n.strip() for n in env.get("MODELPILOT_NAMESPACES", "").split(",") if n.strip()),
         )
         return settings

@@ -15,7 +15,7 @@ on this machine:
   maps ``10.250.<n>.1:<port>`` to ``127.0.0.1:<port>`` (``route_localnet=1`` on the veth only). The
   apiserver's serving certificate names ``10.250.<n>.1`` and it advertises that address, so the
   ``kubernetes`` Service (10.96.0.1:443) leads there too.
-* **processes**: one supervisor (``python -m modelpilot.dev.node``) is PID 1 of a new PID and mount
+* **processes**: one supervisor (``python -m modelpilot_dev.node``) is PID 1 of a new PID and mount
   namespace (``unshare --pid --mount --fork --kill-child``) entered into the network namespace
   (``nsenter --net``). It mounts private tmpfs over ``/run/containerd`` and ``/var/lib/cni`` (containerd
   1.6 keeps shim sockets and CNI results there) and runs containerd, kubelet and kube-proxy; if one dies,
@@ -291,7 +291,7 @@ def write_configs(node_dir: Path, net: NodeNet, api_url: str, kubeconfigs: dict[
     cni_conf.mkdir(parents=True, exist_ok=True)
     bin_dir = cni_bin_dir() or CNI_BIN_DIRS[0]
     runc = shutil.which("runc") or "/usr/sbin/runc"
-    from modelpilot.dev import images
+    from modelpilot_dev import images
 
     (cdir / "config.toml").write_text(f"""version = 2
 root = "{cdir / 'root'}"
@@ -515,7 +515,7 @@ def supervise(spec: dict[str, Any]) -> int:
 
 def supervisor_argv(python: Path, spec_file: Path, netns: str) -> list[str]:
     return ["unshare", "--pid", "--mount", "--fork", "--kill-child", "--propagation", "private", "--mount-proc",
-            "nsenter", f"--net=/run/netns/{netns}", str(python), "-m", "modelpilot.dev.node",
+            "nsenter", f"--net=/run/netns/{netns}", str(python), "-m", "modelpilot_dev.node",
             "--spec", str(spec_file)]
 
 

@@ -37,11 +37,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from modelpilot.dev import binaries
+from modelpilot_dev import binaries
 
 Progress = Callable[[str], None]
 
-REPO = Path(__file__).resolve().parents[3]
+REPO = Path(__file__).resolve().parents[2]
 BASE_IMAGE = "localhost/modelpilot/python:3.11-bookworm"
 PAUSE_IMAGE = "localhost/modelpilot/pause:1"
 COREDNS_IMAGE = f"localhost/modelpilot/coredns:{binaries.COREDNS_VERSION}"

@@ -15,6 +15,7 @@ error names the component and shows the end of its log.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import shutil
@@ -33,7 +34,7 @@ from typing import Any
 
 import yaml
 
-from modelpilot.dev import binaries, pki
+from modelpilot_dev import binaries, pki
 
 Progress = Callable[[str], None]
 
@@ -60,6 +61,16 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """``count`` distinct free ports. All are held open until every one is chosen: one ``free_port`` after
+    another can be handed the same port twice (a start-up failed on "port … already in use" that way)."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for sock in socks:
+            sock.bind((host, 0))
+        return [int(sock.getsockname()[1]) for sock in socks]
 
 
 def port_bound(port: int, host: str = "127.0.0.1") -> bool:
@@ -168,7 +179,7 @@ class Environment:
         """Start everything (or report the running environment). Returns the state.
 
         ``node="real"`` adds a real node (containerd, kubelet, kube-proxy in a network namespace, images
-        built from the project's Dockerfiles; see ``modelpilot.dev.node``) beside the simulated ones.
+        built from the project's Dockerfiles; see ``modelpilot_dev.node``) beside the simulated ones.
         """
         if node not in ("process", "real"):
             raise DevError(f"unknown node kind {node!r}: use 'process' or 'real'")
@@ -203,7 +214,7 @@ class Environment:
             shutil.rmtree(self.home)
         self.logs.mkdir(parents=True)
         if self._real is not None:
-            from modelpilot.dev import node as realnode
+            from modelpilot_dev import node as realnode
 
             net = realnode.allocate(self.home)
             self._real["net"] = net
@@ -212,9 +223,8 @@ class Environment:
                 "kube-proxy": ("system:kube-proxy", None)})
         else:
             keys = pki.ensure(self.home / "pki")
-        ports = {name: free_port() for name in (
-            "etcd", "etcd-peer", "apiserver", "controller-manager", "scheduler", "kwok", "runtime", "mlflow",
-            "prometheus")}
+        ports = dict(zip(("etcd", "etcd-peer", "apiserver", "controller-manager", "scheduler", "kwok", "runtime",
+                          "mlflow", "prometheus"), free_ports(9)))
         api_url = f"https://127.0.0.1:{ports['apiserver']}"
         self._write_kubeconfigs(keys, api_url)
         mlflow_url = f"http://127.0.0.1:{ports['mlflow']}"
@@ -320,7 +330,10 @@ class Environment:
              "--use-service-account-credentials=true", f"--service-cluster-ip-range={SERVICE_CIDR}",
              "--authorization-always-allow-paths=/healthz,/readyz,/livez,/metrics",
              # Simulated nodes never report volumes, GC of terminated pods keeps etcd small.
-             "--terminated-pod-gc-threshold=50", "--v=1"],
+             "--terminated-pod-gc-threshold=50",
+             # The default client limit (20 QPS per controller) made the Deployment controller the bottleneck at
+             # 200 Deployments: ~4 writes each took ~40 s (benchmarks/README.md). Large clusters raise it too.
+             "--kube-api-qps=200", "--kube-api-burst=400", "--v=1"],
             f"https://127.0.0.1:{ports['controller-manager']}/healthz", ports["controller-manager"],
         )
         scheduler = Component(
@@ -344,7 +357,7 @@ class Environment:
         )
         runtime = Component(
             "process-runtime",
-            [str(python_bin), "-m", "modelpilot.dev.runtime", f"--kubeconfig={self.kubeconfig}",
+            [str(python_bin), "-m", "modelpilot_dev.runtime", f"--kubeconfig={self.kubeconfig}",
              f"--state-dir={h / 'pods'}", f"--health-port={ports['runtime']}",
              f"--entrypoint={modelpilot_bin}",
              *(f"--image-prefix={p}" for p in DEFAULT_PROCESS_IMAGE_PREFIXES),
@@ -382,8 +395,8 @@ class Environment:
 
     def _prepare_real_node(self, build: bool) -> dict[str, Any]:
         """Check the machine, find (or build) kubelet/kube-proxy and the images, before anything starts."""
-        from modelpilot.dev import images
-        from modelpilot.dev import node as realnode
+        from modelpilot_dev import images
+        from modelpilot_dev import node as realnode
 
         missing = realnode.check_machine() + images.missing_tools()
         if missing:
@@ -399,7 +412,7 @@ class Environment:
     def _launch_real_node(self, state: dict[str, Any], keys: pki.Pki, ports: dict[str, int],
                           python_bin: Path) -> None:
         """Network, configuration and the node's supervisor; ``_await_real_node`` waits for it."""
-        from modelpilot.dev import node as realnode
+        from modelpilot_dev import node as realnode
 
         real = self._real
         assert real is not None
@@ -473,8 +486,8 @@ class Environment:
             time.sleep(0.5)
         self.say(f"  real node {real['name']} Ready (node IP {net.node_ip})")
         # Cluster DNS on the node (kube-dns at 10.96.0.10, the kubelet's clusterDNS).
-        from modelpilot.dev import images
-        from modelpilot.dev import node as realnode
+        from modelpilot_dev import images
+        from modelpilot_dev import node as realnode
 
         manifests = {"apiVersion": "v1", "kind": "List", "items": realnode.coredns_manifests(images.COREDNS_IMAGE)}
         subprocess.run([state["binaries"]["kubectl"], "apply", "--server-side", "-f", "-"], input=json.dumps(manifests),
@@ -655,7 +668,7 @@ class Environment:
             time.sleep(0.2)
         still = [p for p in ports if port_bound(p)]
         if state.get("node"):
-            from modelpilot.dev import node as realnode
+            from modelpilot_dev import node as realnode
 
             for item in realnode.teardown_network(state["node"]):
                 if not quiet:

@@ -70,7 +70,7 @@ MAX_TERMINATION_MESSAGE_BYTES = 4096
 MAX_TERMINATION_LOG_LINES = 80
 MAX_TERMINATION_LOG_BYTES = 2048
 
-log = logging.getLogger("modelpilot.dev.runtime")
+log = logging.getLogger("modelpilot_dev.runtime")
 
 
 def _now() -> str:

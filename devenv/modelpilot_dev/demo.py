@@ -20,8 +20,8 @@ from typing import Any
 
 import yaml
 
-from modelpilot.dev.environment import DevError, Environment
-from modelpilot.dev.workloads import pod_address, register_iris_model, wait_for
+from modelpilot_dev.environment import DevError, Environment
+from modelpilot_dev.workloads import pod_address, register_iris_model, wait_for
 
 NAMESPACE = "modelpilot-demo"
 
@@ -53,7 +53,7 @@ def run(home: Path | None = None, keep: bool = True) -> int:
     version = register_iris_model(tracking, "iris")
     print(f"registered model 'iris' version {version}")
 
-    repo = Path(__file__).resolve().parents[3]
+    repo = Path(__file__).resolve().parents[2]
     _step("installing the CRDs and starting the operator (modelpilot operator)")
     env.install_crds(repo / "crds")
     env.start_operator()
@@ -126,7 +126,7 @@ def _follow_alias_story(env: Environment, tracking: str, core: Any, custom: Any)
     """@champion moves in MLflow → the ModelVersion following it rolls the new version out."""
     from mlflow import MlflowClient
 
-    repo = Path(__file__).resolve().parents[3]
+    repo = Path(__file__).resolve().parents[2]
     registry = MlflowClient(tracking_uri=tracking)
     current = registry.get_model_version_by_alias("iris", "champion").version if _has_alias(registry) else None
     if current is None:
@@ -169,7 +169,7 @@ def _guarded_canary_story(env: Environment, tracking: str, core: Any, custom: An
     measured values; False unless both outcomes happened."""
     from kubernetes import config
 
-    from modelpilot.dev.workloads import ServiceTraffic, register_faulty_model
+    from modelpilot_dev.workloads import ServiceTraffic, register_faulty_model
 
     name = "iris-guarded"
     manifest = {
