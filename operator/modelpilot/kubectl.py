@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     from kubernetes.client.exceptions import ApiException
 
     try:
-        api = config.new_client_from_config(args.kubeconfig)  # type: ignore[no-untyped-call]
+        api = config.new_client_from_config(args.kubeconfig)
     except config.ConfigException as exc:
         print(f"error: no Kubernetes credentials: {exc}", file=sys.stderr)
         return 2
@@ -106,11 +106,11 @@ def _status(custom: Any, namespace: str, args: argparse.Namespace, body: dict[st
 
     deadline = time.monotonic() + args.timeout if args.timeout else None
     print("\033[2J\033[H" + render(body), flush=True)
-    w = watch.Watch()  # type: ignore[no-untyped-call]
+    w = watch.Watch()
     try:
         while deadline is None or time.monotonic() < deadline:
             timeout = int(max(1, min(30, (deadline - time.monotonic()) if deadline else 30)))
-            events = w.stream(custom.list_namespaced_custom_object, GROUP, VERSION, namespace,  # type: ignore[no-untyped-call]
+            events = w.stream(custom.list_namespaced_custom_object, GROUP, VERSION, namespace,
                               PLURAL, field_selector=f"metadata.name={args.name}", timeout_seconds=timeout)
             for event in events:
                 if event["type"] == "DELETED":
@@ -122,7 +122,7 @@ def _status(custom: Any, namespace: str, args: argparse.Namespace, body: dict[st
     except KeyboardInterrupt:
         pass
     finally:
-        w.stop()  # type: ignore[no-untyped-call]
+        w.stop()
     return 0
 
 
@@ -215,7 +215,7 @@ def _current_namespace(kubeconfig: str | None = None) -> str:
     from kubernetes import config
 
     try:
-        _, active = config.list_kube_config_contexts(kubeconfig)  # type: ignore[no-untyped-call]
+        _, active = config.list_kube_config_contexts(kubeconfig)
         return str(active["context"].get("namespace") or "default")
     except (config.ConfigException, KeyError, TypeError):
         return "default"

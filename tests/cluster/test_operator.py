@@ -420,3 +420,35 @@ def test_nothing_blocks_deletion_while_the_operator_is_down(
         wait_for(gone, 15, 0.5, "both resources deleted with the operator down")
     finally:
         operator.send_signal(signal.SIGCONT)
+
+
+def test_companions_follow_the_spec_both_ways_every_time(
+    operator: Any, custom: Any, api_client: Any, namespace: str, iris_version: str
+) -> None:
+    """The HPA and PDB come and go with the spec, again and again: the adapter remembers objects it knows are
+    absent (to spare a GET per reconcile), and must forget that when it creates one again."""
+    hpas, pdbs = client.AutoscalingV2Api(api_client), client.PolicyV1Api(api_client)
+
+    def exists(read: Any) -> bool:
+        try:
+            read("iris", namespace)
+            return True
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise
+
+    # kwok-simulated pods (an image the process runtime does not run): the test is about the companions.
+    serving = {"image": "registry.example/simulated-serve:1"}
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL,
+                                           _mv("iris", {"name": "iris", "version": iris_version}, serving=serving))
+    wait_for(lambda: _ready(custom, namespace, "iris"), 120, message="the ModelVersion Ready")
+    for round_ in range(2):
+        for enabled in (True, False):
+            patch = {"spec": {"autoscaling": {"enabled": enabled, "minReplicas": 1, "maxReplicas": 3},
+                              "podDisruptionBudget": {"enabled": enabled, "minAvailable": 1}}}
+            custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "iris", patch)
+            wait_for(lambda: exists(hpas.read_namespaced_horizontal_pod_autoscaler) is enabled
+                     and exists(pdbs.read_namespaced_pod_disruption_budget) is enabled, 60,
+                     message=f"round {round_}: HPA and PDB {'present' if enabled else 'gone'}")
+    custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "iris")

@@ -116,11 +116,15 @@ def test_one_pooled_registry_per_tracking_uri_and_credentials() -> None:
 
 class _Kube:
     def __init__(self, tests: list[dict[str, Any]]) -> None:
-        self.tests, self.lists = tests, 0
+        self.tests, self.lists, self.reads = tests, 0, 0
 
     def list_abtests(self, namespace: str) -> list[dict[str, Any]]:
         self.lists += 1
         return self.tests
+
+    def read_abtest(self, namespace: str, name: str) -> dict[str, Any] | None:
+        self.reads += 1
+        return next((t for t in self.tests if t["metadata"]["name"] == name), None)
 
 
 def _abtest(name: str, variants: list[dict[str, Any]], replicas: dict[str, int] | None = None) -> dict[str, Any]:
@@ -140,10 +144,15 @@ def test_membership_comes_from_the_index_when_wired_else_from_a_listing() -> Non
     rec.kube, rec.membership_lookup = kube, None  # type: ignore[assignment]
     assert rec.abtest_membership("ns", "mv-b") == reconcile.Membership("exp", 1, False)
     assert rec.abtest_membership("ns", "other") is None and kube.lists == 2
-    index = {("ns", "mv-b"): reconcile.Membership("idx", None, False)}
+    # With the index: it names the ABTest, whose replicas are read now (the index can trail the ABTest's own
+    # status write by a watch event — here it still has none).
+    index = {("ns", "mv-b"): reconcile.Membership("exp", None, False),
+             ("ns", "mv-gone"): reconcile.Membership("deleted-meanwhile", None, False)}
     rec.membership_lookup = lambda ns, name: index.get((ns, name))
-    assert rec.abtest_membership("ns", "mv-b") == reconcile.Membership("idx", None, False)
-    assert kube.lists == 2  # the index answered: no listing
+    assert rec.abtest_membership("ns", "mv-b") == reconcile.Membership("exp", 1, False)
+    assert rec.abtest_membership("ns", "mv-gone") is None
+    assert rec.abtest_membership("ns", "other") is None
+    assert kube.lists == 2 and kube.reads == 2  # no listing; a read only for members
 
 
 def test_the_lock_table_does_not_grow_with_versions_resolved() -> None:

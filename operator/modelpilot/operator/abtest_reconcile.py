@@ -14,7 +14,7 @@ from typing import Any
 from modelpilot.operator import abtest, analysis
 from modelpilot.operator.kube import KubeError
 from modelpilot.operator.prometheus import Prometheus, PrometheusError
-from modelpilot.operator.reconcile import Event, Reconciler, Result, now_iso, set_condition
+from modelpilot.operator.reconcile import Event, Reconciler, Result, memberships, now_iso, set_condition
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +131,9 @@ class ABTestReconciler:
                 if measure and before.get(mv) == after.get(mv):
                     continue
                 try:
-                    self.models.reconcile_latest(namespace, mv)
+                    # The membership just written, not the index's: its watch event may not have come yet.
+                    member = memberships({"metadata": meta, "spec": spec, "status": status}).get(mv)
+                    self.models.reconcile_latest(namespace, mv, member=member)
                 except KubeError as exc:
                     log.warning("re-applying %s for ABTest %s: %s", mv, name, exc)
         return Result(status=status, events=events, retry=not routing_ok, message=routing_msg)

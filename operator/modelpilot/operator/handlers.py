@@ -9,7 +9,9 @@ knows about the failure is already in the resource's status and Events.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import functools
+import gc
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -27,6 +29,7 @@ from modelpilot.operator.ticker import Ticker
 
 GROUP, VERSION, PLURAL = "modelpilot.io", "v1alpha1", "modelversions"
 MANAGED = {"app.kubernetes.io/managed-by": "modelpilot"}
+Logger = logging.Logger | logging.LoggerAdapter[Any]  # what kopf passes as ``logger``
 
 _state: dict[str, Any] = {}
 
@@ -45,6 +48,9 @@ def configure(settings: OperatorSettings, kube: Kube) -> None:
 def _tick(kind: str, namespace: str, name: str) -> None:
     """One periodic run: re-evaluate an active rollout, ask MLflow where a followed alias points, or refresh
     an ABTest's figures. Each reads the resource afresh; a resource gone meanwhile is forgotten."""
+    if kind == "memory":
+        release_memory()
+        return
     if kind == "abtest":
         body = _reconciler().kube.read_abtest(namespace, name)
         if body is None:
@@ -54,6 +60,22 @@ def _tick(kind: str, namespace: str, name: str) -> None:
         return
     if _measured_or_logged(namespace, name, refresh=(kind == "alias")) is None:
         _state["ticker"].forget(kind, namespace, name)
+
+
+#: How often freed memory is handed back to the OS (seconds).
+MEMORY_RELEASE_SECONDS = 30.0
+
+
+def release_memory() -> None:
+    """Hand memory freed after a burst back to the OS. CPython frees objects into glibc's arenas (one per
+    thread that allocated), which keep the pages: after 200 ModelVersions were created and deleted the RSS
+    stayed 45 % above idle (benchmarks/README.md). ``malloc_trim`` returns them; elsewhere than glibc this
+    only collects garbage."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _reconciler() -> Reconciler:
@@ -102,25 +124,29 @@ def _member_of(index: kopf.Index[tuple[str, str], Membership]) -> Any:
 
 
 @kopf.on.startup()
-def _startup(settings: kopf.OperatorSettings, abtest_routes: kopf.Index[tuple[str, str], Membership],
-             **_: Any) -> None:
-    # The index object is live (kopf passes the same one to every handler), so the ticker's reconciles
-    # use it too.
-    _reconciler().membership_lookup = _member_of(abtest_routes)
+def _startup(settings: kopf.OperatorSettings, **kwargs: Any) -> None:
+    # The index object is live (kopf passes the same one to every handler, named after the index function),
+    # so the ticker's reconciles use it too.
+    _reconciler().membership_lookup = _member_of(kwargs["abtest_routes"])
     # Progress in annotations only: status belongs to modelpilot's own fields.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="modelpilot.io")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="modelpilot.io")
     settings.posting.level = logging.INFO
     settings.watching.server_timeout = 60
+    # kopf waits this long for the watch to deliver its own last patch before acting on an older event of the
+    # object. Behind a burst of creates the default 5 s ran out, and kopf took our own status write (made
+    # before its annotations) for a new object and ran the create handler again: ~50 % extra reconciles at 200.
+    settings.persistence.consistency_timeout = 30.0
     # Reconciles are mostly waiting on the API; readiness refreshes have their own pool (deployment_changed).
     settings.execution.max_workers = _settings().workers
     _state["ticker"].start()
+    _state["ticker"].track("memory", "", "", MEMORY_RELEASE_SECONDS)
 
 
 @kopf.on.resume(GROUP, VERSION, PLURAL)
 @kopf.on.create(GROUP, VERSION, PLURAL)
 @kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
-def reconcile_model_version(body: kopf.Body, retry: int, logger: logging.Logger, **_: Any) -> None:
+def reconcile_model_version(body: kopf.Body, retry: int, logger: Logger, **_: Any) -> None:
     namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
     try:
         result = _measured(namespace, name, refresh=False)
@@ -220,7 +246,7 @@ def _pod_has_a_problem(body: kopf.Body, type: str | None, **_: Any) -> bool:
 
 
 @kopf.on.event("", "v1", "pods", labels={**MANAGED, SELECTOR_LABEL: kopf.PRESENT}, when=_pod_has_a_problem)
-def pod_changed(body: kopf.Body, logger: logging.Logger, **_: Any) -> None:
+def pod_changed(body: kopf.Body, logger: Logger, **_: Any) -> None:
     """A serving pod's container is failing (waiting, or restarted and not ready): refresh its ModelVersion.
 
     A crash-looping pod changes no Deployment field, so without this no event would bring its reason
@@ -231,7 +257,7 @@ def pod_changed(body: kopf.Body, logger: logging.Logger, **_: Any) -> None:
 
 
 @kopf.on.event("apps", "v1", "deployments", labels=MANAGED)
-async def deployment_changed(body: kopf.Body, type: str | None, logger: logging.Logger, **_: Any) -> None:
+async def deployment_changed(body: kopf.Body, type: str, logger: Logger, **_: Any) -> None:
     """A serving Deployment moved: refresh its ModelVersion's readiness in status.
 
     Runs on its own small thread pool, not kopf's: behind a burst of creates (each reconcile ~0.5 s) kopf's
@@ -241,17 +267,16 @@ async def deployment_changed(body: kopf.Body, type: str | None, logger: logging.
                   if o.get("kind") == "ModelVersion" and o.get("controller")), None)
     if owner is None:
         return
-    # The stable Deployment (it carries the ModelVersion's name) as the event delivered it: no second read.
-    stable = type != "DELETED" and owner["name"] == body["metadata"]["name"]
-    refresh = functools.partial(_refresh, body["metadata"]["namespace"], owner["name"], logger,
-                                deployment=dict(body) if stable else None)
+    # The refresh reads the Deployment afresh rather than trusting this event's copy: events can queue
+    # behind others, and an older copy judged a Ready ModelVersion not ready again.
+    refresh = functools.partial(_refresh, body["metadata"]["namespace"], owner["name"], logger)
     await asyncio.get_running_loop().run_in_executor(_state["readiness_pool"], refresh)
 
 
-def _refresh(namespace: str, name: str, logger: logging.Logger, deployment: dict[str, Any] | None = None) -> None:
+def _refresh(namespace: str, name: str, logger: Logger) -> None:
     try:
         with _reconciler().lock(namespace, name):
-            result = _reconciler().refresh_readiness(namespace, name, deployment)
+            result = _reconciler().refresh_readiness(namespace, name)
         if result:
             metrics.set_phase("ModelVersion", f"{namespace}/{name}", result.status.get("phase"))
         parent = _reconciler().kube.read_model_version(namespace, name) if result and result.events else None
@@ -295,7 +320,7 @@ def abtest_seen(body: kopf.Body, type: str | None, **_: Any) -> None:
                                _settings().abtest_refresh_seconds)
 
 
-def abtest_figures(body: dict[str, Any], logger: logging.Logger) -> None:
+def abtest_figures(body: dict[str, Any], logger: Logger) -> None:
     """Refresh each variant's live figures, the statistical comparison and readiness."""
     try:
         result = _state["abtests"].reconcile(dict(body), measure=True)

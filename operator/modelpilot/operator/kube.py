@@ -13,13 +13,14 @@ import functools
 import json
 import logging
 import socket
+import threading
 from collections.abc import Callable
 from datetime import datetime, timezone
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import urllib3
 from kubernetes import client, dynamic
-from kubernetes.client.rest import ApiException
+from kubernetes.client.exceptions import ApiException
 
 from modelpilot.operator.builders import API_GROUP
 
@@ -90,6 +91,12 @@ class Kube:
         self.field_manager = field_manager
         self.timeout = timeout  # every request: a hung apiserver is a timeout, not a stuck worker
         self._resources: dict[str, Any] = {}
+        # Owned objects this process knows are absent (a read answered 404, or it deleted them), so each
+        # reconcile does not GET the canary Deployment, HPA, PDB … that a spec does not ask for. Only this
+        # operator creates them (under its field manager), and it forgets an entry when it applies that object;
+        # a restarted operator starts empty and checks each once.
+        self._absent: set[tuple[str, str, str, str]] = set()
+        self._absent_guard = threading.Lock()
 
     @property
     def dynamic_client(self) -> dynamic.DynamicClient:
@@ -109,8 +116,8 @@ class Kube:
     @_classified
     def list_abtests(self, namespace: str) -> list[dict[str, Any]]:
         try:
-            found = self.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, "abtests",
-                                                              _request_timeout=self.timeout)
+            found = cast(dict[str, Any], self.custom.list_namespaced_custom_object(
+                GROUP, VERSION, namespace, "abtests", _request_timeout=self.timeout))
         except ApiException as exc:
             if exc.status == 404:
                 return []
@@ -121,6 +128,10 @@ class Kube:
     def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
         """Server-side apply; ``force`` because these fields are the operator's by contract."""
         resource = self._resource(manifest["kind"])
+        meta = manifest["metadata"]
+        with self._absent_guard:
+            for key in [k for k in self._absent if k[:3] == (manifest["kind"], meta["namespace"], meta["name"])]:
+                self._absent.discard(key)
         try:
             # serialize=False: the raw answer, parsed once with json — the dynamic client's own wrapper
             # objects cost more CPU than the rest of a reconcile (benchmarks/README.md).
@@ -137,12 +148,18 @@ class Kube:
     @_classified
     def delete_owned(self, kind: str, namespace: str, name: str, owner_uid: str) -> bool:
         """Delete an object only if this ModelVersion controls it. True if something was deleted."""
+        key = (kind, namespace, name, owner_uid)
+        with self._absent_guard:
+            if key in self._absent:
+                return False
         resource = self._resource(kind)
         try:
             current = _json(resource.get(name=name, namespace=namespace, _request_timeout=self.timeout,
                                          serialize=False))
         except ApiException as exc:
             if exc.status == 404:
+                with self._absent_guard:
+                    self._absent.add(key)
                 return False
             raise KubeError(f"read {kind} {name}: {exc.status} {_reason(exc)}") from exc
         owners = (current.get("metadata") or {}).get("ownerReferences") or []
@@ -153,7 +170,14 @@ class Kube:
         except ApiException as exc:
             if exc.status != 404:
                 raise KubeError(f"delete {kind} {name}: {exc.status} {_reason(exc)}") from exc
+        with self._absent_guard:
+            self._absent.add(key)
         return True
+
+    def forget_owner(self, namespace: str, name: str) -> None:
+        """Drop what is known absent for objects named after a ModelVersion that is gone (bounds the memory)."""
+        with self._absent_guard:
+            self._absent = {k for k in self._absent if not (k[1] == namespace and k[2].startswith(name))}
 
     @_classified
     def read_deployment(self, namespace: str, name: str) -> dict[str, Any] | None:
@@ -185,8 +209,9 @@ class Kube:
     @_classified
     def _read_custom(self, plural: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         try:
-            return dict(self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, plural, name,
-                                                                 _request_timeout=self.timeout))
+            found = cast(dict[str, Any], self.custom.get_namespaced_custom_object(
+                GROUP, VERSION, namespace, plural, name, _request_timeout=self.timeout))
+            return dict(found)
         except ApiException as exc:
             if exc.status == 404:
                 return None
@@ -210,8 +235,9 @@ class Kube:
             source=client.V1EventSource(component="modelpilot"), reporting_component="modelpilot",
             reporting_instance=socket.gethostname())
         try:
-            self.core.create_namespaced_event(meta.get("namespace"), event, _request_timeout=self.timeout)
-        except (ApiException, *TRANSPORT_ERRORS) as exc:
+            self.core.create_namespaced_event(str(meta.get("namespace") or "default"), event,
+                                              _request_timeout=self.timeout)
+        except (ApiException, urllib3.exceptions.HTTPError, OSError) as exc:
             logging.getLogger(__name__).warning("cannot post Event %s on %s/%s: %s", reason, meta.get("namespace"),
                                                 meta.get("name"), exc)
 

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 import logging
-from typing import Any
+from typing import Any, Literal
 
 from modelpilot.operator import abtest, analysis, builders, diagnosis, metrics, rollout
 from modelpilot.operator.kube import Kube, KubeError, KubeUnavailable
@@ -144,7 +144,8 @@ def observe(deployment: dict[str, Any] | None, spec: dict[str, Any]) -> dict[str
     ready_replicas = int(dstatus.get("readyReplicas") or 0)
     total = int(dstatus.get("replicas") or 0)
     current = int(dstatus.get("observedGeneration") or 0) >= int(meta.get("generation") or 0)
-    progressing = next((c for c in dstatus.get("conditions") or [] if c.get("type") == "Progressing"), {})
+    progressing: dict[str, Any] = next((c for c in dstatus.get("conditions") or []
+                                        if c.get("type") == "Progressing"), {})
     base = {"replicas": total, "readyReplicas": ready_replicas}
     if progressing.get("reason") == "ProgressDeadlineExceeded":
         return {**base, "phase": "Degraded", "ready": available >= desired > 0, "stalled": True,
@@ -277,7 +278,7 @@ def pod_health(pods: list[dict[str, Any]]) -> rollout.Health:
         if meta.get("deletionTimestamp"):
             continue
         restarts += sum(int(c.get("restartCount") or 0) for c in pstatus.get("containerStatuses") or [])
-        ready = next((c for c in pstatus.get("conditions") or [] if c.get("type") == "Ready"), {})
+        ready: dict[str, Any] = next((c for c in pstatus.get("conditions") or [] if c.get("type") == "Ready"), {})
         if ready.get("status") != "True":
             not_ready.append(str(meta.get("name", "?")))
         if ready.get("lastTransitionTime"):
@@ -353,22 +354,29 @@ class Reconciler:
             return self._locks.setdefault((namespace, name), threading.Lock())
 
     def forget(self, namespace: str, name: str) -> None:
+        """A ModelVersion is gone: drop its lock and what the adapter knew about its objects."""
         with self._locks_guard:
             self._locks.pop((namespace, name), None)
+        self.kube.forget_owner(namespace, name)
 
-    def reconcile_latest(self, namespace: str, name: str, *, refresh: bool = False) -> tuple[Result, dict[str, Any]] | None:
+    def reconcile_latest(self, namespace: str, name: str, *, refresh: bool = False,
+                         member: Membership | None | Literal["look up"] = "look up") -> tuple[Result, dict[str, Any]] | None:
         """Reconcile the ModelVersion as it is now (read inside its lock); None when it no longer exists.
-        Returns the result and the body it started from (Events are posted against it)."""
+        Returns the result and the body it started from (Events are posted against it). ``member``: see
+        ``reconcile``."""
         with self.lock(namespace, name):
             body = self.kube.read_model_version(namespace, name)
             if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
                 return None
-            return self.reconcile(body, refresh=refresh), body
+            return self.reconcile(body, refresh=refresh, member=member), body
 
-    def reconcile(self, body: dict[str, Any], *, refresh: bool = False) -> Result:
+    def reconcile(self, body: dict[str, Any], *, refresh: bool = False,
+                  member: Membership | None | Literal["look up"] = "look up") -> Result:
         """Bring one ModelVersion's objects in line with its spec.
 
-        ``refresh`` asks MLflow again even when a version is pinned (the alias poll).
+        ``refresh`` asks MLflow again even when a version is pinned (the alias poll). ``member`` is its ABTest
+        membership when the caller knows it better than the index (the ABTest reconciler, which has just
+        written the replicas it assigns); by default it is looked up.
         """
         meta, spec = body["metadata"], body.get("spec") or {}
         status = dict(body.get("status") or {})
@@ -412,7 +420,8 @@ class Reconciler:
 
         canary_enabled = bool(spec.get("rollout"))
         applied: dict[str, Any] | None = None
-        member = self.abtest_membership(namespace, name)  # the same pod labels and replicas on every path
+        if member == "look up":  # the same pod labels and replicas on every path
+            member = self.abtest_membership(namespace, name)
         assigned = member.replicas if member else None  # an ABTest's replica-ratio share, if any
         total = int(assigned if assigned is not None else spec.get("replicas", 1)) or 1
         rejected = (ro.get("phase") == "RolledBack" and ro.get("rejectedVersion") == model.version
@@ -436,19 +445,20 @@ class Reconciler:
         # The apply's answer is the Deployment as it is now (status included): no second read on that path.
         deployment = applied if applied is not None else self.kube.read_deployment(namespace, name)
         status, ready_events = self._write_readiness(namespace, name, status, spec, generation, deployment, now,
-                                                     self.pods_of(namespace, deployment, spec))
+                                                     self.pods_of(namespace, deployment, spec), first=body)
         return Result(status=status, events=events + ready_events)
 
     def _write_readiness(self, namespace: str, name: str, status: dict[str, Any], spec: dict[str, Any],
                          generation: int, deployment: dict[str, Any] | None, now: str,
-                         pods: list[dict[str, Any]] | None) -> tuple[dict[str, Any], list[Event]]:
-        """Write status with readiness judged against the readiness conditions last *written*, not those of the
-        (possibly older) body this reconcile started from: a Deployment event's refresh may have written and
-        posted the same transition meanwhile. The write only lands on the version read, so each readiness
-        transition posts one Event."""
+                         pods: list[dict[str, Any]] | None,
+                         first: dict[str, Any] | None = None) -> tuple[dict[str, Any], list[Event]]:
+        """Write status with readiness judged against the readiness conditions last *written*, not those of an
+        older body: a Deployment event's refresh may have written and posted the same transition meanwhile.
+        The write only lands on the version it was judged against (``first``, the body this reconcile read
+        under its lock, then a fresh read after a conflict), so each readiness transition posts one Event."""
         out, events = status, list[Event]()
-        for _ in range(3):
-            fresh = self.kube.read_model_version(namespace, name)
+        for attempt in range(3):
+            fresh = first if attempt == 0 and first is not None else self.kube.read_model_version(namespace, name)
             if fresh is None:
                 return status, []  # deleted meanwhile: nothing to report on
             latest = {c.get("type"): c for c in (fresh.get("status") or {}).get("conditions") or []
@@ -469,6 +479,8 @@ class Reconciler:
         """The pods of a serving Deployment that is not fully available (to say why); None otherwise."""
         if deployment is None or observe(deployment, spec)["ready"]:
             return None
+        if not int((deployment.get("status") or {}).get("replicas") or 0):
+            return None  # no pod yet (just created or scaled to 0): nothing a pod could explain
         selector = ((deployment.get("spec") or {}).get("selector") or {}).get("matchLabels") or {}
         if not selector:
             return None
@@ -484,7 +496,13 @@ class Reconciler:
         """(ABTest name, replicas it assigns or None, shadow?) when an ABTest routes to this ModelVersion:
         from the operator's index of ABTests when wired, else by listing them."""
         if self.membership_lookup is not None:
-            return self.membership_lookup(namespace, name)
+            # The index says which ABTest (kept current by its watch); the ABTest itself is read now, because
+            # the index can trail the replicas that ABTest has just assigned by a watch event.
+            known = self.membership_lookup(namespace, name)
+            if known is None:
+                return None
+            test = self.kube.read_abtest(namespace, known.abtest)
+            return memberships(test).get(name) if test is not None else None
         found = sorted((m for test in self.kube.list_abtests(namespace) for m in memberships(test).items()
                         if m[0] == name), key=lambda m: m[1].abtest)
         return found[0][1] if found else None
@@ -648,7 +666,7 @@ class Reconciler:
             ready = min(int(dstatus.get("updatedReplicas") or 0), int(dstatus.get("availableReplicas") or 0))
             template = ((dspec.get("template") or {}).get("metadata") or {}).get("labels") or {}
             tracks.append(rollout.Track(
-                replicas=int(dspec.get("replicas") if dspec.get("replicas") is not None else 1),
+                replicas=int(dspec["replicas"]) if dspec.get("replicas") is not None else 1,
                 ready=ready if current else 0, settled=bool(observe(dep, spec)["ready"]) and current,
                 version=str(template.get(builders.VERSION_LABEL, "")), exists=True))
         health = rollout.Health()
@@ -775,10 +793,10 @@ class Reconciler:
         events = [] if repeated else [Event("Warning", reason, f"cannot resolve {ref}: {message}")]
         return Result(status=status, events=events, retry=True, message=message)
 
-    def refresh_readiness(self, namespace: str, name: str, deployment: dict[str, Any] | None = None) -> Result | None:
-        """Update the ModelVersion's readiness from its Deployment (``deployment``: as a watch event just
-        delivered it; read when not given) and, while it is not available, its pods. Deployment and pod events
-        call this: a crash-looping pod changes no Deployment field, so no Deployment event would tell."""
+    def refresh_readiness(self, namespace: str, name: str) -> Result | None:
+        """Update the ModelVersion's readiness from its Deployment, read now, and, while it is not available,
+        its pods. Deployment and pod events call this: a crash-looping pod changes no Deployment field, so no
+        Deployment event would tell."""
         body = self.kube.read_model_version(namespace, name)
         if body is None:
             return None
@@ -787,8 +805,7 @@ class Reconciler:
             return None  # not reconciled yet; the reconcile handler writes the first status
         generation = int(body["metadata"].get("generation") or 1)
         spec = body.get("spec") or {}
-        if deployment is None:
-            deployment = self.kube.read_deployment(namespace, name)
+        deployment = self.kube.read_deployment(namespace, name)
         new, events = readiness_status(status, spec, int(status.get("observedGeneration") or generation),
                                        deployment, now_iso(), self.pods_of(namespace, deployment, spec))
         new["phase"] = rollout_phase({**status, **new})

@@ -136,7 +136,7 @@ def _cannot_listen(host: str, port: int) -> str:
 def _ensure_peering(api: object, settings: object) -> None:
     """Create the kopf peering object the replicas meet in (its CRDs ship in crds/)."""
     from kubernetes import client
-    from kubernetes.client.rest import ApiException
+    from kubernetes.client.exceptions import ApiException
 
     custom = client.CustomObjectsApi(api)
     name = settings.peering  # type: ignore[attr-defined]
