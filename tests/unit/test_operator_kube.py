@@ -6,6 +6,7 @@ the same connection errors an operator sees while its apiserver is down or resta
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
 from typing import Any
@@ -79,3 +80,43 @@ def test_the_handler_backs_off_with_one_line(down: Kube, caplog: pytest.LogCaptu
     lines = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(lines) == 2 and all(r.exc_info is None for r in lines)
     assert all("unreachable" in r.getMessage() for r in lines)
+
+
+class _Resource:
+    """The dynamic client's resource, faked at its call boundary: counts the reads the adapter makes."""
+
+    def __init__(self) -> None:
+        self.objects: dict[str, dict[str, Any]] = {}
+        self.gets = 0
+
+    def get(self, name: str, namespace: str, **_: Any) -> Any:
+        from kubernetes.client.exceptions import ApiException
+
+        self.gets += 1
+        if name not in self.objects:
+            raise ApiException(status=404, reason="Not Found")
+        return type("Raw", (), {"data": json.dumps(self.objects[name]).encode()})()
+
+    def delete(self, name: str, namespace: str, **_: Any) -> None:
+        self.objects.pop(name, None)
+
+    def server_side_apply(self, body: dict[str, Any], name: str, **_: Any) -> Any:
+        self.objects[name] = body
+        return type("Raw", (), {"data": json.dumps(body).encode()})()
+
+
+def test_owned_objects_known_absent_are_not_read_again_until_applied(down: Kube) -> None:
+    fake = _Resource()
+    down._resource = lambda kind: fake  # type: ignore[method-assign]  # noqa: SLF001 — the boundary under test
+    assert not down.delete_owned("HorizontalPodAutoscaler", "ml", "iris", "u") and fake.gets == 1
+    assert not down.delete_owned("HorizontalPodAutoscaler", "ml", "iris", "u") and fake.gets == 1  # remembered
+    hpa = {"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
+           "metadata": {"name": "iris", "namespace": "ml", "ownerReferences": [{"uid": "u"}]}}
+    down.apply(hpa)  # applied again: no longer known absent
+    assert down.delete_owned("HorizontalPodAutoscaler", "ml", "iris", "u") and fake.gets == 2
+    assert "iris" not in fake.objects
+    assert not down.delete_owned("HorizontalPodAutoscaler", "ml", "iris", "u") and fake.gets == 2  # deleted it
+    down.assume_absent("PodDisruptionBudget", "ml", "iris", "u")
+    assert not down.delete_owned("PodDisruptionBudget", "ml", "iris", "u") and fake.gets == 2
+    down.forget_owner("ml", "iris")  # the ModelVersion is gone: its entries go too
+    assert not down.delete_owned("PodDisruptionBudget", "ml", "iris", "u") and fake.gets == 3

@@ -71,6 +71,12 @@ class FakeKube:
     def delete_owned(self, kind: str, namespace: str, name: str, owner_uid: str) -> bool:
         return self.objects.pop((kind, name), None) is not None
 
+    def assume_absent(self, kind: str, namespace: str, name: str, owner_uid: str) -> None:
+        pass  # this fake reads its own dict: nothing to spare
+
+    def forget_owner(self, namespace: str, name: str) -> None:
+        pass
+
     def patch_status(self, namespace: str, name: str, status: dict[str, Any], plural: str = "modelversions",
                      resource_version: str | None = None) -> bool:
         if resource_version is not None:

@@ -63,7 +63,7 @@ def _tick(kind: str, namespace: str, name: str) -> None:
 
 
 #: How often freed memory is handed back to the OS (seconds).
-MEMORY_RELEASE_SECONDS = 30.0
+MEMORY_RELEASE_SECONDS = 10.0
 
 
 def release_memory() -> None:

@@ -174,6 +174,11 @@ class Kube:
             self._absent.add(key)
         return True
 
+    def assume_absent(self, kind: str, namespace: str, name: str, owner_uid: str) -> None:
+        """Record that no object of ``kind``/``name`` owned by ``owner_uid`` exists, without asking."""
+        with self._absent_guard:
+            self._absent.add((kind, namespace, name, owner_uid))
+
     def forget_owner(self, namespace: str, name: str) -> None:
         """Drop what is known absent for objects named after a ModelVersion that is gone (bounds the memory)."""
         with self._absent_guard:

@@ -420,6 +420,15 @@ class Reconciler:
 
         canary_enabled = bool(spec.get("rollout"))
         applied: dict[str, Any] | None = None
+        if not body.get("status"):
+            # Never reconciled: nothing owned by this uid exists yet but what this reconcile applies, so the
+            # optional objects are not read only to find them absent (3 reads fewer per new ModelVersion).
+            # The one gap — an operator that applied one and died before any status write, and a spec that
+            # dropped it meanwhile — is closed when an operator next starts and resumes it with status written.
+            for kind, obj in (("Deployment", builders.deployment_name(owner, "canary")),
+                              ("HorizontalPodAutoscaler", name), ("PodDisruptionBudget", name),
+                              ("HTTPRoute", name), ("Service", f"{name}-stable"), ("Service", f"{name}-canary")):
+                self.kube.assume_absent(kind, namespace, obj, owner.uid)
         if member == "look up":  # the same pod labels and replicas on every path
             member = self.abtest_membership(namespace, name)
         assigned = member.replicas if member else None  # an ABTest's replica-ratio share, if any
