@@ -612,3 +612,49 @@ def test_dropping_the_gateway_removes_its_route_and_track_services() -> None:
     assert ("HTTPRoute", NAME) not in kube.objects and ("Service", f"{NAME}-stable") not in kube.objects
     assert "modelpilot.io/track" not in kube.objects[("Service", NAME)]["spec"]["selector"]
     assert "gatewayRoute" not in kube.body["status"]
+
+
+def test_a_deployment_event_showing_the_state_readiness_was_written_from_reads_nothing() -> None:
+    """Most Deployment events are the controller's own bookkeeping: one that shows the state the ModelVersion's
+    readiness was last written from is skipped; any change in what readiness is judged on is not."""
+    kube = FakeKube(mv_body("1"))
+    rec = reconciler(kube, mlflow({"1": "run1"}))
+    run(kube, rec)
+    dep = kube.read_deployment(NS, NAME)
+    assert dep is not None
+    assert rec.readiness_unchanged(NS, NAME, copy.deepcopy(dep))
+    relabelled = copy.deepcopy(dep)
+    relabelled["metadata"]["annotations"] = {"deployment.kubernetes.io/revision": "2"}
+    assert rec.readiness_unchanged(NS, NAME, relabelled)  # bookkeeping only
+    for field, value in (("readyReplicas", 1), ("observedGeneration", 0), ("updatedReplicas", 0)):
+        moved = copy.deepcopy(dep)
+        moved["status"][field] = value
+        assert not rec.readiness_unchanged(NS, NAME, moved), field
+    moved = copy.deepcopy(dep)
+    moved["metadata"]["generation"] = 2
+    assert not rec.readiness_unchanged(NS, NAME, moved)
+    assert not rec.readiness_unchanged(NS, "another", dep)  # never written: refresh
+    rec.forget(NS, NAME)
+    assert not rec.readiness_unchanged(NS, NAME, dep)
+
+
+def test_the_lean_diff_base_is_kopfs_own_essence() -> None:
+    """The operator's diff-base skips deep-copying status and managedFields; what kopf compares must be the
+    same essence kopf builds itself, or spec changes would be missed (or invented)."""
+    import kopf
+
+    from modelpilot.operator.handlers import LeanDiffBaseStorage
+
+    body = mv_body("3", rollout={"steps": [{"weight": 10}]})
+    body["metadata"].update(
+        labels={"team": "ml"}, resourceVersion="42",
+        annotations={"note": "kept", "modelpilot.io/last-handled-configuration": "{}",
+                     "kubectl.kubernetes.io/last-applied-configuration": "{}", "modelpilot.io/rollout-action": "promote"},
+        managedFields=[{"manager": "modelpilot", "operation": "Update", "fieldsV1": {"f:status": {"f:phase": {}}}}])
+    body["status"] = {"phase": "Ready", "conditions": [{"type": "Ready", "status": "True"}], "model": {"version": "3"}}
+    ours = LeanDiffBaseStorage(prefix="modelpilot.io").build(body=kopf.Body(body))
+    theirs = kopf.AnnotationsDiffBaseStorage(prefix="modelpilot.io").build(body=kopf.Body(body))
+    assert ours == theirs and ours["spec"]["model"]["version"] == "3"
+    fields = ["status.phase"]
+    assert (LeanDiffBaseStorage(prefix="modelpilot.io").build(body=kopf.Body(body), extra_fields=fields)
+            == kopf.AnnotationsDiffBaseStorage(prefix="modelpilot.io").build(body=kopf.Body(body), extra_fields=fields))

@@ -11,24 +11,23 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import functools
-import gc
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, cast
 
 import kopf
 
-from modelpilot.operator import metrics, rollout
+from modelpilot.operator import contract, metrics, rollout
 from modelpilot.operator.kube import Kube, KubeError
 from modelpilot.operator.abtest_reconcile import ABTestReconciler
-from modelpilot.operator.builders import SELECTOR_LABEL
+from modelpilot.operator.contract import SELECTOR_LABEL
 from modelpilot.operator.reconcile import Membership, Reconciler, Result, memberships, pending_action
 from modelpilot.operator.settings import OperatorSettings
 from modelpilot.operator.ticker import Ticker
 
-GROUP, VERSION, PLURAL = "modelpilot.io", "v1alpha1", "modelversions"
-MANAGED = {"app.kubernetes.io/managed-by": "modelpilot"}
+GROUP, VERSION, PLURAL = contract.GROUP, contract.VERSION, contract.MODELVERSION_PLURAL
+MANAGED = {contract.MANAGED_BY_LABEL: contract.MANAGED_BY}
 Logger = logging.Logger | logging.LoggerAdapter[Any]  # what kopf passes as ``logger``
 
 _state: dict[str, Any] = {}
@@ -49,7 +48,8 @@ def _tick(kind: str, namespace: str, name: str) -> None:
     """One periodic run: re-evaluate an active rollout, ask MLflow where a followed alias points, or refresh
     an ABTest's figures. Each reads the resource afresh; a resource gone meanwhile is forgotten."""
     if kind == "memory":
-        release_memory()
+        if _state.pop("released", True) is False:
+            release_memory()  # only after deletions: a trim walks the heap's arenas
         return
     if kind == "abtest":
         body = _reconciler().kube.read_abtest(namespace, name)
@@ -67,11 +67,10 @@ MEMORY_RELEASE_SECONDS = 10.0
 
 
 def release_memory() -> None:
-    """Hand memory freed after a burst back to the OS. CPython frees objects into glibc's arenas (one per
+    """Hand memory freed after deletions back to the OS. CPython frees objects into glibc's arenas (one per
     thread that allocated), which keep the pages: after 200 ModelVersions were created and deleted the RSS
-    stayed 45 % above idle (benchmarks/README.md). ``malloc_trim`` returns them; elsewhere than glibc this
-    only collects garbage."""
-    gc.collect()
+    stayed 45 % above idle (benchmarks/README.md). ``malloc_trim`` returns them (a no-op elsewhere than glibc).
+    No ``gc.collect()``: a full collection every 10 s was a fifth of the operator's CPU under load."""
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
@@ -94,6 +93,22 @@ def _post(body: Any, result: Result | None) -> None:
 
 def _backoff(retry: int) -> float:
     return float(min(_settings().retry_delay_seconds * (2 ** retry), 300.0))
+
+
+class LeanDiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
+    """kopf's annotation diff-base, built without deep-copying what it throws away.
+
+    kopf extracts each event's "essence" (spec, labels, annotations) by deep-copying the whole body and then
+    dropping ``status`` and ``metadata``; with every writer's ``managedFields`` in it, that copy was a third
+    of the operator's CPU at 200 ModelVersions (benchmarks/README.md). The same essence comes from a body
+    without those two, so they are left out before kopf copies."""
+
+    def build(self, *, body: kopf.Body, extra_fields: Any = None) -> kopf.BodyEssence:
+        if extra_fields:  # a handler on status fields needs them: kopf's own way
+            return super().build(body=body, extra_fields=extra_fields)
+        lean = {k: v for k, v in body.items() if k != "status"}
+        lean["metadata"] = {k: v for k, v in body.get("metadata", {}).items() if k != "managedFields"}
+        return super().build(body=kopf.Body(cast(kopf.RawBody, lean)), extra_fields=extra_fields)
 
 
 @kopf.on.cleanup()
@@ -130,7 +145,7 @@ def _startup(settings: kopf.OperatorSettings, **kwargs: Any) -> None:
     _reconciler().membership_lookup = _member_of(kwargs["abtest_routes"])
     # Progress in annotations only: status belongs to modelpilot's own fields.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="modelpilot.io")
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="modelpilot.io")
+    settings.persistence.diffbase_storage = LeanDiffBaseStorage(prefix="modelpilot.io")
     settings.posting.level = logging.INFO
     settings.watching.server_timeout = 60
     # kopf waits this long for the watch to deliver its own last patch before acting on an older event of the
@@ -212,6 +227,7 @@ def model_version_seen(body: kopf.Body, type: str | None, **_: Any) -> None:
         ticker.forget("alias", namespace, name)
     if type == "DELETED":
         _reconciler().forget(namespace, name)
+        _state["released"] = False
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL, optional=True)
@@ -267,9 +283,13 @@ async def deployment_changed(body: kopf.Body, type: str, logger: Logger, **_: An
                   if o.get("kind") == "ModelVersion" and o.get("controller")), None)
     if owner is None:
         return
+    namespace = body["metadata"]["namespace"]
+    stable = type != "DELETED" and owner["name"] == body["metadata"]["name"]
+    if stable and _reconciler().readiness_unchanged(namespace, owner["name"], dict(body)):
+        return  # the state readiness was last written from: nothing to refresh
     # The refresh reads the Deployment afresh rather than trusting this event's copy: events can queue
     # behind others, and an older copy judged a Ready ModelVersion not ready again.
-    refresh = functools.partial(_refresh, body["metadata"]["namespace"], owner["name"], logger)
+    refresh = functools.partial(_refresh, namespace, owner["name"], logger)
     await asyncio.get_running_loop().run_in_executor(_state["readiness_pool"], refresh)
 
 

@@ -18,13 +18,14 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any, TypeVar, cast
 
+import orjson
 import urllib3
 from kubernetes import client, dynamic
 from kubernetes.client.exceptions import ApiException
 
-from modelpilot.operator.builders import API_GROUP
+from modelpilot.operator import contract
 
-GROUP, VERSION = API_GROUP, "v1alpha1"
+GROUP, VERSION = contract.GROUP, contract.VERSION
 _KINDS = {
     "Deployment": ("apps/v1", "Deployment"),
     "Service": ("v1", "Service"),
@@ -214,9 +215,8 @@ class Kube:
     @_classified
     def _read_custom(self, plural: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         try:
-            found = cast(dict[str, Any], self.custom.get_namespaced_custom_object(
-                GROUP, VERSION, namespace, plural, name, _request_timeout=self.timeout))
-            return dict(found)
+            return _json(self.custom.get_namespaced_custom_object(
+                GROUP, VERSION, namespace, plural, name, _request_timeout=self.timeout, _preload_content=False))
         except ApiException as exc:
             if exc.status == 404:
                 return None
@@ -279,7 +279,7 @@ class Kube:
 
 def _json(response: Any) -> dict[str, Any]:
     """The body of a raw (not deserialised) client response as the API has it: camelCase dicts."""
-    return dict(json.loads(response.data))
+    return dict(orjson.loads(response.data))
 
 
 def _reason(exc: ApiException) -> str:

@@ -23,7 +23,7 @@ from datetime import datetime, timezone
 import logging
 from typing import Any, Literal
 
-from modelpilot.operator import abtest, analysis, builders, diagnosis, metrics, rollout
+from modelpilot.operator import abtest, analysis, builders, contract, diagnosis, metrics, rollout
 from modelpilot.operator.kube import Kube, KubeError, KubeUnavailable
 from modelpilot.operator.prometheus import Prometheus, PrometheusError
 from modelpilot.operator.registry import (
@@ -39,7 +39,7 @@ from modelpilot.operator.registry import (
 )
 from modelpilot.operator.settings import OperatorSettings
 
-ACTION_ANNOTATION = rollout.ACTION_ANNOTATION
+ACTION_ANNOTATION = contract.ACTION_ANNOTATION
 
 
 def now_iso() -> str:
@@ -156,6 +156,17 @@ def observe(deployment: dict[str, Any] | None, spec: dict[str, Any]) -> dict[str
                 "message": f"{available}/{desired} replicas serve the model"}
     return {**base, "phase": "Deploying", "ready": False, "stalled": False, "reason": "RollingOut",
             "message": f"rolling out: {updated}/{desired} replicas updated, {available} available, {total} running"}
+
+
+def _observed_key(deployment: dict[str, Any] | None) -> tuple[Any, ...]:
+    """What readiness is judged on in a Deployment: its generation and the status counts and conditions."""
+    if deployment is None:
+        return ()
+    dstatus = deployment.get("status") or {}
+    return ((deployment.get("metadata") or {}).get("generation"), (deployment.get("spec") or {}).get("replicas"),
+            *(dstatus.get(k) for k in ("observedGeneration", "replicas", "updatedReplicas", "readyReplicas",
+                                       "availableReplicas")),
+            tuple((c.get("type"), c.get("status"), c.get("reason")) for c in dstatus.get("conditions") or []))
 
 
 def readiness_status(status: dict[str, Any], spec: dict[str, Any], generation: int,
@@ -313,6 +324,10 @@ class Reconciler:
         # one has already moved past (a stale one could redo a canary step).
         self._locks: dict[tuple[str, str], threading.Lock] = {}
         self._locks_guard = threading.Lock()
+        # The stable Deployment's observed state behind the readiness last written for each ModelVersion: a
+        # Deployment event that shows the same state cannot change it, so it reads nothing (most events are
+        # the controller's own bookkeeping). Only a hint — every write is judged on fresh reads.
+        self._written: dict[tuple[str, str], tuple[Any, ...]] = {}
         # One pooled client and version cache per (tracking URI, credentials), kept across reconciles.
         self.registries = Registries(registry_factory or (
             lambda uri, creds: Registry(uri, creds, timeout=settings.registry_timeout_seconds)))
@@ -357,7 +372,18 @@ class Reconciler:
         """A ModelVersion is gone: drop its lock and what the adapter knew about its objects."""
         with self._locks_guard:
             self._locks.pop((namespace, name), None)
+            self._written.pop((namespace, name), None)
         self.kube.forget_owner(namespace, name)
+
+    def _remember(self, namespace: str, name: str, deployment: dict[str, Any] | None) -> None:
+        with self._locks_guard:
+            self._written[(namespace, name)] = _observed_key(deployment)
+
+    def readiness_unchanged(self, namespace: str, name: str, deployment: dict[str, Any]) -> bool:
+        """True when this stable Deployment (as an event delivered it) shows the state the ModelVersion's
+        readiness was last written from, so refreshing it would change nothing."""
+        with self._locks_guard:
+            return self._written.get((namespace, name)) == _observed_key(deployment)
 
     def reconcile_latest(self, namespace: str, name: str, *, refresh: bool = False,
                          member: Membership | None | Literal["look up"] = "look up") -> tuple[Result, dict[str, Any]] | None:
@@ -479,6 +505,7 @@ class Reconciler:
             out["phase"] = rollout_phase(out)
             if self.kube.patch_status(namespace, name, out,
                                       resource_version=fresh["metadata"].get("resourceVersion")):
+                self._remember(namespace, name, deployment)
                 return out, events
         self.kube.patch_status(namespace, name, out)  # still contended: readiness was read just now anyway
         return out, events
@@ -822,4 +849,5 @@ class Reconciler:
         if changed and not self.kube.patch_status(namespace, name, new,
                                                   resource_version=body["metadata"].get("resourceVersion")):
             return None  # the reconciler wrote meanwhile; the next Deployment event re-reads
+        self._remember(namespace, name, deployment)
         return Result(status={**status, **new}, events=events)
