@@ -16,10 +16,12 @@ import time
 from datetime import datetime, timezone
 from typing import Any
 
-from modelpilot.operator.rollout import ACTION_ANNOTATION, ACTIVE, STEPPING
+from modelpilot.operator import contract
+from modelpilot.operator.contract import ACTION_ANNOTATION
+from modelpilot.operator.rollout import ACTIVE, STEPPING
 
-GROUP, VERSION, PLURAL = "modelpilot.io", "v1alpha1", "modelversions"
-STEP_ACTIONS = ("promote", "abort", "pause", "resume")
+GROUP, VERSION, PLURAL = contract.GROUP, contract.VERSION, contract.MODELVERSION_PLURAL
+STEP_ACTIONS = contract.STEP_ACTIONS
 VERBS = (*STEP_ACTIONS, "undo", "status")
 
 
@@ -130,7 +132,7 @@ def _ago(value: str | None, now: float) -> str:
     if not value:
         return ""
     try:
-        then = datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc).timestamp()
+        then = datetime.strptime(value, contract.TIME_FORMAT).replace(tzinfo=timezone.utc).timestamp()
     except ValueError:
         return value
     seconds = int(now - then)

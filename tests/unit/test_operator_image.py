@@ -43,7 +43,7 @@ def test_the_image_install_steps_run_the_operator_without_the_serving_stack(tmp_
     py = venv / "bin" / "python"
     _run(py, "-m", "pip", "install", "-q", "-r", ROOT / "operator" / "requirements.txt")
     _run(py, "-m", "pip", "install", "-q", "--no-deps", ROOT)
-    _run(py, "-c", "import modelpilot.operator.handlers, modelpilot.operator.run")
+    _run(py, "-c", "import modelpilot.operator.handlers, modelpilot.operator.run, modelpilot.operator.api")
     for absent in ("sklearn", "mlflow", "uvicorn"):
         assert _run(py, "-c", f"import {absent}", check=False).returncode != 0, f"{absent} must not be installed"
     # The local environment is its own distribution (devenv/): never in the product, never in an image.

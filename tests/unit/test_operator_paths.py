@@ -645,7 +645,7 @@ def test_the_lean_diff_base_is_kopfs_own_essence() -> None:
 
     from modelpilot.operator.handlers import LeanDiffBaseStorage
 
-    body = mv_body("3", rollout={"steps": [{"weight": 10}]})
+    body = mv_body("3", rollout={"steps": [10, 100]})
     body["metadata"].update(
         labels={"team": "ml"}, resourceVersion="42",
         annotations={"note": "kept", "modelpilot.io/last-handled-configuration": "{}",

@@ -22,9 +22,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from modelpilot.operator.builders import API_VERSION
+from modelpilot.operator import contract
 
-ABTEST_LABEL = "modelpilot.io/abtest"
+API_VERSION = contract.API_VERSION
+ABTEST_LABEL = contract.ABTEST_LABEL
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,7 @@ def split_text(vs: list[Variant], weights: dict[str, int]) -> str:
 
 
 def owner_reference(name: str, uid: str) -> dict[str, Any]:
-    return {"apiVersion": API_VERSION, "kind": "ABTest", "name": name, "uid": uid, "controller": True,
+    return {"apiVersion": API_VERSION, "kind": contract.ABTEST_KIND, "name": name, "uid": uid, "controller": True,
             "blockOwnerDeletion": True}
 
 
@@ -91,7 +92,7 @@ def build_httproute(name: str, namespace: str, uid: str, spec: dict[str, Any], v
         parent["namespace"] = gateway["namespace"]
     if gateway.get("sectionName"):
         parent["sectionName"] = gateway["sectionName"]
-    header = (routing.get("headerPinning") or {}).get("header") or "x-modelpilot-variant"
+    header = (routing.get("headerPinning") or {}).get("header") or contract.VARIANT_HEADER
 
     def ref(v: Variant, weight: int | None = None) -> dict[str, Any]:
         backend: dict[str, Any] = {"kind": "Service", "name": v.model_version, "port": 80}

@@ -19,21 +19,23 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from modelpilot.operator import contract
 from modelpilot.operator.registry import ResolvedModel
 
-API_GROUP = "modelpilot.io"
-API_VERSION = "modelpilot.io/v1alpha1"
-SERVING_PORT = 8080
+# The contract's names (modelpilot.operator.contract), under the names the rest of the operator uses.
+API_GROUP = contract.GROUP
+API_VERSION = contract.API_VERSION
+SERVING_PORT = contract.SERVING_PORT
 # The default of the server's MODELPILOT_SERVE_GRPC_PORT (`modelpilot serve` listens there unless told
 # otherwise). The number lives on both sides of the contract: the operator never imports the server.
-GRPC_PORT = 8081
-SELECTOR_LABEL = "modelpilot.io/modelversion"
+GRPC_PORT = contract.GRPC_PORT
+SELECTOR_LABEL = contract.SELECTOR_LABEL
 #: Seconds a deleted serving pod keeps serving before SIGTERM (see build_deployment).
 PRESTOP_SLEEP_SECONDS = 5
 #: Request header that pins a request to a track of a Gateway-routed canary (``canary`` or ``stable``).
-TRACK_HEADER = "x-modelpilot-track"
-VERSION_LABEL = "modelpilot.io/version"  # on the pod template: the model version a track's pods serve
-TRACK_LABEL = "modelpilot.io/track"  # stable | canary; the Service selects both, so replicas split traffic
+TRACK_HEADER = contract.TRACK_HEADER
+VERSION_LABEL = contract.VERSION_LABEL  # on the pod template: the model version a track's pods serve
+TRACK_LABEL = contract.TRACK_LABEL  # stable | canary; the Service selects both, so replicas split traffic
 DEFAULT_RESOURCES = {"requests": {"cpu": "100m", "memory": "256Mi"}}
 
 Manifest = dict[str, Any]
@@ -67,27 +69,27 @@ def labels(owner: Owner, model: ResolvedModel) -> dict[str, str]:
         "app.kubernetes.io/instance": owner.name,
         "app.kubernetes.io/component": "model-server",
         "app.kubernetes.io/part-of": "modelpilot",
-        "app.kubernetes.io/managed-by": "modelpilot",
+        contract.MANAGED_BY_LABEL: contract.MANAGED_BY,
         "app.kubernetes.io/version": label_value(model.version),
         SELECTOR_LABEL: owner.name,
-        "modelpilot.io/model": label_value(model.name),
+        contract.MODEL_LABEL: label_value(model.name),
         VERSION_LABEL: label_value(model.version),
-        "modelpilot.io/run-id": label_value(model.run_id),
+        contract.RUN_ID_LABEL: label_value(model.run_id),
     }
 
 
 def provenance(model: ResolvedModel, tracking_uri: str) -> dict[str, str]:
     """Annotations saying exactly what a pod serves and where it came from (no timestamps: they would roll pods)."""
     return {
-        "modelpilot.io/model-name": model.name,
-        "modelpilot.io/model-version": model.version,
-        "modelpilot.io/model-uri": model.model_uri,
-        "modelpilot.io/run-id": model.run_id,
-        "modelpilot.io/artifact-uri": model.artifact_uri,
-        "modelpilot.io/source": model.source,
-        "modelpilot.io/flavor": model.flavor,
-        "modelpilot.io/tracking-uri": tracking_uri,
-        **({"modelpilot.io/alias": model.alias} if model.alias else {}),
+        contract.MODEL_NAME_ANNOTATION: model.name,
+        contract.MODEL_VERSION_ANNOTATION: model.version,
+        contract.MODEL_URI_ANNOTATION: model.model_uri,
+        contract.RUN_ID_ANNOTATION: model.run_id,
+        contract.ARTIFACT_URI_ANNOTATION: model.artifact_uri,
+        contract.SOURCE_ANNOTATION: model.source,
+        contract.FLAVOR_ANNOTATION: model.flavor,
+        contract.TRACKING_URI_ANNOTATION: tracking_uri,
+        **({contract.ALIAS_ANNOTATION: model.alias} if model.alias else {}),
     }
 
 
@@ -98,34 +100,34 @@ def _meta(owner: Owner, name: str, model: ResolvedModel) -> dict[str, Any]:
 
 def _serving_env(spec: dict[str, Any], owner: Owner, model: ResolvedModel, tracking_uri: str) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [
-        {"name": "MODEL_URI", "value": model.model_uri},
-        {"name": "MLFLOW_TRACKING_URI", "value": tracking_uri},
-        {"name": "MODEL_NAME", "value": model.name},
-        {"name": "MODEL_VERSION", "value": model.version},
-        {"name": "MODEL_VARIANT", "value": owner.name},
+        {"name": contract.ENV_MODEL_URI, "value": model.model_uri},
+        {"name": contract.ENV_TRACKING_URI, "value": tracking_uri},
+        {"name": contract.ENV_MODEL_NAME, "value": model.name},
+        {"name": contract.ENV_MODEL_VERSION, "value": model.version},
+        {"name": contract.ENV_MODEL_VARIANT, "value": owner.name},
     ]
     secret = ((spec.get("registry") or {}).get("credentialsSecretRef") or {}).get("name")
     if secret:
         # optional: a Secret may carry username/password or a token, not necessarily both.
-        for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN"):
+        for key in contract.CREDENTIAL_KEYS:
             env.append({"name": key, "valueFrom": {"secretKeyRef": {"name": secret, "key": key, "optional": True}}})
     serving = spec.get("serving") or {}
     batching = serving.get("batching") or {}
     if batching:
         env += [
-            {"name": "MODELPILOT_SERVE_BATCHING", "value": "true" if batching.get("enabled", True) else "false"},
-            {"name": "MODELPILOT_SERVE_MAX_BATCH_SIZE", "value": str(batching.get("maxBatchSize", 64))},
-            {"name": "MODELPILOT_SERVE_MAX_BATCH_LATENCY_MS", "value": str(batching.get("maxLatencyMs", 5))},
+            {"name": contract.ENV_BATCHING, "value": "true" if batching.get("enabled", True) else "false"},
+            {"name": contract.ENV_MAX_BATCH_SIZE, "value": str(batching.get("maxBatchSize", 64))},
+            {"name": contract.ENV_MAX_BATCH_LATENCY_MS, "value": str(batching.get("maxLatencyMs", 5))},
         ]
     cache = serving.get("cache") or {}
     if cache:
         env += [
-            {"name": "MODELPILOT_SERVE_CACHE", "value": "true" if cache.get("enabled") else "false"},
-            {"name": "MODELPILOT_SERVE_CACHE_MAX_ENTRIES", "value": str(cache.get("maxEntries", 10000))},
-            {"name": "MODELPILOT_SERVE_CACHE_TTL_SECONDS", "value": str(cache.get("ttlSeconds", 300))},
+            {"name": contract.ENV_CACHE, "value": "true" if cache.get("enabled") else "false"},
+            {"name": contract.ENV_CACHE_MAX_ENTRIES, "value": str(cache.get("maxEntries", 10000))},
+            {"name": contract.ENV_CACHE_TTL_SECONDS, "value": str(cache.get("ttlSeconds", 300))},
         ]
         if cache.get("redisUrl"):
-            env.append({"name": "MODELPILOT_SERVE_CACHE_REDIS_URL", "value": cache["redisUrl"]})
+            env.append({"name": contract.ENV_CACHE_REDIS_URL, "value": cache["redisUrl"]})
     # The user's own env comes last so it can override a default on purpose.
     env += list(serving.get("env") or [])
     return env
@@ -150,14 +152,14 @@ def build_deployment(owner: Owner, spec: dict[str, Any], model: ResolvedModel, t
         "name": "server",
         "image": serving.get("image") or default_image,
         "imagePullPolicy": serving.get("imagePullPolicy", "IfNotPresent"),
-        "args": ["serve"],
-        "ports": [{"name": "http", "containerPort": SERVING_PORT, "protocol": "TCP"},
-                  {"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"}],
+        "args": list(contract.SERVE_ARGS),
+        "ports": [{"name": contract.SERVING_PORT_NAME, "containerPort": SERVING_PORT, "protocol": "TCP"},
+                  {"name": contract.GRPC_PORT_NAME, "containerPort": GRPC_PORT, "protocol": "TCP"}],
         "env": _serving_env(spec, owner, model, tracking_uri),
         "resources": serving.get("resources") or DEFAULT_RESOURCES,
-        "readinessProbe": {"httpGet": {"path": "/v2/health/ready", "port": "http"},
+        "readinessProbe": {"httpGet": {"path": contract.READY_PATH, "port": contract.SERVING_PORT_NAME},
                            "periodSeconds": 2, "timeoutSeconds": 2, "failureThreshold": 3},
-        "livenessProbe": {"httpGet": {"path": "/v2/health/live", "port": "http"},
+        "livenessProbe": {"httpGet": {"path": contract.LIVE_PATH, "port": contract.SERVING_PORT_NAME},
                           "periodSeconds": 10, "timeoutSeconds": 2, "failureThreshold": 3},
         # The server writes why it can never serve to /dev/termination-log before the liveness probe
         # restarts it; a crash that writes nothing leaves the end of its log there instead. Either way the
@@ -197,7 +199,7 @@ def build_deployment(owner: Owner, spec: dict[str, Any], model: ResolvedModel, t
                     **provenance(model, tracking_uri),
                     "prometheus.io/scrape": "true",
                     "prometheus.io/port": str(SERVING_PORT),
-                    "prometheus.io/path": "/metrics",
+                    "prometheus.io/path": contract.METRICS_PATH,
                 },
             },
             "spec": pod_spec,

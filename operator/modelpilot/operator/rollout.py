@@ -37,11 +37,13 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any
 
-#: Manual actions: ``<action>`` or ``<action>/<version>`` (promote, abort, pause, resume, undo), acted on once.
-ACTION_ANNOTATION = "modelpilot.io/rollout-action"
+from modelpilot.operator import contract
+
+#: Manual actions: ``<action>`` or ``<action>/<version>`` (promote, abort, pause, resume, undo), acted on once
+#: (``contract.parse_action``).
+ACTION_ANNOTATION = contract.ACTION_ANNOTATION
 DEFAULT_STEPS = [10, 25, 50, 100]
 HISTORY_LIMIT = 20
 #: Phases in which the operator is still moving traffic or pods.
@@ -121,11 +123,11 @@ class Decision:
 
 
 def parse_time(value: str) -> float:
-    return datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc).timestamp()
+    return contract.parse_time(value)
 
 
 def fmt_time(ts: float) -> str:
-    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return contract.format_time(ts)
 
 
 def surge_limit(total: int, value: Any) -> int:
