@@ -59,27 +59,25 @@ def test_every_adapter_call_classifies_a_connection_failure(down: Kube, call: An
     assert down.host in message and "unreachable" in message and "connection refused" in message, message
 
 
-def test_the_handler_backs_off_with_one_line(down: Kube, caplog: pytest.LogCaptureFixture,
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_handler_backs_off_with_one_line(down: Kube, caplog: pytest.LogCaptureFixture) -> None:
     settings = OperatorSettings(tracking_uri="http://mlflow:5000", retry_delay_seconds=10)
-    monkeypatch.setitem(handlers._state, "settings", settings)
-    monkeypatch.setitem(handlers._state, "reconciler", Reconciler(settings, down))
+    memo = handlers.configure(settings, down)
     logger = logging.getLogger("test")
     # The create/update handler: a kopf TemporaryError with exponential back-off (kopf logs it as one line).
     with pytest.raises(kopf.TemporaryError) as excinfo:
-        handlers.reconcile_model_version(body=BODY, retry=2, logger=logger)  # type: ignore[arg-type]
+        handlers.reconcile_model_version(body=BODY, retry=2, memo=memo)  # type: ignore[arg-type]
     assert excinfo.value.delay == 40.0
     assert "Kubernetes API" in str(excinfo.value) and "unreachable" in str(excinfo.value)
     assert excinfo.value.__cause__ is None and excinfo.value.__suppress_context__
     # A periodic run (canary tick) and a readiness refresh: no exception escapes, one warning line each,
     # without a traceback.
-    monkeypatch.setitem(handlers._state, "ticker", handlers.Ticker(handlers._tick))
     with caplog.at_level(logging.WARNING):
-        handlers._tick("rollout", "ml", "iris")
-        handlers._refresh("ml", "iris", logger)
+        memo.core.tick("rollout", "ml", "iris")
+        memo.core.refresh("ml", "iris", logger)
     lines = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(lines) == 2 and all(r.exc_info is None for r in lines)
     assert all("unreachable" in r.getMessage() for r in lines)
+    memo.core.stop()
 
 
 class _Resource:

@@ -658,3 +658,58 @@ def test_the_lean_diff_base_is_kopfs_own_essence() -> None:
     fields = ["status.phase"]
     assert (LeanDiffBaseStorage(prefix="modelpilot.io").build(body=kopf.Body(body), extra_fields=fields)
             == kopf.AnnotationsDiffBaseStorage(prefix="modelpilot.io").build(body=kopf.Body(body), extra_fields=fields))
+
+
+class _Settling(FakeKube):
+    """A Deployment that is not available until ``available`` is set (as right after it is applied)."""
+
+    available = False
+
+    def read_deployment(self, namespace: str, name: str) -> dict[str, Any] | None:
+        dep = super().read_deployment(namespace, name)
+        if dep is not None and not self.available:
+            dep["status"].update(availableReplicas=0, readyReplicas=0)
+        return dep
+
+
+def test_a_readiness_write_that_conflicts_is_judged_again_not_dropped() -> None:
+    """Found by tests/cluster/test_cold_start.py: the Deployment became available, its refresh's write met
+    kopf's own annotation patch (409) and was dropped; the Deployment had settled, so no event came again and
+    the ModelVersion stayed not Ready for good."""
+    kube = _Settling(mv_body("1"))
+    rec = reconciler(kube, mlflow({"1": "run1"}))
+    first = run(kube, rec)
+    assert reconcile_ready(first.status) == "False"
+    kube.available = True
+    kube.conflict_next = 2  # two other writers came first
+    result = rec.refresh_readiness(NS, NAME)
+    assert result is not None and [e.reason for e in result.events] == ["Ready"]
+    assert reconcile_ready(kube.body["status"]) == "True"
+
+
+def reconcile_ready(status: dict[str, Any]) -> str:
+    return next((c["status"] for c in status.get("conditions") or [] if c["type"] == "Ready"), "")
+
+
+def test_a_model_version_that_is_not_ready_is_rechecked_until_it_is() -> None:
+    """Level-triggered readiness: whatever events were missed, the ticker re-reads a ModelVersion that serves a
+    pinned model but is not Ready (for its current generation), and stops once it is."""
+    from modelpilot.operator.core import OperatorCore
+
+    core = OperatorCore(OperatorSettings(tracking_uri="http://mlflow:5000"), FakeKube(mv_body("1")))  # type: ignore[arg-type]
+    key = ("readiness", NS, NAME)
+
+    def seen(ready: str, observed: int, generation: int = 1, model: bool = True, type: str = "MODIFIED") -> bool:
+        body = mv_body("1")
+        body["metadata"]["generation"] = generation
+        body["status"] = {"conditions": [{"type": "Ready", "status": ready, "observedGeneration": observed}],
+                          **({"model": {"name": "iris", "version": "1"}} if model else {})}
+        core.seen(body, type)
+        return key in core.ticker._due  # noqa: SLF001 — what the ticker was told is the point
+
+    assert seen("False", 1)
+    assert not seen("True", 1)
+    assert seen("True", 1, generation=2)  # judged on an older spec
+    assert not seen("False", 1, model=False)  # nothing pinned yet: kopf's retries own that
+    assert seen("False", 1) and not seen("False", 1, type="DELETED")
+    core.stop()

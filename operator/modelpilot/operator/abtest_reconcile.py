@@ -144,7 +144,7 @@ class ABTestReconciler:
             return {}
         interval = str((spec.get("analysis") or {}).get("interval", "5m"))
         try:
-            prom = Prometheus(self.settings.prometheus_url, timeout=self.settings.registry_timeout_seconds)
+            prom = Prometheus(self.settings.prometheus_url, timeout=self.settings.prometheus_timeout_seconds)
         except PrometheusError:
             return {}
         out: dict[str, dict[str, Any]] = {}

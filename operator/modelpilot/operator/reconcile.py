@@ -831,23 +831,29 @@ class Reconciler:
 
     def refresh_readiness(self, namespace: str, name: str) -> Result | None:
         """Update the ModelVersion's readiness from its Deployment, read now, and, while it is not available,
-        its pods. Deployment and pod events call this: a crash-looping pod changes no Deployment field, so no
-        Deployment event would tell."""
-        body = self.kube.read_model_version(namespace, name)
-        if body is None:
-            return None
-        status = dict(body.get("status") or {})
-        if not status.get("model"):
-            return None  # not reconciled yet; the reconcile handler writes the first status
-        generation = int(body["metadata"].get("generation") or 1)
-        spec = body.get("spec") or {}
-        deployment = self.kube.read_deployment(namespace, name)
-        new, events = readiness_status(status, spec, int(status.get("observedGeneration") or generation),
-                                       deployment, now_iso(), self.pods_of(namespace, deployment, spec))
-        new["phase"] = rollout_phase({**status, **new})
-        changed = {k: v for k, v in new.items() if status.get(k) != v}
-        if changed and not self.kube.patch_status(namespace, name, new,
-                                                  resource_version=body["metadata"].get("resourceVersion")):
-            return None  # the reconciler wrote meanwhile; the next Deployment event re-reads
-        self._remember(namespace, name, deployment)
-        return Result(status={**status, **new}, events=events)
+        its pods. Deployment and pod events call this (a crash-looping pod changes no Deployment field, so no
+        Deployment event would tell), and the ticker while a ModelVersion is not Ready.
+
+        The write lands only on the version read; on a conflict (kopf's own annotation patch, mostly) it reads
+        both again and retries. Dropping it was how a ModelVersion stayed not Ready for good: its Deployment
+        had settled, so no later event came (tests/cluster/test_cold_start.py)."""
+        for _ in range(5):
+            body = self.kube.read_model_version(namespace, name)
+            if body is None:
+                return None
+            status = dict(body.get("status") or {})
+            if not status.get("model"):
+                return None  # not reconciled yet; the reconcile handler writes the first status
+            generation = int(body["metadata"].get("generation") or 1)
+            spec = body.get("spec") or {}
+            deployment = self.kube.read_deployment(namespace, name)
+            new, events = readiness_status(status, spec, int(status.get("observedGeneration") or generation),
+                                           deployment, now_iso(), self.pods_of(namespace, deployment, spec))
+            new["phase"] = rollout_phase({**status, **new})
+            changed = {k: v for k, v in new.items() if status.get(k) != v}
+            if changed and not self.kube.patch_status(namespace, name, new,
+                                                      resource_version=body["metadata"].get("resourceVersion")):
+                continue  # written meanwhile: judge again on what is there now
+            self._remember(namespace, name, deployment)
+            return Result(status={**status, **new}, events=events)
+        return None  # still contended after 5 rounds: the ticker re-checks a ModelVersion that is not Ready

@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     # One pooled connection per worker (kopf's thread pool, see handlers._startup), so no "pool is full".
     configuration.connection_pool_maxsize = 32
     api = client.ApiClient(configuration)
-    handlers.configure(settings, Kube(api, settings.field_manager))
+    memo = handlers.configure(settings, Kube(api, settings.field_manager))
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     # urllib3 logs each connection retry as a warning; the failure that follows is classified (KubeUnavailable)
@@ -91,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{describe_transport_error(exc)}", file=sys.stderr)
             return 1
     kopf.run(
+        memo=memo,
         standalone=not settings.peering,
         peering_name=settings.peering or None,
         priority=priority,

@@ -82,6 +82,10 @@ class OperatorSettings:
     """Threads refreshing readiness from Deployment events, apart from the reconciles so a burst of creates
     never queues them (``MODELPILOT_READINESS_WORKERS``)."""
 
+    readiness_recheck_seconds: float = 10.0
+    """How often a ModelVersion that is not Ready re-reads its Deployment, whatever events came
+    (``MODELPILOT_READINESS_RECHECK_SECONDS``)."""
+
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> OperatorSettings:
         env = dict(os.environ if env is None else env)
@@ -137,6 +141,7 @@ class OperatorSettings:
             priority=priority,
             workers=int(number("MODELPILOT_WORKERS", 20, 1)),
             readiness_workers=int(number("MODELPILOT_READINESS_WORKERS", 4, 1)),
+            readiness_recheck_seconds=number("MODELPILOT_READINESS_RECHECK_SECONDS", 10.0, 1.0),
             namespaces=tuple(n.strip() for n in env.get("MODELPILOT_NAMESPACES", "").split(",") if n.strip()),
         )
         return settings

@@ -46,7 +46,8 @@ class Ticker:
     def stop(self) -> None:
         self._stop.set()
         self._wake.set()
-        self._thread.join(timeout=5)
+        if self._thread.ident is not None:  # started
+            self._thread.join(timeout=5)
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     def track(self, kind: str, namespace: str, name: str, interval: float) -> None:
