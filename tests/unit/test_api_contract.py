@@ -563,7 +563,7 @@ def test_what_the_abtest_reconciler_writes_parses() -> None:
 
     class Models:
         def __init__(self, kube: Kube) -> None:
-            self.kube, self.settings = kube, OperatorSettings(tracking_uri="http://mlflow:5000")
+            self.kube, self.settings = kube, OperatorSettings.of(mlflow={"tracking_uri": "http://mlflow:5000"})
 
         def reconcile_latest(self, *args: Any, **kwargs: Any) -> None:
             return None

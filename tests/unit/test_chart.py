@@ -135,7 +135,7 @@ def test_values_reach_the_operator_settings(helm: Any) -> None:
     from modelpilot.operator.settings import OperatorSettings
 
     settings = OperatorSettings.from_env({k: v for k, v in env.items() if v is not None})
-    assert settings.peering == "modelpilot" and settings.alias_poll_seconds == 12.0
+    assert settings.kubernetes.peering == "modelpilot" and settings.schedule.alias_poll_seconds == 12.0
     assert settings.serving_image == "registry.local/serve:dev"
 
 

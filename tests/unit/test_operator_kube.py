@@ -60,7 +60,8 @@ def test_every_adapter_call_classifies_a_connection_failure(down: Kube, call: An
 
 
 def test_the_handler_backs_off_with_one_line(down: Kube, caplog: pytest.LogCaptureFixture) -> None:
-    settings = OperatorSettings(tracking_uri="http://mlflow:5000", retry_delay_seconds=10)
+    settings = OperatorSettings.of(mlflow={"tracking_uri": "http://mlflow:5000"},
+                                       schedule={"retry_delay_seconds": 10})
     memo = handlers.configure(settings, down)
     logger = logging.getLogger("test")
     # The create/update handler: a kopf TemporaryError with exponential back-off (kopf logs it as one line).

@@ -57,15 +57,38 @@ def test_readiness_transitions_post_events_once() -> None:
 
 
 def test_settings_are_validated_with_the_variable_named() -> None:
-    assert OperatorSettings.from_env({}).tracking_uri == ""
+    assert OperatorSettings.from_env({}).mlflow.tracking_uri == ""
     s = OperatorSettings.from_env({"MLFLOW_TRACKING_URI": "http://m:5000/", "MODELPILOT_NAMESPACES": "a, b"})
-    assert s.tracking_uri == "http://m:5000" and s.namespaces == ("a", "b")
+    assert s.mlflow.tracking_uri == "http://m:5000" and s.kubernetes.namespaces == ("a", "b")
     with pytest.raises(SettingsError, match="MODELPILOT_MLFLOW_TRACKING_URI"):
         OperatorSettings.from_env({"MODELPILOT_MLFLOW_TRACKING_URI": "file:///tmp/mlruns"})
     with pytest.raises(SettingsError, match="MODELPILOT_ALIAS_POLL_SECONDS='x' is not a number"):
         OperatorSettings.from_env({"MODELPILOT_ALIAS_POLL_SECONDS": "x"})
     with pytest.raises(SettingsError, match="at least 1"):
         OperatorSettings.from_env({"MODELPILOT_ALIAS_POLL_SECONDS": "0"})
+
+
+def test_settings_come_in_documented_groups_with_separate_timeouts() -> None:
+    """MLflow and Prometheus have their own timeouts; the preferred variable wins over its older or generic
+    name; empty variables count as unset; a bad value names its variable, whatever the group."""
+    s = OperatorSettings.from_env({"MODELPILOT_MLFLOW_TIMEOUT_SECONDS": "2", "MODELPILOT_PROMETHEUS_TIMEOUT_SECONDS": "7",
+                                   "MODELPILOT_MLFLOW_TRACKING_URI": "http://a:5000", "MLFLOW_TRACKING_URI": "http://b:5000",
+                                   "MODELPILOT_PRIORITY": "", "MODELPILOT_WORKERS": "8"})
+    assert (s.mlflow.timeout_seconds, s.prometheus.timeout_seconds) == (2.0, 7.0)
+    assert s.mlflow.tracking_uri == "http://a:5000" and s.kubernetes.priority is None and s.kubernetes.workers == 8
+    assert OperatorSettings.from_env({"MODELPILOT_REGISTRY_TIMEOUT_SECONDS": "3"}).mlflow.timeout_seconds == 3.0
+    defaults = OperatorSettings.from_env({})
+    assert defaults.schedule.rollout_tick_seconds == 5.0 and defaults.endpoints.metrics_port == 8080
+    assert defaults.kubernetes.peering == "modelpilot" and defaults.serving_image.startswith("ghcr.io/modelpilot/")
+    for variable, value, message in (("MODELPILOT_PROMETHEUS_URL", "prom:9090", "must be an http(s) URL"),
+                                     ("MODELPILOT_WORKERS", "0", "must be at least 1"),
+                                     ("MODELPILOT_PRIORITY", "high", "is not an integer"),
+                                     ("MODELPILOT_PROMETHEUS_TIMEOUT_SECONDS", "soon", "is not a number")):
+        with pytest.raises(SettingsError) as err:
+            OperatorSettings.from_env({variable: value})
+        assert str(err.value).startswith(f"{variable}={value!r}") and message in str(err.value), str(err.value)
+    with pytest.raises(Exception):  # frozen: one settings object for the process's life
+        defaults.mlflow.timeout_seconds = 1.0  # type: ignore[misc]
 
 
 def test_an_unreachable_registry_is_unavailable_not_missing() -> None:
@@ -128,3 +151,13 @@ def test_a_canary_reads_reconciling_until_promoted_or_rolled_back() -> None:
         kinds = {c["type"]: c for c in new["conditions"]}
         assert kinds["Reconciling"]["status"] == "False" and kinds["Reconciling"]["reason"] == "Available"
         assert _kstatus({**after, **new}) == "Current"
+
+
+def test_settings_from_the_process_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The operator reads os.environ: a comma-separated list there is split, not parsed as JSON (it was, once:
+    every operator watching named namespaces exited at start)."""
+    monkeypatch.setenv("MODELPILOT_NAMESPACES", "team-a,team-b")
+    monkeypatch.setenv("MODELPILOT_WORKERS", "3")
+    s = OperatorSettings.from_env()
+    assert s.kubernetes.namespaces == ("team-a", "team-b") and s.kubernetes.workers == 3
+    assert OperatorSettings.from_env({}).kubernetes.namespaces == ()  # a given mapping is the only source

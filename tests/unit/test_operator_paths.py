@@ -146,7 +146,7 @@ def reconciler(kube: FakeKube, transport: httpx.MockTransport,
             made.append(creds)
         return Registry(uri, creds, transport=transport)
 
-    return Reconciler(OperatorSettings(tracking_uri="http://mlflow:5000"), kube,  # type: ignore[arg-type]
+    return Reconciler(OperatorSettings.of(mlflow={"tracking_uri": "http://mlflow:5000"}), kube,  # type: ignore[arg-type]
                       registry_factory=factory)
 
 
@@ -696,7 +696,7 @@ def test_a_model_version_that_is_not_ready_is_rechecked_until_it_is() -> None:
     pinned model but is not Ready (for its current generation), and stops once it is."""
     from modelpilot.operator.core import OperatorCore
 
-    core = OperatorCore(OperatorSettings(tracking_uri="http://mlflow:5000"), FakeKube(mv_body("1")))  # type: ignore[arg-type]
+    core = OperatorCore(OperatorSettings.of(mlflow={"tracking_uri": "http://mlflow:5000"}), FakeKube(mv_body("1")))  # type: ignore[arg-type]
     key = ("readiness", NS, NAME)
 
     def seen(ready: str, observed: int, generation: int = 1, model: bool = True, type: str = "MODIFIED") -> bool:

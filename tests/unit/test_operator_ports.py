@@ -64,8 +64,8 @@ def test_a_liveness_flag_without_a_port_is_refused() -> None:
 
 def test_port_settings_are_validated() -> None:
     settings = OperatorSettings.from_env({"MODELPILOT_METRICS_PORT": "9100", "MODELPILOT_LIVENESS_PORT": "0"})
-    assert (settings.metrics_port, settings.liveness_port) == (9100, 0)
-    assert OperatorSettings.from_env({}).liveness_port == 8082
+    assert (settings.endpoints.metrics_port, settings.endpoints.liveness_port) == (9100, 0)
+    assert OperatorSettings.from_env({}).endpoints.liveness_port == 8082
     with pytest.raises(SettingsError, match="MODELPILOT_LIVENESS_PORT='70000' must be a port number"):
         OperatorSettings.from_env({"MODELPILOT_LIVENESS_PORT": "70000"})
     with pytest.raises(SettingsError, match="MODELPILOT_METRICS_PORT='8080.5'"):

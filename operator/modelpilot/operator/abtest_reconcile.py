@@ -140,11 +140,11 @@ class ABTestReconciler:
 
     def _figures(self, namespace: str, vs: list[abtest.Variant], spec: dict[str, Any],
                  bodies: dict[str, Any]) -> dict[str, dict[str, Any]]:
-        if not self.settings.prometheus_url:
+        if not self.settings.prometheus.url:
             return {}
         interval = str((spec.get("analysis") or {}).get("interval", "5m"))
         try:
-            prom = Prometheus(self.settings.prometheus_url, timeout=self.settings.prometheus_timeout_seconds)
+            prom = Prometheus(self.settings.prometheus.url, timeout=self.settings.prometheus.timeout_seconds)
         except PrometheusError:
             return {}
         out: dict[str, dict[str, Any]] = {}

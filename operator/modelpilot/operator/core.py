@@ -52,7 +52,7 @@ class OperatorCore:
         # Periodic work (rollout ticks, alias polls, ABTest figures) runs on the ticker, not on kopf timers:
         # a timer puts a finalizer on each resource, which blocks its deletion while the operator is down.
         self.ticker = Ticker(self.tick)
-        self.readiness_pool = ThreadPoolExecutor(settings.readiness_workers, thread_name_prefix="readiness")
+        self.readiness_pool = ThreadPoolExecutor(settings.kubernetes.readiness_workers, thread_name_prefix="readiness")
         self._deleted = threading.Event()  # something was deleted since memory was last released
 
     @property
@@ -72,7 +72,7 @@ class OperatorCore:
 
     def backoff(self, retry: int) -> float:
         """Seconds before kopf's next retry: ``MODELPILOT_RETRY_DELAY_SECONDS`` doubling, at most 5 minutes."""
-        return float(min(self.settings.retry_delay_seconds * (2 ** retry), 300.0))
+        return float(min(self.settings.schedule.retry_delay_seconds * (2 ** retry), 300.0))
 
     def post(self, body: Any, result: Result | None) -> None:
         """Post the result's Events through the adapter (kopf.event only works inside kopf's own handlers)."""
@@ -143,11 +143,11 @@ class OperatorCore:
         gone = type == "DELETED" or bool(meta.get("deletionTimestamp"))
         spec, status = body.get("spec") or {}, body.get("status") or {}
         if not gone and (status.get("rollout") or {}).get("phase") in rollout.ACTIVE:
-            self.ticker.track("rollout", namespace, name, self.settings.rollout_tick_seconds)
+            self.ticker.track("rollout", namespace, name, self.settings.schedule.rollout_tick_seconds)
         else:
             self.ticker.forget("rollout", namespace, name)
         if not gone and spec.get("followAlias") and (spec.get("model") or {}).get("alias"):
-            self.ticker.track("alias", namespace, name, self.settings.alias_poll_seconds)
+            self.ticker.track("alias", namespace, name, self.settings.schedule.alias_poll_seconds)
         else:
             self.ticker.forget("alias", namespace, name)
         # Level-triggered readiness: a ModelVersion that serves a pinned model but is not Ready (or whose
@@ -156,7 +156,7 @@ class OperatorCore:
         ready = conditions.get("Ready") or {}
         settled = ready.get("status") == "True" and ready.get("observedGeneration") == meta.get("generation")
         if not gone and status.get("model") and not settled:
-            self.ticker.track("readiness", namespace, name, self.settings.readiness_recheck_seconds)
+            self.ticker.track("readiness", namespace, name, self.settings.schedule.readiness_recheck_seconds)
         else:
             self.ticker.forget("readiness", namespace, name)
         if type == "DELETED":
@@ -198,4 +198,4 @@ class OperatorCore:
         if type == "DELETED" or meta.get("deletionTimestamp"):
             self.ticker.forget("abtest", namespace, name)
         else:
-            self.ticker.track("abtest", namespace, name, self.settings.abtest_refresh_seconds)
+            self.ticker.track("abtest", namespace, name, self.settings.schedule.abtest_refresh_seconds)

@@ -94,7 +94,7 @@ def _startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: Any) ->
     # before its annotations) for a new object and ran the create handler again: ~50 % extra reconciles at 200.
     settings.persistence.consistency_timeout = 30.0
     # Reconciles are mostly waiting on the API; readiness refreshes have their own pool (deployment_changed).
-    settings.execution.max_workers = core.settings.workers
+    settings.execution.max_workers = core.settings.kubernetes.workers
     # The index object is live (kopf passes the same one to every handler, named after the index function),
     # so the ticker's reconciles use it too.
     core.start(_member_of(kwargs["abtest_routes"]))

@@ -330,13 +330,13 @@ class Reconciler:
         self._written: dict[tuple[str, str], tuple[Any, ...]] = {}
         # One pooled client and version cache per (tracking URI, credentials), kept across reconciles.
         self.registries = Registries(registry_factory or (
-            lambda uri, creds: Registry(uri, creds, timeout=settings.registry_timeout_seconds)))
+            lambda uri, creds: Registry(uri, creds, timeout=settings.mlflow.timeout_seconds)))
         # Which ABTest routes to a ModelVersion: the operator wires a kopf index here (handlers._startup);
         # without one (unit tests, tools) the ABTests are listed.
         self.membership_lookup: Callable[[str, str], Membership | None] | None = None
 
     def tracking_uri(self, spec: dict[str, Any]) -> str:
-        return ((spec.get("registry") or {}).get("trackingUri") or self.settings.tracking_uri).rstrip("/")
+        return ((spec.get("registry") or {}).get("trackingUri") or self.settings.mlflow.tracking_uri).rstrip("/")
 
     def credentials(self, namespace: str, spec: dict[str, Any]) -> Credentials:
         ref = ((spec.get("registry") or {}).get("credentialsSecretRef") or {}).get("name")
@@ -759,7 +759,7 @@ class Reconciler:
             return "Inconclusive", [{"check": "spec", "verdict": "Error", "value": None, "baseline": None,
                                      "threshold": "", "samples": None, "query": "", "message": str(exc)}]
         try:
-            prom = Prometheus(self.settings.prometheus_url, timeout=self.settings.prometheus_timeout_seconds)
+            prom = Prometheus(self.settings.prometheus.url, timeout=self.settings.prometheus.timeout_seconds)
         except PrometheusError as exc:
             return "Inconclusive", [{"check": "prometheus", "verdict": "Error", "value": None, "baseline": None,
                                      "threshold": "", "samples": None, "query": "", "message": str(exc)}]

@@ -10,7 +10,11 @@ import argparse
 import logging
 import random
 import sys
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
+
+if TYPE_CHECKING:  # the settings module is imported in main(), after argument parsing
+    from modelpilot.operator.settings import OperatorSettings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: invalid operator settings: {exc}", file=sys.stderr)
         return 2
     try:
-        liveness = _liveness(args.liveness, settings.bind_address, settings.liveness_port)
+        liveness = _liveness(args.liveness, settings.endpoints.bind_address, settings.endpoints.liveness_port)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -43,14 +47,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {name}: cannot listen on {host}:{port}: {problem}; choose a free port "
                   "(MODELPILOT_LIVENESS_PORT=0 disables the liveness endpoint)", file=sys.stderr)
             return 2
-    if settings.metrics_port:
+    if settings.endpoints.metrics_port:
         from modelpilot.operator import metrics
 
         try:
-            metrics.serve(settings.metrics_port, settings.bind_address)
+            metrics.serve(settings.endpoints.metrics_port, settings.endpoints.bind_address)
         except OSError as exc:
-            print(f"error: MODELPILOT_METRICS_PORT={settings.metrics_port}: cannot listen on "
-                  f"{settings.bind_address}:{settings.metrics_port}: {exc.strerror or exc}; choose a free port "
+            endpoints = settings.endpoints
+            print(f"error: MODELPILOT_METRICS_PORT={endpoints.metrics_port}: cannot listen on "
+                  f"{endpoints.bind_address}:{endpoints.metrics_port}: {exc.strerror or exc}; choose a free port "
                   "(MODELPILOT_METRICS_PORT=0 disables the metrics endpoint)", file=sys.stderr)
             return 2
 
@@ -74,14 +79,16 @@ def main(argv: list[str] | None = None) -> int:
     # One pooled connection per worker (kopf's thread pool, see handlers._startup), so no "pool is full".
     configuration.connection_pool_maxsize = 32
     api = client.ApiClient(configuration)
-    memo = handlers.configure(settings, Kube(api, settings.field_manager))
+    memo = handlers.configure(settings, Kube(api, settings.kubernetes.field_manager))
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     # urllib3 logs each connection retry as a warning; the failure that follows is classified (KubeUnavailable)
     # and logged once by the handler, so the retries' lines are noise.
     logging.getLogger("urllib3.connectionpool").addFilter(lambda record: not record.getMessage().startswith("Retrying"))
-    priority = settings.priority if settings.priority is not None else random.randint(1, 1_000_000)
-    if settings.peering:
+    priority = settings.kubernetes.priority
+    if priority is None:
+        priority = random.randint(1, 1_000_000)
+    if settings.kubernetes.peering:
         try:
             _ensure_peering(api, settings)
         except TRANSPORT_ERRORS as exc:
@@ -92,11 +99,11 @@ def main(argv: list[str] | None = None) -> int:
             return 1
     kopf.run(
         memo=memo,
-        standalone=not settings.peering,
-        peering_name=settings.peering or None,
+        standalone=not settings.kubernetes.peering,
+        peering_name=settings.kubernetes.peering or None,
         priority=priority,
-        clusterwide=not settings.namespaces,
-        namespaces=list(settings.namespaces),
+        clusterwide=not settings.kubernetes.namespaces,
+        namespaces=list(settings.kubernetes.namespaces),
         liveness_endpoint=liveness[0] if liveness else None,
     )
     return 0
@@ -134,14 +141,14 @@ def _cannot_listen(host: str, port: int) -> str:
     return ""
 
 
-def _ensure_peering(api: object, settings: object) -> None:
+def _ensure_peering(api: object, settings: OperatorSettings) -> None:
     """Create the kopf peering object the replicas meet in (its CRDs ship in crds/)."""
     from kubernetes import client
     from kubernetes.client.exceptions import ApiException
 
     custom = client.CustomObjectsApi(api)
-    name = settings.peering  # type: ignore[attr-defined]
-    namespaces = settings.namespaces  # type: ignore[attr-defined]
+    name = settings.kubernetes.peering
+    namespaces = settings.kubernetes.namespaces
     try:
         if namespaces:
             for ns in namespaces:
