@@ -154,19 +154,25 @@ class JSONResponse(Response):
 
 
 class _RawHeaders:
-    """Case-insensitive lookups in an ASGI scope's header list (servers send names lower-case)."""
+    """Case-insensitive lookups in an ASGI scope's header list (servers send names lower-case).
 
-    __slots__ = ("_raw",)
+    The list is indexed on the first lookup (a handler makes two or three, most
+    of them for headers that are absent, which a scan would pay in full);
+    the first occurrence of a repeated name wins, as in a scan.
+    """
+
+    __slots__ = ("_raw", "_index")
 
     def __init__(self, raw: list[tuple[bytes, bytes]]) -> None:
         self._raw = raw
+        self._index: dict[bytes, bytes] | None = None
 
     def get(self, name: str, default: str | None = None) -> str | None:
-        key = name.lower().encode("latin-1")
-        for k, v in self._raw:
-            if k == key or k.lower() == key:
-                return v.decode("latin-1")
-        return default
+        index = self._index
+        if index is None:
+            index = self._index = {k.lower(): v for k, v in reversed(self._raw)}
+        value = index.get(name.lower().encode("latin-1"))
+        return default if value is None else value.decode("latin-1")
 
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and self.get(name) is not None
@@ -204,8 +210,17 @@ class DirectRequest:
                 return
 
     async def body(self) -> bytes:
-        chunks = [chunk async for chunk in self.stream()]
-        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        # A small request arrives as one message: take it without the async generator.
+        message = await self._receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        first: bytes = message.get("body", b"")
+        if not message.get("more_body", False):
+            return first
+        chunks = [first] if first else []
+        async for chunk in self.stream():
+            chunks.append(chunk)
+        return b"".join(chunks)
 
 
 def error_response(exc: ServeError) -> JSONResponse:
@@ -416,13 +431,18 @@ class _Server:
         body = await read_body(request, self.settings.max_request_bytes)
         max_columns = self.settings.max_columns
 
-        def decode() -> tuple[oip.InferRequest, Any]:
-            req = oip.decode_request(body, max_columns)
-            return req, oip.to_model_input(model, req)
+        def decode() -> tuple[str | None, Any]:
+            doc = oip.loads_lenient(body)
+            # The common numeric request of a fast-path model skips the per-tensor decode.
+            fast = oip.fast_input(model, doc, max_columns)
+            if fast is not None:
+                return fast
+            req = oip.decode_document(doc, max_columns)
+            return req.id, oip.to_model_input(model, req)
 
-        req, inp = await off_loop_if_large(body, decode)
+        req_id, inp = await off_loop_if_large(body, decode)
         output = await self.runner.run(model, inp)
-        prediction_id = req.id or prediction_ids.new()
+        prediction_id = req_id or prediction_ids.new()
         self.after_predict(model, output, prediction_id)
         s = self.settings
         return JSONResponse(oip.encode_response(s.model_name, s.model_version, prediction_id, output, model))

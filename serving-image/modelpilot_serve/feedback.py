@@ -55,6 +55,8 @@ _Pending = tuple[float, np.ndarray]
 
 def prediction_rows(output: Any) -> np.ndarray | None:
     """The output as one value per row, or None when it is not one value per row."""
+    if type(output) is np.ndarray and output.ndim == 1:
+        return output  # the fast path's answer, checked first: this runs for every prediction
     import pandas as pd
 
     if isinstance(output, pd.DataFrame):
@@ -134,16 +136,19 @@ class FeedbackStore:
         if rows is None:
             return
         pending = self._pending
-        pending[pred_id] = (self.clock() + self.ttl, rows)
-        pending.move_to_end(pred_id)
+        now = self.clock()
+        if pred_id in pending:  # a client-chosen id again: it moves to the back (a new key is there already)
+            pending.move_to_end(pred_id)
+        pending[pred_id] = (now + self.ttl, rows)
         if len(pending) > self.max_pending:
             pending.popitem(last=False)
-        self._expire_some()
+        self._expire_some(now=now)
         self.metrics.set_pending(len(pending))
 
-    def _expire_some(self, limit: int = 4) -> None:
+    def _expire_some(self, limit: int = 4, now: float | None = None) -> None:
         # Amortised expiry: the oldest entries are at the front.
-        now = self.clock()
+        if now is None:
+            now = self.clock()
         pending = self._pending
         for _ in range(limit):
             if not pending:

@@ -32,7 +32,7 @@ import numpy as np
 import orjson
 
 from .errors import BadRequest
-from .model import ModelInput, ServedModel, SignatureInfo, _few
+from .model import MatrixInput, ModelInput, ServedModel, SignatureInfo, _few
 
 # v2 datatype → numpy dtype, and which kinds of JSON-decoded data each accepts.
 DATATYPES: dict[str, np.dtype[Any]] = {
@@ -99,7 +99,11 @@ def loads_lenient(body: bytes) -> Any:
 
 def decode_request(body: bytes, max_columns: int | None = None) -> InferRequest:
     """A v2 inference request body → typed tensors. `max_columns` bounds the number of inputs."""
-    doc = loads_lenient(body)
+    return decode_document(loads_lenient(body), max_columns)
+
+
+def decode_document(doc: Any, max_columns: int | None = None) -> InferRequest:
+    """An already parsed v2 inference request → typed tensors (see `decode_request`)."""
     if not isinstance(doc, dict):
         raise BadRequest("the inference request must be a JSON object with an 'inputs' list")
     inputs = doc.get("inputs")
@@ -256,6 +260,112 @@ def _describe_kind(arr: np.ndarray) -> str:
     )
 
 
+# --------------------------------------------------------------------------- the fast-path lane
+
+# Datatypes the lane takes, with the element types whose float64 value is the one the
+# full decoder ends with. FP32/FP16 would round through a narrower float first, and
+# BOOL/BYTES/unsigned are never fast-path input: those go the full way.
+_LANE_INT_MIN, _LANE_INT_MAX = -(2**63), 2**63 - 1
+
+
+def fast_input(model: ServedModel, doc: Any, max_columns: int | None = None) -> tuple[str | None, ModelInput] | None:
+    """The common v2 request of a fast-path model, straight to its float64 matrix; None: use the full decoder.
+
+    The common requests are one FP64/INT64 tensor of plain JSON numbers per
+    column, each of shape [rows] or [rows, 1] (column models), or one FP64
+    [rows, n] matrix (tensor-signature models). The full decoder builds and
+    checks one numpy tensor per input, maps them onto the signature and
+    stacks them — a dozen numpy calls per column, most of a 1-row request's
+    decode. Here the plain lists go into one `np.array` call, in the fast
+    path's column order. Returns (request id, input) only where the full path
+    would produce the same matrix; anything else — another datatype, nested or
+    non-number data, a shape that does not match, unknown, missing or repeated
+    names, parameters, too many inputs — returns None, and the full decoder
+    answers it, with its own error messages.
+    """
+    if model.fast_fn is None or type(doc) is not dict:
+        return None
+    inputs = doc.get("inputs")
+    req_id = doc.get("id")
+    if type(inputs) is not list or not inputs or doc.get("parameters") is not None:
+        return None
+    if (req_id is not None and type(req_id) is not str) or (max_columns is not None and len(inputs) > max_columns):
+        return None
+    if model.fast_tensor:
+        matrix = _lane_matrix(inputs, len(model.fast_columns))
+        return None if matrix is None else (req_id, MatrixInput(matrix))
+    positions = model.fast_positions
+    if positions is None or len(inputs) != len(positions):
+        return None
+    columns: list[Any] = [None] * len(positions)
+    rows = -1
+    try:  # a missing key, a wrong type or an empty shape anywhere: not the common request
+        for t in inputs:
+            if type(t) is not dict:
+                return None
+            at = positions.get(t["name"])  # an unhashable name raises TypeError
+            data = t["data"]
+            if at is None or columns[at] is not None or type(data) is not list:
+                return None  # unknown or repeated name (the others are then missing), or not a list
+            if rows < 0:
+                rows = len(data)
+                if rows == 0:
+                    return None
+            elif len(data) != rows:
+                return None
+            shape = t["shape"]
+            if type(shape) is not list or shape[0] != rows or type(shape[0]) is not int or (
+                len(shape) != 1 and (len(shape) != 2 or shape[1] != 1 or type(shape[1]) is not int)
+            ):
+                return None
+            datatype = t["datatype"]
+            if rows == 1:  # the usual 1-row request: one element, checked inline
+                kind = type(data[0])
+                if not (kind is float and datatype == "FP64") and not (
+                    kind is int and (datatype == "FP64" or (datatype == "INT64" and _LANE_INT_MIN <= data[0] <= _LANE_INT_MAX))
+                ):
+                    return None
+            elif not _lane_numbers(datatype, data):
+                return None
+            columns[at] = data
+    except (KeyError, TypeError, IndexError):
+        return None
+    # Every position is filled: as many inputs as columns, none unknown, none repeated.
+    matrix = np.array(list(zip(*columns)), dtype=np.float64)  # rows × columns, C order
+    checked = model._checked(matrix)  # integer columns: whole numbers only, as before
+    return None if checked is None else (req_id, MatrixInput(checked))
+
+
+def _lane_numbers(datatype: Any, data: list[Any]) -> bool:
+    """Plain JSON numbers for FP64 (floats or integers), plain integers within int64 for INT64."""
+    if datatype == "FP64":
+        for v in data:
+            if type(v) is not float and type(v) is not int:
+                return False
+        return True
+    if datatype == "INT64":
+        for v in data:
+            if type(v) is not int or not _LANE_INT_MIN <= v <= _LANE_INT_MAX:
+                return False
+        return True
+    return False
+
+
+def _lane_matrix(inputs: list[Any], width: int) -> np.ndarray | None:
+    """One FP64 [rows, width] tensor with flat data of plain numbers, for tensor-signature fast models."""
+    if len(inputs) != 1 or type(inputs[0]) is not dict:
+        return None
+    t = inputs[0]
+    name, shape, data = t.get("name"), t.get("shape"), t.get("data")
+    if type(name) is not str or not name or t.get("datatype") != "FP64" or type(data) is not list:
+        return None
+    if type(shape) is not list or len(shape) != 2 or type(shape[0]) is not int or type(shape[1]) is not int:
+        return None
+    if shape[1] != width or shape[0] <= 0 or shape[0] * width != len(data) or not _lane_numbers("FP64", data):
+        return None
+    return np.array(data, dtype=np.float64).reshape(shape[0], width)
+
+
 # --------------------------------------------------------------------------- map to the model
 
 
@@ -326,6 +436,8 @@ def encode_response(model_name: str, model_version: str, req_id: str | None, out
 
 
 def encode_outputs(output: Any, model: ServedModel) -> list[dict[str, Any]]:
+    if type(output) is np.ndarray:  # the fast path's answer, first: this runs for every request
+        return [_output_tensor(_default_name(model), output)]
     import pandas as pd
 
     if isinstance(output, list) and output and all(isinstance(r, dict) for r in output):

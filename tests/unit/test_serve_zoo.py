@@ -240,3 +240,150 @@ def test_the_linear_fast_path_equals_sklearn_predict_exactly() -> None:
         with pytest.raises(ValueError, match="infinity"):
             fn(bad)
     assert checked >= 5  # LogisticRegression ×3, RidgeClassifier, SGDClassifier, LinearRegression at least
+
+
+def test_the_xgboost_fast_path_equals_xgboost_predict_exactly() -> None:
+    """The fast path's XGBoost predict (one cached C call) against XGBoost's own sklearn-API predict, bit for bit."""
+    import xgboost as xgb
+
+    from modelpilot_serve.model import _DenseInplace, _xgboost_predict
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(300, 6))
+    y2 = (X[:, 0] + X[:, 1] > 0).astype(int)
+    y3 = np.digitize(X[:, 0], [-0.5, 0.5])
+    test = rng.normal(size=(100, 6))
+    test[3, 2] = np.nan  # a missing value takes the default branch in both
+    supported = [
+        (xgb.XGBClassifier(n_estimators=20), y2), (xgb.XGBClassifier(n_estimators=20), y3),
+        (xgb.XGBClassifier(n_estimators=20, booster="dart"), y2),
+        (xgb.XGBClassifier(n_estimators=60, early_stopping_rounds=3), y2),  # best_iteration < trees
+        (xgb.XGBRegressor(n_estimators=20), X[:, 0] * 2), (xgb.XGBRFClassifier(n_estimators=5), y2),
+        (xgb.XGBRFRegressor(n_estimators=5), X[:, 1]),
+    ]
+    for est, y in supported:
+        if est.early_stopping_rounds:
+            est.fit(X[:200], y[:200], eval_set=[(X[200:], y[200:])], verbose=False)
+            assert est.best_iteration + 1 < est.get_booster().num_boosted_rounds()
+        else:
+            est.fit(X, y)
+        fn = _xgboost_predict(est)
+        assert fn is not None, est
+        for rows in (test[:1], test):
+            got, want = fn(rows), est.predict(rows)
+            assert got.dtype == want.dtype and got.shape == want.shape, est
+            assert np.array_equal(got, want), est
+        # The cached C call is in use (not only the public inplace_predict), from any thread.
+        cells = getattr(fn, "__closure__", None) or ()
+        assert isinstance(fn, _DenseInplace) or any(isinstance(c.cell_contents, _DenseInplace) for c in cells), est
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            outs = list(pool.map(fn, [test[i:i + 25] for i in range(0, 100, 25)] * 4))
+        assert all(np.array_equal(o, est.predict(test[i % 4 * 25:i % 4 * 25 + 25])) for i, o in enumerate(outs)), est
+    # Shapes and boosters whose predict is more than one inplace_predict keep XGBoost's own.
+    for est, y in [(xgb.XGBClassifier(n_estimators=5, objective="multi:softmax"), y3),
+                   (xgb.XGBClassifier(n_estimators=5, booster="gblinear"), y2)]:
+        est.fit(X, y)
+        assert _xgboost_predict(est) is None, est
+
+
+def _loaded(kind: str, where: Path) -> Any:
+    from modelpilot_serve.model import load_model, validate
+    from modelpilot_serve.settings import ServeSettings
+
+    model = load_model(ServeSettings.load({"model_uri": str(_model(kind, where).path)}, {}))
+    assert validate(model).passed and model.fast_path, kind
+    return model
+
+
+def _full_decode(model: Any, doc: Any, max_columns: int | None = None) -> tuple[Any, Any]:
+    from modelpilot_serve import oip
+
+    req = oip.decode_document(doc, max_columns)
+    return req.id, oip.to_model_input(model, req)
+
+
+def _column_tensors(model: Any, rows: list[list[Any]], datatype: str = "FP64", **extra: Any) -> dict[str, Any]:
+    names = list(model.signature.input_names)
+    return {"inputs": [{"name": n, "shape": [len(rows)], "datatype": datatype, "data": [r[i] for r in rows]}
+                       for i, n in enumerate(names)], **extra}
+
+
+@pytest.mark.parametrize("kind", ["sklearn_frame", "xgboost"])
+def test_the_v2_fast_lane_builds_what_the_full_decoder_builds(kind: str, zoo_dir: Path) -> None:
+    """The lane for numeric column tensors gives the exact input (and id) of the full v2 decoder, or None."""
+    from modelpilot_serve import oip
+    from modelpilot_serve.errors import ServeError
+    from modelpilot_serve.model import MatrixInput
+
+    model = _loaded(kind, zoo_dir)
+    width = len(model.fast_columns)
+    one = [[0.5 + i for i in range(width)]]
+    two = [[1.5 * i for i in range(width)], [float(-i) for i in range(width)]]
+    ints = [[i for i in range(width)]]
+    taken = [
+        _column_tensors(model, one),
+        _column_tensors(model, two, id="req-7"),
+        _column_tensors(model, ints),
+        _column_tensors(model, ints, "INT64"),
+        _column_tensors(model, [[2**53 + 1] * width]),  # a big integer rounds the same way either way
+        {"inputs": list(reversed(_column_tensors(model, two)["inputs"]))},  # any order of inputs
+        {"inputs": [{**t, "shape": [2, 1]} for t in _column_tensors(model, two)["inputs"]]},
+    ]
+    for doc in taken:
+        fast = oip.fast_input(model, doc)
+        assert fast is not None, doc
+        want_id, want = _full_decode(model, doc)
+        assert isinstance(want, MatrixInput) and fast[0] == want_id
+        assert isinstance(fast[1], MatrixInput) and fast[1].matrix.dtype == want.matrix.dtype == np.float64
+        assert np.array_equal(fast[1].matrix, want.matrix), doc
+
+    base = _column_tensors(model, one)
+    first = base["inputs"][0]
+    left = [
+        _column_tensors(model, one, "FP32"),  # narrower floats round first: the full decoder does that
+        _column_tensors(model, [[True] * width], "BOOL"),
+        {"inputs": [{**first, "data": [True]}, *base["inputs"][1:]]},
+        {"inputs": [{**first, "data": ["1.0"]}, *base["inputs"][1:]]},
+        {"inputs": [{**first, "data": [None]}, *base["inputs"][1:]]},
+        {"inputs": [{**first, "data": [[1.0]]}, *base["inputs"][1:]]},
+        {"inputs": [{**first, "data": 1.0}, *base["inputs"][1:]]},
+        {"inputs": [{**first, "shape": [True]}, *base["inputs"][1:]]},
+        {"inputs": [{**first, "shape": [2]}, *base["inputs"][1:]]},
+        {"inputs": [{**first, "shape": [1, 2]}, *base["inputs"][1:]]},
+        {"inputs": [{**first, "name": "nope"}, *base["inputs"][1:]]},
+        {"inputs": [first, first, *base["inputs"][2:]]},
+        {"inputs": base["inputs"][1:]},
+        {"inputs": [*base["inputs"], {**first, "name": "extra"}]},
+        {**base, "parameters": {"x": 1}},
+        {**base, "id": 7},
+        {"inputs": []},
+        _column_tensors(model, [[2**63] * width], "INT64"),
+        _column_tensors(model, []),  # no rows
+    ]
+    for doc in left:
+        assert oip.fast_input(model, doc) is None, doc
+        try:
+            _full_decode(model, doc)  # whatever the full decoder makes of it, it is its answer
+        except ServeError:
+            pass
+    # The input bound applies before anything else.
+    assert oip.fast_input(model, base, max_columns=width - 1) is None
+    with pytest.raises(ServeError, match="MODELPILOT_SERVE_MAX_COLUMNS"):
+        _full_decode(model, base, max_columns=width - 1)
+
+
+def test_the_v2_fast_lane_takes_one_matrix_for_a_tensor_model(zoo_dir: Path) -> None:
+    from modelpilot_serve import oip
+    from modelpilot_serve.model import MatrixInput
+
+    model = _loaded("sklearn_numpy", zoo_dir)
+    width = len(model.fast_columns)
+    doc = {"inputs": [{"name": "input-0", "shape": [2, width], "datatype": "FP64",
+                       "data": [float(i) for i in range(2 * width)]}]}
+    fast = oip.fast_input(model, doc)
+    _, want = _full_decode(model, doc)
+    assert fast is not None and isinstance(want, MatrixInput)
+    assert np.array_equal(fast[1].matrix, want.matrix) and fast[1].matrix.flags.c_contiguous
+    for odd in ({**doc["inputs"][0], "datatype": "FP32"}, {**doc["inputs"][0], "shape": [1, 2 * width]},
+                {**doc["inputs"][0], "shape": [2, width, 1]}, {**doc["inputs"][0], "data": [[0.0] * width] * 2}):
+        assert oip.fast_input(model, {"inputs": [odd]}) is None, odd
