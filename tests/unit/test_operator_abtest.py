@@ -1,12 +1,16 @@
-"""ABTest routing builders: replica ratios, HTTPRoute shape, and the route's own traffic split."""
+"""ABTest routing builders (replica ratios, HTTPRoute shape, the route's own traffic split) and the ABTest's pure
+plan: observed ModelVersions and figures, fake time → routing to apply, status, Events, variants to follow."""
 
 from __future__ import annotations
 
+import copy
 from collections import Counter
+from typing import Any
 
 import pytest
 
-from modelpilot.operator import abtest
+from modelpilot.operator import abtest, abtest_reconcile
+from modelpilot.operator.reconcile import Membership
 
 SPEC = {"variants": [{"name": "a", "modelVersion": "iris-a", "weight": 90},
                      {"name": "b", "modelVersion": "iris-b", "weight": 10},
@@ -56,3 +60,95 @@ def test_split_text_for_the_printer_column() -> None:
 def test_provider_choice() -> None:
     assert abtest.provider(SPEC) == "gateway"
     assert abtest.provider({"variants": SPEC["variants"]}) == "replicas"
+
+
+# ---------------------------------------------------------------------------- the pure plan (observe → plan → act)
+
+T0, T1 = "2026-11-30T06:00:00Z", "2026-11-30T06:00:15Z"
+
+
+def _ab(spec: dict[str, Any], status: dict[str, Any] | None = None, generation: int = 1) -> dict[str, Any]:
+    return {"metadata": {"name": "exp", "namespace": "ml", "uid": "u-1", "generation": generation},
+            "spec": spec, "status": status or {}}
+
+
+def _mv(name: str, replicas: int = 2, ready: bool = True, version: str = "1") -> dict[str, Any]:
+    return {"metadata": {"name": name, "namespace": "ml"}, "spec": {"replicas": replicas},
+            "status": {"model": {"version": version},
+                       "conditions": [{"type": "Ready", "status": "True" if ready else "False"}]}}
+
+
+REPLICAS = {"variants": [{"name": "a", "modelVersion": "mv-a", "weight": 75},
+                         {"name": "b", "modelVersion": "mv-b", "weight": 25}]}
+
+
+def _figures(a: tuple[int, int], b: tuple[int, int]) -> dict[str, dict[str, Any]]:
+    """(requests, errors) per variant, as ABTestReconciler._figures reports them."""
+    return {n: {"requests": r, "errorRate": e / r, "p99LatencySeconds": 0.01, "accuracy": None,
+                "_errors": float(e), "_correct": 0.0, "_feedback": 0.0} for n, (r, e) in (("a", a), ("b", b))}
+
+
+def _cond(status: dict[str, Any], kind: str) -> tuple[str, str]:
+    c = next(c for c in status["conditions"] if c["type"] == kind)
+    return c["status"], c["reason"]
+
+
+def test_plan_a_missing_variant_applies_nothing_and_retries() -> None:
+    p = abtest_reconcile.plan(_ab(REPLICAS), {"mv-a": _mv("mv-a"), "mv-b": None}, {}, T0, measure=False)
+    assert p.apply == [] and p.members == {} and p.retry
+    assert _cond(p.status, "Ready") == ("False", "ModelVersionMissing") and p.status["phase"] == "Pending"
+    assert [e.reason for e in p.events] == ["ModelVersionMissing"] and "mv-b" in p.message
+
+
+def test_plan_replica_ratio_assigns_replicas_and_names_the_members_to_follow() -> None:
+    body = _ab(REPLICAS)
+    bodies = {"mv-a": _mv("mv-a"), "mv-b": _mv("mv-b")}
+    before = (copy.deepcopy(body), copy.deepcopy(bodies))
+    p = abtest_reconcile.plan(body, bodies, {}, T0, measure=False)
+    assert (body, bodies) == before  # pure: nothing it was given changed
+    assert [m["kind"] for m in p.apply] == ["Service"]  # no HTTPRoute without a Gateway
+    assert {r["modelVersion"]: r["replicas"] for r in p.status["variants"]} == {"mv-a": 3, "mv-b": 1}
+    assert p.members == {"mv-a": Membership("exp", 3, False), "mv-b": Membership("exp", 1, False)}
+    assert _cond(p.status, "Ready") == ("True", "Routing") and p.status["phase"] == "Running"
+    assert p.status["split"] == "a=75,b=25" and not p.retry
+    # A refresh with the same shares re-reconciles nobody; a spec change re-reconciles everyone.
+    again = abtest_reconcile.plan(_ab(REPLICAS, p.status), bodies, {}, T1, measure=True)
+    assert again.members == {}
+    respec = abtest_reconcile.plan(_ab(REPLICAS, p.status, generation=2), bodies, {}, T1, measure=False)
+    assert set(respec.members) == {"mv-a", "mv-b"}
+
+
+def test_plan_with_a_gateway_routes_by_httproute_and_says_what_it_cannot() -> None:
+    spec = {**REPLICAS, "routing": {"gatewayRef": {"name": "gw"}, "sticky": {"header": "x-user"}}}
+    p = abtest_reconcile.plan(_ab(spec), {"mv-a": _mv("mv-a"), "mv-b": _mv("mv-b", ready=False)}, {}, T0, False)
+    assert [m["kind"] for m in p.apply] == ["Service", "HTTPRoute"] and p.members == {}
+    assert _cond(p.status, "Ready") == ("False", "VariantsNotReady") and p.status["phase"] == "Pending"
+    assert _cond(p.status, "RoutingLimited") == ("True", "Unsupported") and "session persistence" in p.message
+
+
+def test_plan_declares_a_winner_once_and_keeps_figures_when_not_measured() -> None:
+    spec = {**REPLICAS, "analysis": {"minSamples": 30, "significance": 0.01}}
+    bodies = {"mv-a": _mv("mv-a"), "mv-b": _mv("mv-b")}
+    figures = _figures((300, 0), (100, 60))
+    kept = copy.deepcopy(figures)
+    p = abtest_reconcile.plan(_ab(spec), bodies, figures, T0, measure=True)
+    assert figures == kept  # the comparison does not consume the figures
+    assert p.status["winner"] == "a" and p.status["phase"] == "Concluded"
+    assert [e.reason for e in p.events] == ["WinnerDeclared"]
+    assert {r["name"]: r["requests"] for r in p.status["variants"]} == {"a": 300, "b": 100}
+    later = abtest_reconcile.plan(_ab(spec, p.status), bodies, figures, T1, measure=True)
+    assert later.events == [] and later.status["winner"] == "a"  # one Event per transition
+    unmeasured = abtest_reconcile.plan(_ab(spec, p.status), bodies, {}, T1, measure=False)
+    assert unmeasured.status["comparison"] == p.status["comparison"]  # Prometheus silent: the last verdict stays
+    assert {r["name"]: r["requests"] for r in unmeasured.status["variants"]} == {"a": 300, "b": 100}
+    promoted = abtest_reconcile.plan(_ab({**spec, "autoPromote": True}, p.status), bodies, {}, T1, False)
+    assert promoted.status["phase"] == "Promoted"
+    assert {r["name"]: r["weight"] for r in promoted.status["variants"]} == {"a": 100, "b": 0}
+
+
+def test_routing_that_cannot_be_applied_is_not_ready_with_the_api_message() -> None:
+    p = abtest_reconcile.plan(_ab(REPLICAS), {"mv-a": _mv("mv-a"), "mv-b": _mv("mv-b")}, {}, T0, False)
+    failed = abtest_reconcile.routing_failed(p, "apply Service exp: 403 forbidden", 1, T0)
+    assert _cond(failed.status, "Ready") == ("False", "RoutingFailed") and failed.retry
+    assert [e.reason for e in failed.events] == ["RoutingFailed"] and "403" in failed.message
+    assert _cond(p.status, "Ready") == ("True", "Routing")  # the plan itself is left as it was

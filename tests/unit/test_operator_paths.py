@@ -713,3 +713,51 @@ def test_a_model_version_that_is_not_ready_is_rechecked_until_it_is() -> None:
     assert not seen("False", 1, model=False)  # nothing pinned yet: kopf's retries own that
     assert seen("False", 1) and not seen("False", 1, type="DELETED")
     core.stop()
+
+
+def _model(version: str) -> Any:
+    from modelpilot.operator.registry import ResolvedModel
+
+    return ResolvedModel(name="iris", version=version, alias="", run_id=f"run{version}", artifact_uri="a",
+                         source="s", flavor="sklearn", signature="", resolved_at="t")
+
+
+def _summary(objects: reconcile.Objects) -> list[tuple[str, str, str]]:
+    return [(verb, what["kind"], what["metadata"]["name"]) if verb == "apply" else (verb, *what)
+            for verb, what in objects.steps]
+
+
+def test_the_owned_objects_of_every_path_come_from_one_pure_plan() -> None:
+    from modelpilot.operator import builders
+
+    owner = builders.Owner(name=NAME, namespace=NS, uid=UID)
+    spec = mv_body("2")["spec"]
+    plain = reconcile.desired_objects(owner, spec, _model("1"), None, "http://mlflow", "img",
+                                      had_gateway_route=False)
+    assert _summary(plain) == [("delete", "Deployment", f"{NAME}-canary"), ("apply", "Deployment", NAME),
+                               ("apply", "Service", NAME), ("delete", "HorizontalPodAutoscaler", NAME),
+                               ("delete", "PodDisruptionBudget", NAME)]
+    assert plain.gateway_route == reconcile.KEEP
+    # A canary step behind a Gateway, for an ABTest member: canary first, both tracks labelled, exact weight.
+    member = reconcile.Membership("exp", None, False)
+    gated = {**spec, "routing": {"gatewayRef": {"name": "gw"}}}
+    step = reconcile.desired_objects(owner, gated, _model("1"), member, "http://mlflow", "img",
+                                     had_gateway_route=True, stable_replicas=2, canary=(_model("2"), 1),
+                                     route_weight=20)
+    summary = _summary(step)
+    assert summary[0] == ("apply", "Deployment", f"{NAME}-canary") and summary[1] == ("apply", "Deployment", NAME)
+    assert summary[-3:] == [("apply", "Service", f"{NAME}-stable"), ("apply", "Service", f"{NAME}-canary"),
+                            ("apply", "HTTPRoute", NAME)]
+    deployments = {w["metadata"]["name"]: w for v, w in step.steps if v == "apply" and w["kind"] == "Deployment"}
+    for dep in deployments.values():
+        assert dep["spec"]["template"]["metadata"]["labels"]["modelpilot.io/abtest"] == "exp"
+    assert deployments[NAME]["spec"]["replicas"] == 2 and deployments[f"{NAME}-canary"]["spec"]["replicas"] == 1
+    route = next(w for v, w in step.steps if v == "apply" and w["kind"] == "HTTPRoute")
+    weights = [(b["name"], b["weight"]) for b in route["spec"]["rules"][-1]["backendRefs"]]
+    assert weights == [(f"{NAME}-stable", 80), (f"{NAME}-canary", 20)] and step.gateway_route == NAME
+    # The Gateway dropped from the spec: its route and Services go, and status forgets the route.
+    dropped = reconcile.desired_objects(owner, spec, _model("2"), None, "http://mlflow", "img",
+                                        had_gateway_route=True)
+    assert _summary(dropped)[-3:] == [("delete", "HTTPRoute", NAME), ("delete", "Service", f"{NAME}-stable"),
+                                      ("delete", "Service", f"{NAME}-canary")]
+    assert dropped.gateway_route is None

@@ -90,6 +90,64 @@ def memberships(test: dict[str, Any]) -> dict[str, Membership]:
     return out
 
 
+@dataclass(frozen=True)
+class Objects:
+    """The owned objects one reconcile wants, in the order they are acted on: ``steps`` of ("apply",
+    manifest) or ("delete", (kind, name)) — a delete only touches an object this ModelVersion controls — and
+    ``gateway_route``, the value of ``status.gatewayRoute`` (``KEEP``: leave it as it is)."""
+
+    steps: tuple[tuple[str, Any], ...]
+    gateway_route: str | None
+
+
+KEEP = "<keep>"
+
+
+def desired_objects(owner: builders.Owner, spec: dict[str, Any], stable: ResolvedModel, member: Membership | None,
+                    tracking_uri: str, default_image: str, *, had_gateway_route: bool,
+                    stable_replicas: int | None = None, canary: tuple[ResolvedModel, int] | None = None,
+                    route_weight: int = 0, mirror: bool = False) -> Objects:
+    """Every owned object of a ModelVersion for one state, for every path (first deployment, rolling update,
+    canary step, promote, rollback, rejected version, undo). Pure.
+
+    ``stable``: the version the stable track serves; ``stable_replicas``: its replicas when a rollout splits
+    them (else the ABTest's assignment, else ``spec.replicas``); ``canary``: the canary's version and replicas
+    (None: no canary Deployment); ``route_weight`` / ``mirror``: the Gateway canary's weight and shadow phase;
+    ``had_gateway_route``: whether status names an HTTPRoute a previous spec made (deleted when the spec has
+    no Gateway any more). Pod labels come from ``member`` on both tracks, so an ABTest member's pods never
+    drop out of its Service. Order: the canary first, then the stable track and its companions, then routing.
+    """
+    steps: list[tuple[str, Any]] = []
+    canary_name = builders.deployment_name(owner, "canary")
+    labels = pod_labels(member)
+    if canary is None:
+        steps.append(("delete", ("Deployment", canary_name)))
+    else:
+        steps.append(("apply", builders.build_deployment(owner, spec, canary[0], tracking_uri, default_image,
+                                                         track="canary", replicas=canary[1],
+                                                         extra_pod_labels=labels)))
+    companions = builders.build_all(owner, spec, stable, tracking_uri, default_image)
+    if stable_replicas is None and member is not None:
+        stable_replicas = member.replicas
+    companions["Deployment"] = builders.build_deployment(owner, spec, stable, tracking_uri, default_image,
+                                                         track="stable", replicas=stable_replicas,
+                                                         extra_pod_labels=labels)
+    for kind, manifest in companions.items():
+        steps.append(("delete", (kind, owner.name)) if manifest is None else ("apply", manifest))
+    route: str | None = KEEP
+    if builders.gateway_routing(spec):
+        for track in ("stable", "canary"):
+            steps.append(("apply", builders.build_service(owner, stable, track, named=True)))
+        steps.append(("apply", builders.build_canary_route(owner, spec, stable, route_weight, mirror,
+                                                           canary is not None)))
+        route = owner.name
+    elif had_gateway_route:
+        steps.append(("delete", ("HTTPRoute", owner.name)))
+        steps.extend(("delete", ("Service", f"{owner.name}-{track}")) for track in ("stable", "canary"))
+        route = None
+    return Objects(steps=tuple(steps), gateway_route=route)
+
+
 class SpecError(Exception):
     """The spec is valid for the schema but cannot work (e.g. a missing credentials Secret key)."""
 
@@ -471,9 +529,7 @@ class Reconciler:
             if ro.get("phase") == "RolledBack" and ro.get("rejectedVersion") != model.version:
                 ro["phase"] = "Superseded"  # the spec moved on from the rejected version
                 status["rollout"] = ro
-            self.kube.delete_owned("Deployment", namespace, builders.deployment_name(owner, "canary"), owner.uid)
-            applied = self._apply_stable(owner, spec, model, member)
-            self._apply_routing(owner, spec, model, status)
+            applied = self._objects(owner, spec, status, model, member)
             if stable_model is not None and stable_model.version != model.version:
                 status["previousModel"] = stable_model.as_status(signature=False)
             status["model"] = model.as_status()
@@ -543,29 +599,22 @@ class Reconciler:
                         if m[0] == name), key=lambda m: m[1].abtest)
         return found[0][1] if found else None
 
-    def _deployment(self, owner: builders.Owner, spec: dict[str, Any], model: ResolvedModel,
-                    member: Membership | None, *, track: str = "stable", replicas: int | None = None) -> dict[str, Any]:
-        """The one place a serving Deployment is rendered, for every path (plain, canary, promote, rollback,
-        rejected): an ABTest member's pods always carry its label, so they never drop out of its Service."""
-        return builders.build_deployment(owner, spec, model, self.tracking_uri(spec), self.settings.serving_image,
-                                         track=track, replicas=replicas, extra_pod_labels=pod_labels(member))
-
-    def _apply_stable(self, owner: builders.Owner, spec: dict[str, Any], model: ResolvedModel,
-                      member: Membership | None, replicas: int | None = None) -> dict[str, Any] | None:
-        """Apply the stable track and its companions; ``replicas`` (a canary's split) overrides the ABTest's
-        assignment, which overrides ``spec.replicas``. Returns the stable Deployment as the apply answered it."""
-        manifests = builders.build_all(owner, spec, model, self.tracking_uri(spec), self.settings.serving_image)
-        if replicas is None and member is not None:
-            replicas = member.replicas
-        manifests["Deployment"] = self._deployment(owner, spec, model, member, replicas=replicas)
+    def _objects(self, owner: builders.Owner, spec: dict[str, Any], status: dict[str, Any], stable: ResolvedModel,
+                 member: Membership | None, **kwargs: Any) -> dict[str, Any] | None:
+        """Plan the owned objects (``desired_objects``, pure) and act on them; ``status.gatewayRoute`` follows.
+        Returns the stable Deployment as its apply answered (None if it was not applied)."""
+        objects = desired_objects(owner, spec, stable, member, self.tracking_uri(spec), self.settings.serving_image,
+                                  had_gateway_route=bool(status.get("gatewayRoute")), **kwargs)
         applied: dict[str, Any] | None = None
-        for kind, manifest in manifests.items():
-            if manifest is None:
-                self.kube.delete_owned(kind, owner.namespace, owner.name, owner.uid)
-            else:
-                answer = self.kube.apply(manifest)
-                if kind == "Deployment":
-                    applied = answer if isinstance(answer, dict) and answer.get("kind") == "Deployment" else None
+        for verb, what in objects.steps:
+            if verb == "delete":
+                self.kube.delete_owned(what[0], owner.namespace, what[1], owner.uid)
+                continue
+            answer = self.kube.apply(what)
+            if what["kind"] == "Deployment" and what["metadata"]["name"] == owner.name:
+                applied = answer if isinstance(answer, dict) and answer.get("kind") == "Deployment" else None
+        if objects.gateway_route != KEEP:
+            status["gatewayRoute"] = objects.gateway_route
         return applied
 
     def _canary(self, owner: builders.Owner, spec: dict[str, Any], status: dict[str, Any], stable: ResolvedModel,
@@ -576,15 +625,12 @@ class Reconciler:
         now = rollout.parse_time(now_text)
         old = dict(status.get("rollout") or {})
         ro = dict(old)
-        canary_name = builders.deployment_name(owner, "canary")
         world = self._observe_tracks(owner, spec)
         action = self._pending_action(body, ro, status)
         handled = self._annotation(body) if action else ro.get("handledAction")
         if ro.get("phase") == "RolledBack" and ro.get("rejectedVersion") == candidate.version and action != "undo":
             # Rejected: keep serving the stable version until the spec or the alias points elsewhere.
-            self.kube.delete_owned("Deployment", owner.namespace, canary_name, owner.uid)
-            self._apply_stable(owner, spec, stable, member)
-            self._apply_routing(owner, spec, stable, status)
+            self._objects(owner, spec, status, stable, member)
             status["model"] = stable.as_status()
             return events
         stepping = ro.get("phase") in rollout.STEPPING
@@ -592,8 +638,7 @@ class Reconciler:
             previous = status.get("previousModel") or {}
             if not previous.get("version") or previous.get("version") == stable.version:
                 status["rollout"] = {**ro, "handledAction": handled}
-                self._apply_stable(owner, spec, stable, member)
-                self._apply_routing(owner, spec, stable, status)
+                self._objects(owner, spec, status, stable, member)
                 return [Event("Warning", "UndoImpossible", f"nothing to undo: no earlier version than "
                               f"{stable.version} is recorded in status.previousModel")]
             # The spec's version stays rejected (usually the serving one; after an earlier rollback the spec may
@@ -636,16 +681,11 @@ class Reconciler:
         metrics.observe_rollout(owner.namespace, owner.name, decision.action, ro)
         canary_model = self._canary_model(ro, candidate)
         survivor = canary_model if decision.stable_model == "canary" else stable
-        if decision.canary_replicas is None:
-            self.kube.delete_owned("Deployment", owner.namespace, canary_name, owner.uid)
-        else:
-            self.kube.apply(self._deployment(owner, spec, canary_model, member, track="canary",
-                                             replicas=decision.canary_replicas))
         if decision.action in ("Promoted", "RolledBack", "Cancelled") and survivor.version != stable.version:
             survivor = self._with_signature(owner.namespace, spec, survivor)
-        self._apply_stable(owner, spec, survivor, member, decision.stable_replicas)
-        self._apply_routing(owner, spec, survivor, status, decision.route_weight or 0, decision.mirror,
-                            canary_active=decision.canary_replicas is not None)
+        self._objects(owner, spec, status, survivor, member, stable_replicas=decision.stable_replicas,
+                      canary=None if decision.canary_replicas is None else (canary_model, decision.canary_replicas),
+                      route_weight=decision.route_weight or 0, mirror=decision.mirror)
         status["model"] = stable.as_status()
         if decision.action in ("Promoted", "RolledBack", "Cancelled"):
             if survivor.version != stable.version:
@@ -656,23 +696,6 @@ class Reconciler:
                                            promoted=decision.action == "Promoted", reason=str(ro.get("reason") or ""),
                                            now=now_text)
         return events
-
-    def _apply_routing(self, owner: builders.Owner, spec: dict[str, Any], model: ResolvedModel,
-                       status: dict[str, Any], canary_weight: int = 0, mirror: bool = False,
-                       canary_active: bool = False) -> None:
-        """With ``spec.routing.gatewayRef``: the per-track Services and the HTTPRoute with the canary's exact
-        weight (0 and no canary rules when none runs), named in ``status.gatewayRoute``. Without it, the
-        route and Services a previous spec had are deleted."""
-        if builders.gateway_routing(spec):
-            for track in ("stable", "canary"):
-                self.kube.apply(builders.build_service(owner, model, track, named=True))
-            self.kube.apply(builders.build_canary_route(owner, spec, model, canary_weight, mirror, canary_active))
-            status["gatewayRoute"] = owner.name
-        elif status.get("gatewayRoute"):
-            self.kube.delete_owned("HTTPRoute", owner.namespace, owner.name, owner.uid)
-            for track in ("stable", "canary"):
-                self.kube.delete_owned("Service", owner.namespace, f"{owner.name}-{track}", owner.uid)
-            status["gatewayRoute"] = None
 
     @staticmethod
     def _started(start: rollout.Decision, spec: dict[str, Any], total: int, world: rollout.World,
