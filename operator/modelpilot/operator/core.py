@@ -170,12 +170,11 @@ class OperatorCore:
                 result = self.reconciler.refresh_readiness(namespace, name)
             if result:
                 metrics.set_phase("ModelVersion", f"{namespace}/{name}", result.status.get("phase"))
-            parent = self.kube.read_model_version(namespace, name) if result and result.events else None
         except KubeError as exc:
             logger.warning("readiness of %s/%s: %s", namespace, name, exc)
             return
-        if result and parent:
-            self.post(parent, result)
+        if result and result.involved:
+            self.post(result.involved, result)  # against the body the refresh read: no second read
 
     # ------------------------------------------------------------------ ABTest
 

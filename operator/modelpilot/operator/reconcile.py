@@ -61,6 +61,8 @@ class Result:
     events: list[Event] = field(default_factory=list)
     retry: bool = False
     message: str = ""
+    involved: dict[str, Any] | None = None
+    """The resource as read, for posting the Events against (when the caller has no body of its own)."""
 
 
 @dataclass(frozen=True)
@@ -878,5 +880,5 @@ class Reconciler:
                                                       resource_version=body["metadata"].get("resourceVersion")):
                 continue  # written meanwhile: judge again on what is there now
             self._remember(namespace, name, deployment)
-            return Result(status={**status, **new}, events=events)
+            return Result(status={**status, **new}, events=events, involved=body)
         return None  # still contended after 5 rounds: the ticker re-checks a ModelVersion that is not Ready
