@@ -22,9 +22,12 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from modelpilot.operator.prometheus import PrometheusError
 
 Query = Callable[[str], "float | None"]
+
+
+class QueryError(Exception):
+    """A query could not be answered (the metrics backend's adapter raises a subclass of this)."""
 
 PASS, FAIL, NODATA, ERROR = "Pass", "Fail", "NoData", "Error"
 
@@ -184,7 +187,7 @@ def measure(query: Query, settings: Settings, candidate: Target, baseline: Targe
     samples_q = render(SAMPLES_QUERY, candidate, interval)
     try:
         samples = query(samples_q)
-    except PrometheusError as exc:
+    except QueryError as exc:
         return [Measurement(c["name"], ERROR, None, None, _threshold_text(c), None, samples_q, str(exc))
                 for c in settings.checks]
     results = []
@@ -213,7 +216,7 @@ def measure(query: Query, settings: Settings, candidate: Target, baseline: Targe
                 assert baseline is not None
                 ask = baseline_query if (stored and baseline_query is not None) else query
                 base_value = ask(render(template, baseline, settings.interval if stored else interval))
-        except PrometheusError as exc:
+        except QueryError as exc:
             results.append(Measurement(name, ERROR, None, None, threshold, samples, q, str(exc)))
             continue
         if name == "error-rate" and value is None and samples >= settings.min_samples:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from modelpilot.operator import contract
-from modelpilot.operator.registry import ResolvedModel
+from modelpilot.operator.resolved import ResolvedModel
 
 # The contract's names (modelpilot.operator.contract), under the names the rest of the operator uses.
 API_GROUP = contract.GROUP

@@ -12,8 +12,10 @@ from dataclasses import dataclass
 
 import httpx
 
+from modelpilot.operator.analysis import QueryError
 
-class PrometheusError(Exception):
+
+class PrometheusError(QueryError):
     """Prometheus could not answer the query (unreachable, 5xx, bad query)."""
 
 
