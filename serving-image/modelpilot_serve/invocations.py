@@ -52,6 +52,10 @@ def jsonable(output: Any) -> Any:
 
     if isinstance(output, np.ndarray):
         # orjson writes contiguous numeric arrays directly, far faster than tolist().
+        if output.dtype.kind == "f" and output.dtype.itemsize < 8:
+            # MLflow's server writes a float32 prediction as the float64 it becomes in Python
+            # (-144.94129943847656, not orjson's shortest float32 text -144.9413): same value, same text.
+            return output.astype(np.float64)
         if output.dtype.kind in "biuf":
             return np.ascontiguousarray(output)
         if output.dtype.kind in "mM":  # datetime64[ns].tolist() would give nanosecond integers

@@ -264,6 +264,8 @@ class ServedModel:
     # Column positions taking signature order to fast order; None when they are the same.
     sig_to_fast: list[int] | None = None
     int_columns: np.ndarray | None = None  # positions (in fast order) of integer columns
+    # Each integer column's MLflow type ("integer" int32, "long" int64), in `int_columns` order: its range.
+    int_types: tuple[str, ...] = ()
     # The fast path takes plain matrices (tensor signature or none) rather than named columns.
     fast_tensor: bool = False
     # Named-column fast path: each column's position in `fast_columns` (the v2 lane's lookup).
@@ -619,14 +621,24 @@ class ServedModel:
         if arr.dtype.kind not in "fiu":
             return None
         x = arr.astype(np.float64, copy=False)
-        if self.int_columns is not None and arr.dtype.kind == "f":
+        if self.int_columns is not None:
             sub = x[:, self.int_columns]
-            whole = sub == np.floor(sub)  # False for NaN and inf too
-            if not whole.all():
-                # MLflow's parser would truncate 20.5 to 20 without a word; an
-                # integer column in the signature forbids it, so say which column.
-                bad = [self.fast_columns[int(i)] for i, ok in zip(self.int_columns, whole.all(axis=0)) if not ok]
-                raise BadRequest(f"column(s) {_few(bad)} are integers in the model signature; got non-integer values")
+            if arr.dtype.kind == "f":
+                whole = sub == np.floor(sub)  # False for NaN and inf too
+                if not whole.all():
+                    # MLflow's parser would truncate 20.5 to 20 without a word; an
+                    # integer column in the signature forbids it, so say which column.
+                    bad = [self.fast_columns[int(i)] for i, ok in zip(self.int_columns, whole.all(axis=0)) if not ok]
+                    raise BadRequest(f"column(s) {_few(bad)} are integers in the model signature; "
+                                     "got non-integer values")
+            # The JSON parser reads an integer beyond 64 bits as a float (2**70 → 1.18e21): a value an int64
+            # (or int32) column cannot hold is refused as MLflow's own conversion refuses it, not scored.
+            for j, (i, kind) in enumerate(zip(self.int_columns, self.int_types)):
+                info = np.iinfo(np.int32 if kind == "integer" else np.int64)
+                column = sub[:, j]
+                if float(column.min()) < info.min or float(column.max()) > info.max:
+                    raise BadRequest(f"column {self.fast_columns[int(i)]!r} ({kind}) has values out of range "
+                                     f"[{info.min}, {info.max}]")
         return x
 
     def _params(self, params: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -1065,7 +1077,15 @@ def _attach_native(model: ServedModel, flavor: str) -> None:
         return
     if not sig.named_columns:
         return
-    if any(s.type not in _FAST_TYPES or not s.required for s in sig.inputs):
+    optional = [str(s.name) for s in sig.inputs if not s.required]
+    other = [f"{s.name} ({s.type})" for s in sig.inputs if s.type not in _FAST_TYPES]
+    if optional or other:
+        # Say why, so a slower path is never a mystery. A column that may be missing (MLflow's
+        # infer_signature marks columns with NaN in the training data so) has to be filled the way
+        # MLflow fills it, which only pyfunc does.
+        event(log, logging.INFO, "native fast path off; serving through batched pyfunc",
+              reason=("optional column(s) " + _few(optional) if optional else "") +
+              ("; " if optional and other else "") + ("non-numeric column(s) " + _few(other) if other else ""))
         return
     # Feed columns in the order the model was fitted with when it knows it
     # (pyfunc reorders to the signature, which may differ from fit order).
@@ -1080,6 +1100,7 @@ def _attach_native(model: ServedModel, flavor: str) -> None:
     if names != sig.input_names:
         model.sig_to_fast = [sig.input_names.index(c) for c in names]
     model.int_columns = np.asarray(ints, dtype=np.intp) if ints else None
+    model.int_types = tuple(str(types[names[i]]) for i in ints)
     model.fast_fn = fn
     # Estimators fitted on DataFrames warn on every ndarray call; the column
     # order is guaranteed above, so the warning is noise (and costs time).
