@@ -161,3 +161,12 @@ def test_settings_from_the_process_environment(monkeypatch: pytest.MonkeyPatch) 
     s = OperatorSettings.from_env()
     assert s.kubernetes.namespaces == ("team-a", "team-b") and s.kubernetes.workers == 3
     assert OperatorSettings.from_env({}).kubernetes.namespaces == ()  # a given mapping is the only source
+
+
+def test_an_empty_peering_runs_standalone() -> None:
+    """MODELPILOT_PEERING="" means standalone (the chart with one replica, tests, a second operator started after
+    one was killed). Read as "unset", it became peering "modelpilot": a fresh operator waited for the killed
+    one's peering record to expire (~60 s) before doing anything (tests/cluster/test_cold_start.py caught it)."""
+    assert OperatorSettings.from_env({"MODELPILOT_PEERING": ""}).kubernetes.peering == ""
+    assert OperatorSettings.from_env({}).kubernetes.peering == "modelpilot"
+    assert OperatorSettings.from_env({"MODELPILOT_PRIORITY": ""}).kubernetes.priority is None  # still unset

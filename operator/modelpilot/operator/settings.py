@@ -19,6 +19,10 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 DEFAULT_SERVING_IMAGE = "ghcr.io/modelpilot/modelpilot-serve:0.1.0"
 
 
+#: Variables whose empty value means something (not "unset, take the default").
+EMPTY_IS_A_VALUE = frozenset({"MODELPILOT_PEERING"})
+
+
 class SettingsError(ValueError):
     """A setting is missing or invalid; the message names the variable."""
 
@@ -154,8 +158,9 @@ class OperatorSettings(_Group):
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> OperatorSettings:
         """Read every group from ``env`` (default ``os.environ``); raises ``SettingsError`` naming the
-        variable of the first bad value. Empty variables count as unset."""
-        values = {k: v for k, v in (os.environ if env is None else env).items() if v != ""}
+        variable of the first bad value. Empty variables count as unset, except where empty is a value
+        (``MODELPILOT_PEERING=""``: standalone)."""
+        values = {k: v for k, v in (os.environ if env is None else env).items() if v != "" or k in EMPTY_IS_A_VALUE}
         try:
             return cls.model_validate({
                 **values,
