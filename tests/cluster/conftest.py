@@ -31,9 +31,9 @@ def metrics_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def operator(dev_env: dict[str, Any], tmp_path_factory: pytest.TempPathFactory,
-             metrics_port: int) -> Iterator[subprocess.Popen[bytes]]:
-    env = _operator_env(dev_env, MODELPILOT_PRIORITY="100", MODELPILOT_METRICS_PORT=str(metrics_port))
+def crds_established(dev_env: dict[str, Any]) -> None:
+    """crds/ applied (server-side) and both CRDs Established."""
+    env = {**os.environ, "KUBECONFIG": dev_env["exports"]["KUBECONFIG"]}
     kubectl = dev_env["binaries"]["kubectl"]
     applied = subprocess.run([kubectl, "apply", "--server-side", "-f", str(REPO / "crds")], env=env,
                              capture_output=True, text=True, timeout=60)
@@ -48,6 +48,12 @@ def operator(dev_env: dict[str, Any], tmp_path_factory: pytest.TempPathFactory,
         return done.returncode == 0
 
     wait_for(established, 120, 1.0, "the CRDs to be Established")
+
+
+@pytest.fixture(scope="session")
+def operator(dev_env: dict[str, Any], tmp_path_factory: pytest.TempPathFactory,
+             metrics_port: int, crds_established: None) -> Iterator[subprocess.Popen[bytes]]:
+    env = _operator_env(dev_env, MODELPILOT_PRIORITY="100", MODELPILOT_METRICS_PORT=str(metrics_port))
     logpath = tmp_path_factory.mktemp("operator") / "operator.log"
     log = logpath.open("wb")
     from modelpilot_dev.environment import free_port

@@ -209,24 +209,6 @@ def _diagnosis(custom: Any, apps: Any, core: Any, ns: str, operators: list[Opera
 # --- fixtures ----------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def crds(dev_env: dict[str, Any]) -> None:
-    """The CRDs applied and Established (as the session ``operator`` fixture does, without its operator)."""
-    env = {**os.environ, "KUBECONFIG": dev_env["exports"]["KUBECONFIG"]}
-    kubectl = dev_env["binaries"]["kubectl"]
-    applied = subprocess.run([kubectl, "apply", "--server-side", "-f", str(REPO / "crds")], env=env,
-                             capture_output=True, text=True, timeout=60)
-    assert applied.returncode == 0, applied.stderr
-
-    def established() -> bool:
-        done = subprocess.run([kubectl, "wait", "--for=condition=Established", "--timeout=20s",
-                               "crd/modelversions.modelpilot.io", "crd/abtests.modelpilot.io"], env=env,
-                              capture_output=True, text=True, timeout=60)
-        return done.returncode == 0
-
-    wait_for(established, 120, 1.0, "the CRDs to be Established")
-
-
-@pytest.fixture(scope="module")
 def only_operator_under_test(request: pytest.FixtureRequest) -> Iterator[None]:
     """Freeze the session's clusterwide operator if this session already runs it, so it cannot act here."""
     session_operator = None
@@ -253,7 +235,7 @@ def only_operator_under_test(request: pytest.FixtureRequest) -> Iterator[None]:
 @pytest.mark.parametrize(("image", "restart"), SCENARIOS,
                          ids=[f"{i:02d}-{img}{'-restart' if r else ''}" for i, (img, r) in enumerate(SCENARIOS)])
 def test_a_model_version_created_with_a_cold_operator_becomes_ready(
-    image: str, restart: bool, request: pytest.FixtureRequest, crds: None, only_operator_under_test: None,
+    image: str, restart: bool, request: pytest.FixtureRequest, crds_established: None, only_operator_under_test: None,
     operator_env: Any, api_client: Any, core: client.CoreV1Api, apps: client.AppsV1Api,
     custom: client.CustomObjectsApi, iris_version: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],
 ) -> None:

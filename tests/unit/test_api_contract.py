@@ -477,11 +477,6 @@ def _built_bodies() -> list[tuple[str, str, dict[str, Any]]]:
     return found
 
 
-#: Bodies a test builds that the CRD would reject, where that does not matter to the test: reported, not
-#: hidden (xfail, not skip) — fix the body, then remove the entry.
-KNOWN_INVALID: dict[str, str] = {}
-
-
 BUILT = _built_bodies()
 
 
@@ -497,13 +492,7 @@ def test_the_scan_finds_the_bodies_the_tests_build() -> None:
 @pytest.mark.parametrize("where,kind,body", BUILT, ids=[w for w, _, _ in BUILT])
 def test_every_body_the_tests_build_parses(where: str, kind: str, body: dict[str, Any]) -> None:
     model = MODELS[kind.removeprefix("spec:")]["spec"] if kind.startswith("spec:") else RESOURCES[kind]
-    reason = KNOWN_INVALID.get(where.rsplit(":", 1)[0])
-    if reason is None:
-        model.model_validate(body)
-        return
-    with pytest.raises(ValidationError):  # once the body is fixed, its entry must go
-        model.model_validate(body)
-    pytest.xfail(reason)
+    model.model_validate(body)  # a body the CRD would reject is a test to fix, not to excuse
 
 
 def test_what_the_reconciler_writes_parses() -> None:
