@@ -506,8 +506,9 @@ class Reconciler:
 
         canary_enabled = bool(spec.get("rollout"))
         applied: dict[str, Any] | None = None
-        if not body.get("status"):
-            # Never reconciled: nothing owned by this uid exists yet but what this reconcile applies, so the
+        written = body.get("status") or {}
+        if not written.get("observedGeneration") and not written.get("model"):
+            # Never reconciled (the CRD defaults status to ``observedGeneration: 0``, so "no status" is never seen): nothing owned by this uid exists yet but what this reconcile applies, so the
             # optional objects are not read only to find them absent (3 reads fewer per new ModelVersion).
             # The one gap — an operator that applied one and died before any status write, and a spec that
             # dropped it meanwhile — is closed when an operator next starts and resumes it with status written.
