@@ -133,3 +133,41 @@ def test_owned_objects_known_absent_are_not_read_again_until_applied(down: Kube)
     assert not delete("PodDisruptionBudget") and fake.gets == 2
     down.forget_owner("ml", "iris")  # the ModelVersion is gone: its entries go too
     assert not delete("PodDisruptionBudget") and fake.gets == 3
+
+
+def test_the_client_session_does_not_reread_the_environment_per_request(monkeypatch: pytest.MonkeyPatch,
+                                                                         tmp_path: Any) -> None:
+    # aiohttp re-reads proxy variables and ~/.netrc on every request when trust_env is on; with neither set the
+    # adapter turns it off (a private attribute: this fails if aiohttp renames it), with either it stays on.
+    for key in [k for k in __import__("os").environ if k.lower().endswith("_proxy")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("NETRC", str(tmp_path / "absent"))
+
+    async def trust_env() -> bool:
+        config = client.Configuration()
+        config.host = "http://127.0.0.1:1"
+        kube = Kube(config)
+        api = kube._client()  # noqa: SLF001
+        try:
+            return bool(api.rest_client.pool_manager.trust_env)
+        finally:
+            await api.close()
+
+    assert asyncio.run(trust_env()) is False
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:3128")
+    assert asyncio.run(trust_env()) is True
+
+
+def test_kopfs_watch_events_are_decoded_with_orjson_and_the_same_values() -> None:
+    from kopf._cogs.clients import api as kopf_api
+
+    from modelpilot.operator import run
+
+    assert run.fast_watch_decoding() and run.fast_watch_decoding()  # idempotent
+    decoder = kopf_api.json  # type: ignore[attr-defined]
+    line = b'{"type":"MODIFIED","object":{"metadata":{"name":"iris"},"spec":{"n":1.5,"s":"\\u00e9"}}}'
+    assert decoder.loads(line.decode()) == json.loads(line)
+    # The apiserver stores numbers as int64 or float64, so those are the extremes a watch can carry.
+    extremes = '{"spec": {"max": 9223372036854775807, "min": -9223372036854775808, "f": 1.7976931348623157e308}}'
+    assert decoder.loads(extremes) == json.loads(extremes)
+    assert decoder.loads('{"n": NaN}')["n"] != decoder.loads('{"n": NaN}')["n"]  # orjson refuses it: stdlib's NaN

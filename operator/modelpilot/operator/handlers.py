@@ -87,6 +87,10 @@ async def _startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: A
     settings.persistence.diffbase_storage = LeanDiffBaseStorage(prefix="modelpilot.io")
     settings.posting.level = logging.INFO
     settings.watching.server_timeout = 60
+    # Server-side label selectors: the operator is sent only the Deployments and pods it manages, not every
+    # one in the cluster (kopf's ``labels=`` filters on the handlers alone are applied after decoding).
+    for resource in ("deployments", "pods"):
+        settings.watching.label_selectors[resource] = f"{contract.MANAGED_BY_LABEL}={contract.MANAGED_BY}"
     # kopf waits this long for the watch to deliver its own last patch before acting on an older event of the
     # object. Behind a burst of creates the default 5 s ran out, and kopf took our own status write (made
     # before its annotations) for a new object and ran the create handler again: ~50 % extra reconciles at 200.

@@ -20,6 +20,7 @@ import asyncio
 import base64
 import functools
 import logging
+import os
 import socket
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
@@ -128,7 +129,7 @@ class Kube:
                        body: Any = None, content_type: str = "application/json") -> tuple[int, bytes]:
         """(HTTP status, raw body) of one request; transport failures raise (classified by the caller)."""
         if self._api is None:
-            self._api = client.ApiClient(self.configuration)
+            self._api = self._client()
         response = await self._api.call_api(
             path, method, query_params=query or [], header_params={"Content-Type": content_type,
                                                                     "Accept": "application/json"},
@@ -137,6 +138,16 @@ class Kube:
             return int(response.status), await response.read()
         finally:
             response.release()
+
+    def _client(self) -> client.ApiClient:
+        api = client.ApiClient(self.configuration)
+        if not _proxy_or_netrc_configured():
+            # kubernetes_asyncio opens its session with ``trust_env=True``, so aiohttp reads the proxy variables
+            # and parses ~/.netrc on every request: a tenth of the operator's CPU at 200 creates. Nothing in
+            # the environment can change that answer, so it is asked once, here (aiohttp has no public setter;
+            # tests/unit/test_operator_kube.py checks the session reads as ``trust_env`` False).
+            api.rest_client.pool_manager._trust_env = False  # noqa: SLF001
+        return api
 
     @staticmethod
     def _refused(what: str, status: int, data: bytes) -> KubeError:
@@ -290,6 +301,14 @@ class Kube:
         if status >= 300:
             raise self._refused(f"Secret {namespace}/{name}", status, data)
         return {k: base64.b64decode(v).decode() for k, v in (_json(data).get("data") or {}).items()}
+
+
+def _proxy_or_netrc_configured() -> bool:
+    """Whether aiohttp's ``trust_env`` would find anything: proxy variables (any case) or a netrc file."""
+    if any(k.lower() in ("http_proxy", "https_proxy", "all_proxy", "ws_proxy", "wss_proxy") for k in os.environ):
+        return True
+    netrc = os.environ.get("NETRC") or os.path.join(os.path.expanduser("~"), ".netrc")
+    return os.path.exists(netrc)
 
 
 def _json(data: bytes) -> dict[str, Any]:

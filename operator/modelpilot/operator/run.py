@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import random
 import sys
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
+
+import orjson
 
 if TYPE_CHECKING:  # the settings module is imported in main(), after argument parsing
     from modelpilot.operator.settings import OperatorSettings
@@ -103,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: cannot reach the Kubernetes API at {configuration.host}: "
                   f"{describe_transport_error(exc)}", file=sys.stderr)
             return 1
+    fast_watch_decoding()
     kopf.run(
         memo=memo,
         standalone=not settings.kubernetes.peering,
@@ -175,6 +179,35 @@ def _ensure_peering(api: object, settings: OperatorSettings) -> None:
                              "or set MODELPILOT_PEERING= to run a single standalone replica") from exc
         if exc.status != 409:
             raise
+
+
+class _OrjsonFirst:
+    """``json.loads`` as kopf's watch stream calls it, decoded by orjson (the apiserver sends int64 and float64
+    numbers, which orjson reads to the same values); anything orjson refuses (a NaN literal, say) is decoded
+    by the standard library as before."""
+
+    JSONDecodeError = json.JSONDecodeError
+
+    @staticmethod
+    def loads(text: str | bytes) -> Any:
+        try:
+            return orjson.loads(text)
+        except orjson.JSONDecodeError:
+            return json.loads(text)
+
+
+def fast_watch_decoding() -> bool:
+    """Decode kopf's watch events with orjson. kopf reads every event of every watched resource with the
+    standard library's ``json`` — a fifth of the operator's CPU while 200 ModelVersions were created
+    (benchmarks/README.md) — and has no setting for it, so the one name its stream uses is replaced. The same
+    text gives the same values. False (and kopf's own decoding) if kopf's stream no longer looks as expected;
+    tests/unit/test_operator_kube.py fails then."""
+    from kopf._cogs.clients import api as kopf_api
+
+    if getattr(kopf_api, "json", None) is not json:
+        return isinstance(getattr(kopf_api, "json", None), _OrjsonFirst)
+    setattr(kopf_api, "json", _OrjsonFirst())
+    return True
 
 
 async def _async_configuration(kubeconfig: str | None) -> Any:
