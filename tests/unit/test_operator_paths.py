@@ -805,3 +805,27 @@ def test_a_new_model_version_with_the_crds_default_status_is_known_to_own_nothin
     kube.assumed.clear()
     run(kube, rec)  # status written now: objects may exist, so they are checked again
     assert kube.assumed == []
+
+
+def test_a_create_reconciles_from_the_event_body_and_later_ones_read_afresh() -> None:
+    class Reads(FakeKube):
+        reads = 0
+
+        async def read_model_version(self, namespace: str, name: str) -> dict[str, Any] | None:
+            self.reads += 1
+            return self.body_now()
+
+    body = mv_body("1")
+    body["status"] = {"observedGeneration": 0}  # as the apiserver defaults it
+    body["metadata"]["resourceVersion"] = "1"
+    kube = Reads(body)
+    rec = reconciler(kube, mlflow({"1": "run-1"}))
+    done = asyncio.run(rec.reconcile_latest(NS, NAME, seen=kube.body_now()))
+    assert done is not None and kube.reads == 0 and kube.body["status"]["model"]["version"] == "1"
+    # Status written now: an event's copy may be behind another writer's, so the body is read inside the lock.
+    asyncio.run(rec.reconcile_latest(NS, NAME, seen=kube.body_now()))
+    assert kube.reads == 1
+    # A stale create event delivered after the status write still writes nothing over it: the write is
+    # conditional on the old body's resourceVersion, so it is judged again on a fresh read.
+    asyncio.run(rec.reconcile_latest(NS, NAME, seen=body))
+    assert kube.reads == 2 and kube.body["status"]["model"]["version"] == "1"

@@ -9,7 +9,9 @@ each other's state. The handlers translate kopf's vocabulary; everything else th
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import ctypes
+import gc
 import logging
 import threading
 import time
@@ -32,10 +34,13 @@ MEMORY_RELEASE_SECONDS = 10.0
 
 
 def release_memory() -> None:
-    """Hand memory freed after deletions back to the OS. CPython frees objects into glibc's arenas (one per
-    thread that allocated), which keep the pages: after 200 ModelVersions were created and deleted the RSS
-    stayed 45 % above idle (benchmarks/README.md). ``malloc_trim`` returns them (a no-op elsewhere than glibc).
-    No ``gc.collect()``: a full collection every 10 s was a fifth of the operator's CPU under load."""
+    """Hand memory freed after deletions back to the OS: a full garbage collection (what a burst of deleted
+    resources leaves in reference cycles — kopf's per-object tasks, exceptions with their frames — stays in the
+    oldest generation of an idle process until some later collection), then glibc's ``malloc_trim`` for the
+    pages freed into its arenas (a no-op elsewhere than glibc). Called once, when the operator has been quiet
+    for ``MEMORY_RELEASE_SECONDS`` after deletions: a full collection every 10 s was a fifth of its CPU under
+    load."""
+    gc.collect()
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
@@ -59,7 +64,9 @@ class OperatorCore:
         # creates from holding hundreds of requests open at the apiserver at one time.
         self.reconcile_slots = asyncio.Semaphore(settings.kubernetes.workers)
         self.loop: asyncio.AbstractEventLoop | None = None  # kopf's, set by ``start``: the ticker's work runs on it
+        self._ticks: set[concurrent.futures.Future[None]] = set()  # periodic runs the ticker's threads wait on
         self._deleted = threading.Event()  # something was deleted since memory was last released
+        self._busy_at = time.monotonic()  # when a reconcile or refresh last ran
 
     @property
     def kube(self) -> Kube:
@@ -74,6 +81,9 @@ class OperatorCore:
         self.ticker.track("memory", "", "", MEMORY_RELEASE_SECONDS)
 
     async def stop(self) -> None:
+        self.loop = None  # no new periodic run starts; those waiting on the loop are cancelled
+        for running in list(self._ticks):
+            running.cancel()
         self.ticker.stop()
         self.reconciler.registries.close()
         await self.kube.close()
@@ -81,9 +91,17 @@ class OperatorCore:
     def _tick_from_thread(self, kind: str, namespace: str, name: str) -> None:
         """The ticker's threads hand each periodic run to the event loop the reconciles run on and wait for it,
         so a resource is still never ticked twice at once."""
-        if self.loop is None or self.loop.is_closed():
+        loop = self.loop
+        if loop is None or loop.is_closed():
             return
-        asyncio.run_coroutine_threadsafe(self.tick(kind, namespace, name), self.loop).result()
+        running = asyncio.run_coroutine_threadsafe(self.tick(kind, namespace, name), loop)
+        self._ticks.add(running)
+        try:
+            running.result()
+        except concurrent.futures.CancelledError:
+            pass  # the operator is stopping
+        finally:
+            self._ticks.discard(running)
 
     def backoff(self, retry: int) -> float:
         """Seconds before kopf's next retry: ``MODELPILOT_RETRY_DELAY_SECONDS`` doubling, at most 5 minutes."""
@@ -101,9 +119,9 @@ class OperatorCore:
         an ABTest's figures, or release memory. Each reads the resource afresh; one gone meanwhile is
         forgotten."""
         if kind == "memory":
-            if self._deleted.is_set():
+            if self._deleted.is_set() and time.monotonic() - self._busy_at >= MEMORY_RELEASE_SECONDS:
                 self._deleted.clear()
-                release_memory()  # only after deletions: a trim walks the heap's arenas
+                release_memory()  # only after deletions, once quiet: a collection and a trim walk the heap
             return
         if kind == "readiness":
             await self.refresh(namespace, name, log)
@@ -127,13 +145,15 @@ class OperatorCore:
             log.warning("reconcile %s/%s: %s", namespace, name, exc)
             return Result(status={}, retry=True, message=str(exc))
 
-    async def measured(self, namespace: str, name: str, refresh: bool) -> Result | None:
-        """Reconcile the ModelVersion as it is now (``Reconciler.reconcile_latest``), recording duration,
-        outcome and phase; raises ``KubeError`` on an API error, None when it no longer exists."""
-        started = time.monotonic()
+    async def measured(self, namespace: str, name: str, refresh: bool,
+                       seen: dict[str, Any] | None = None) -> Result | None:
+        """Reconcile the ModelVersion as it is now (``Reconciler.reconcile_latest``; ``seen``: the body an event
+        delivered), recording duration, outcome and phase; raises ``KubeError`` on an API error, None when it
+        no longer exists."""
+        started = self._busy_at = time.monotonic()
         try:
             async with self.reconcile_slots:
-                done = await self.reconciler.reconcile_latest(namespace, name, refresh=refresh)
+                done = await self.reconciler.reconcile_latest(namespace, name, refresh=refresh, seen=seen)
         except KubeError:
             metrics.RECONCILES.labels(kind="ModelVersion", result="error").inc()
             raise
@@ -181,6 +201,7 @@ class OperatorCore:
 
     async def refresh(self, namespace: str, name: str, logger: Logger) -> None:
         """Refresh a ModelVersion's readiness from its Deployment (and pods); an API error is one line."""
+        self._busy_at = time.monotonic()
         try:
             async with self.readiness_slots, self.reconciler.lock(namespace, name):
                 result = await self.reconciler.refresh_readiness(namespace, name)

@@ -108,7 +108,8 @@ async def _startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: A
 async def reconcile_model_version(body: kopf.Body, retry: int, memo: kopf.Memo, **_: Any) -> None:
     core = _core(memo)
     try:
-        result = await core.measured(body["metadata"]["namespace"], body["metadata"]["name"], refresh=False)
+        result = await core.measured(body["metadata"]["namespace"], body["metadata"]["name"], refresh=False,
+                                     seen=dict(body))
     except KubeError as exc:  # classified (KubeUnavailable when the apiserver cannot be reached): one log line
         raise kopf.TemporaryError(f"Kubernetes API: {exc}", delay=core.backoff(retry)) from None
     if result is not None and result.retry:

@@ -451,12 +451,20 @@ class Reconciler:
             return self._written.get((namespace, name)) == _observed_key(deployment)
 
     async def reconcile_latest(self, namespace: str, name: str, *, refresh: bool = False,
-                         member: Membership | None | Literal["look up"] = "look up") -> tuple[Result, dict[str, Any]] | None:
+                               member: Membership | None | Literal["look up"] = "look up",
+                               seen: dict[str, Any] | None = None) -> tuple[Result, dict[str, Any]] | None:
         """Reconcile the ModelVersion as it is now (read inside its lock); None when it no longer exists.
         Returns the result and the body it started from (Events are posted against it). ``member``: see
-        ``reconcile``."""
+        ``reconcile``. ``seen``: the body a watch event delivered; when it shows a ModelVersion this operator
+        has never written status for (a create), it is used as read — nothing else writes a status before the
+        first reconcile, and its write is conditional on that body's resourceVersion anyway (one read fewer
+        per create)."""
         async with self.lock(namespace, name):
-            body = await self.kube.read_model_version(namespace, name)
+            written = (seen or {}).get("status") or {}
+            if seen is not None and not written.get("observedGeneration") and not written.get("model"):
+                body: dict[str, Any] | None = seen
+            else:
+                body = await self.kube.read_model_version(namespace, name)
             if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
                 return None
             return await self.reconcile(body, refresh=refresh, member=member), body
