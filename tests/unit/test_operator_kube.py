@@ -171,3 +171,20 @@ def test_kopfs_watch_events_are_decoded_with_orjson_and_the_same_values() -> Non
     extremes = '{"spec": {"max": 9223372036854775807, "min": -9223372036854775808, "f": 1.7976931348623157e308}}'
     assert decoder.loads(extremes) == json.loads(extremes)
     assert decoder.loads('{"n": NaN}')["n"] != decoder.loads('{"n": NaN}')["n"]  # orjson refuses it: stdlib's NaN
+
+
+def test_idle_connections_are_released_only_when_no_request_is_under_way(down: Kube) -> None:
+    async def scenario() -> None:
+        with pytest.raises(KubeUnavailable):
+            await down.read_deployment("ml", "iris")  # opens the session
+        assert down._api is not None  # noqa: SLF001
+        down._in_flight = 1  # noqa: SLF001 — as while another request waits for its answer
+        assert not await down.release_idle_connections() and down._api is not None  # noqa: SLF001
+        down._in_flight = 0  # noqa: SLF001
+        assert await down.release_idle_connections() and down._api is None  # noqa: SLF001
+        with pytest.raises(KubeUnavailable):
+            await down.read_deployment("ml", "iris")  # the next request opens a new session
+        assert down._api is not None  # noqa: SLF001
+        await down.close()
+
+    asyncio.run(scenario())

@@ -106,6 +106,9 @@ class FakeKube:
     async def close(self) -> None:
         pass
 
+    async def release_idle_connections(self) -> bool:
+        return False
+
     def _bump(self) -> None:
         self.body["metadata"]["resourceVersion"] = str(int(self.body["metadata"]["resourceVersion"]) + 1)
 
@@ -829,3 +832,28 @@ def test_a_create_reconciles_from_the_event_body_and_later_ones_read_afresh() ->
     # conditional on the old body's resourceVersion, so it is judged again on a fresh read.
     asyncio.run(rec.reconcile_latest(NS, NAME, seen=body))
     assert kube.reads == 2 and kube.body["status"]["model"]["version"] == "1"
+
+
+class _MovesOn(FakeKube):
+    """The stable Deployment's apply answers 'not available yet'; by any later read it is available."""
+
+    async def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        answer = await super().apply(manifest)
+        if manifest["kind"] == "Deployment":
+            answer = copy.deepcopy(answer)
+            answer["status"].update(availableReplicas=0, readyReplicas=0, updatedReplicas=0)
+        return answer
+
+
+def test_readiness_is_judged_on_a_fresh_read_when_the_apply_answer_is_old(monkeypatch: Any) -> None:
+    # In a burst the Service apply waits seconds on the apiserver's ClusterIP allocator; by then the Deployment
+    # has moved on, and judging on the apply's answer cost a second status write (and Ready came later).
+    kube = _MovesOn(mv_body("1"))
+    rec = reconciler(kube, mlflow({"1": "run1"}))
+    first = run(kube, rec)  # everything applied at once: the answer is fresh and stands
+    assert reconcile_ready(first.status) == "False"
+    kube = _MovesOn(mv_body("1"))
+    rec = reconciler(kube, mlflow({"1": "run1"}))
+    monkeypatch.setattr(reconcile, "STALE_APPLY_SECONDS", -1.0)  # as if the applies after it took long
+    first = run(kube, rec)
+    assert reconcile_ready(first.status) == "True" and [e.reason for e in first.events] == ["Resolved", "Ready"]

@@ -29,17 +29,20 @@ log = logging.getLogger(__name__)
 
 Logger = logging.Logger | logging.LoggerAdapter[Any]  # what kopf passes as ``logger``
 
-#: How often freed memory may be handed back to the OS (seconds).
-MEMORY_RELEASE_SECONDS = 10.0
+#: How often the memory tick looks whether a burst is over (seconds).
+MEMORY_TICK_SECONDS = 2.0
+#: How long no reconcile or refresh ran before a burst counts as over (seconds).
+MEMORY_QUIET_SECONDS = 3.0
+#: Reconciles and refreshes that make a burst worth releasing memory after, deletions apart.
+MEMORY_BURST = 50
 
 
 def release_memory() -> None:
     """Hand memory freed after deletions back to the OS: a full garbage collection (what a burst of deleted
     resources leaves in reference cycles — kopf's per-object tasks, exceptions with their frames — stays in the
     oldest generation of an idle process until some later collection), then glibc's ``malloc_trim`` for the
-    pages freed into its arenas (a no-op elsewhere than glibc). Called once, when the operator has been quiet
-    for ``MEMORY_RELEASE_SECONDS`` after deletions: a full collection every 10 s was a fifth of its CPU under
-    load."""
+    pages freed into its arenas (a no-op elsewhere than glibc). Called once a burst is over (see
+    ``OperatorCore.tick``): a full collection every 10 s was a fifth of the CPU under load."""
     gc.collect()
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
@@ -67,6 +70,7 @@ class OperatorCore:
         self._ticks: set[concurrent.futures.Future[None]] = set()  # periodic runs the ticker's threads wait on
         self._deleted = threading.Event()  # something was deleted since memory was last released
         self._busy_at = time.monotonic()  # when a reconcile or refresh last ran
+        self._busy_since_release = 0  # reconciles and refreshes since memory was last released
 
     @property
     def kube(self) -> Kube:
@@ -78,7 +82,7 @@ class OperatorCore:
         self.loop = asyncio.get_running_loop()
         self.reconciler.membership_lookup = membership_lookup
         self.ticker.start()
-        self.ticker.track("memory", "", "", MEMORY_RELEASE_SECONDS)
+        self.ticker.track("memory", "", "", MEMORY_TICK_SECONDS)
 
     async def stop(self) -> None:
         self.loop = None  # no new periodic run starts; those waiting on the loop are cancelled
@@ -119,9 +123,15 @@ class OperatorCore:
         an ABTest's figures, or release memory. Each reads the resource afresh; one gone meanwhile is
         forgotten."""
         if kind == "memory":
-            if self._deleted.is_set() and time.monotonic() - self._busy_at >= MEMORY_RELEASE_SECONDS:
+            burst = self._deleted.is_set() or self._busy_since_release >= MEMORY_BURST
+            if burst and time.monotonic() - self._busy_at >= MEMORY_QUIET_SECONDS:
                 self._deleted.clear()
-                release_memory()  # only after deletions, once quiet: a collection and a trim walk the heap
+                self._busy_since_release = 0
+                # A burst leaves up to 256 idle TLS connections to the apiserver, each holding aiohttp's 256 KiB
+                # read buffer and OpenSSL's state: most of what the RSS kept after 200 creates and deletions
+                # (tracemalloc). The next request opens a fresh session.
+                await self.kube.release_idle_connections()
+                release_memory()  # once quiet: a collection and a trim walk the heap
             return
         if kind == "readiness":
             await self.refresh(namespace, name, log)
@@ -151,6 +161,7 @@ class OperatorCore:
         delivered), recording duration, outcome and phase; raises ``KubeError`` on an API error, None when it
         no longer exists."""
         started = self._busy_at = time.monotonic()
+        self._busy_since_release += 1
         try:
             async with self.reconcile_slots:
                 done = await self.reconciler.reconcile_latest(namespace, name, refresh=refresh, seen=seen)
@@ -202,8 +213,11 @@ class OperatorCore:
     async def refresh(self, namespace: str, name: str, logger: Logger) -> None:
         """Refresh a ModelVersion's readiness from its Deployment (and pods); an API error is one line."""
         self._busy_at = time.monotonic()
+        self._busy_since_release += 1
         try:
-            async with self.readiness_slots, self.reconciler.lock(namespace, name):
+            # The lock first: a refresh waiting for its ModelVersion's reconcile (a create's waits seconds for
+            # its Service) must not hold a slot other ModelVersions' refreshes need meanwhile.
+            async with self.reconciler.lock(namespace, name), self.readiness_slots:
                 result = await self.reconciler.refresh_readiness(namespace, name)
             if result:
                 metrics.set_phase("ModelVersion", f"{namespace}/{name}", result.status.get("phase"))

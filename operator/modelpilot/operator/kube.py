@@ -67,8 +67,10 @@ class KubeUnavailable(KubeError):
 # protocol errors, timeouts, and socket errors.
 TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (aiohttp.ClientError, asyncio.TimeoutError, OSError)
 REQUEST_TIMEOUT_SECONDS = 30.0
-#: Connections to the apiserver at once; requests beyond wait for one (aiohttp's connector limit).
-CONNECTIONS = 64
+#: Connections to the apiserver at once; requests beyond wait for one (aiohttp's connector limit). Above the
+#: reconciles in flight: in a burst each holds one for seconds on a Service apply (the apiserver allocates
+#: ClusterIPs one at a time), and the reads and status writes of the others must not queue behind them.
+CONNECTIONS = 256
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
@@ -114,6 +116,7 @@ class Kube:
         self.field_manager = field_manager
         self.timeout = timeout  # every request: a hung apiserver is a timeout, not a stuck reconcile
         self._api: client.ApiClient | None = None  # made in the running loop (its aiohttp session binds to it)
+        self._in_flight = 0  # requests under way on the current session
         # Owned objects this process knows are absent (a read answered 404, or it deleted them), so each
         # reconcile does not GET the canary Deployment, HPA, PDB … that a spec does not ask for. Only this
         # operator creates them (under its field manager), and it forgets an entry when it applies that object;
@@ -125,19 +128,32 @@ class Kube:
             await self._api.close()
             self._api = None
 
+    async def release_idle_connections(self) -> bool:
+        """Close the session and its pooled connections when no request is under way (the next request opens a
+        new one): after a burst they hold megabytes of TLS buffers for nothing. True if it was closed."""
+        if self._api is None or self._in_flight:
+            return False
+        api, self._api = self._api, None
+        await api.close()
+        return True
+
     async def _request(self, method: str, path: str, *, query: list[tuple[str, str]] | None = None,
                        body: Any = None, content_type: str = "application/json") -> tuple[int, bytes]:
         """(HTTP status, raw body) of one request; transport failures raise (classified by the caller)."""
         if self._api is None:
             self._api = self._client()
-        response = await self._api.call_api(
-            path, method, query_params=query or [], header_params={"Content-Type": content_type,
-                                                                    "Accept": "application/json"},
-            body=body, auth_settings=["BearerToken"], _preload_content=False, _request_timeout=self.timeout)
+        self._in_flight += 1
         try:
-            return int(response.status), await response.read()
+            response = await self._api.call_api(
+                path, method, query_params=query or [], header_params={"Content-Type": content_type,
+                                                                        "Accept": "application/json"},
+                body=body, auth_settings=["BearerToken"], _preload_content=False, _request_timeout=self.timeout)
+            try:
+                return int(response.status), await response.read()
+            finally:
+                response.release()
         finally:
-            response.release()
+            self._in_flight -= 1
 
     def _client(self) -> client.ApiClient:
         api = client.ApiClient(self.configuration)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -149,6 +150,10 @@ def desired_objects(owner: builders.Owner, spec: dict[str, Any], stable: Resolve
         steps.extend(("delete", ("Service", f"{owner.name}-{track}")) for track in ("stable", "canary"))
         route = None
     return Objects(steps=tuple(steps), gateway_route=route)
+
+
+#: How old the stable Deployment's apply answer may be to judge readiness on; older and not ready: read again.
+STALE_APPLY_SECONDS = 1.0
 
 
 class SpecError(Exception):
@@ -622,6 +627,7 @@ class Reconciler:
         objects = desired_objects(owner, spec, stable, member, self.tracking_uri(spec), self.settings.serving_image,
                                   had_gateway_route=bool(status.get("gatewayRoute")), **kwargs)
         applied: dict[str, Any] | None = None
+        applied_at = 0.0
         for verb, what in objects.steps:
             if verb == "delete":
                 await self.kube.delete_owned(what[0], owner.namespace, what[1], owner.uid)
@@ -629,6 +635,13 @@ class Reconciler:
             answer = await self.kube.apply(what)
             if what["kind"] == "Deployment" and what["metadata"]["name"] == owner.name:
                 applied = answer if isinstance(answer, dict) and answer.get("kind") == "Deployment" else None
+                applied_at = time.monotonic()
+        if applied is not None and not observe(applied, spec)["ready"] \
+                and time.monotonic() - applied_at > STALE_APPLY_SECONDS:
+            # The objects applied after it took a while (a burst of Services waits on the apiserver's
+            # ClusterIP allocator, one at a time): the Deployment has moved on since its apply answered, so
+            # readiness is judged on a fresh read — one write instead of a second refresh round after it.
+            applied = await self.kube.read_deployment(owner.namespace, owner.name)
         if objects.gateway_route != KEEP:
             status["gatewayRoute"] = objects.gateway_route
         return applied
