@@ -19,6 +19,7 @@ map keys), integer widths (``format: int32``), descriptions, and the inside of f
 from __future__ import annotations
 
 import ast
+import asyncio
 import copy
 import importlib
 import re
@@ -540,13 +541,13 @@ def test_what_the_abtest_reconciler_writes_parses() -> None:
                            for n in names}
             self.status: dict[str, Any] = {}
 
-        def read_model_version(self, namespace: str, name: str) -> dict[str, Any] | None:
+        async def read_model_version(self, namespace: str, name: str) -> dict[str, Any] | None:
             return copy.deepcopy(self.bodies.get(name))
 
-        def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        async def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
             return manifest
 
-        def patch_status(self, namespace: str, name: str, status: dict[str, Any], plural: str = "") -> bool:
+        async def patch_status(self, namespace: str, name: str, status: dict[str, Any], plural: str = "") -> bool:
             self.status = copy.deepcopy(status)
             return True
 
@@ -554,7 +555,7 @@ def test_what_the_abtest_reconciler_writes_parses() -> None:
         def __init__(self, kube: Kube) -> None:
             self.kube, self.settings = kube, OperatorSettings.of(mlflow={"tracking_uri": "http://mlflow:5000"})
 
-        def reconcile_latest(self, *args: Any, **kwargs: Any) -> None:
+        async def reconcile_latest(self, *args: Any, **kwargs: Any) -> None:
             return None
 
     replicas: dict[str, Any] = {"variants": [{"name": "a", "modelVersion": "iris-a", "weight": 75},
@@ -570,7 +571,7 @@ def test_what_the_abtest_reconciler_writes_parses() -> None:
         kube = Kube(present)
         body = {"apiVersion": contract.API_VERSION, "kind": contract.ABTEST_KIND,
                 "metadata": {"name": "iris-ab", "namespace": "ml", "uid": "u", "generation": 1}, "spec": spec}
-        ABTestReconciler(Models(kube)).reconcile(copy.deepcopy(body), measure=False)  # type: ignore[arg-type]
+        asyncio.run(ABTestReconciler(Models(kube)).reconcile(copy.deepcopy(body), measure=False))  # type: ignore[arg-type]
         parsed = api.ABTest.model_validate({**body, "status": kube.status})
         phases.add(parsed.status.phase)
         if len(present) > 1:

@@ -1,11 +1,12 @@
-"""The Kubernetes adapter when the apiserver cannot be reached: a classified error, never a urllib3 traceback.
+"""The Kubernetes adapter when the apiserver cannot be reached: a classified error, never an aiohttp traceback.
 
-A real ``kubernetes`` client pointed at a closed local port (bound, then closed, so nothing listens there):
-the same connection errors an operator sees while its apiserver is down or restarting.
+A real ``kubernetes_asyncio`` client pointed at a closed local port (bound, then closed, so nothing listens
+there): the same connection errors an operator sees while its apiserver is down or restarting.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import socket
@@ -13,7 +14,7 @@ from typing import Any
 
 import kopf
 import pytest
-from kubernetes import client
+from kubernetes_asyncio import client
 
 from modelpilot.operator import handlers
 from modelpilot.operator.kube import Kube, KubeError, KubeUnavailable
@@ -31,8 +32,7 @@ def _closed_port() -> int:
 def down() -> Kube:
     config = client.Configuration()
     config.host = f"http://127.0.0.1:{_closed_port()}"
-    config.retries = 0  # one connection attempt per call: the test needs no retries to prove the point
-    return Kube(client.ApiClient(config), timeout=2)
+    return Kube(config, timeout=2)
 
 
 BODY: dict[str, Any] = {"apiVersion": "modelpilot.io/v1alpha1", "kind": "ModelVersion",
@@ -52,8 +52,14 @@ BODY: dict[str, Any] = {"apiVersion": "modelpilot.io/v1alpha1", "kind": "ModelVe
 ], ids=["read_model_version", "read_deployment", "list_abtests", "list_pods", "patch_status", "secret_data",
         "apply", "delete_owned"])
 def test_every_adapter_call_classifies_a_connection_failure(down: Kube, call: Any) -> None:
+    async def attempt() -> None:
+        try:
+            await call(down)
+        finally:
+            await down.close()
+
     with pytest.raises(KubeUnavailable) as excinfo:
-        call(down)
+        asyncio.run(attempt())
     message = str(excinfo.value)
     assert isinstance(excinfo.value, KubeError)  # callers retry it like any API error
     assert down.host in message and "unreachable" in message and "connection refused" in message, message
@@ -64,58 +70,121 @@ def test_the_handler_backs_off_with_one_line(down: Kube, caplog: pytest.LogCaptu
                                        schedule={"retry_delay_seconds": 10})
     memo = handlers.configure(settings, down)
     logger = logging.getLogger("test")
-    # The create/update handler: a kopf TemporaryError with exponential back-off (kopf logs it as one line).
-    with pytest.raises(kopf.TemporaryError) as excinfo:
-        handlers.reconcile_model_version(body=BODY, retry=2, memo=memo)  # type: ignore[arg-type]
-    assert excinfo.value.delay == 40.0
-    assert "Kubernetes API" in str(excinfo.value) and "unreachable" in str(excinfo.value)
-    assert excinfo.value.__cause__ is None and excinfo.value.__suppress_context__
-    # A periodic run (canary tick) and a readiness refresh: no exception escapes, one warning line each,
-    # without a traceback.
-    with caplog.at_level(logging.WARNING):
-        memo.core.tick("rollout", "ml", "iris")
-        memo.core.refresh("ml", "iris", logger)
+
+    async def scenario() -> None:
+        # The create/update handler: a kopf TemporaryError with exponential back-off (kopf logs it as one line).
+        with pytest.raises(kopf.TemporaryError) as excinfo:
+            await handlers.reconcile_model_version(body=BODY, retry=2, memo=memo)  # type: ignore[arg-type]
+        assert excinfo.value.delay == 40.0
+        assert "Kubernetes API" in str(excinfo.value) and "unreachable" in str(excinfo.value)
+        assert excinfo.value.__cause__ is None and excinfo.value.__suppress_context__
+        # A periodic run (canary tick) and a readiness refresh: no exception escapes, one warning line each,
+        # without a traceback.
+        with caplog.at_level(logging.WARNING):
+            await memo.core.tick("rollout", "ml", "iris")
+            await memo.core.refresh("ml", "iris", logger)
+        await memo.core.stop()
+
+    asyncio.run(scenario())
     lines = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(lines) == 2 and all(r.exc_info is None for r in lines)
     assert all("unreachable" in r.getMessage() for r in lines)
-    memo.core.stop()
 
 
-class _Resource:
-    """The dynamic client's resource, faked at its call boundary: counts the reads the adapter makes."""
+class _API:
+    """The apiserver, faked at the adapter's request boundary (``Kube._request``): counts the reads it gets."""
 
     def __init__(self) -> None:
         self.objects: dict[str, dict[str, Any]] = {}
         self.gets = 0
 
-    def get(self, name: str, namespace: str, **_: Any) -> Any:
-        from kubernetes.client.exceptions import ApiException
-
-        self.gets += 1
-        if name not in self.objects:
-            raise ApiException(status=404, reason="Not Found")
-        return type("Raw", (), {"data": json.dumps(self.objects[name]).encode()})()
-
-    def delete(self, name: str, namespace: str, **_: Any) -> None:
-        self.objects.pop(name, None)
-
-    def server_side_apply(self, body: dict[str, Any], name: str, **_: Any) -> Any:
-        self.objects[name] = body
-        return type("Raw", (), {"data": json.dumps(body).encode()})()
+    async def request(self, method: str, path: str, *, query: Any = None, body: Any = None,
+                      content_type: str = "") -> tuple[int, bytes]:
+        name = path.rsplit("/", 1)[-1]
+        if method == "GET":
+            self.gets += 1
+            if name not in self.objects:
+                return 404, b'{"kind": "Status", "message": "not found"}'
+            return 200, json.dumps(self.objects[name]).encode()
+        if method == "DELETE":
+            self.objects.pop(name, None)
+            return 200, b"{}"
+        assert method == "PATCH" and "apply-patch" in content_type
+        self.objects[name] = json.loads(body)
+        return 200, body
 
 
 def test_owned_objects_known_absent_are_not_read_again_until_applied(down: Kube) -> None:
-    fake = _Resource()
-    down._resource = lambda kind: fake  # type: ignore[method-assign]  # noqa: SLF001 — the boundary under test
-    assert not down.delete_owned("HorizontalPodAutoscaler", "ml", "iris", "u") and fake.gets == 1
-    assert not down.delete_owned("HorizontalPodAutoscaler", "ml", "iris", "u") and fake.gets == 1  # remembered
+    fake = _API()
+    down._request = fake.request  # type: ignore[method-assign]  # noqa: SLF001 — the boundary under test
+
+    def delete(kind: str) -> bool:
+        return asyncio.run(down.delete_owned(kind, "ml", "iris", "u"))
+
+    assert not delete("HorizontalPodAutoscaler") and fake.gets == 1
+    assert not delete("HorizontalPodAutoscaler") and fake.gets == 1  # remembered
     hpa = {"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
            "metadata": {"name": "iris", "namespace": "ml", "ownerReferences": [{"uid": "u"}]}}
-    down.apply(hpa)  # applied again: no longer known absent
-    assert down.delete_owned("HorizontalPodAutoscaler", "ml", "iris", "u") and fake.gets == 2
+    asyncio.run(down.apply(hpa))  # applied again: no longer known absent
+    assert delete("HorizontalPodAutoscaler") and fake.gets == 2
     assert "iris" not in fake.objects
-    assert not down.delete_owned("HorizontalPodAutoscaler", "ml", "iris", "u") and fake.gets == 2  # deleted it
+    assert not delete("HorizontalPodAutoscaler") and fake.gets == 2  # deleted it
     down.assume_absent("PodDisruptionBudget", "ml", "iris", "u")
-    assert not down.delete_owned("PodDisruptionBudget", "ml", "iris", "u") and fake.gets == 2
+    assert not delete("PodDisruptionBudget") and fake.gets == 2
     down.forget_owner("ml", "iris")  # the ModelVersion is gone: its entries go too
-    assert not down.delete_owned("PodDisruptionBudget", "ml", "iris", "u") and fake.gets == 3
+    assert not delete("PodDisruptionBudget") and fake.gets == 3
+
+
+def test_the_client_session_does_not_reread_the_environment_per_request(monkeypatch: pytest.MonkeyPatch,
+                                                                         tmp_path: Any) -> None:
+    # aiohttp re-reads proxy variables and ~/.netrc on every request when trust_env is on; with neither set the
+    # adapter turns it off (a private attribute: this fails if aiohttp renames it), with either it stays on.
+    for key in [k for k in __import__("os").environ if k.lower().endswith("_proxy")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("NETRC", str(tmp_path / "absent"))
+
+    async def trust_env() -> bool:
+        config = client.Configuration()
+        config.host = "http://127.0.0.1:1"
+        kube = Kube(config)
+        api = kube._client()  # noqa: SLF001
+        try:
+            return bool(api.rest_client.pool_manager.trust_env)
+        finally:
+            await api.close()
+
+    assert asyncio.run(trust_env()) is False
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:3128")
+    assert asyncio.run(trust_env()) is True
+
+
+def test_kopfs_watch_events_are_decoded_with_orjson_and_the_same_values() -> None:
+    from kopf._cogs.clients import api as kopf_api
+
+    from modelpilot.operator import run
+
+    assert run.fast_watch_decoding() and run.fast_watch_decoding()  # idempotent
+    decoder = kopf_api.json  # type: ignore[attr-defined]
+    line = b'{"type":"MODIFIED","object":{"metadata":{"name":"iris"},"spec":{"n":1.5,"s":"\\u00e9"}}}'
+    assert decoder.loads(line.decode()) == json.loads(line)
+    # The apiserver stores numbers as int64 or float64, so those are the extremes a watch can carry.
+    extremes = '{"spec": {"max": 9223372036854775807, "min": -9223372036854775808, "f": 1.7976931348623157e308}}'
+    assert decoder.loads(extremes) == json.loads(extremes)
+    assert decoder.loads('{"n": NaN}')["n"] != decoder.loads('{"n": NaN}')["n"]  # orjson refuses it: stdlib's NaN
+
+
+def test_idle_connections_are_released_only_when_no_request_is_under_way(down: Kube) -> None:
+    async def scenario() -> None:
+        with pytest.raises(KubeUnavailable):
+            await down.read_deployment("ml", "iris")  # opens the session
+        assert down._api is not None  # noqa: SLF001
+        down._in_flight = 1  # noqa: SLF001 — as while another request waits for its answer
+        assert not await down.release_idle_connections() and down._api is not None  # noqa: SLF001
+        down._in_flight = 0  # noqa: SLF001
+        assert await down.release_idle_connections() and down._api is None  # noqa: SLF001
+        with pytest.raises(KubeUnavailable):
+            await down.read_deployment("ml", "iris")  # the next request opens a new session
+        assert down._api is not None  # noqa: SLF001
+        await down.close()
+
+    asyncio.run(scenario())

@@ -8,6 +8,7 @@ MLflow cannot be made to refuse credentials or fail on demand.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
 from typing import Any
@@ -35,11 +36,11 @@ class FakeKube:
         self.status_writes = 0
         self.conflict_next = 0  # how many upcoming optimistic status writes conflict
 
-    # reads
-    def read_model_version(self, namespace: str, name: str) -> dict[str, Any] | None:
+    # what the adapter's reads would answer now (sync, for the tests' own checks)
+    def body_now(self) -> dict[str, Any]:
         return copy.deepcopy(self.body)
 
-    def read_deployment(self, namespace: str, name: str) -> dict[str, Any] | None:
+    def deployment_now(self, name: str) -> dict[str, Any] | None:
         dep = self.objects.get(("Deployment", name))
         if dep is None:
             return None
@@ -50,25 +51,32 @@ class FakeKube:
                          "availableReplicas": replicas, "readyReplicas": replicas}
         return dep
 
-    def list_pods(self, namespace: str, match_labels: dict[str, str]) -> list[dict[str, Any]]:
+    # reads
+    async def read_model_version(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self.body_now()
+
+    async def read_deployment(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self.deployment_now(name)
+
+    async def list_pods(self, namespace: str, match_labels: dict[str, str]) -> list[dict[str, Any]]:
         return []
 
-    def list_abtests(self, namespace: str) -> list[dict[str, Any]]:
+    async def list_abtests(self, namespace: str) -> list[dict[str, Any]]:
         return copy.deepcopy(self.abtests)
 
-    def secret_data(self, namespace: str, name: str) -> dict[str, str]:
+    async def secret_data(self, namespace: str, name: str) -> dict[str, str]:
         if name not in self.secrets:
             raise KubeError(f"Secret {namespace}/{name}: 404 not found")
         return dict(self.secrets[name])
 
     # writes
-    def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
+    async def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
         self.objects[(manifest["kind"], manifest["metadata"]["name"])] = copy.deepcopy(manifest)
         if manifest["kind"] == "Deployment":  # as the API answers an apply: the object now, status included
-            return self.read_deployment(manifest["metadata"]["namespace"], manifest["metadata"]["name"]) or {}
+            return self.deployment_now(manifest["metadata"]["name"]) or {}
         return manifest
 
-    def delete_owned(self, kind: str, namespace: str, name: str, owner_uid: str) -> bool:
+    async def delete_owned(self, kind: str, namespace: str, name: str, owner_uid: str) -> bool:
         return self.objects.pop((kind, name), None) is not None
 
     def assume_absent(self, kind: str, namespace: str, name: str, owner_uid: str) -> None:
@@ -77,7 +85,7 @@ class FakeKube:
     def forget_owner(self, namespace: str, name: str) -> None:
         pass
 
-    def patch_status(self, namespace: str, name: str, status: dict[str, Any], plural: str = "modelversions",
+    async def patch_status(self, namespace: str, name: str, status: dict[str, Any], plural: str = "modelversions",
                      resource_version: str | None = None) -> bool:
         if resource_version is not None:
             if self.conflict_next:
@@ -91,6 +99,15 @@ class FakeKube:
         self.status_writes += 1
         self._bump()
         return True
+
+    async def post_event(self, involved: dict[str, Any], type: str, reason: str, message: str) -> None:
+        pass  # Events are asserted on the reconcilers' results
+
+    async def close(self) -> None:
+        pass
+
+    async def release_idle_connections(self) -> bool:
+        return False
 
     def _bump(self) -> None:
         self.body["metadata"]["resourceVersion"] = str(int(self.body["metadata"]["resourceVersion"]) + 1)
@@ -151,7 +168,7 @@ def reconciler(kube: FakeKube, transport: httpx.MockTransport,
 
 
 def run(kube: FakeKube, rec: Reconciler) -> reconcile.Result:
-    return rec.reconcile(kube.read_model_version(NS, NAME))  # type: ignore[arg-type]
+    return asyncio.run(rec.reconcile(kube.body_now()))
 
 
 # --------------------------------------------------------------------------- one Event per transition
@@ -202,12 +219,12 @@ def test_a_readiness_transition_written_meanwhile_is_not_posted_again() -> None:
     reconcile starts from: the reconcile judges the transition against what was written, so no second Event."""
     kube = FakeKube(mv_body("1"))
     rec = reconciler(kube, mlflow({"1": "run1"}))
-    stale = kube.read_model_version(NS, NAME)
+    stale = kube.body_now()
     first = run(kube, rec)
     assert [e.reason for e in first.events] == ["Resolved", "Ready"]
     stale["status"] = {**kube.body["status"], "conditions": [c for c in kube.body["status"]["conditions"]
                                                             if c["type"] == "Resolved"]}
-    again = rec.reconcile(stale)  # stale: no Ready condition in it
+    again = asyncio.run(rec.reconcile(stale))  # stale: no Ready condition in it
     assert [e.reason for e in again.events] == []
     # A conflicting write is retried on the fresh version, still with one Event at most.
     kube.conflict_next = 1
@@ -431,7 +448,7 @@ def test_an_alias_triggered_canary_rolls_out_instead_of_restarting_every_tick() 
     run(kube, rec)
     assert kube.body["status"]["model"]["version"] == "1"
     aliases["champion"] = "2"
-    result = rec.reconcile(kube.read_model_version(NS, NAME), refresh=True)  # type: ignore[arg-type]  # the poll
+    result = asyncio.run(rec.reconcile(kube.body_now(), refresh=True))  # the poll
     ro = kube.body["status"]["rollout"]
     assert ro["phase"] == "Progressing" and ro["canaryVersion"] == "2" and ro["stableVersion"] == "1"
     assert "AliasMoved" in [e.reason for e in result.events]
@@ -439,7 +456,7 @@ def test_an_alias_triggered_canary_rolls_out_instead_of_restarting_every_tick() 
     for _ in range(3):  # rollout ticks, and the alias poll again
         result = run(kube, rec)
         assert not {"RolloutCancelled", "RolloutStarted"} & {e.reason for e in result.events}
-        rec.reconcile(kube.read_model_version(NS, NAME), refresh=True)  # type: ignore[arg-type]
+        asyncio.run(rec.reconcile(kube.body_now(), refresh=True))
     ro = kube.body["status"]["rollout"]
     assert ro["phase"] == "Progressing" and ro["startedAt"] == started_at and ro["canaryVersion"] == "2"
     assert kube.body["status"]["model"]["version"] == "1"  # the stable version serves the rest
@@ -620,7 +637,7 @@ def test_a_deployment_event_showing_the_state_readiness_was_written_from_reads_n
     kube = FakeKube(mv_body("1"))
     rec = reconciler(kube, mlflow({"1": "run1"}))
     run(kube, rec)
-    dep = kube.read_deployment(NS, NAME)
+    dep = kube.deployment_now(NAME)
     assert dep is not None
     assert rec.readiness_unchanged(NS, NAME, copy.deepcopy(dep))
     relabelled = copy.deepcopy(dep)
@@ -665,8 +682,8 @@ class _Settling(FakeKube):
 
     available = False
 
-    def read_deployment(self, namespace: str, name: str) -> dict[str, Any] | None:
-        dep = super().read_deployment(namespace, name)
+    def deployment_now(self, name: str) -> dict[str, Any] | None:
+        dep = super().deployment_now(name)
         if dep is not None and not self.available:
             dep["status"].update(availableReplicas=0, readyReplicas=0)
         return dep
@@ -682,7 +699,7 @@ def test_a_readiness_write_that_conflicts_is_judged_again_not_dropped() -> None:
     assert reconcile_ready(first.status) == "False"
     kube.available = True
     kube.conflict_next = 2  # two other writers came first
-    result = rec.refresh_readiness(NS, NAME)
+    result = asyncio.run(rec.refresh_readiness(NS, NAME))
     assert result is not None and [e.reason for e in result.events] == ["Ready"]
     assert reconcile_ready(kube.body["status"]) == "True"
 
@@ -712,7 +729,7 @@ def test_a_model_version_that_is_not_ready_is_rechecked_until_it_is() -> None:
     assert seen("True", 1, generation=2)  # judged on an older spec
     assert not seen("False", 1, model=False)  # nothing pinned yet: kopf's retries own that
     assert seen("False", 1) and not seen("False", 1, type="DELETED")
-    core.stop()
+    asyncio.run(core.stop())
 
 
 def _model(version: str) -> Any:
@@ -791,3 +808,52 @@ def test_a_new_model_version_with_the_crds_default_status_is_known_to_own_nothin
     kube.assumed.clear()
     run(kube, rec)  # status written now: objects may exist, so they are checked again
     assert kube.assumed == []
+
+
+def test_a_create_reconciles_from_the_event_body_and_later_ones_read_afresh() -> None:
+    class Reads(FakeKube):
+        reads = 0
+
+        async def read_model_version(self, namespace: str, name: str) -> dict[str, Any] | None:
+            self.reads += 1
+            return self.body_now()
+
+    body = mv_body("1")
+    body["status"] = {"observedGeneration": 0}  # as the apiserver defaults it
+    body["metadata"]["resourceVersion"] = "1"
+    kube = Reads(body)
+    rec = reconciler(kube, mlflow({"1": "run-1"}))
+    done = asyncio.run(rec.reconcile_latest(NS, NAME, seen=kube.body_now()))
+    assert done is not None and kube.reads == 0 and kube.body["status"]["model"]["version"] == "1"
+    # Status written now: an event's copy may be behind another writer's, so the body is read inside the lock.
+    asyncio.run(rec.reconcile_latest(NS, NAME, seen=kube.body_now()))
+    assert kube.reads == 1
+    # A stale create event delivered after the status write still writes nothing over it: the write is
+    # conditional on the old body's resourceVersion, so it is judged again on a fresh read.
+    asyncio.run(rec.reconcile_latest(NS, NAME, seen=body))
+    assert kube.reads == 2 and kube.body["status"]["model"]["version"] == "1"
+
+
+class _MovesOn(FakeKube):
+    """The stable Deployment's apply answers 'not available yet'; by any later read it is available."""
+
+    async def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        answer = await super().apply(manifest)
+        if manifest["kind"] == "Deployment":
+            answer = copy.deepcopy(answer)
+            answer["status"].update(availableReplicas=0, readyReplicas=0, updatedReplicas=0)
+        return answer
+
+
+def test_readiness_is_judged_on_a_fresh_read_when_the_apply_answer_is_old(monkeypatch: Any) -> None:
+    # In a burst the Service apply waits seconds on the apiserver's ClusterIP allocator; by then the Deployment
+    # has moved on, and judging on the apply's answer cost a second status write (and Ready came later).
+    kube = _MovesOn(mv_body("1"))
+    rec = reconciler(kube, mlflow({"1": "run1"}))
+    first = run(kube, rec)  # everything applied at once: the answer is fresh and stands
+    assert reconcile_ready(first.status) == "False"
+    kube = _MovesOn(mv_body("1"))
+    rec = reconciler(kube, mlflow({"1": "run1"}))
+    monkeypatch.setattr(reconcile, "STALE_APPLY_SECONDS", -1.0)  # as if the applies after it took long
+    first = run(kube, rec)
+    assert reconcile_ready(first.status) == "True" and [e.reason for e in first.events] == ["Resolved", "Ready"]

@@ -4,6 +4,8 @@ it saw is the thing under test, which a real server does not expose."""
 
 from __future__ import annotations
 
+import asyncio
+
 import threading
 import time
 from collections import Counter
@@ -118,11 +120,11 @@ class _Kube:
     def __init__(self, tests: list[dict[str, Any]]) -> None:
         self.tests, self.lists, self.reads = tests, 0, 0
 
-    def list_abtests(self, namespace: str) -> list[dict[str, Any]]:
+    async def list_abtests(self, namespace: str) -> list[dict[str, Any]]:
         self.lists += 1
         return self.tests
 
-    def read_abtest(self, namespace: str, name: str) -> dict[str, Any] | None:
+    async def read_abtest(self, namespace: str, name: str) -> dict[str, Any] | None:
         self.reads += 1
         return next((t for t in self.tests if t["metadata"]["name"] == name), None)
 
@@ -142,16 +144,16 @@ def test_membership_comes_from_the_index_when_wired_else_from_a_listing() -> Non
     kube = _Kube([test])
     rec = reconcile.Reconciler.__new__(reconcile.Reconciler)
     rec.kube, rec.membership_lookup = kube, None  # type: ignore[assignment]
-    assert rec.abtest_membership("ns", "mv-b") == reconcile.Membership("exp", 1, False)
-    assert rec.abtest_membership("ns", "other") is None and kube.lists == 2
+    assert asyncio.run(rec.abtest_membership("ns", "mv-b")) == reconcile.Membership("exp", 1, False)
+    assert asyncio.run(rec.abtest_membership("ns", "other")) is None and kube.lists == 2
     # With the index: it names the ABTest, whose replicas are read now (the index can trail the ABTest's own
     # status write by a watch event — here it still has none).
     index = {("ns", "mv-b"): reconcile.Membership("exp", None, False),
              ("ns", "mv-gone"): reconcile.Membership("deleted-meanwhile", None, False)}
     rec.membership_lookup = lambda ns, name: index.get((ns, name))
-    assert rec.abtest_membership("ns", "mv-b") == reconcile.Membership("exp", 1, False)
-    assert rec.abtest_membership("ns", "mv-gone") is None
-    assert rec.abtest_membership("ns", "other") is None
+    assert asyncio.run(rec.abtest_membership("ns", "mv-b")) == reconcile.Membership("exp", 1, False)
+    assert asyncio.run(rec.abtest_membership("ns", "mv-gone")) is None
+    assert asyncio.run(rec.abtest_membership("ns", "other")) is None
     assert kube.lists == 2 and kube.reads == 2  # no listing; a read only for members
 
 

@@ -8,6 +8,7 @@ Deployment keeps exactly one writer.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import dataclasses
 import logging
@@ -45,28 +46,29 @@ class ABTestReconciler:
         self.kube = models.kube
         self.settings = models.settings
 
-    def reconcile(self, body: dict[str, Any], measure: bool = True) -> Result:
+    async def reconcile(self, body: dict[str, Any], measure: bool = True) -> Result:
         """Observe (the variants' ModelVersions, their figures when ``measure``), ``plan``, act (apply the
         routing, write status, re-reconcile the variants whose replicas changed)."""
         meta, spec = body["metadata"], body.get("spec") or {}
         name, namespace = meta["name"], meta["namespace"]
         now = now_iso()
         vs = abtest.variants(spec)
-        bodies = {v.model_version: self.kube.read_model_version(namespace, v.model_version) for v in vs}
+        bodies = {v.model_version: await self.kube.read_model_version(namespace, v.model_version) for v in vs}
         complete = all(b is not None for b in bodies.values())
-        figures = self._figures(namespace, vs, spec) if measure and complete else {}
+        # Prometheus is asked over a synchronous client: off the event loop.
+        figures = await asyncio.to_thread(self._figures, namespace, vs, spec) if measure and complete else {}
         decided = plan(body, bodies, figures, now, measure)
         try:
             for manifest in decided.apply:
-                self.kube.apply(manifest)
+                await self.kube.apply(manifest)
         except KubeError as exc:
             decided = routing_failed(decided, str(exc), int(meta.get("generation") or 1), now)
-        self.kube.patch_status(namespace, name, decided.status, plural="abtests")
+        await self.kube.patch_status(namespace, name, decided.status, plural="abtests")
         # The variants' Deployments follow the replicas just recorded (one writer per Deployment).
         for mv, member in decided.members.items():
             try:
                 # The membership just written, not the index's: its watch event may not have come yet.
-                self.models.reconcile_latest(namespace, mv, member=member)
+                await self.models.reconcile_latest(namespace, mv, member=member)
             except KubeError as exc:
                 log.warning("re-applying %s for ABTest %s: %s", mv, name, exc)
         return Result(status=decided.status, events=decided.events, retry=decided.retry, message=decided.message)

@@ -8,12 +8,14 @@ each other's state. The handlers translate kopf's vocabulary; everything else th
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import ctypes
+import gc
 import logging
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from modelpilot.operator import metrics, rollout
@@ -27,15 +29,21 @@ log = logging.getLogger(__name__)
 
 Logger = logging.Logger | logging.LoggerAdapter[Any]  # what kopf passes as ``logger``
 
-#: How often freed memory may be handed back to the OS (seconds).
-MEMORY_RELEASE_SECONDS = 10.0
+#: How often the memory tick looks whether a burst is over (seconds).
+MEMORY_TICK_SECONDS = 2.0
+#: How long no reconcile or refresh ran before a burst counts as over (seconds).
+MEMORY_QUIET_SECONDS = 3.0
+#: Reconciles and refreshes that make a burst worth releasing memory after, deletions apart.
+MEMORY_BURST = 50
 
 
 def release_memory() -> None:
-    """Hand memory freed after deletions back to the OS. CPython frees objects into glibc's arenas (one per
-    thread that allocated), which keep the pages: after 200 ModelVersions were created and deleted the RSS
-    stayed 45 % above idle (benchmarks/README.md). ``malloc_trim`` returns them (a no-op elsewhere than glibc).
-    No ``gc.collect()``: a full collection every 10 s was a fifth of the operator's CPU under load."""
+    """Hand memory freed after deletions back to the OS: a full garbage collection (what a burst of deleted
+    resources leaves in reference cycles — kopf's per-object tasks, exceptions with their frames — stays in the
+    oldest generation of an idle process until some later collection), then glibc's ``malloc_trim`` for the
+    pages freed into its arenas (a no-op elsewhere than glibc). Called once a burst is over (see
+    ``OperatorCore.tick``): a full collection every 10 s was a fifth of the CPU under load."""
+    gc.collect()
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
@@ -51,73 +59,112 @@ class OperatorCore:
         self.abtests = ABTestReconciler(self.reconciler)
         # Periodic work (rollout ticks, alias polls, ABTest figures) runs on the ticker, not on kopf timers:
         # a timer puts a finalizer on each resource, which blocks its deletion while the operator is down.
-        self.ticker = Ticker(self.tick)
-        self.readiness_pool = ThreadPoolExecutor(settings.kubernetes.readiness_workers, thread_name_prefix="readiness")
+        self.ticker = Ticker(self._tick_from_thread)
+        # Readiness refreshes at once (each is two reads and a write): bounded so a burst of Deployment events
+        # does not crowd the apiserver ahead of the reconciles that create objects.
+        self.readiness_slots = asyncio.Semaphore(settings.kubernetes.readiness_workers)
+        # Reconciles at once (MODELPILOT_WORKERS): each mostly waits on the API; the bound keeps a burst of
+        # creates from holding hundreds of requests open at the apiserver at one time.
+        self.reconcile_slots = asyncio.Semaphore(settings.kubernetes.workers)
+        self.loop: asyncio.AbstractEventLoop | None = None  # kopf's, set by ``start``: the ticker's work runs on it
+        self._ticks: set[concurrent.futures.Future[None]] = set()  # periodic runs the ticker's threads wait on
         self._deleted = threading.Event()  # something was deleted since memory was last released
+        self._busy_at = time.monotonic()  # when a reconcile or refresh last ran
+        self._busy_since_release = 0  # reconciles and refreshes since memory was last released
 
     @property
     def kube(self) -> Kube:
         return self.reconciler.kube
 
     def start(self, membership_lookup: Callable[[str, str], Membership | None]) -> None:
-        """Start periodic work; ABTest membership is looked up in kopf's live index from now on."""
+        """Start periodic work (call it on kopf's event loop); ABTest membership is looked up in kopf's live
+        index from now on."""
+        self.loop = asyncio.get_running_loop()
         self.reconciler.membership_lookup = membership_lookup
         self.ticker.start()
-        self.ticker.track("memory", "", "", MEMORY_RELEASE_SECONDS)
+        self.ticker.track("memory", "", "", MEMORY_TICK_SECONDS)
 
-    def stop(self) -> None:
+    async def stop(self) -> None:
+        self.loop = None  # no new periodic run starts; those waiting on the loop are cancelled
+        for running in list(self._ticks):
+            running.cancel()
         self.ticker.stop()
-        self.readiness_pool.shutdown(wait=False, cancel_futures=True)
         self.reconciler.registries.close()
+        await self.kube.close()
+
+    def _tick_from_thread(self, kind: str, namespace: str, name: str) -> None:
+        """The ticker's threads hand each periodic run to the event loop the reconciles run on and wait for it,
+        so a resource is still never ticked twice at once."""
+        loop = self.loop
+        if loop is None or loop.is_closed():
+            return
+        running = asyncio.run_coroutine_threadsafe(self.tick(kind, namespace, name), loop)
+        self._ticks.add(running)
+        try:
+            running.result()
+        except concurrent.futures.CancelledError:
+            pass  # the operator is stopping
+        finally:
+            self._ticks.discard(running)
 
     def backoff(self, retry: int) -> float:
         """Seconds before kopf's next retry: ``MODELPILOT_RETRY_DELAY_SECONDS`` doubling, at most 5 minutes."""
         return float(min(self.settings.schedule.retry_delay_seconds * (2 ** retry), 300.0))
 
-    def post(self, body: Any, result: Result | None) -> None:
+    async def post(self, body: Any, result: Result | None) -> None:
         """Post the result's Events through the adapter (kopf.event only works inside kopf's own handlers)."""
         for event in (result.events if result else []):
-            self.kube.post_event(dict(body), event.type, event.reason, event.message)
+            await self.kube.post_event(dict(body), event.type, event.reason, event.message)
 
     # ------------------------------------------------------------------ ModelVersion
 
-    def tick(self, kind: str, namespace: str, name: str) -> None:
+    async def tick(self, kind: str, namespace: str, name: str) -> None:
         """One periodic run: re-evaluate an active rollout, ask MLflow where a followed alias points, refresh
         an ABTest's figures, or release memory. Each reads the resource afresh; one gone meanwhile is
         forgotten."""
         if kind == "memory":
-            if self._deleted.is_set():
+            burst = self._deleted.is_set() or self._busy_since_release >= MEMORY_BURST
+            if burst and time.monotonic() - self._busy_at >= MEMORY_QUIET_SECONDS:
                 self._deleted.clear()
-                release_memory()  # only after deletions: a trim walks the heap's arenas
+                self._busy_since_release = 0
+                # A burst leaves up to 256 idle TLS connections to the apiserver, each holding aiohttp's 256 KiB
+                # read buffer and OpenSSL's state: most of what the RSS kept after 200 creates and deletions
+                # (tracemalloc). The next request opens a fresh session.
+                await self.kube.release_idle_connections()
+                release_memory()  # once quiet: a collection and a trim walk the heap
             return
         if kind == "readiness":
-            self.refresh(namespace, name, log)
+            await self.refresh(namespace, name, log)
             return
         if kind == "abtest":
-            body = self.kube.read_abtest(namespace, name)
+            body = await self.kube.read_abtest(namespace, name)
             if body is None:
                 self.ticker.forget(kind, namespace, name)
                 return
-            self.abtest_figures(body, log)
+            await self.abtest_figures(body, log)
             return
-        if self.measured_or_logged(namespace, name, refresh=(kind == "alias")) is None:
+        if await self.measured_or_logged(namespace, name, refresh=(kind == "alias")) is None:
             self.ticker.forget(kind, namespace, name)
 
-    def measured_or_logged(self, namespace: str, name: str, refresh: bool) -> Result | None:
+    async def measured_or_logged(self, namespace: str, name: str, refresh: bool) -> Result | None:
         """Reconcile from the ticker or an event handler: an API error is one warning line, the next tick
         retries. None when the ModelVersion is gone."""
         try:
-            return self.measured(namespace, name, refresh=refresh)
+            return await self.measured(namespace, name, refresh=refresh)
         except KubeError as exc:
             log.warning("reconcile %s/%s: %s", namespace, name, exc)
             return Result(status={}, retry=True, message=str(exc))
 
-    def measured(self, namespace: str, name: str, refresh: bool) -> Result | None:
-        """Reconcile the ModelVersion as it is now (``Reconciler.reconcile_latest``), recording duration,
-        outcome and phase; raises ``KubeError`` on an API error, None when it no longer exists."""
-        started = time.monotonic()
+    async def measured(self, namespace: str, name: str, refresh: bool,
+                       seen: dict[str, Any] | None = None) -> Result | None:
+        """Reconcile the ModelVersion as it is now (``Reconciler.reconcile_latest``; ``seen``: the body an event
+        delivered), recording duration, outcome and phase; raises ``KubeError`` on an API error, None when it
+        no longer exists."""
+        started = self._busy_at = time.monotonic()
+        self._busy_since_release += 1
         try:
-            done = self.reconciler.reconcile_latest(namespace, name, refresh=refresh)
+            async with self.reconcile_slots:
+                done = await self.reconciler.reconcile_latest(namespace, name, refresh=refresh, seen=seen)
         except KubeError:
             metrics.RECONCILES.labels(kind="ModelVersion", result="error").inc()
             raise
@@ -132,7 +179,7 @@ class OperatorCore:
                            if c.get("type") == "Resolved" and c.get("status") == "False"), "Unknown")
             metrics.REGISTRY_ERRORS.labels(reason=reason).inc()
         metrics.set_phase("ModelVersion", f"{namespace}/{name}", result.status.get("phase"))
-        self.post(body, result)
+        await self.post(body, result)
         return result
 
     def seen(self, body: dict[str, Any], type: str | None) -> None:
@@ -163,31 +210,35 @@ class OperatorCore:
             self.reconciler.forget(namespace, name)
             self._deleted.set()
 
-    def refresh(self, namespace: str, name: str, logger: Logger) -> None:
+    async def refresh(self, namespace: str, name: str, logger: Logger) -> None:
         """Refresh a ModelVersion's readiness from its Deployment (and pods); an API error is one line."""
+        self._busy_at = time.monotonic()
+        self._busy_since_release += 1
         try:
-            with self.reconciler.lock(namespace, name):
-                result = self.reconciler.refresh_readiness(namespace, name)
+            # The lock first: a refresh waiting for its ModelVersion's reconcile (a create's waits seconds for
+            # its Service) must not hold a slot other ModelVersions' refreshes need meanwhile.
+            async with self.reconciler.lock(namespace, name), self.readiness_slots:
+                result = await self.reconciler.refresh_readiness(namespace, name)
             if result:
                 metrics.set_phase("ModelVersion", f"{namespace}/{name}", result.status.get("phase"))
         except KubeError as exc:
             logger.warning("readiness of %s/%s: %s", namespace, name, exc)
             return
         if result and result.involved:
-            self.post(result.involved, result)  # against the body the refresh read: no second read
+            await self.post(result.involved, result)  # against the body the refresh read: no second read
 
     # ------------------------------------------------------------------ ABTest
 
-    def abtest_figures(self, body: dict[str, Any], logger: Logger) -> None:
+    async def abtest_figures(self, body: dict[str, Any], logger: Logger) -> None:
         """Refresh each variant's live figures, the statistical comparison and readiness."""
         try:
-            result = self.abtests.reconcile(dict(body), measure=True)
+            result = await self.abtests.reconcile(dict(body), measure=True)
         except KubeError as exc:
             logger.warning("ABTest figures: %s", exc)
             return
         metrics.set_phase("ABTest", f"{body['metadata']['namespace']}/{body['metadata']['name']}",
                           result.status.get("phase"))
-        self.post(body, result)
+        await self.post(body, result)
 
     def abtest_seen(self, body: dict[str, Any], type: str | None) -> None:
         """Keep the ticker's list of ABTests current: figures refresh every

@@ -10,8 +10,6 @@ process's state (``core.OperatorCore``) reaches each handler through kopf's
 
 from __future__ import annotations
 
-import asyncio
-import functools
 import logging
 import time
 from collections.abc import Callable
@@ -60,12 +58,12 @@ class LeanDiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
 
 
 @kopf.on.cleanup()
-def _cleanup(memo: kopf.Memo, **_: Any) -> None:
-    _core(memo).stop()
+async def _cleanup(memo: kopf.Memo, **_: Any) -> None:
+    await _core(memo).stop()
 
 
 @kopf.index(GROUP, VERSION, "abtests")
-def abtest_routes(body: kopf.Body, **_: Any) -> dict[tuple[str, str], Membership]:
+async def abtest_routes(body: kopf.Body, **_: Any) -> dict[tuple[str, str], Membership]:
     """(namespace, ModelVersion) → its membership in this ABTest. kopf keeps the index current from the
     ABTest watch and starts no resource handler before it is filled, so a restarted operator never renders a
     member's pods without their ABTest label, and no reconcile LISTs the ABTests."""
@@ -82,19 +80,23 @@ def _member_of(index: kopf.Index[tuple[str, str], Membership]) -> Callable[[str,
 
 
 @kopf.on.startup()
-def _startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: Any) -> None:
+async def _startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: Any) -> None:
     core = _core(memo)
     # Progress in annotations only: status belongs to modelpilot's own fields.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="modelpilot.io")
     settings.persistence.diffbase_storage = LeanDiffBaseStorage(prefix="modelpilot.io")
     settings.posting.level = logging.INFO
     settings.watching.server_timeout = 60
+    # Server-side label selectors: the operator is sent only the Deployments and pods it manages, not every
+    # one in the cluster (kopf's ``labels=`` filters on the handlers alone are applied after decoding).
+    for resource in ("deployments", "pods"):
+        settings.watching.label_selectors[resource] = f"{contract.MANAGED_BY_LABEL}={contract.MANAGED_BY}"
     # kopf waits this long for the watch to deliver its own last patch before acting on an older event of the
     # object. Behind a burst of creates the default 5 s ran out, and kopf took our own status write (made
     # before its annotations) for a new object and ran the create handler again: ~50 % extra reconciles at 200.
     settings.persistence.consistency_timeout = 30.0
-    # Reconciles are mostly waiting on the API; readiness refreshes have their own pool (deployment_changed).
-    settings.execution.max_workers = core.settings.kubernetes.workers
+    # Every handler is a coroutine on kopf's event loop (the API adapter is asynchronous): kopf's thread pool
+    # only runs what is left synchronous, i.e. nothing of ours. Concurrency is bounded by the core's slots.
     # The index object is live (kopf passes the same one to every handler, named after the index function),
     # so the ticker's reconciles use it too.
     core.start(_member_of(kwargs["abtest_routes"]))
@@ -103,10 +105,11 @@ def _startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: Any) ->
 @kopf.on.resume(GROUP, VERSION, PLURAL)
 @kopf.on.create(GROUP, VERSION, PLURAL)
 @kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
-def reconcile_model_version(body: kopf.Body, retry: int, memo: kopf.Memo, **_: Any) -> None:
+async def reconcile_model_version(body: kopf.Body, retry: int, memo: kopf.Memo, **_: Any) -> None:
     core = _core(memo)
     try:
-        result = core.measured(body["metadata"]["namespace"], body["metadata"]["name"], refresh=False)
+        result = await core.measured(body["metadata"]["namespace"], body["metadata"]["name"], refresh=False,
+                                     seen=dict(body))
     except KubeError as exc:  # classified (KubeUnavailable when the apiserver cannot be reached): one log line
         raise kopf.TemporaryError(f"Kubernetes API: {exc}", delay=core.backoff(retry)) from None
     if result is not None and result.retry:
@@ -114,13 +117,13 @@ def reconcile_model_version(body: kopf.Body, retry: int, memo: kopf.Memo, **_: A
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
-def model_version_seen(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> None:
+async def model_version_seen(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> None:
     """Every watch event (the initial listing included) keeps the ticker's list current."""
     _core(memo).seen(dict(body), type)
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL, optional=True)
-def forget_model_version(body: kopf.Body, **_: Any) -> None:
+async def forget_model_version(body: kopf.Body, **_: Any) -> None:
     """Nothing to clean up (owner references do that); only the phase gauge forgets it."""
     metrics.set_phase("ModelVersion", f"{body['metadata']['namespace']}/{body['metadata']['name']}", None)
 
@@ -132,13 +135,13 @@ def _action_pending(body: kopf.Body, **_: Any) -> bool:
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL, when=_action_pending)
-def action_requested(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+async def action_requested(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """`modelpilot promote|abort|pause|resume|undo` set an annotation: act on it at once, not at the next tick
     (and for undo there is no tick). An event handler filtered on "set and not handled yet", not a field
     handler: kopf leaves annotations under its own storage prefix (``modelpilot.io/``) out of the diff it
     compares, so a field handler never saw the action. Once acted on, ``status.rollout.handledAction``
     equals the value and the filter is false."""
-    _core(memo).measured_or_logged(body["metadata"]["namespace"], body["metadata"]["name"], refresh=False)
+    await _core(memo).measured_or_logged(body["metadata"]["namespace"], body["metadata"]["name"], refresh=False)
 
 
 def _pod_has_a_problem(body: kopf.Body, type: str | None, **_: Any) -> bool:
@@ -151,23 +154,23 @@ def _pod_has_a_problem(body: kopf.Body, type: str | None, **_: Any) -> bool:
 
 
 @kopf.on.event("", "v1", "pods", labels={**MANAGED, SELECTOR_LABEL: kopf.PRESENT}, when=_pod_has_a_problem)
-def pod_changed(body: kopf.Body, logger: Logger, memo: kopf.Memo, **_: Any) -> None:
+async def pod_changed(body: kopf.Body, logger: Logger, memo: kopf.Memo, **_: Any) -> None:
     """A serving pod's container is failing (waiting, or restarted and not ready): refresh its ModelVersion.
 
     A crash-looping pod changes no Deployment field, so without this no event would bring its reason
     into status. An event handler, not a timer: kopf puts a finalizer on every resource a timer
     runs for, and a finalizer blocks deletion while the operator is down.
     """
-    _core(memo).refresh(body["metadata"]["namespace"], body["metadata"]["labels"][SELECTOR_LABEL], logger)
+    await _core(memo).refresh(body["metadata"]["namespace"], body["metadata"]["labels"][SELECTOR_LABEL], logger)
 
 
 @kopf.on.event("apps", "v1", "deployments", labels=MANAGED)
 async def deployment_changed(body: kopf.Body, type: str, logger: Logger, memo: kopf.Memo, **_: Any) -> None:
     """A serving Deployment moved: refresh its ModelVersion's readiness in status.
 
-    Runs on its own small thread pool, not kopf's: behind a burst of creates (each reconcile ~0.5 s) kopf's
-    pool queued every readiness refresh for tens of seconds, so Deployments were available long before their
-    ModelVersions said Ready (benchmarks/README.md)."""
+    Bounded by its own slots (``MODELPILOT_READINESS_WORKERS``), not the reconciles': behind a burst of creates a
+    shared pool queued every readiness refresh for tens of seconds, so Deployments were available long before
+    their ModelVersions said Ready (benchmarks/README.md)."""
     owner = next((o for o in body.get("metadata", {}).get("ownerReferences") or []
                   if o.get("kind") == "ModelVersion" and o.get("controller")), None)
     if owner is None:
@@ -179,8 +182,7 @@ async def deployment_changed(body: kopf.Body, type: str, logger: Logger, memo: k
         return  # the state readiness was last written from: nothing to refresh
     # The refresh reads the Deployment afresh rather than trusting this event's copy: events can queue
     # behind others, and an older copy judged a Ready ModelVersion not ready again.
-    refresh = functools.partial(core.refresh, namespace, owner["name"], logger)
-    await asyncio.get_running_loop().run_in_executor(core.readiness_pool, refresh)
+    await core.refresh(namespace, owner["name"], logger)
 
 
 # ---------------------------------------------------------------------------- ABTest
@@ -188,11 +190,11 @@ async def deployment_changed(body: kopf.Body, type: str, logger: Logger, memo: k
 @kopf.on.resume(GROUP, VERSION, "abtests")
 @kopf.on.create(GROUP, VERSION, "abtests")
 @kopf.on.update(GROUP, VERSION, "abtests", field="spec")
-def reconcile_abtest(body: kopf.Body, retry: int, memo: kopf.Memo, **_: Any) -> None:
+async def reconcile_abtest(body: kopf.Body, retry: int, memo: kopf.Memo, **_: Any) -> None:
     core = _core(memo)
     started = time.monotonic()
     try:
-        result = core.abtests.reconcile(dict(body), measure=False)
+        result = await core.abtests.reconcile(dict(body), measure=False)
     except KubeError as exc:
         metrics.RECONCILES.labels(kind="ABTest", result="error").inc()
         raise kopf.TemporaryError(f"Kubernetes API: {exc}", delay=core.backoff(retry)) from None
@@ -201,16 +203,16 @@ def reconcile_abtest(body: kopf.Body, retry: int, memo: kopf.Memo, **_: Any) -> 
     metrics.RECONCILES.labels(kind="ABTest", result="retry" if result.retry else "success").inc()
     metrics.set_phase("ABTest", f"{body['metadata']['namespace']}/{body['metadata']['name']}",
                       result.status.get("phase"))
-    core.post(body, result)
+    await core.post(body, result)
     if result.retry:
         raise kopf.TemporaryError(result.message, delay=core.backoff(retry))
 
 
 @kopf.on.event(GROUP, VERSION, "abtests")
-def abtest_seen(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> None:
+async def abtest_seen(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> None:
     _core(memo).abtest_seen(dict(body), type)
 
 
 @kopf.on.delete(GROUP, VERSION, "abtests", optional=True)
-def forget_abtest(body: kopf.Body, **_: Any) -> None:
+async def forget_abtest(body: kopf.Body, **_: Any) -> None:
     metrics.set_phase("ABTest", f"{body['metadata']['namespace']}/{body['metadata']['name']}", None)

@@ -1,76 +1,103 @@
-"""Kubernetes adapter: server-side apply of owned objects, status patches, reads.
+"""Kubernetes adapter: server-side apply of owned objects, status patches, reads — asynchronous.
 
 An adapter of the operator (bottom layer). Owned objects are written with
 server-side apply under one field manager, so the operator only ever owns the
 fields it renders: ``kubectl scale``, an HPA's replicas or a GitOps tool's own
 fields are not fought over. The ModelVersion itself is only ever written
 through its ``status`` subresource — never its spec.
+
+Every call is a coroutine on kopf's event loop over one pooled aiohttp session
+(``kubernetes_asyncio``'s ``ApiClient``: kubeconfig or in-cluster credentials,
+token refresh, TLS). Requests and answers are raw JSON (orjson), never the
+client's model objects: those cost more CPU than the rest of a reconcile
+(benchmarks/README.md). The session is made on first use, inside the running
+loop, and closed by ``close()``.
 """
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import functools
-import json
 import logging
+import os
 import socket
-import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
 from typing import Any, TypeVar, cast
+from urllib.parse import quote
 
+import aiohttp
 import orjson
-import urllib3
-from kubernetes import client, dynamic
-from kubernetes.client.exceptions import ApiException
+from kubernetes_asyncio import client
 
 from modelpilot.operator import contract
 
 GROUP, VERSION = contract.GROUP, contract.VERSION
+#: kind → (apiVersion, URL prefix, plural) of the objects the operator owns.
 _KINDS = {
-    "Deployment": ("apps/v1", "Deployment"),
-    "Service": ("v1", "Service"),
-    "HorizontalPodAutoscaler": ("autoscaling/v2", "HorizontalPodAutoscaler"),
-    "PodDisruptionBudget": ("policy/v1", "PodDisruptionBudget"),
-    "HTTPRoute": ("gateway.networking.k8s.io/v1", "HTTPRoute"),
+    "Deployment": ("apps/v1", "/apis/apps/v1", "deployments"),
+    "Service": ("v1", "/api/v1", "services"),
+    "HorizontalPodAutoscaler": ("autoscaling/v2", "/apis/autoscaling/v2", "horizontalpodautoscalers"),
+    "PodDisruptionBudget": ("policy/v1", "/apis/policy/v1", "poddisruptionbudgets"),
+    "HTTPRoute": ("gateway.networking.k8s.io/v1", "/apis/gateway.networking.k8s.io/v1", "httproutes"),
 }
+_CUSTOM = f"/apis/{GROUP}/{VERSION}"
+# Apply patches go out as orjson's bytes under a media type the client passes through untouched (its
+# own "apply-patch+yaml" path would json.dumps them again); JSON is YAML, so the apiserver reads them as
+# apply patches. Small JSON bodies (status, Events) go as dicts, serialised by the client.
+_APPLY = "application/apply-patch+yaml; charset=utf-8"
+_MERGE = "application/merge-patch+json"
 
 
 class KubeError(Exception):
-    """The API refused or failed a write; retried by the caller."""
+    """The API refused or failed a write; retried by the caller. ``status``: the HTTP status (0: none)."""
+
+    def __init__(self, message: str, status: int = 0) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class KubeUnavailable(KubeError):
     """The API server could not be reached: connection refused or reset, timed out, TLS or protocol failure.
-    Raised instead of urllib3's own exceptions, so callers retry it with back-off like any ``KubeError``."""
+    Raised instead of aiohttp's own exceptions, so callers retry it with back-off like any ``KubeError``."""
 
 
-# What the client raises when the apiserver cannot be asked at all: urllib3's MaxRetryError,
-# ProtocolError, ReadTimeoutError, SSLError … (all urllib3.exceptions.HTTPError) and socket errors.
-TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (urllib3.exceptions.HTTPError, OSError)
+# What the client raises when the apiserver cannot be asked at all: aiohttp's connection, payload and
+# protocol errors, timeouts, and socket errors.
+TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (aiohttp.ClientError, asyncio.TimeoutError, OSError)
 REQUEST_TIMEOUT_SECONDS = 30.0
+#: Connections to the apiserver at once; requests beyond wait for one (aiohttp's connector limit). Above the
+#: reconciles in flight: in a burst each holds one for seconds on a Service apply (the apiserver allocates
+#: ClusterIPs one at a time), and the reads and status writes of the others must not queue behind them.
+CONNECTIONS = 256
 
-F = TypeVar("F", bound=Callable[..., Any])
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
 
 def describe_transport_error(exc: BaseException) -> str:
-    """A short reason for a transport failure, e.g. ``NewConnectionError: connection refused``."""
-    reason = getattr(exc, "reason", None)  # MaxRetryError wraps the last underlying error
-    inner = reason if isinstance(reason, BaseException) else exc
-    text = str(inner)
-    if "Connection refused" in text:
+    """A short reason for a transport failure, e.g. ``ClientConnectorError: connection refused``."""
+    inner = exc
+    for attr in ("os_error", "reason"):  # aiohttp's connector error wraps the OSError; urllib3's MaxRetryError
+        wrapped = getattr(inner, attr, None)
+        if isinstance(wrapped, BaseException):
+            inner = wrapped
+            break
+    text = str(inner) or type(inner).__name__
+    if "Connection refused" in text or "Connect call failed" in text:
         text = "connection refused"
-    elif "timed out" in text.lower():
+    elif "timed out" in text.lower() or isinstance(inner, asyncio.TimeoutError):
         text = "timed out"
-    return f"{type(inner).__name__}: {text}"[:300]
+    return f"{type(exc).__name__}: {text}"[:300]
 
 
 def _classified(method: F) -> F:
     """Turn a transport failure inside an adapter method into one ``KubeUnavailable`` naming the call."""
 
     @functools.wraps(method)
-    def wrapper(self: Kube, *args: Any, **kwargs: Any) -> Any:
+    async def wrapper(self: Kube, *args: Any, **kwargs: Any) -> Any:
         try:
-            return method(self, *args, **kwargs)
+            return await method(self, *args, **kwargs)
         except TRANSPORT_ERRORS as exc:
             raise KubeUnavailable(f"the Kubernetes API at {self.host} is unreachable ({method.__name__}: "
                                   f"{describe_transport_error(exc)})") from exc
@@ -79,211 +106,227 @@ def _classified(method: F) -> F:
 
 
 class Kube:
-    """The operator's only door to the Kubernetes API."""
+    """The operator's only door to the Kubernetes API (coroutines on the running event loop)."""
 
-    def __init__(self, api_client: client.ApiClient, field_manager: str = "modelpilot",
+    def __init__(self, configuration: client.Configuration, field_manager: str = "modelpilot",
                  timeout: float = REQUEST_TIMEOUT_SECONDS) -> None:
-        self.api_client = api_client
-        self.host = api_client.configuration.host
-        self._dynamic: dynamic.DynamicClient | None = None  # created on first use: its discovery calls the API
-        self.custom = client.CustomObjectsApi(api_client)
-        self.apps = client.AppsV1Api(api_client)
-        self.core = client.CoreV1Api(api_client)
+        configuration.connection_pool_maxsize = CONNECTIONS
+        self.configuration = configuration
+        self.host = str(configuration.host)
         self.field_manager = field_manager
-        self.timeout = timeout  # every request: a hung apiserver is a timeout, not a stuck worker
-        self._resources: dict[str, Any] = {}
+        self.timeout = timeout  # every request: a hung apiserver is a timeout, not a stuck reconcile
+        self._api: client.ApiClient | None = None  # made in the running loop (its aiohttp session binds to it)
+        self._in_flight = 0  # requests under way on the current session
         # Owned objects this process knows are absent (a read answered 404, or it deleted them), so each
         # reconcile does not GET the canary Deployment, HPA, PDB … that a spec does not ask for. Only this
         # operator creates them (under its field manager), and it forgets an entry when it applies that object;
         # a restarted operator starts empty and checks each once.
         self._absent: set[tuple[str, str, str, str]] = set()
-        self._absent_guard = threading.Lock()
 
-    @property
-    def dynamic_client(self) -> dynamic.DynamicClient:
-        if self._dynamic is None:
-            self._dynamic = dynamic.DynamicClient(self.api_client)
-        return self._dynamic
+    async def close(self) -> None:
+        if self._api is not None:
+            await self._api.close()
+            self._api = None
 
-    def _resource(self, kind: str) -> Any:
-        if kind not in self._resources:
-            api_version, name = _KINDS[kind]
+    async def release_idle_connections(self) -> bool:
+        """Close the session and its pooled connections when no request is under way (the next request opens a
+        new one): after a burst they hold megabytes of TLS buffers for nothing. True if it was closed."""
+        if self._api is None or self._in_flight:
+            return False
+        api, self._api = self._api, None
+        await api.close()
+        return True
+
+    async def _request(self, method: str, path: str, *, query: list[tuple[str, str]] | None = None,
+                       body: Any = None, content_type: str = "application/json") -> tuple[int, bytes]:
+        """(HTTP status, raw body) of one request; transport failures raise (classified by the caller)."""
+        if self._api is None:
+            self._api = self._client()
+        self._in_flight += 1
+        try:
+            response = await self._api.call_api(
+                path, method, query_params=query or [], header_params={"Content-Type": content_type,
+                                                                        "Accept": "application/json"},
+                body=body, auth_settings=["BearerToken"], _preload_content=False, _request_timeout=self.timeout)
             try:
-                self._resources[kind] = self.dynamic_client.resources.get(api_version=api_version, kind=name)
-            except dynamic.exceptions.ResourceNotFoundError as exc:
-                raise KubeError(f"the cluster does not serve {api_version} {name} (are its CRDs installed?)") from exc
-        return self._resources[kind]
+                return int(response.status), await response.read()
+            finally:
+                response.release()
+        finally:
+            self._in_flight -= 1
 
-    @_classified
-    def list_abtests(self, namespace: str) -> list[dict[str, Any]]:
+    def _client(self) -> client.ApiClient:
+        api = client.ApiClient(self.configuration)
+        if not _proxy_or_netrc_configured():
+            # kubernetes_asyncio opens its session with ``trust_env=True``, so aiohttp reads the proxy variables
+            # and parses ~/.netrc on every request: a tenth of the operator's CPU at 200 creates. Nothing in
+            # the environment can change that answer, so it is asked once, here (aiohttp has no public setter;
+            # tests/unit/test_operator_kube.py checks the session reads as ``trust_env`` False).
+            api.rest_client.pool_manager._trust_env = False  # noqa: SLF001
+        return api
+
+    @staticmethod
+    def _refused(what: str, status: int, data: bytes) -> KubeError:
         try:
-            found = cast(dict[str, Any], self.custom.list_namespaced_custom_object(
-                GROUP, VERSION, namespace, "abtests", _request_timeout=self.timeout))
-        except ApiException as exc:
-            if exc.status == 404:
-                return []
-            raise KubeError(f"list ABTests: {exc.status} {_reason(exc)}") from exc
-        return list(found.get("items") or [])
+            reason = str(orjson.loads(data).get("message") or "")
+        except (orjson.JSONDecodeError, AttributeError):
+            reason = data[:200].decode(errors="replace")
+        return KubeError(f"{what}: {status} {reason}", status)
+
+    @staticmethod
+    def _path(kind: str, namespace: str, name: str = "") -> str:
+        _, prefix, plural = _KINDS[kind]
+        return f"{prefix}/namespaces/{quote(namespace)}/{plural}" + (f"/{quote(name)}" if name else "")
 
     @_classified
-    def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
-        """Server-side apply; ``force`` because these fields are the operator's by contract."""
-        resource = self._resource(manifest["kind"])
-        meta = manifest["metadata"]
-        with self._absent_guard:
-            for key in [k for k in self._absent if k[:3] == (manifest["kind"], meta["namespace"], meta["name"])]:
-                self._absent.discard(key)
-        try:
-            # serialize=False: the raw answer, parsed once with json — the dynamic client's own wrapper
-            # objects cost more CPU than the rest of a reconcile (benchmarks/README.md).
-            resp = resource.server_side_apply(
-                body=manifest, name=manifest["metadata"]["name"], namespace=manifest["metadata"]["namespace"],
-                field_manager=self.field_manager, force_conflicts=True, _request_timeout=self.timeout,
-                serialize=False,
-            )
-        except ApiException as exc:
-            raise KubeError(f"apply {manifest['kind']} {manifest['metadata']['name']}: {exc.status} "
-                            f"{_reason(exc)}") from exc
-        return _json(resp)
+    async def list_abtests(self, namespace: str) -> list[dict[str, Any]]:
+        status, data = await self._request("GET", f"{_CUSTOM}/namespaces/{quote(namespace)}/abtests")
+        if status == 404:
+            return []
+        if status >= 300:
+            raise self._refused("list ABTests", status, data)
+        return list(_json(data).get("items") or [])
 
     @_classified
-    def delete_owned(self, kind: str, namespace: str, name: str, owner_uid: str) -> bool:
+    async def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        """Server-side apply; ``force`` because these fields are the operator's by contract. Returns the
+        object as the API answered (status included)."""
+        kind, meta = manifest["kind"], manifest["metadata"]
+        self._absent = {k for k in self._absent if k[:3] != (kind, meta["namespace"], meta["name"])}
+        status, data = await self._request(
+            "PATCH", self._path(kind, meta["namespace"], meta["name"]),
+            query=[("fieldManager", self.field_manager), ("force", "true")],
+            body=orjson.dumps(manifest), content_type=_APPLY)
+        if status == 404 and b"the server could not find the requested resource" in data:
+            raise KubeError(f"the cluster does not serve {_KINDS[kind][0]} {kind} (are its CRDs installed?)", 404)
+        if status >= 300:
+            raise self._refused(f"apply {kind} {meta['name']}", status, data)
+        return _json(data)
+
+    @_classified
+    async def delete_owned(self, kind: str, namespace: str, name: str, owner_uid: str) -> bool:
         """Delete an object only if this ModelVersion controls it. True if something was deleted."""
         key = (kind, namespace, name, owner_uid)
-        with self._absent_guard:
-            if key in self._absent:
-                return False
-        resource = self._resource(kind)
-        try:
-            current = _json(resource.get(name=name, namespace=namespace, _request_timeout=self.timeout,
-                                         serialize=False))
-        except ApiException as exc:
-            if exc.status == 404:
-                with self._absent_guard:
-                    self._absent.add(key)
-                return False
-            raise KubeError(f"read {kind} {name}: {exc.status} {_reason(exc)}") from exc
-        owners = (current.get("metadata") or {}).get("ownerReferences") or []
+        if key in self._absent:
+            return False
+        path = self._path(kind, namespace, name)
+        status, data = await self._request("GET", path)
+        if status == 404:
+            self._absent.add(key)
+            return False
+        if status >= 300:
+            raise self._refused(f"read {kind} {name}", status, data)
+        owners = (_json(data).get("metadata") or {}).get("ownerReferences") or []
         if not any(o.get("uid") == owner_uid for o in owners):
             return False
-        try:
-            resource.delete(name=name, namespace=namespace, _request_timeout=self.timeout)
-        except ApiException as exc:
-            if exc.status != 404:
-                raise KubeError(f"delete {kind} {name}: {exc.status} {_reason(exc)}") from exc
-        with self._absent_guard:
-            self._absent.add(key)
+        status, data = await self._request("DELETE", path)
+        if status >= 300 and status != 404:
+            raise self._refused(f"delete {kind} {name}", status, data)
+        self._absent.add(key)
         return True
 
     def assume_absent(self, kind: str, namespace: str, name: str, owner_uid: str) -> None:
         """Record that no object of ``kind``/``name`` owned by ``owner_uid`` exists, without asking."""
-        with self._absent_guard:
-            self._absent.add((kind, namespace, name, owner_uid))
+        self._absent.add((kind, namespace, name, owner_uid))
 
     def forget_owner(self, namespace: str, name: str) -> None:
         """Drop what is known absent for objects named after a ModelVersion that is gone (bounds the memory)."""
-        with self._absent_guard:
-            self._absent = {k for k in self._absent if not (k[1] == namespace and k[2].startswith(name))}
+        self._absent = {k for k in self._absent if not (k[1] == namespace and k[2].startswith(name))}
 
     @_classified
-    def read_deployment(self, namespace: str, name: str) -> dict[str, Any] | None:
-        try:
-            return _json(self.apps.read_namespaced_deployment(name, namespace, _request_timeout=self.timeout,
-                                                              _preload_content=False))
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise KubeError(f"read Deployment {name}: {exc.status} {_reason(exc)}") from exc
+    async def read_deployment(self, namespace: str, name: str) -> dict[str, Any] | None:
+        status, data = await self._request("GET", self._path("Deployment", namespace, name))
+        if status == 404:
+            return None
+        if status >= 300:
+            raise self._refused(f"read Deployment {name}", status, data)
+        return _json(data)
 
     @_classified
-    def list_pods(self, namespace: str, match_labels: dict[str, str]) -> list[dict[str, Any]]:
+    async def list_pods(self, namespace: str, match_labels: dict[str, str]) -> list[dict[str, Any]]:
         """The pods a Deployment selects (by its ``matchLabels``), as plain dicts (camelCase, as the API has them)."""
         selector = ",".join(f"{k}={v}" for k, v in sorted(match_labels.items()))
-        try:
-            pods = _json(self.core.list_namespaced_pod(namespace, label_selector=selector,
-                                                       _request_timeout=self.timeout, _preload_content=False))
-        except ApiException as exc:
-            raise KubeError(f"list pods {selector}: {exc.status} {_reason(exc)}") from exc
-        return list(pods.get("items") or [])
+        status, data = await self._request("GET", f"/api/v1/namespaces/{quote(namespace)}/pods",
+                                           query=[("labelSelector", selector)])
+        if status >= 300:
+            raise self._refused(f"list pods {selector}", status, data)
+        return list(_json(data).get("items") or [])
 
-    def read_model_version(self, namespace: str, name: str) -> dict[str, Any] | None:
-        return self._read_custom("modelversions", "ModelVersion", namespace, name)
+    async def read_model_version(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return await self._read_custom(contract.MODELVERSION_PLURAL, "ModelVersion", namespace, name)
 
-    def read_abtest(self, namespace: str, name: str) -> dict[str, Any] | None:
-        return self._read_custom("abtests", "ABTest", namespace, name)
+    async def read_abtest(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return await self._read_custom("abtests", "ABTest", namespace, name)
 
     @_classified
-    def _read_custom(self, plural: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
-        try:
-            return _json(self.custom.get_namespaced_custom_object(
-                GROUP, VERSION, namespace, plural, name, _request_timeout=self.timeout, _preload_content=False))
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise KubeError(f"read {kind} {name}: {exc.status} {_reason(exc)}") from exc
+    async def _read_custom(self, plural: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        status, data = await self._request("GET", f"{_CUSTOM}/namespaces/{quote(namespace)}/{plural}/{quote(name)}")
+        if status == 404:
+            return None
+        if status >= 300:
+            raise self._refused(f"read {kind} {name}", status, data)
+        return _json(data)
 
-    def post_event(self, involved: dict[str, Any], type: str, reason: str, message: str) -> None:
+    async def post_event(self, involved: dict[str, Any], type: str, reason: str, message: str) -> None:
         """Post a core/v1 Event about a ModelVersion or ABTest (``kubectl describe`` and
-        ``kubectl get events`` show it). Works from any thread — kopf's own ``kopf.event`` only works inside
-        its handlers, and periodic work runs on the operator's ticker. Never raises: an Event that cannot be
-        posted is one warning line, and the decision it reports stands."""
+        ``kubectl get events`` show it). Never raises: an Event that cannot be posted is one warning line,
+        and the decision it reports stands."""
         meta = involved.get("metadata") or {}
-        now = datetime.now(timezone.utc)
-        event = client.CoreV1Event(
-            metadata=client.V1ObjectMeta(generate_name=f"{meta.get('name', 'modelpilot')}.",
-                                         namespace=meta.get("namespace")),
-            involved_object=client.V1ObjectReference(
-                api_version=involved.get("apiVersion", f"{GROUP}/{VERSION}"), kind=involved.get("kind"),
-                name=meta.get("name"), namespace=meta.get("namespace"), uid=meta.get("uid"),
-                resource_version=meta.get("resourceVersion")),
-            reason=reason, message=message[:1024], type=type, count=1, first_timestamp=now, last_timestamp=now,
-            source=client.V1EventSource(component="modelpilot"), reporting_component="modelpilot",
-            reporting_instance=socket.gethostname())
+        namespace = str(meta.get("namespace") or "default")
+        now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        event = {
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"generateName": f"{meta.get('name', 'modelpilot')}.", "namespace": namespace},
+            "involvedObject": {"apiVersion": involved.get("apiVersion", f"{GROUP}/{VERSION}"),
+                               "kind": involved.get("kind"), "name": meta.get("name"), "namespace": namespace,
+                               "uid": meta.get("uid"), "resourceVersion": meta.get("resourceVersion")},
+            "reason": reason, "message": message[:1024], "type": type, "count": 1, "firstTimestamp": now,
+            "lastTimestamp": now, "source": {"component": "modelpilot"}, "reportingComponent": "modelpilot",
+            "reportingInstance": socket.gethostname()}
         try:
-            self.core.create_namespaced_event(str(meta.get("namespace") or "default"), event,
-                                              _request_timeout=self.timeout)
-        except (ApiException, urllib3.exceptions.HTTPError, OSError) as exc:
-            logging.getLogger(__name__).warning("cannot post Event %s on %s/%s: %s", reason, meta.get("namespace"),
-                                                meta.get("name"), exc)
+            status, data = await self._request("POST", f"/api/v1/namespaces/{quote(namespace)}/events", body=event)
+            problem = "" if status < 300 else str(self._refused("Event", status, data))
+        except TRANSPORT_ERRORS as exc:
+            problem = describe_transport_error(exc)
+        if problem:
+            logging.getLogger(__name__).warning("cannot post Event %s on %s/%s: %s", reason, namespace,
+                                                meta.get("name"), problem)
 
     @_classified
-    def patch_status(self, namespace: str, name: str, status: dict[str, Any], plural: str = "modelversions",
-                     resource_version: str | None = None) -> bool:
+    async def patch_status(self, namespace: str, name: str, status: dict[str, Any], plural: str = "modelversions",
+                           resource_version: str | None = None) -> bool:
         """Merge-patch status. With ``resource_version`` the write only lands if nothing changed since that
         read (optimistic concurrency); False means it was skipped because someone else wrote first."""
         body: dict[str, Any] = {"status": status}
         if resource_version:
             body["metadata"] = {"resourceVersion": resource_version}
-        try:
-            self.custom.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, plural, name, body,
-                                                              _request_timeout=self.timeout)
-        except ApiException as exc:
-            if exc.status == 404:  # deleted meanwhile: nothing to report on
-                return False
-            if exc.status == 409 and resource_version:
-                return False
-            raise KubeError(f"status of {plural}/{name}: {exc.status} {_reason(exc)}") from exc
+        code, data = await self._request(
+            "PATCH", f"{_CUSTOM}/namespaces/{quote(namespace)}/{plural}/{quote(name)}/status",
+            body=body, content_type=_MERGE)
+        if code == 404:  # deleted meanwhile: nothing to report on
+            return False
+        if code == 409 and resource_version:
+            return False
+        if code >= 300:
+            raise self._refused(f"status of {plural}/{name}", code, data)
         return True
 
     @_classified
-    def secret_data(self, namespace: str, name: str) -> dict[str, str]:
-        import base64
-
-        try:
-            secret = client.CoreV1Api(self.api_client).read_namespaced_secret(name, namespace,
-                                                                              _request_timeout=self.timeout)
-        except ApiException as exc:
-            raise KubeError(f"Secret {namespace}/{name}: {exc.status} {_reason(exc)}") from exc
-        return {k: base64.b64decode(v).decode() for k, v in (secret.data or {}).items()}
+    async def secret_data(self, namespace: str, name: str) -> dict[str, str]:
+        status, data = await self._request("GET", f"/api/v1/namespaces/{quote(namespace)}/secrets/{quote(name)}")
+        if status >= 300:
+            raise self._refused(f"Secret {namespace}/{name}", status, data)
+        return {k: base64.b64decode(v).decode() for k, v in (_json(data).get("data") or {}).items()}
 
 
-def _json(response: Any) -> dict[str, Any]:
-    """The body of a raw (not deserialised) client response as the API has it: camelCase dicts."""
-    return dict(orjson.loads(response.data))
+def _proxy_or_netrc_configured() -> bool:
+    """Whether aiohttp's ``trust_env`` would find anything: proxy variables (any case) or a netrc file."""
+    if any(k.lower() in ("http_proxy", "https_proxy", "all_proxy", "ws_proxy", "wss_proxy") for k in os.environ):
+        return True
+    netrc = os.environ.get("NETRC") or os.path.join(os.path.expanduser("~"), ".netrc")
+    return os.path.exists(netrc)
 
 
-def _reason(exc: ApiException) -> str:
-    try:
-        return str(json.loads(exc.body or "{}").get("message") or exc.reason)
-    except (ValueError, AttributeError):
-        return str(exc.reason)
+def _json(data: bytes) -> dict[str, Any]:
+    """A raw answer as the API has it: camelCase dicts."""
+    return cast(dict[str, Any], orjson.loads(data))

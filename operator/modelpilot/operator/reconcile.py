@@ -15,8 +15,10 @@ The rules that keep production safe live here:
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -148,6 +150,10 @@ def desired_objects(owner: builders.Owner, spec: dict[str, Any], stable: Resolve
         steps.extend(("delete", ("Service", f"{owner.name}-{track}")) for track in ("stable", "canary"))
         route = None
     return Objects(steps=tuple(steps), gateway_route=route)
+
+
+#: How old the stable Deployment's apply answer may be to judge readiness on; older and not ready: read again.
+STALE_APPLY_SECONDS = 1.0
 
 
 class SpecError(Exception):
@@ -382,7 +388,7 @@ class Reconciler:
         # One reconcile at a time per ModelVersion, whichever path asks (kopf handlers, the ticker, an ABTest):
         # with each one reading the resource afresh inside the lock, no reconcile decides on a status another
         # one has already moved past (a stale one could redo a canary step).
-        self._locks: dict[tuple[str, str], threading.Lock] = {}
+        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._locks_guard = threading.Lock()
         # The stable Deployment's observed state behind the readiness last written for each ModelVersion: a
         # Deployment event that shows the same state cannot change it, so it reads nothing (most events are
@@ -398,12 +404,12 @@ class Reconciler:
     def tracking_uri(self, spec: dict[str, Any]) -> str:
         return ((spec.get("registry") or {}).get("trackingUri") or self.settings.mlflow.tracking_uri).rstrip("/")
 
-    def credentials(self, namespace: str, spec: dict[str, Any]) -> Credentials:
+    async def credentials(self, namespace: str, spec: dict[str, Any]) -> Credentials:
         ref = ((spec.get("registry") or {}).get("credentialsSecretRef") or {}).get("name")
         if not ref:
             return Credentials()
         try:
-            data = self.kube.secret_data(namespace, ref)
+            data = await self.kube.secret_data(namespace, ref)
         except KubeUnavailable:
             raise  # the apiserver is down: retried as such, not blamed on the spec
         except KubeError as exc:
@@ -416,17 +422,21 @@ class Reconciler:
                             "MLFLOW_TRACKING_TOKEN nor MLFLOW_TRACKING_USERNAME")
         return creds
 
-    def registry(self, namespace: str, spec: dict[str, Any]) -> Registry:
+    async def registry(self, namespace: str, spec: dict[str, Any]) -> Registry:
         """The pooled registry for this spec's tracking URI and credentials (raises ``SpecError``,
         ``KubeUnavailable`` reading the credentials Secret, ``RegistryUnavailable`` without a URI)."""
-        return self.registries.get(self.tracking_uri(spec), self.credentials(namespace, spec))
+        return self.registries.get(self.tracking_uri(spec), await self.credentials(namespace, spec))
 
-    def resolve(self, namespace: str, spec: dict[str, Any]) -> ResolvedModel:
-        return self.registry(namespace, spec).resolve(model_ref(spec))
+    async def resolve(self, namespace: str, spec: dict[str, Any]) -> ResolvedModel:
+        registry, ref = await self.registry(namespace, spec), model_ref(spec)
+        # The registry's HTTP client is synchronous (pooled, cached, single-flight): off the event loop, unless
+        # the answer is in its cache (a thread hop per reconcile was a tenth of the CPU at 200 creates).
+        hit = registry.resolve_cached(ref)
+        return hit if hit is not None else await asyncio.to_thread(registry.resolve, ref)
 
-    def lock(self, namespace: str, name: str) -> threading.Lock:
+    def lock(self, namespace: str, name: str) -> asyncio.Lock:
         with self._locks_guard:
-            return self._locks.setdefault((namespace, name), threading.Lock())
+            return self._locks.setdefault((namespace, name), asyncio.Lock())
 
     def forget(self, namespace: str, name: str) -> None:
         """A ModelVersion is gone: drop its lock and what the adapter knew about its objects."""
@@ -445,18 +455,26 @@ class Reconciler:
         with self._locks_guard:
             return self._written.get((namespace, name)) == _observed_key(deployment)
 
-    def reconcile_latest(self, namespace: str, name: str, *, refresh: bool = False,
-                         member: Membership | None | Literal["look up"] = "look up") -> tuple[Result, dict[str, Any]] | None:
+    async def reconcile_latest(self, namespace: str, name: str, *, refresh: bool = False,
+                               member: Membership | None | Literal["look up"] = "look up",
+                               seen: dict[str, Any] | None = None) -> tuple[Result, dict[str, Any]] | None:
         """Reconcile the ModelVersion as it is now (read inside its lock); None when it no longer exists.
         Returns the result and the body it started from (Events are posted against it). ``member``: see
-        ``reconcile``."""
-        with self.lock(namespace, name):
-            body = self.kube.read_model_version(namespace, name)
+        ``reconcile``. ``seen``: the body a watch event delivered; when it shows a ModelVersion this operator
+        has never written status for (a create), it is used as read — nothing else writes a status before the
+        first reconcile, and its write is conditional on that body's resourceVersion anyway (one read fewer
+        per create)."""
+        async with self.lock(namespace, name):
+            written = (seen or {}).get("status") or {}
+            if seen is not None and not written.get("observedGeneration") and not written.get("model"):
+                body: dict[str, Any] | None = seen
+            else:
+                body = await self.kube.read_model_version(namespace, name)
             if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
                 return None
-            return self.reconcile(body, refresh=refresh, member=member), body
+            return await self.reconcile(body, refresh=refresh, member=member), body
 
-    def reconcile(self, body: dict[str, Any], *, refresh: bool = False,
+    async def reconcile(self, body: dict[str, Any], *, refresh: bool = False,
                   member: Membership | None | Literal["look up"] = "look up") -> Result:
         """Bring one ModelVersion's objects in line with its spec.
 
@@ -483,9 +501,9 @@ class Reconciler:
             model = current or known_canary
         if model is None or refresh:
             try:
-                model = self.resolve(namespace, spec)
+                model = await self.resolve(namespace, spec)
             except (RegistryError, SpecError) as exc:
-                return self._unresolved(namespace, name, status, ref, generation, now, exc,
+                return await self._unresolved(namespace, name, status, ref, generation, now, exc,
                                         keep=(current or known_canary) is not None)
             if current is not None and model.version == current.version:
                 model = current  # same version: keep the original resolution time and provenance
@@ -517,7 +535,7 @@ class Reconciler:
                               ("HTTPRoute", name), ("Service", f"{name}-stable"), ("Service", f"{name}-canary")):
                 self.kube.assume_absent(kind, namespace, obj, owner.uid)
         if member == "look up":  # the same pod labels and replicas on every path
-            member = self.abtest_membership(namespace, name)
+            member = await self.abtest_membership(namespace, name)
         assigned = member.replicas if member else None  # an ABTest's replica-ratio share, if any
         total = int(assigned if assigned is not None else spec.get("replicas", 1)) or 1
         rejected = (ro.get("phase") == "RolledBack" and ro.get("rejectedVersion") == model.version
@@ -525,24 +543,24 @@ class Reconciler:
         undo = self._pending_action(body, ro, status) == "undo" and stable_model is not None
         if stable_model is not None and (ro.get("phase") in rollout.ACTIVE or rejected or undo or (
                 canary_enabled and model.version != stable_model.version)):
-            events += self._canary(owner, spec, status, stable_model, model, body, now, member, total)
+            events += await self._canary(owner, spec, status, stable_model, model, body, now, member, total)
         else:
             # First deployment, nothing changed, or a plain rolling update (no spec.rollout): the Deployment's own
             # rolling update (maxSurge 1, maxUnavailable 0) keeps every replica serving.
             if ro.get("phase") == "RolledBack" and ro.get("rejectedVersion") != model.version:
                 ro["phase"] = "Superseded"  # the spec moved on from the rejected version
                 status["rollout"] = ro
-            applied = self._objects(owner, spec, status, model, member)
+            applied = await self._objects(owner, spec, status, model, member)
             if stable_model is not None and stable_model.version != model.version:
                 status["previousModel"] = stable_model.as_status(signature=False)
             status["model"] = model.as_status()
         # The apply's answer is the Deployment as it is now (status included): no second read on that path.
-        deployment = applied if applied is not None else self.kube.read_deployment(namespace, name)
-        status, ready_events = self._write_readiness(namespace, name, status, spec, generation, deployment, now,
-                                                     self.pods_of(namespace, deployment, spec), first=body)
+        deployment = applied if applied is not None else await self.kube.read_deployment(namespace, name)
+        status, ready_events = await self._write_readiness(namespace, name, status, spec, generation, deployment, now,
+                                                     await self.pods_of(namespace, deployment, spec), first=body)
         return Result(status=status, events=events + ready_events)
 
-    def _write_readiness(self, namespace: str, name: str, status: dict[str, Any], spec: dict[str, Any],
+    async def _write_readiness(self, namespace: str, name: str, status: dict[str, Any], spec: dict[str, Any],
                          generation: int, deployment: dict[str, Any] | None, now: str,
                          pods: list[dict[str, Any]] | None,
                          first: dict[str, Any] | None = None) -> tuple[dict[str, Any], list[Event]]:
@@ -552,7 +570,7 @@ class Reconciler:
         under its lock, then a fresh read after a conflict), so each readiness transition posts one Event."""
         out, events = status, list[Event]()
         for attempt in range(3):
-            fresh = first if attempt == 0 and first is not None else self.kube.read_model_version(namespace, name)
+            fresh = first if attempt == 0 and first is not None else await self.kube.read_model_version(namespace, name)
             if fresh is None:
                 return status, []  # deleted meanwhile: nothing to report on
             latest = {c.get("type"): c for c in (fresh.get("status") or {}).get("conditions") or []
@@ -562,14 +580,14 @@ class Reconciler:
             new, events = readiness_status(base, spec, generation, deployment, now, pods)
             out = {**base, **new}
             out["phase"] = rollout_phase(out)
-            if self.kube.patch_status(namespace, name, out,
+            if await self.kube.patch_status(namespace, name, out,
                                       resource_version=fresh["metadata"].get("resourceVersion")):
                 self._remember(namespace, name, deployment)
                 return out, events
-        self.kube.patch_status(namespace, name, out)  # still contended: readiness was read just now anyway
+        await self.kube.patch_status(namespace, name, out)  # still contended: readiness was read just now anyway
         return out, events
 
-    def pods_of(self, namespace: str, deployment: dict[str, Any] | None,
+    async def pods_of(self, namespace: str, deployment: dict[str, Any] | None,
                 spec: dict[str, Any]) -> list[dict[str, Any]] | None:
         """The pods of a serving Deployment that is not fully available (to say why); None otherwise."""
         if deployment is None or observe(deployment, spec)["ready"]:
@@ -580,14 +598,14 @@ class Reconciler:
         if not selector:
             return None
         try:
-            return self.kube.list_pods(namespace, selector)
+            return await self.kube.list_pods(namespace, selector)
         except KubeError as exc:  # e.g. RBAC without pods: say less, but keep reconciling
             logging.getLogger(__name__).warning("cannot tell why the pods are not ready: %s", exc)
             return None
 
     # ------------------------------------------------------------------ canary
 
-    def abtest_membership(self, namespace: str, name: str) -> Membership | None:
+    async def abtest_membership(self, namespace: str, name: str) -> Membership | None:
         """(ABTest name, replicas it assigns or None, shadow?) when an ABTest routes to this ModelVersion:
         from the operator's index of ABTests when wired, else by listing them."""
         if self.membership_lookup is not None:
@@ -596,31 +614,39 @@ class Reconciler:
             known = self.membership_lookup(namespace, name)
             if known is None:
                 return None
-            test = self.kube.read_abtest(namespace, known.abtest)
+            test = await self.kube.read_abtest(namespace, known.abtest)
             return memberships(test).get(name) if test is not None else None
-        found = sorted((m for test in self.kube.list_abtests(namespace) for m in memberships(test).items()
+        found = sorted((m for test in await self.kube.list_abtests(namespace) for m in memberships(test).items()
                         if m[0] == name), key=lambda m: m[1].abtest)
         return found[0][1] if found else None
 
-    def _objects(self, owner: builders.Owner, spec: dict[str, Any], status: dict[str, Any], stable: ResolvedModel,
+    async def _objects(self, owner: builders.Owner, spec: dict[str, Any], status: dict[str, Any], stable: ResolvedModel,
                  member: Membership | None, **kwargs: Any) -> dict[str, Any] | None:
         """Plan the owned objects (``desired_objects``, pure) and act on them; ``status.gatewayRoute`` follows.
         Returns the stable Deployment as its apply answered (None if it was not applied)."""
         objects = desired_objects(owner, spec, stable, member, self.tracking_uri(spec), self.settings.serving_image,
                                   had_gateway_route=bool(status.get("gatewayRoute")), **kwargs)
         applied: dict[str, Any] | None = None
+        applied_at = 0.0
         for verb, what in objects.steps:
             if verb == "delete":
-                self.kube.delete_owned(what[0], owner.namespace, what[1], owner.uid)
+                await self.kube.delete_owned(what[0], owner.namespace, what[1], owner.uid)
                 continue
-            answer = self.kube.apply(what)
+            answer = await self.kube.apply(what)
             if what["kind"] == "Deployment" and what["metadata"]["name"] == owner.name:
                 applied = answer if isinstance(answer, dict) and answer.get("kind") == "Deployment" else None
+                applied_at = time.monotonic()
+        if applied is not None and not observe(applied, spec)["ready"] \
+                and time.monotonic() - applied_at > STALE_APPLY_SECONDS:
+            # The objects applied after it took a while (a burst of Services waits on the apiserver's
+            # ClusterIP allocator, one at a time): the Deployment has moved on since its apply answered, so
+            # readiness is judged on a fresh read — one write instead of a second refresh round after it.
+            applied = await self.kube.read_deployment(owner.namespace, owner.name)
         if objects.gateway_route != KEEP:
             status["gatewayRoute"] = objects.gateway_route
         return applied
 
-    def _canary(self, owner: builders.Owner, spec: dict[str, Any], status: dict[str, Any], stable: ResolvedModel,
+    async def _canary(self, owner: builders.Owner, spec: dict[str, Any], status: dict[str, Any], stable: ResolvedModel,
                 candidate: ResolvedModel, body: dict[str, Any], now_text: str, member: Membership | None,
                 total: int) -> list[Event]:
         """One tick of a guarded rollout: observe both tracks, plan (``rollout.plan``, pure), act."""
@@ -628,12 +654,12 @@ class Reconciler:
         now = rollout.parse_time(now_text)
         old = dict(status.get("rollout") or {})
         ro = dict(old)
-        world = self._observe_tracks(owner, spec)
+        world = await self._observe_tracks(owner, spec)
         action = self._pending_action(body, ro, status)
         handled = self._annotation(body) if action else ro.get("handledAction")
         if ro.get("phase") == "RolledBack" and ro.get("rejectedVersion") == candidate.version and action != "undo":
             # Rejected: keep serving the stable version until the spec or the alias points elsewhere.
-            self._objects(owner, spec, status, stable, member)
+            await self._objects(owner, spec, status, stable, member)
             status["model"] = stable.as_status()
             return events
         stepping = ro.get("phase") in rollout.STEPPING
@@ -641,7 +667,7 @@ class Reconciler:
             previous = status.get("previousModel") or {}
             if not previous.get("version") or previous.get("version") == stable.version:
                 status["rollout"] = {**ro, "handledAction": handled}
-                self._objects(owner, spec, status, stable, member)
+                await self._objects(owner, spec, status, stable, member)
                 return [Event("Warning", "UndoImpossible", f"nothing to undo: no earlier version than "
                               f"{stable.version} is recorded in status.previousModel")]
             # The spec's version stays rejected (usually the serving one; after an earlier rollback the spec may
@@ -664,7 +690,9 @@ class Reconciler:
         else:
             canary_model = self._canary_model(ro, candidate)
             window = rollout.analysis_window(ro, spec, replace_action(world, action), total, now)
-            verdict, measurements = (self._analyse(owner, spec, stable, canary_model, window, ro)
+            # Prometheus is asked over a synchronous client: off the event loop.
+            verdict, measurements = (await asyncio.to_thread(self._analyse, owner, spec, stable, canary_model,
+                                                             window, ro)
                                      if window is not None else (None, None))
             world = dataclasses.replace(world, action=action, verdict=verdict, measurements=measurements)
             decision = rollout.plan(ro, spec, total, world, now)
@@ -685,8 +713,8 @@ class Reconciler:
         canary_model = self._canary_model(ro, candidate)
         survivor = canary_model if decision.stable_model == "canary" else stable
         if decision.action in ("Promoted", "RolledBack", "Cancelled") and survivor.version != stable.version:
-            survivor = self._with_signature(owner.namespace, spec, survivor)
-        self._objects(owner, spec, status, survivor, member, stable_replicas=decision.stable_replicas,
+            survivor = await self._with_signature(owner.namespace, spec, survivor)
+        await self._objects(owner, spec, status, survivor, member, stable_replicas=decision.stable_replicas,
                       canary=None if decision.canary_replicas is None else (canary_model, decision.canary_replicas),
                       route_weight=decision.route_weight or 0, mirror=decision.mirror)
         status["model"] = stable.as_status()
@@ -695,7 +723,7 @@ class Reconciler:
                 status["previousModel"] = stable.as_status(signature=False)
                 status["model"] = survivor.as_status()
             if ro.get("kind") != "Undo" and decision.action in ("Promoted", "RolledBack"):
-                events += self._write_back(owner.namespace, spec, status, canary_model,
+                events += await self._write_back(owner.namespace, spec, status, canary_model,
                                            promoted=decision.action == "Promoted", reason=str(ro.get("reason") or ""),
                                            now=now_text)
         return events
@@ -715,11 +743,11 @@ class Reconciler:
                                                     version=str(record.get("version") or "")))
         return model or fallback
 
-    def _observe_tracks(self, owner: builders.Owner, spec: dict[str, Any]) -> rollout.World:
+    async def _observe_tracks(self, owner: builders.Owner, spec: dict[str, Any]) -> rollout.World:
         """Both tracks' Deployments and the canary pods' health, as the planner reads them."""
         tracks = []
         for track in ("stable", "canary"):
-            dep = self.kube.read_deployment(owner.namespace, builders.deployment_name(owner, track))
+            dep = await self.kube.read_deployment(owner.namespace, builders.deployment_name(owner, track))
             if dep is None:
                 tracks.append(rollout.Track())
                 continue
@@ -734,7 +762,7 @@ class Reconciler:
         health = rollout.Health()
         if tracks[1].exists:
             try:
-                pods = self.kube.list_pods(owner.namespace, {builders.SELECTOR_LABEL: owner.name,
+                pods = await self.kube.list_pods(owner.namespace, {builders.SELECTOR_LABEL: owner.name,
                                                               builders.TRACK_LABEL: "canary"})
             except KubeError as exc:  # e.g. RBAC without pods: health is then judged on the Deployment only
                 logging.getLogger(__name__).warning("cannot read the canary pods: %s", exc)
@@ -742,13 +770,13 @@ class Reconciler:
             health = pod_health(pods)
         return rollout.World(stable=tracks[0], canary=tracks[1], health=health)
 
-    def _with_signature(self, namespace: str, spec: dict[str, Any], model: ResolvedModel) -> ResolvedModel:
+    async def _with_signature(self, namespace: str, spec: dict[str, Any], model: ResolvedModel) -> ResolvedModel:
         """The promoted version with its signature: a canary's copy in ``status.rollout`` has none (a status
         holds one signature), so it is read again from MLflow — best effort, the promotion does not wait on it."""
         if model.signature:
             return model
         try:
-            full = self.resolve(namespace, {**spec, "model": {"name": model.name, "version": model.version}})
+            full = await self.resolve(namespace, {**spec, "model": {"name": model.name, "version": model.version}})
         except (RegistryError, SpecError) as exc:
             logging.getLogger(__name__).warning("signature of %s version %s: %s", model.name, model.version, exc)
             return model
@@ -803,7 +831,7 @@ class Reconciler:
             metrics.observe_measurement(owner.namespace, owner.name, m)
         return analysis.overall(results, cfg.no_data), [m.as_status() for m in results]
 
-    def _write_back(self, namespace: str, spec: dict[str, Any], status: dict[str, Any], model: ResolvedModel,
+    async def _write_back(self, namespace: str, spec: dict[str, Any], status: dict[str, Any], model: ResolvedModel,
                     promoted: bool, reason: str, now: str) -> list[Event]:
         """Opt-in registry write-back (``spec.rollout.writeBack``), with the same credentials Secret as
         resolution. Never fatal (the rollout decision stands), but never silent: the outcome is the
@@ -816,12 +844,13 @@ class Reconciler:
                 if promoted else f"tagged {model.name} version {model.version} modelpilot.rejected")
         generation = int(status.get("observedGeneration") or 1)
         try:
-            registry = self.registry(namespace, spec)
+            registry = await self.registry(namespace, spec)
             if promoted:
-                registry.set_alias(model.name, alias, model.version)
-                registry.set_tag(model.name, model.version, "modelpilot.promoted", "true")
+                await asyncio.to_thread(registry.set_alias, model.name, alias, model.version)
+                await asyncio.to_thread(registry.set_tag, model.name, model.version, "modelpilot.promoted", "true")
             else:
-                registry.set_tag(model.name, model.version, "modelpilot.rejected", reason[:500])
+                await asyncio.to_thread(registry.set_tag, model.name, model.version, "modelpilot.rejected",
+                                        reason[:500])
         except (RegistryError, SpecError) as exc:
             why = ("Unauthorized" if isinstance(exc, RegistryUnauthorized) else "SpecError"
                    if isinstance(exc, SpecError) else "RegistryNotFound" if isinstance(exc, RegistryNotFound)
@@ -835,7 +864,7 @@ class Reconciler:
                                              "Written", what, generation, now)
         return []
 
-    def _unresolved(self, namespace: str, name: str, status: dict[str, Any], ref: ModelRef, generation: int,
+    async def _unresolved(self, namespace: str, name: str, status: dict[str, Any], ref: ModelRef, generation: int,
                     now: str, exc: Exception, keep: bool) -> Result:
         """The registry could not answer: say why, touch nothing that runs, ask for a retry."""
         not_found = isinstance(exc, RegistryNotFound)
@@ -851,11 +880,11 @@ class Reconciler:
         old: dict[str, Any] = next((c for c in status.get("conditions") or [] if c.get("type") == "Resolved"), {})
         repeated = old.get("status") == "False" and old.get("reason") == reason  # a retry: said already
         status.update({"conditions": conditions, "observedGeneration": generation})
-        self.kube.patch_status(namespace, name, status)
+        await self.kube.patch_status(namespace, name, status)
         events = [] if repeated else [Event("Warning", reason, f"cannot resolve {ref}: {message}")]
         return Result(status=status, events=events, retry=True, message=message)
 
-    def refresh_readiness(self, namespace: str, name: str) -> Result | None:
+    async def refresh_readiness(self, namespace: str, name: str) -> Result | None:
         """Update the ModelVersion's readiness from its Deployment, read now, and, while it is not available,
         its pods. Deployment and pod events call this (a crash-looping pod changes no Deployment field, so no
         Deployment event would tell), and the ticker while a ModelVersion is not Ready.
@@ -864,7 +893,7 @@ class Reconciler:
         both again and retries. Dropping it was how a ModelVersion stayed not Ready for good: its Deployment
         had settled, so no later event came (tests/cluster/test_cold_start.py)."""
         for _ in range(5):
-            body = self.kube.read_model_version(namespace, name)
+            body = await self.kube.read_model_version(namespace, name)
             if body is None:
                 return None
             status = dict(body.get("status") or {})
@@ -872,12 +901,12 @@ class Reconciler:
                 return None  # not reconciled yet; the reconcile handler writes the first status
             generation = int(body["metadata"].get("generation") or 1)
             spec = body.get("spec") or {}
-            deployment = self.kube.read_deployment(namespace, name)
+            deployment = await self.kube.read_deployment(namespace, name)
             new, events = readiness_status(status, spec, int(status.get("observedGeneration") or generation),
-                                           deployment, now_iso(), self.pods_of(namespace, deployment, spec))
+                                           deployment, now_iso(), await self.pods_of(namespace, deployment, spec))
             new["phase"] = rollout_phase({**status, **new})
             changed = {k: v for k, v in new.items() if status.get(k) != v}
-            if changed and not self.kube.patch_status(namespace, name, new,
+            if changed and not await self.kube.patch_status(namespace, name, new,
                                                       resource_version=body["metadata"].get("resourceVersion")):
                 continue  # written meanwhile: judge again on what is there now
             self._remember(namespace, name, deployment)

@@ -142,6 +142,17 @@ class Registry:
     def _get(self, path: str, params: dict[str, str], what: str) -> httpx.Response:
         return self._request("GET", path, what, params=params)
 
+    def resolve_cached(self, ref: ModelRef) -> ResolvedModel | None:
+        """``resolve`` without asking MLflow: a pinned version resolved in the last ``VERSION_CACHE_SECONDS``
+        (``resolved_at`` now); None for an alias (asked every time) or a version not in the cache. Lets an
+        asynchronous caller skip handing the synchronous client to a thread when nothing is to be asked."""
+        if ref.alias:
+            return None
+        hit = self._cached((ref.name, ref.version))
+        if hit is None:
+            return None
+        return replace(hit, alias=ref.alias, resolved_at=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
+
     def resolve(self, ref: ModelRef) -> ResolvedModel:
         """Pin ``ref`` to one registered version, with its run, artifacts, flavor and signature.
 

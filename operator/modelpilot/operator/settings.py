@@ -125,11 +125,13 @@ class KubernetesSettings(_Group):
     priority: int | None = Field(None, validation_alias=_var("MODELPILOT_PRIORITY"))
     """This replica's peering priority (``MODELPILOT_PRIORITY``); unset picks a random one at start, so two
     replicas never tie (kopf freezes all operators of equal priority)."""
-    workers: int = Field(20, ge=1, validation_alias=_var("MODELPILOT_WORKERS"))
-    """Threads running reconciles (kopf's pool for sync handlers; ``MODELPILOT_WORKERS``)."""
-    readiness_workers: int = Field(4, ge=1, validation_alias=_var("MODELPILOT_READINESS_WORKERS"))
-    """Threads refreshing readiness from Deployment events, apart from the reconciles so a burst of creates
-    never queues them (``MODELPILOT_READINESS_WORKERS``)."""
+    workers: int = Field(250, ge=1, validation_alias=_var("MODELPILOT_WORKERS"))
+    """ModelVersion reconciles in flight at once (``MODELPILOT_WORKERS``). They are coroutines waiting on the
+    API, not threads: at 20 a burst of 200 creates waited ~10 s for a slot; at 1,000 a burst of 1,000 got
+    slower than at 100–250 (kopf re-ran handlers it could not confirm in time; benchmarks/README.md)."""
+    readiness_workers: int = Field(16, ge=1, validation_alias=_var("MODELPILOT_READINESS_WORKERS"))
+    """Readiness refreshes from Deployment and pod events in flight at once, apart from the reconciles so a
+    burst of creates never queues them (``MODELPILOT_READINESS_WORKERS``)."""
 
     @field_validator("namespaces", mode="before")
     @classmethod
