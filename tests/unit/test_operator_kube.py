@@ -188,3 +188,30 @@ def test_idle_connections_are_released_only_when_no_request_is_under_way(down: K
         await down.close()
 
     asyncio.run(scenario())
+
+
+def test_kubeconfig_credentials_that_expire_are_refreshed_and_the_file_is_never_written(tmp_path: Any) -> None:
+    from modelpilot.operator import run
+
+    plugin = tmp_path / "token.sh"
+    plugin.write_text('#!/bin/sh\necho \'{"apiVersion": "client.authentication.k8s.io/v1beta1", '
+                      '"kind": "ExecCredential", "status": {"token": "short-lived"}}\'\n')
+    plugin.chmod(0o755)
+
+    def kubeconfig(user: dict[str, Any]) -> str:
+        path = tmp_path / f"kubeconfig-{len(list(tmp_path.iterdir()))}"
+        path.write_text(json.dumps({
+            "apiVersion": "v1", "kind": "Config", "current-context": "c",
+            "clusters": [{"name": "k", "cluster": {"server": "https://127.0.0.1:6443"}}],
+            "contexts": [{"name": "c", "context": {"cluster": "k", "user": "u"}}],
+            "users": [{"name": "u", "user": user}]}))
+        return str(path)
+
+    exec_user = kubeconfig({"exec": {"apiVersion": "client.authentication.k8s.io/v1beta1", "command": str(plugin)}})
+    before = open(exec_user).read()
+    configuration, loader = asyncio.run(run._async_configuration(exec_user))  # noqa: SLF001
+    assert loader is not None and configuration.api_key["BearerToken"].endswith("short-lived")
+    assert open(exec_user).read() == before  # kubernetes_asyncio would persist refreshed tokens by default
+    static = kubeconfig({"token": "forever"})
+    _, loader = asyncio.run(run._async_configuration(static))  # noqa: SLF001
+    assert loader is None  # nothing to refresh

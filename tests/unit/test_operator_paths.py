@@ -857,3 +857,19 @@ def test_readiness_is_judged_on_a_fresh_read_when_the_apply_answer_is_old(monkey
     monkeypatch.setattr(reconcile, "STALE_APPLY_SECONDS", -1.0)  # as if the applies after it took long
     first = run(kube, rec)
     assert reconcile_ready(first.status) == "True" and [e.reason for e in first.events] == ["Resolved", "Ready"]
+
+
+def test_periodic_runs_are_not_queued_behind_a_burst_of_reconciles() -> None:
+    from modelpilot.operator.core import OperatorCore
+
+    kube = FakeKube(mv_body("1"))
+    core = OperatorCore(OperatorSettings.of(mlflow={"tracking_uri": "http://mlflow:5000"}), kube)  # type: ignore[arg-type]
+    core.reconciler.registries = reconciler(kube, mlflow({"1": "run1"})).registries
+
+    async def scenario() -> None:
+        core.reconcile_slots = asyncio.Semaphore(0)  # every slot taken by a burst of creates
+        result = await asyncio.wait_for(core.measured_or_logged(NS, NAME, refresh=False), 5)
+        assert result is not None and not result.retry
+        await core.stop()
+
+    asyncio.run(scenario())

@@ -8,7 +8,6 @@ Deployment keeps exactly one writer.
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import dataclasses
 import logging
@@ -56,7 +55,7 @@ class ABTestReconciler:
         bodies = {v.model_version: await self.kube.read_model_version(namespace, v.model_version) for v in vs}
         complete = all(b is not None for b in bodies.values())
         # Prometheus is asked over a synchronous client: off the event loop.
-        figures = await asyncio.to_thread(self._figures, namespace, vs, spec) if measure and complete else {}
+        figures = await self.models.off_loop(self._figures, namespace, vs, spec) if measure and complete else {}
         decided = plan(body, bodies, figures, now, measure)
         try:
             for manifest in decided.apply:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import ctypes
 import gc
 import logging
@@ -68,6 +69,7 @@ class OperatorCore:
         self.reconcile_slots = asyncio.Semaphore(settings.kubernetes.workers)
         self.loop: asyncio.AbstractEventLoop | None = None  # kopf's, set by ``start``: the ticker's work runs on it
         self._ticks: set[concurrent.futures.Future[None]] = set()  # periodic runs the ticker's threads wait on
+        self._ticks_guard = threading.Lock()
         self._deleted = threading.Event()  # something was deleted since memory was last released
         self._busy_at = time.monotonic()  # when a reconcile or refresh last ran
         self._busy_since_release = 0  # reconciles and refreshes since memory was last released
@@ -85,21 +87,24 @@ class OperatorCore:
         self.ticker.track("memory", "", "", MEMORY_TICK_SECONDS)
 
     async def stop(self) -> None:
-        self.loop = None  # no new periodic run starts; those waiting on the loop are cancelled
-        for running in list(self._ticks):
-            running.cancel()
+        with self._ticks_guard:
+            self.loop = None  # no new periodic run starts; those waiting on the loop are cancelled
+            for running in list(self._ticks):
+                running.cancel()
         self.ticker.stop()
+        self.reconciler.blocking.shutdown(wait=False, cancel_futures=True)
         self.reconciler.registries.close()
         await self.kube.close()
 
     def _tick_from_thread(self, kind: str, namespace: str, name: str) -> None:
         """The ticker's threads hand each periodic run to the event loop the reconciles run on and wait for it,
         so a resource is still never ticked twice at once."""
-        loop = self.loop
-        if loop is None or loop.is_closed():
-            return
-        running = asyncio.run_coroutine_threadsafe(self.tick(kind, namespace, name), loop)
-        self._ticks.add(running)
+        with self._ticks_guard:  # never submitted after stop() cancelled what was waiting
+            loop = self.loop
+            if loop is None or loop.is_closed():
+                return
+            running = asyncio.run_coroutine_threadsafe(self.tick(kind, namespace, name), loop)
+            self._ticks.add(running)
         try:
             running.result()
         except concurrent.futures.CancelledError:
@@ -131,7 +136,8 @@ class OperatorCore:
                 # read buffer and OpenSSL's state: most of what the RSS kept after 200 creates and deletions
                 # (tracemalloc). The next request opens a fresh session.
                 await self.kube.release_idle_connections()
-                release_memory()  # once quiet: a collection and a trim walk the heap
+                # Once quiet: a collection and a trim walk the heap (the trim off the loop: it releases the GIL).
+                await self.reconciler.off_loop(release_memory)
             return
         if kind == "readiness":
             await self.refresh(namespace, name, log)
@@ -150,20 +156,22 @@ class OperatorCore:
         """Reconcile from the ticker or an event handler: an API error is one warning line, the next tick
         retries. None when the ModelVersion is gone."""
         try:
-            return await self.measured(namespace, name, refresh=refresh)
+            # Periodic runs and actions are not queued behind a burst's reconciles: the ticker's own threads bound
+            # them, and a canary's analysis must not wait on 250 creates.
+            return await self.measured(namespace, name, refresh=refresh, bounded=False)
         except KubeError as exc:
             log.warning("reconcile %s/%s: %s", namespace, name, exc)
             return Result(status={}, retry=True, message=str(exc))
 
     async def measured(self, namespace: str, name: str, refresh: bool,
-                       seen: dict[str, Any] | None = None) -> Result | None:
+                       seen: dict[str, Any] | None = None, bounded: bool = True) -> Result | None:
         """Reconcile the ModelVersion as it is now (``Reconciler.reconcile_latest``; ``seen``: the body an event
         delivered), recording duration, outcome and phase; raises ``KubeError`` on an API error, None when it
         no longer exists."""
         started = self._busy_at = time.monotonic()
         self._busy_since_release += 1
         try:
-            async with self.reconcile_slots:
+            async with self.reconcile_slots if bounded else contextlib.nullcontext():
                 done = await self.reconciler.reconcile_latest(namespace, name, refresh=refresh, seen=seen)
         except KubeError:
             metrics.RECONCILES.labels(kind="ModelVersion", result="error").inc()

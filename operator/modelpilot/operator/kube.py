@@ -30,6 +30,7 @@ from urllib.parse import quote
 import aiohttp
 import orjson
 from kubernetes_asyncio import client
+from kubernetes_asyncio import config as async_config
 
 from modelpilot.operator import contract
 
@@ -101,6 +102,9 @@ def _classified(method: F) -> F:
         except TRANSPORT_ERRORS as exc:
             raise KubeUnavailable(f"the Kubernetes API at {self.host} is unreachable ({method.__name__}: "
                                   f"{describe_transport_error(exc)})") from exc
+        except async_config.ConfigException as exc:  # e.g. the ServiceAccount token file read mid-rotation
+            raise KubeUnavailable(f"no credentials for the Kubernetes API at {self.host} ({method.__name__}: "
+                                  f"{exc})") from exc
 
     return wrapper  # type: ignore[return-value]
 
@@ -109,9 +113,15 @@ class Kube:
     """The operator's only door to the Kubernetes API (coroutines on the running event loop)."""
 
     def __init__(self, configuration: client.Configuration, field_manager: str = "modelpilot",
-                 timeout: float = REQUEST_TIMEOUT_SECONDS) -> None:
-        configuration.connection_pool_maxsize = CONNECTIONS
+                 timeout: float = REQUEST_TIMEOUT_SECONDS, connections: int = CONNECTIONS,
+                 token_loader: Any = None) -> None:
+        """``connections``: the pool's size (at least what may be in flight at once, see ``run``);
+        ``token_loader``: kubernetes_asyncio's kubeconfig loader when its credentials expire (an exec plugin or
+        GCP token), refreshed every minute on the running loop."""
+        configuration.connection_pool_maxsize = connections
         self.configuration = configuration
+        self._token_loader = token_loader
+        self._token_refresh: asyncio.Task[None] | None = None
         self.host = str(configuration.host)
         self.field_manager = field_manager
         self.timeout = timeout  # every request: a hung apiserver is a timeout, not a stuck reconcile
@@ -124,6 +134,9 @@ class Kube:
         self._absent: set[tuple[str, str, str, str]] = set()
 
     async def close(self) -> None:
+        if self._token_refresh is not None:
+            self._token_refresh.cancel()
+            self._token_refresh = None
         if self._api is not None:
             await self._api.close()
             self._api = None
@@ -142,12 +155,19 @@ class Kube:
         """(HTTP status, raw body) of one request; transport failures raise (classified by the caller)."""
         if self._api is None:
             self._api = self._client()
+        if self._token_loader is not None and self._token_refresh is None:
+            # kopf logs in on its own; this client's token (EKS, GKE: ~15 min) would expire unnoticed otherwise.
+            self._token_refresh = asyncio.create_task(async_config.refresh_token(self._token_loader,
+                                                                                 self.configuration))
         self._in_flight += 1
         try:
             response = await self._api.call_api(
                 path, method, query_params=query or [], header_params={"Content-Type": content_type,
                                                                         "Accept": "application/json"},
-                body=body, auth_settings=["BearerToken"], _preload_content=False, _request_timeout=self.timeout)
+                body=body, auth_settings=["BearerToken"], _preload_content=False,
+                # No total: waiting for a pooled connection in a burst is not the apiserver being unreachable.
+                _request_timeout=aiohttp.ClientTimeout(sock_connect=min(self.timeout, 10.0),
+                                                       sock_read=self.timeout))
             try:
                 return int(response.status), await response.read()
             finally:
@@ -288,6 +308,8 @@ class Kube:
             problem = "" if status < 300 else str(self._refused("Event", status, data))
         except TRANSPORT_ERRORS as exc:
             problem = describe_transport_error(exc)
+        except async_config.ConfigException as exc:
+            problem = f"no credentials: {exc}"
         if problem:
             logging.getLogger(__name__).warning("cannot post Event %s on %s/%s: %s", reason, namespace,
                                                 meta.get("name"), problem)

@@ -17,13 +17,15 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 import logging
-from typing import Any, Literal
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Literal, TypeVar
 
 from modelpilot.operator import abtest, analysis, builders, contract, diagnosis, metrics, rollout
 from modelpilot.operator.kube import Kube, KubeError, KubeUnavailable
@@ -151,6 +153,10 @@ def desired_objects(owner: builders.Owner, spec: dict[str, Any], stable: Resolve
         route = None
     return Objects(steps=tuple(steps), gateway_route=route)
 
+
+#: Threads for the synchronous MLflow and Prometheus clients (each call bounded by its own timeout).
+BLOCKING_THREADS = 32
+T = TypeVar("T")
 
 #: How old the stable Deployment's apply answer may be to judge readiness on; older and not ready: read again.
 STALE_APPLY_SECONDS = 1.0
@@ -397,9 +403,16 @@ class Reconciler:
         # One pooled client and version cache per (tracking URI, credentials), kept across reconciles.
         self.registries = Registries(registry_factory or (
             lambda uri, creds: Registry(uri, creds, timeout=settings.mlflow.timeout_seconds)))
+        # The synchronous MLflow and Prometheus clients run here, not on the event loop, and not on asyncio's
+        # default pool (6 threads on 2 cores), where a hung MLflow would queue every reconcile behind it.
+        self.blocking = ThreadPoolExecutor(BLOCKING_THREADS, thread_name_prefix="modelpilot-io")
         # Which ABTest routes to a ModelVersion: the operator wires a kopf index here (handlers._startup);
         # without one (unit tests, tools) the ABTests are listed.
         self.membership_lookup: Callable[[str, str], Membership | None] | None = None
+
+    async def off_loop(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` on the reconciler's own threads (a blocking HTTP call), awaited."""
+        return await asyncio.get_running_loop().run_in_executor(self.blocking, functools.partial(fn, *args))
 
     def tracking_uri(self, spec: dict[str, Any]) -> str:
         return ((spec.get("registry") or {}).get("trackingUri") or self.settings.mlflow.tracking_uri).rstrip("/")
@@ -432,7 +445,7 @@ class Reconciler:
         # The registry's HTTP client is synchronous (pooled, cached, single-flight): off the event loop, unless
         # the answer is in its cache (a thread hop per reconcile was a tenth of the CPU at 200 creates).
         hit = registry.resolve_cached(ref)
-        return hit if hit is not None else await asyncio.to_thread(registry.resolve, ref)
+        return hit if hit is not None else await self.off_loop(registry.resolve, ref)
 
     def lock(self, namespace: str, name: str) -> asyncio.Lock:
         with self._locks_guard:
@@ -691,7 +704,7 @@ class Reconciler:
             canary_model = self._canary_model(ro, candidate)
             window = rollout.analysis_window(ro, spec, replace_action(world, action), total, now)
             # Prometheus is asked over a synchronous client: off the event loop.
-            verdict, measurements = (await asyncio.to_thread(self._analyse, owner, spec, stable, canary_model,
+            verdict, measurements = (await self.off_loop(self._analyse, owner, spec, stable, canary_model,
                                                              window, ro)
                                      if window is not None else (None, None))
             world = dataclasses.replace(world, action=action, verdict=verdict, measurements=measurements)
@@ -846,10 +859,10 @@ class Reconciler:
         try:
             registry = await self.registry(namespace, spec)
             if promoted:
-                await asyncio.to_thread(registry.set_alias, model.name, alias, model.version)
-                await asyncio.to_thread(registry.set_tag, model.name, model.version, "modelpilot.promoted", "true")
+                await self.off_loop(registry.set_alias, model.name, alias, model.version)
+                await self.off_loop(registry.set_tag, model.name, model.version, "modelpilot.promoted", "true")
             else:
-                await asyncio.to_thread(registry.set_tag, model.name, model.version, "modelpilot.rejected",
+                await self.off_loop(registry.set_tag, model.name, model.version, "modelpilot.rejected",
                                         reason[:500])
         except (RegistryError, SpecError) as exc:
             why = ("Unauthorized" if isinstance(exc, RegistryUnauthorized) else "SpecError"

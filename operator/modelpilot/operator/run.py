@@ -82,13 +82,17 @@ def main(argv: list[str] | None = None) -> int:
     from modelpilot.operator.kube import Kube
 
     try:
-        async_configuration = asyncio.run(_async_configuration(args.kubeconfig))
+        async_configuration, token_loader = asyncio.run(_async_configuration(args.kubeconfig))
     except (config.ConfigException, async_config.ConfigException) as exc:
         print(f"error: cannot find Kubernetes credentials: {exc}", file=sys.stderr)
         return 2
     configuration = client.Configuration.get_default_copy()
     api = client.ApiClient(configuration)  # start-up only (the peering object); reconciles use ``Kube``
-    memo = handlers.configure(settings, Kube(async_configuration, settings.kubernetes.field_manager))
+    # A connection for everything that may be in flight at once (reconciles, readiness refreshes, and a margin
+    # for Events, ABTests and periodic work), so none waits on the pool behind a burst of slow Service applies.
+    connections = settings.kubernetes.workers + settings.kubernetes.readiness_workers + 32
+    memo = handlers.configure(settings, Kube(async_configuration, settings.kubernetes.field_manager,
+                                             connections=connections, token_loader=token_loader))
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     # urllib3 logs each connection retry as a warning; the failure that follows is classified (KubeUnavailable)
@@ -210,18 +214,24 @@ def fast_watch_decoding() -> bool:
     return True
 
 
-async def _async_configuration(kubeconfig: str | None) -> Any:
+async def _async_configuration(kubeconfig: str | None) -> tuple[Any, Any]:
     """The asynchronous client's configuration from the same source as kopf's login: the kubeconfig
     (``--kubeconfig``, ``$KUBECONFIG``, ``~/.kube/config``) or the pod's ServiceAccount (token re-read as the
-    kubelet rotates it)."""
+    kubelet rotates it). Second: the kubeconfig's loader when its token expires and must be refreshed (an
+    exec plugin or GCP credentials), else None. The kubeconfig file is never written back."""
+    import os
+
     from kubernetes_asyncio import client as async_client, config as async_config
 
     configuration = async_client.Configuration()
     if kubeconfig or _has_kubeconfig():
-        await async_config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
-    else:
-        async_config.load_incluster_config(client_configuration=configuration)
-    return configuration
+        # None: $KUBECONFIG (every file it lists, merged) or ~/.kube/config, as kopf reads them.
+        loader = await async_config.load_kube_config(config_file=kubeconfig or os.environ.get("KUBECONFIG"),
+                                                     client_configuration=configuration, persist_config=False)
+        expiring = loader.provider == "gcp" or "exec" in (loader._user or {})  # noqa: SLF001 — as refresh_token reads it
+        return configuration, loader if expiring else None
+    async_config.load_incluster_config(client_configuration=configuration)
+    return configuration, None
 
 
 def _has_kubeconfig() -> bool:
