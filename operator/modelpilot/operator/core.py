@@ -132,7 +132,7 @@ class OperatorCore:
             if burst and time.monotonic() - self._busy_at >= MEMORY_QUIET_SECONDS:
                 self._deleted.clear()
                 self._busy_since_release = 0
-                # A burst leaves up to 256 idle TLS connections to the apiserver, each holding aiohttp's 256 KiB
+                # A burst leaves hundreds of idle TLS connections to the apiserver, each holding aiohttp's 256 KiB
                 # read buffer and OpenSSL's state: most of what the RSS kept after 200 creates and deletions
                 # (tracemalloc). The next request opens a fresh session.
                 await self.kube.release_idle_connections()

@@ -68,9 +68,10 @@ class KubeUnavailable(KubeError):
 # protocol errors, timeouts, and socket errors.
 TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (aiohttp.ClientError, asyncio.TimeoutError, OSError)
 REQUEST_TIMEOUT_SECONDS = 30.0
-#: Connections to the apiserver at once; requests beyond wait for one (aiohttp's connector limit). Above the
-#: reconciles in flight: in a burst each holds one for seconds on a Service apply (the apiserver allocates
-#: ClusterIPs one at a time), and the reads and status writes of the others must not queue behind them.
+#: Connections to the apiserver at once when the caller does not size the pool (``run`` sizes it from the
+#: reconciles and refreshes that may be in flight): in a burst each reconcile holds one for seconds on a
+#: Service apply (the apiserver allocates ClusterIPs one at a time), and the reads and status writes of the
+#: others must not queue behind them. Requests beyond wait for one (aiohttp's connector limit).
 CONNECTIONS = 256
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
