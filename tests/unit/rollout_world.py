@@ -8,10 +8,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from modelpilot.operator import rollout
+from modelpilot.operator import api, rollout
 
 
-def settled(r: dict[str, Any], spec: dict[str, Any], total: int = 4, *, verdict: str | None = None,
+def spec_of(fields: dict[str, Any]) -> api.ModelVersionSpec:
+    """The typed spec the planner takes, from the fields a test gives; ``spec.model`` (which the planner never
+    reads, but the spec requires) is iris version 1 unless given."""
+    return api.ModelVersionSpec.model_validate({"model": {"name": "iris", "version": "1"}, **fields})
+
+
+def settled(r: dict[str, Any], spec: api.ModelVersionSpec, total: int = 4, *, verdict: str | None = None,
             measurements: list[dict[str, Any]] | None = None, action: str = "", restarts: int = 0,
             last_ready_change: float | None = None, stable_version: str = "1", canary_version: str = "2",
             problem: str = "") -> rollout.World:
@@ -23,7 +29,7 @@ def settled(r: dict[str, Any], spec: dict[str, Any], total: int = 4, *, verdict:
                          action=action, verdict=verdict, measurements=measurements)
 
 
-def not_ready(r: dict[str, Any], spec: dict[str, Any], total: int = 4, problem: str = "", restarts: int = 0,
+def not_ready(r: dict[str, Any], spec: api.ModelVersionSpec, total: int = 4, problem: str = "", restarts: int = 0,
               action: str = "") -> rollout.World:
     """The step's replicas are applied but the canary's pods never become ready."""
     s, c, _ = rollout.targets(r, total, rollout.settings(spec))

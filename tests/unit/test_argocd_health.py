@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 import yaml
 
-from modelpilot.operator import abtest, reconcile, rollout
+from modelpilot.operator import abtest, api, reconcile, rollout
 
 ROOT = Path(__file__).resolve().parents[2]
 CHECKS = ROOT / "charts" / "modelpilot" / "argocd"
@@ -110,6 +110,7 @@ def _deployment(replicas: int, available: int, progressing: str = "NewReplicaSet
 
 SPEC: dict[str, Any] = {"model": {"name": "iris", "alias": "champion"}, "followAlias": True, "replicas": 4,
                         "rollout": {"steps": [10, 25, 50, 100], "stepIntervalSeconds": 60}}
+TYPED = api.ModelVersionSpec.model_validate(SPEC)  # what the reconciler hands the planner
 STABLE = {"name": "iris", "version": "3", "alias": "champion", "runId": "r3", "flavor": "sklearn"}
 CANARY = {"name": "iris", "version": "4", "alias": "champion", "runId": "r4", "flavor": "sklearn"}
 FAIL = [{"check": "error-rate", "verdict": "Fail", "value": 0.31, "baseline": 0.0,
@@ -130,7 +131,7 @@ def ready_status(generation: int = 2, deployment: dict[str, Any] | None = None) 
     status: dict[str, Any] = {"model": dict(STABLE, resolvedAt=NOW), "observedGeneration": generation}
     status["conditions"] = reconcile.set_condition([], "Resolved", "True", "Resolved",
                                                    "iris@champion is version 3", generation, NOW)
-    new, _ = reconcile.readiness_status(status, SPEC, generation,
+    new, _ = reconcile.readiness_status(status, generation,
                                         deployment if deployment is not None else _deployment(4, 4), NOW)
     status.update(new)
     status["phase"] = reconcile.rollout_phase(status)
@@ -145,7 +146,7 @@ def with_rollout(status: dict[str, Any], ro: dict[str, Any]) -> dict[str, Any]:
     return status
 
 
-def settled(r: dict[str, Any], spec: dict[str, Any], verdict: str | None = None,
+def settled(r: dict[str, Any], spec: api.ModelVersionSpec, verdict: str | None = None,
             measurements: list[dict[str, Any]] | None = None, action: str = "") -> rollout.World:
     """Both tracks at the step's replicas, all ready. (Not rollout_world.settled: tests/cluster/test_argocd_live.py
     loads this module by path, where the unit tests' directory is not importable.)"""
@@ -155,11 +156,11 @@ def settled(r: dict[str, Any], spec: dict[str, Any], verdict: str | None = None,
 
 
 def canary_at_step_two() -> dict[str, Any]:
-    started = rollout.start(STABLE, CANARY, SPEC, T0).rollout
-    started = rollout.plan(started, SPEC, 4, settled(started, SPEC), T0).rollout
-    advanced = rollout.plan(started, SPEC, 4, settled(started, SPEC, verdict="Pass"), T0 + 61).rollout
+    started = rollout.start(STABLE, CANARY, TYPED, T0).rollout
+    started = rollout.plan(started, TYPED, 4, settled(started, TYPED), T0).rollout
+    advanced = rollout.plan(started, TYPED, 4, settled(started, TYPED, verdict="Pass"), T0 + 61).rollout
     assert advanced["step"] == 1 and advanced["weight"] == 25
-    stable, canary, _ = rollout.targets(advanced, 4, rollout.settings(SPEC))
+    stable, canary, _ = rollout.targets(advanced, 4, rollout.settings(TYPED))
     return {**advanced, "effectiveWeight": rollout.effective_weight(stable, canary)}
 
 
@@ -167,12 +168,12 @@ def rolled_back() -> dict[str, Any]:
     """Step two fails its analysis twice (the default failureLimit tolerates one), then the stable version is
     back at full size and the canary is removed."""
     r = canary_at_step_two()
-    r = rollout.plan(r, SPEC, 4, settled(r, SPEC), T0 + 65).rollout
+    r = rollout.plan(r, TYPED, 4, settled(r, TYPED), T0 + 65).rollout
     for at in (T0 + 130, T0 + 195):
-        r = rollout.plan(r, SPEC, 4, settled(r, SPEC, verdict="Fail", measurements=FAIL), at).rollout
+        r = rollout.plan(r, TYPED, 4, settled(r, TYPED, verdict="Fail", measurements=FAIL), at).rollout
     assert r["phase"] == "RollingBack"
     back = rollout.World(stable=rollout.Track(4, 4, True, "3", True), canary=rollout.Track(1, 1, True, "4", True))
-    return rollout.plan(r, SPEC, 4, back, T0 + 200).rollout
+    return rollout.plan(r, TYPED, 4, back, T0 + 200).rollout
 
 
 def unresolved_status(reason: str, message: str, phase: str, generation: int = 2) -> dict[str, Any]:
@@ -217,7 +218,7 @@ def test_model_version_with_a_canary_in_progress_reports_step_and_weight() -> No
 
 def test_model_version_paused_canary_is_suspended() -> None:
     at_two = canary_at_step_two()
-    paused = rollout.plan(at_two, SPEC, 4, settled(at_two, SPEC, action="pause"), T0 + 70).rollout
+    paused = rollout.plan(at_two, TYPED, 4, settled(at_two, TYPED, action="pause"), T0 + 70).rollout
     assert paused["phase"] == "Paused"
     status, message = health(MV_HEALTH, model_version(with_rollout(ready_status(), paused)))
     assert status == "Suspended"

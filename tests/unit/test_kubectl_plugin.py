@@ -12,11 +12,12 @@ import sys
 from rollout_world import settled
 
 from modelpilot import kubectl
-from modelpilot.operator import rollout
+from modelpilot.operator import api, rollout
 
 T0 = 1_800_000_000.0
 SPEC = {"model": {"name": "iris", "version": "3"}, "replicas": 4,
         "rollout": {"steps": [25, 50, 100], "stepIntervalSeconds": 30}}
+TYPED = api.ModelVersionSpec.model_validate(SPEC)  # what the reconciler hands the planner
 
 
 def _body(ro: dict | None = None) -> dict:  # type: ignore[type-arg]
@@ -29,13 +30,13 @@ def _body(ro: dict | None = None) -> dict:  # type: ignore[type-arg]
 
 
 def test_the_view_shows_versions_step_weights_checks_and_history() -> None:
-    r = rollout.start({"name": "iris", "version": "2"}, {"name": "iris", "version": "3"}, SPEC, T0).rollout
-    r = rollout.plan(r, SPEC, 4, settled(r, SPEC, stable_version="2", canary_version="3"), T0).rollout
+    r = rollout.start({"name": "iris", "version": "2"}, {"name": "iris", "version": "3"}, TYPED, T0).rollout
+    r = rollout.plan(r, TYPED, 4, settled(r, TYPED, stable_version="2", canary_version="3"), T0).rollout
     measurements = [{"check": "error-rate", "verdict": "Pass", "value": 0.0, "baseline": 0.0,
                      "threshold": "maxDelta=0.01", "samples": 120.0, "message": "within threshold"},
                     {"check": "latency-p99", "verdict": "Pass", "value": 0.0123, "baseline": 0.011,
                      "threshold": "maxRatio=1.5, slack=0.05", "samples": 120.0, "message": "within threshold"}]
-    r = rollout.plan(r, SPEC, 4, settled(r, SPEC, verdict="Pass", measurements=measurements, stable_version="2",
+    r = rollout.plan(r, TYPED, 4, settled(r, TYPED, verdict="Pass", measurements=measurements, stable_version="2",
                                          canary_version="3"), T0 + 31).rollout
     text = kubectl.render(_body(r), now=T0 + 40)
     assert "Serving:       version 2 (run r2), 4/4 ready" in text

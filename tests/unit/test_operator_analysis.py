@@ -10,8 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
+from pydantic import ValidationError
 
-from modelpilot.operator import analysis
+from modelpilot.operator import analysis, api, reconcile
 from modelpilot.operator.analysis import Settings, Target
 from modelpilot.operator.prometheus import PrometheusError
 
@@ -100,8 +101,26 @@ def test_custom_query_templates_get_their_variables() -> None:
     ({"checks": [{"name": "error-rate"}]}, "needs a threshold"), ({"interval": "5 minutes"}, "interval"),
 ])
 def test_analysis_spec_errors_name_the_field(spec: dict, field: str) -> None:  # type: ignore[type-arg]
+    """What the typed spec rejects (an enum, a pattern) is named where the reconciler parses it, as a spec
+    error; what it cannot check (the CRD's CEL rules on each check) is named by ``Settings.from_spec``."""
+    try:
+        parsed = api.Analysis.model_validate(spec)
+    except ValidationError as exc:
+        message = reconcile.spec_errors(exc, root="spec.rollout.analysis")
+        assert message.startswith(f"spec.rollout.analysis.{field}: "), message
+        return
     with pytest.raises(analysis.AnalysisSpecError, match=field):
-        Settings.from_spec(spec)
+        Settings.from_spec(parsed)
+
+
+def test_thresholds_read_as_the_api_server_delivers_them() -> None:
+    """The typed spec reads every threshold as a float; one given as an integer stays one, so thresholds and
+    messages read as written (the API server delivers ``max: 1`` as 1, and the dict code showed "max=1")."""
+    settings = Settings.from_spec(api.Analysis.model_validate(
+        {"checks": [{"name": "error-rate", "max": 1}, {"name": "latency-p99", "maxRatio": 1.5, "slack": 0}]}))
+    assert settings.checks == [{"max": 1, "name": "error-rate"}, {"maxRatio": 1.5, "name": "latency-p99", "slack": 0}]
+    assert [analysis._threshold_text(c) for c in settings.checks] == ["max=1", "maxRatio=1.5, slack=0"]
+    assert Settings.from_spec(None) == Settings() == Settings.from_spec(api.Analysis.model_validate({}))
 
 
 def test_two_proportion_test_declares_a_winner_only_when_significant() -> None:

@@ -3,21 +3,29 @@
 from __future__ import annotations
 
 import copy
+import json
 from typing import Any
 
 import pytest
+import yaml
 
-from modelpilot.operator import builders
+from modelpilot.operator import api, builders
 from modelpilot.operator.registry import ResolvedModel
 
 OWNER = builders.Owner(name="iris", namespace="ml", uid="uid-1")
 MODEL = ResolvedModel(name="iris", version="3", alias="champion", run_id="abc123", artifact_uri="mlflow-artifacts:/1/x",
                       source="models:/m-1", flavor="sklearn", signature="[]", resolved_at="2026-01-01T00:00:00Z")
-SPEC: dict[str, Any] = {"model": {"name": "iris", "alias": "champion"}, "replicas": 2}
+FIELDS: dict[str, Any] = {"model": {"name": "iris", "alias": "champion"}, "replicas": 2}
+SPEC = api.ModelVersionSpec.model_validate(FIELDS)
 
 
-def deployment(spec: dict[str, Any] | None = None, model: ResolvedModel = MODEL) -> dict[str, Any]:
-    return builders.build_deployment(OWNER, spec or SPEC, model, "http://mlflow:5000", "img:1")
+def typed(fields: dict[str, Any]) -> api.ModelVersionSpec:
+    """The spec as the reconciler hands it to the builders: parsed once."""
+    return api.ModelVersionSpec.model_validate(fields)
+
+
+def deployment(spec: api.ModelVersionSpec | None = None, model: ResolvedModel = MODEL) -> dict[str, Any]:
+    return builders.build_deployment(OWNER, SPEC if spec is None else spec, model, "http://mlflow:5000", "img:1")
 
 
 def container(dep: dict[str, Any]) -> dict[str, Any]:
@@ -74,8 +82,8 @@ def test_secure_pod_defaults() -> None:
 
 
 def test_owner_reference_makes_deletion_collect_everything() -> None:
-    for manifest in builders.build_all(OWNER, {**SPEC, "autoscaling": {"enabled": True},
-                                               "podDisruptionBudget": {"enabled": True, "minAvailable": 1}},
+    for manifest in builders.build_all(OWNER, typed({**FIELDS, "autoscaling": {"enabled": True},
+                                                     "podDisruptionBudget": {"enabled": True, "minAvailable": 1}}),
                                        MODEL, "http://m", "img").values():
         assert manifest is not None
         (ref,) = manifest["metadata"]["ownerReferences"]
@@ -84,8 +92,8 @@ def test_owner_reference_makes_deletion_collect_everything() -> None:
 
 
 def test_autoscaling_leaves_replicas_to_the_hpa() -> None:
-    spec = {**SPEC, "autoscaling": {"enabled": True, "minReplicas": 2, "maxReplicas": 7,
-                                    "targetCPUUtilizationPercentage": 60}}
+    spec = typed({**FIELDS, "autoscaling": {"enabled": True, "minReplicas": 2, "maxReplicas": 7,
+                                            "targetCPUUtilizationPercentage": 60}})
     assert "replicas" not in deployment(spec)["spec"]
     hpa = builders.build_hpa(OWNER, spec, MODEL)
     assert hpa is not None and hpa["spec"]["minReplicas"] == 2 and hpa["spec"]["maxReplicas"] == 7
@@ -100,7 +108,7 @@ def test_autoscaling_leaves_replicas_to_the_hpa() -> None:
     ({"enabled": False, "minAvailable": 2}, None),
 ])
 def test_pod_disruption_budget(pdb: dict[str, Any], expected: dict[str, Any] | None) -> None:
-    built = builders.build_pdb(OWNER, {**SPEC, "podDisruptionBudget": pdb}, MODEL)
+    built = builders.build_pdb(OWNER, typed({**FIELDS, "podDisruptionBudget": pdb}), MODEL)
     if expected is None:
         assert built is None
     else:
@@ -109,7 +117,7 @@ def test_pod_disruption_budget(pdb: dict[str, Any], expected: dict[str, Any] | N
 
 
 def test_serving_options_reach_the_pod() -> None:
-    spec = copy.deepcopy(SPEC)
+    spec = copy.deepcopy(FIELDS)
     spec["serving"] = {
         "image": "registry.example/serve:2", "resources": {"limits": {"cpu": "2"}},
         "env": [{"name": "EXTRA", "value": "1"}, {"name": "MODEL_VARIANT", "value": "override"}],
@@ -118,7 +126,7 @@ def test_serving_options_reach_the_pod() -> None:
         "cache": {"enabled": True, "maxEntries": 10, "ttlSeconds": 5, "redisUrl": "redis://r:6379"},
     }
     spec["registry"] = {"credentialsSecretRef": {"name": "creds"}}
-    dep = deployment(spec)
+    dep = deployment(typed(spec))
     c = container(dep)
     assert c["image"] == "registry.example/serve:2" and c["resources"] == {"limits": {"cpu": "2"}}
     values = env(dep)
@@ -160,3 +168,30 @@ def test_http_and_grpc_ports_on_the_pod_and_the_service() -> None:
     assert ports["http"] == {"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}
     assert ports["grpc"] == {"name": "grpc", "port": 8081, "targetPort": "grpc", "protocol": "TCP",
                              "appProtocol": "kubernetes.io/h2c"}
+
+
+def test_pass_through_pod_fields_are_plain_json_in_the_order_the_api_server_delivers() -> None:
+    spec = typed({**FIELDS, "serving": {
+        "imagePullPolicy": "Always", "resources": {"limits": {"memory": "1Gi"}, "requests": {"cpu": 1}},
+        "tolerations": [{"effect": "NoSchedule", "key": "gpu", "operator": "Equal", "value": "true"}],
+        "env": [{"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]}})
+    dep = deployment(spec)
+    c = container(dep)
+    assert type(c["imagePullPolicy"]) is str and c["imagePullPolicy"] == "Always"  # not the api enum
+    (toleration,) = dep["spec"]["template"]["spec"]["tolerations"]
+    assert json.dumps(toleration) == '{"effect": "NoSchedule", "key": "gpu", "operator": "Equal", "value": "true"}'
+    assert {type(v) for v in toleration.values()} == {str}
+    assert json.dumps(c["resources"]) == '{"limits": {"memory": "1Gi"}, "requests": {"cpu": 1}}'
+    assert c["env"][-1] == {"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}
+    yaml.safe_dump(dep)  # plain JSON values only (an enum member would not dump)
+
+
+def test_an_empty_batching_cache_or_resources_object_adds_nothing() -> None:
+    """``{}`` as given (the API server fills the CRD's defaults in, so it never delivers one) adds no setting,
+    as when the spec was read as a dict; one field given brings the model's defaults for the others."""
+    bare = deployment(typed({**FIELDS, "serving": {"batching": {}, "cache": {}, "resources": {}}}))
+    assert not {"MODELPILOT_SERVE_BATCHING", "MODELPILOT_SERVE_CACHE"} & set(env(bare))
+    assert container(bare)["resources"] == builders.DEFAULT_RESOURCES
+    values = env(deployment(typed({**FIELDS, "serving": {"batching": {"enabled": True}, "cache": {"ttlSeconds": 9}}})))
+    assert values["MODELPILOT_SERVE_MAX_BATCH_SIZE"] == "64" and values["MODELPILOT_SERVE_MAX_BATCH_LATENCY_MS"] == "5"
+    assert values["MODELPILOT_SERVE_CACHE"] == "false" and values["MODELPILOT_SERVE_CACHE_MAX_ENTRIES"] == "10000"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from rollout_world import not_ready
+from rollout_world import not_ready, spec_of
 
 from modelpilot.operator import diagnosis, reconcile, rollout
 
@@ -137,7 +137,7 @@ def test_two_problems_are_the_same_on_another_pod_but_not_with_another_message()
 
 def test_a_failing_pod_makes_ready_false_serving_failed_with_one_event() -> None:
     pods = [_pod("iris-7c9d-abcde", state=_backoff(10), last=_crashed())]
-    status, events = reconcile.readiness_status({}, {}, 1, _deployment(), "t1", pods)
+    status, events = reconcile.readiness_status({}, 1, _deployment(), "t1", pods)
     ready = _ready_condition(status)
     assert ready["status"] == "False" and ready["reason"] == "ServingFailed"
     assert ready["message"] == f"pod iris-7c9d-abcde: model server failed: {MISSING}"
@@ -151,31 +151,31 @@ def test_a_failing_pod_makes_ready_false_serving_failed_with_one_event() -> None
     # The next reconciles (the container restarting, crash-looping, another pod) post nothing new.
     for again in ([_pod("iris-7c9d-abcde", state={"running": {}}, last=_crashed())],
                   [_pod("iris-7c9d-fghij", state=_backoff(80), last=_crashed())]):
-        status, events = reconcile.readiness_status(status, {}, 1, _deployment(), "t2", again)
+        status, events = reconcile.readiness_status(status, 1, _deployment(), "t2", again)
         assert events == [] and _ready_condition(status)["reason"] == "ServingFailed"
         assert _ready_condition(status)["lastTransitionTime"] == "t1"
     # A different problem is a new Event.
     other = [_pod("iris-7c9d-abcde", state=_backoff(10), last=_crashed("the model failed its input example"))]
-    status, events = reconcile.readiness_status(status, {}, 1, _deployment(), "t3", other)
+    status, events = reconcile.readiness_status(status, 1, _deployment(), "t3", other)
     assert [e.reason for e in events] == ["ServingFailed"] and "input example" in events[0].message
 
 
 def test_once_pods_are_ready_the_condition_returns_to_normal() -> None:
     failing = [_pod("iris-a", state=_backoff(10), last=_crashed())]
-    status, _ = reconcile.readiness_status({}, {}, 1, _deployment(), "t1", failing)
-    status, events = reconcile.readiness_status(status, {}, 1, _deployment(available=1, ready=1), "t2", None)
+    status, _ = reconcile.readiness_status({}, 1, _deployment(), "t1", failing)
+    status, events = reconcile.readiness_status(status, 1, _deployment(available=1, ready=1), "t2", None)
     ready = _ready_condition(status)
     assert (ready["status"], ready["reason"]) == ("True", "Available") and status["phase"] == "Ready"
     assert [e.reason for e in events] == ["Ready"]
     # Pods are ignored while the Deployment is available (the reconciler does not even list them).
-    status, events = reconcile.readiness_status(status, {}, 1, _deployment(available=1, ready=1), "t3", failing)
+    status, events = reconcile.readiness_status(status, 1, _deployment(available=1, ready=1), "t3", failing)
     assert _ready_condition(status)["reason"] == "Available" and events == []
 
 
 def test_a_rollout_whose_new_pods_fail_while_old_ones_serve_is_degraded() -> None:
     dep = _deployment(replicas=2, available=2, ready=2)
     dep["status"]["updatedReplicas"] = 1
-    status, _ = reconcile.readiness_status({}, {}, 1, dep, "t", [_pod("iris-new", state=_backoff(10),
+    status, _ = reconcile.readiness_status({}, 1, dep, "t", [_pod("iris-new", state=_backoff(10),
                                                                       last=_crashed())])
     assert status["phase"] == "Degraded" and _ready_condition(status)["reason"] == "ServingFailed"
 
@@ -183,10 +183,10 @@ def test_a_rollout_whose_new_pods_fail_while_old_ones_serve_is_degraded() -> Non
 def test_the_image_pull_error_stays_while_the_kubelet_backs_off() -> None:
     err = [_pod("p", state={"waiting": {"reason": "ErrImagePull", "message": "manifest unknown"}})]
     backoff = [_pod("p", state={"waiting": {"reason": "ImagePullBackOff", "message": "Back-off pulling image"}})]
-    status, events = reconcile.readiness_status({}, {}, 1, _deployment(), "t1", err)
+    status, events = reconcile.readiness_status({}, 1, _deployment(), "t1", err)
     assert len(events) == 1
     for pods in (backoff, err, backoff):
-        status, events = reconcile.readiness_status(status, {}, 1, _deployment(), "t2", pods)
+        status, events = reconcile.readiness_status(status, 1, _deployment(), "t2", pods)
         assert events == [] and "manifest unknown" in _ready_condition(status)["message"]
 
 
@@ -194,16 +194,16 @@ def test_the_progress_deadline_keeps_the_pod_reason_and_posts_its_event_once() -
     dep = _deployment()
     dep["status"]["conditions"] = [{"type": "Progressing", "reason": "ProgressDeadlineExceeded", "message": "late"}]
     pods = [_pod("p", state=_backoff(10), last=_crashed())]
-    status, events = reconcile.readiness_status({}, {}, 1, dep, "t1", pods)
+    status, events = reconcile.readiness_status({}, 1, dep, "t1", pods)
     assert sorted(e.reason for e in events) == ["ProgressDeadlineExceeded", "ServingFailed"]
     stalled = next(c for c in status["conditions"] if c["type"] == "Stalled")
     assert stalled["status"] == "True" and "modelpilot-missing-dependency" in stalled["message"]
-    status, events = reconcile.readiness_status(status, {}, 1, dep, "t2", pods)
+    status, events = reconcile.readiness_status(status, 1, dep, "t2", pods)
     assert events == []
 
 
 def test_a_canary_that_cannot_become_ready_is_rolled_back_with_the_reason() -> None:
-    spec = {"rollout": {"progressDeadlineSeconds": 60}}
+    spec = spec_of({"rollout": {"progressDeadlineSeconds": 60}})
     ro = rollout.start({"version": "1"}, {"version": "2"}, spec, 0).rollout
     world = not_ready(ro, spec, total=1, problem="pod iris-canary-x: model server failed")
     waiting = rollout.plan(ro, spec, 1, world, 30)

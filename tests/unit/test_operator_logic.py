@@ -36,23 +36,23 @@ def _deployment(replicas: int, available: int, updated: int, gen: int = 2, obser
 
 
 def test_readiness_follows_the_deployment() -> None:
-    assert reconcile.observe(_deployment(2, 2, 2), {})["ready"] is True
-    assert reconcile.observe(_deployment(2, 1, 2), {})["phase"] == "Deploying"
-    assert reconcile.observe(_deployment(2, 2, 1), {})["ready"] is False  # old pods still serving
-    assert reconcile.observe(_deployment(2, 2, 2, gen=3, observed=2), {})["ready"] is False  # not yet seen
-    stalled = reconcile.observe(_deployment(2, 0, 1, progressing="ProgressDeadlineExceeded"), {})
+    assert reconcile.observe(_deployment(2, 2, 2))["ready"] is True
+    assert reconcile.observe(_deployment(2, 1, 2))["phase"] == "Deploying"
+    assert reconcile.observe(_deployment(2, 2, 1))["ready"] is False  # old pods still serving
+    assert reconcile.observe(_deployment(2, 2, 2, gen=3, observed=2))["ready"] is False  # not yet seen
+    stalled = reconcile.observe(_deployment(2, 0, 1, progressing="ProgressDeadlineExceeded"))
     assert stalled["stalled"] is True and stalled["phase"] == "Degraded"
-    assert reconcile.observe(None, {})["reason"] == "DeploymentMissing"
+    assert reconcile.observe(None)["reason"] == "DeploymentMissing"
 
 
 def test_readiness_transitions_post_events_once() -> None:
-    status, events = reconcile.readiness_status({}, {}, 1, _deployment(1, 1, 1, 1, 1), "t")
+    status, events = reconcile.readiness_status({}, 1, _deployment(1, 1, 1, 1, 1), "t")
     assert [e.reason for e in events] == ["Ready"]
-    again, events = reconcile.readiness_status(status, {}, 1, _deployment(1, 1, 1, 1, 1), "t2")
+    again, events = reconcile.readiness_status(status, 1, _deployment(1, 1, 1, 1, 1), "t2")
     assert events == []
     kinds = {c["type"]: c["status"] for c in again["conditions"]}
     assert kinds == {"Ready": "True", "Reconciling": "False", "Stalled": "False"}
-    _, events = reconcile.readiness_status(again, {}, 1, _deployment(1, 0, 1, 1, 1), "t3")
+    _, events = reconcile.readiness_status(again, 1, _deployment(1, 0, 1, 1, 1), "t3")
     assert [e.reason for e in events] == ["NotReady"]
 
 
@@ -128,16 +128,18 @@ def _kstatus(status: dict, generation: int = 1) -> str:  # type: ignore[type-arg
 
 
 def test_a_canary_reads_reconciling_until_promoted_or_rolled_back() -> None:
-    from modelpilot.operator import rollout
+    from modelpilot.operator import api, rollout
 
     ready = _deployment(2, 2, 2, 1, 1)  # the stable Deployment: fully available the whole time
-    ro = rollout.start({"name": "iris", "version": "1"}, {"name": "iris", "version": "2"},
-                       {"rollout": {"steps": [50, 100]}}, 1_800_000_000.0).rollout
-    status, _ = reconcile.readiness_status({}, {}, 1, ready, "t0")
+    spec = api.ModelVersionSpec.model_validate({"model": {"name": "iris", "version": "2"},
+                                                "rollout": {"steps": [50, 100]}})
+    ro = rollout.start({"name": "iris", "version": "1"}, {"name": "iris", "version": "2"}, spec,
+                       1_800_000_000.0).rollout
+    status, _ = reconcile.readiness_status({}, 1, ready, "t0")
     assert _kstatus({**status, "observedGeneration": 1}) == "Current"
     for phase, reason in (("Progressing", "CanaryRollingOut"), ("Paused", "CanaryPaused")):
         during = {**status, "observedGeneration": 1, "rollout": {**ro, "phase": phase, "effectiveWeight": 50}}
-        new, events = reconcile.readiness_status(during, {}, 1, ready, "t1")
+        new, events = reconcile.readiness_status(during, 1, ready, "t1")
         kinds = {c["type"]: c for c in new["conditions"]}
         assert kinds["Ready"]["status"] == "True"  # the stable version serves
         assert kinds["Reconciling"]["status"] == "True" and kinds["Reconciling"]["reason"] == reason
@@ -147,7 +149,7 @@ def test_a_canary_reads_reconciling_until_promoted_or_rolled_back() -> None:
         during = {**during, **new}
     for phase in ("Promoted", "RolledBack"):
         after = {**during, "rollout": {**ro, "phase": phase}}
-        new, _ = reconcile.readiness_status(after, {}, 1, ready, "t2")
+        new, _ = reconcile.readiness_status(after, 1, ready, "t2")
         kinds = {c["type"]: c for c in new["conditions"]}
         assert kinds["Reconciling"]["status"] == "False" and kinds["Reconciling"]["reason"] == "Available"
         assert _kstatus({**after, **new}) == "Current"

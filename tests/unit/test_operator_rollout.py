@@ -7,12 +7,13 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from rollout_world import Cluster, not_ready, settled
+from rollout_world import Cluster, not_ready, settled, spec_of
 
-from modelpilot.operator import rollout
+from modelpilot.operator import api, rollout
 
-SPEC: dict[str, Any] = {"replicas": 4, "rollout": {"steps": [25, 50, 100], "stepIntervalSeconds": 30,
-                                                  "progressDeadlineSeconds": 300}}
+FIELDS: dict[str, Any] = {"replicas": 4, "rollout": {"steps": [25, 50, 100], "stepIntervalSeconds": 30,
+                                                    "progressDeadlineSeconds": 300}}
+SPEC = spec_of(FIELDS)
 STABLE = {"name": "iris", "version": "1"}
 CANARY = {"name": "iris", "version": "2"}
 FAIL = [{"check": "error-rate", "verdict": "Fail", "value": 0.3, "baseline": 0.0, "message": "0.3 > baseline 0 + 0.01"}]
@@ -20,11 +21,11 @@ PASS = [{"check": "latency-p99", "verdict": "Pass", "value": 0.01, "baseline": 0
 T0 = 1_800_000_000.0
 
 
-def started(spec: dict[str, Any] = SPEC) -> dict[str, Any]:
+def started(spec: api.ModelVersionSpec = SPEC) -> dict[str, Any]:
     return rollout.start(STABLE, CANARY, spec, T0).rollout
 
 
-def in_place(spec: dict[str, Any] = SPEC, at: float = T0) -> dict[str, Any]:
+def in_place(spec: api.ModelVersionSpec = SPEC, at: float = T0) -> dict[str, Any]:
     """A rollout whose first step's replicas are ready: its clock started at ``at``."""
     r = started(spec)
     d = rollout.plan(r, spec, 4, settled(r, spec), at)
@@ -92,7 +93,7 @@ def test_one_failed_round_is_tolerated_by_default_and_a_second_rolls_back_with_t
 
 
 def test_failure_limit_zero_rolls_back_on_the_first_failure() -> None:
-    spec = {**SPEC, "rollout": {**SPEC["rollout"], "analysis": {"failureLimit": 0}}}
+    spec = spec_of({**FIELDS, "rollout": {**FIELDS["rollout"], "analysis": {"failureLimit": 0}}})
     r = in_place(spec)
     assert rollout.plan(r, spec, 4, settled(r, spec, verdict="Fail", measurements=FAIL), T0 + 31).action == "RollBack"
 
@@ -116,7 +117,7 @@ def test_a_crash_looping_canary_rolls_back_before_the_deadline_naming_the_restar
 
 @pytest.mark.parametrize("analysis_enabled", [True, False])
 def test_a_restart_during_a_step_fails_it_even_when_every_metric_passes(analysis_enabled: bool) -> None:
-    spec = {**SPEC, "rollout": {**SPEC["rollout"], "analysis": {"enabled": analysis_enabled}}}
+    spec = spec_of({**FIELDS, "rollout": {**FIELDS["rollout"], "analysis": {"enabled": analysis_enabled}}})
     r = in_place(spec)
     d = rollout.plan(r, spec, 4, settled(r, spec, verdict="Pass", restarts=1), T0 + 31)
     assert d.action == "RollBack" and d.message.endswith("canary containers restarted 1 time during step 1")
@@ -129,7 +130,7 @@ def test_a_readiness_flap_between_ticks_fails_the_step() -> None:
 
 
 def test_with_analysis_disabled_a_step_advances_on_time_with_healthy_pods_only() -> None:
-    spec = {**SPEC, "rollout": {**SPEC["rollout"], "analysis": {"enabled": False}}}
+    spec = spec_of({**FIELDS, "rollout": {**FIELDS["rollout"], "analysis": {"enabled": False}}})
     r = in_place(spec)
     assert rollout.analysis_window(r, spec, settled(r, spec), 4, T0 + 31) is None
     assert rollout.plan(r, spec, 4, settled(r, spec), T0 + 31).action == "Advance"
@@ -175,7 +176,7 @@ def test_replica_targets_honour_each_step_within_5_points_or_say_so(
 
 
 def test_a_weight_that_cannot_be_honoured_is_a_warning_once_and_in_status() -> None:
-    spec = {"replicas": 2, "rollout": {"steps": [10, 100], "maxSurge": 2}}
+    spec = spec_of({"replicas": 2, "rollout": {"steps": [10, 100], "maxSurge": 2}})
     r = started(spec)
     first = rollout.plan(r, spec, 2, not_ready(r, spec, total=2), T0 + 1)
     assert "asks for 10% but 3 stable + 1 canary replicas give 25%" in first.warning
@@ -183,7 +184,7 @@ def test_a_weight_that_cannot_be_honoured_is_a_warning_once_and_in_status() -> N
     assert rollout.plan(first.rollout, spec, 2, not_ready(r, spec, total=2), T0 + 2).warning == ""
 
 
-def run(cluster: Cluster, spec: dict[str, Any], verdicts: dict[int, str], until: str, action_at: dict[int, str]
+def run(cluster: Cluster, spec: api.ModelVersionSpec, verdicts: dict[int, str], until: str, action_at: dict[int, str]
         | None = None, ticks: int = 200) -> list[rollout.Decision]:
     """Tick the planner against ``cluster`` every 5 s until a decision ``until``; verdicts by step."""
     r = rollout.start(STABLE, CANARY, spec, T0).rollout
@@ -205,7 +206,7 @@ def run(cluster: Cluster, spec: dict[str, Any], verdicts: dict[int, str], until:
 
 @pytest.mark.parametrize("total", [1, 2, 4, 5])
 def test_a_whole_promotion_never_has_fewer_ready_pods_than_replicas(total: int) -> None:
-    spec = {"replicas": total, "rollout": {"steps": [10, 25, 50, 100], "stepIntervalSeconds": 30}}
+    spec = spec_of({"replicas": total, "rollout": {"steps": [10, 25, 50, 100], "stepIntervalSeconds": 30}})
     cluster = Cluster(total)
     decisions = run(cluster, spec, {}, until="Promoted")
     assert min(cluster.ready_history) >= total
@@ -217,8 +218,8 @@ def test_a_whole_promotion_never_has_fewer_ready_pods_than_replicas(total: int) 
 
 @pytest.mark.parametrize("fail_at_step,action", [(3, None), (1, None), (None, "abort")])
 def test_rollback_and_abort_at_any_step_never_open_a_capacity_hole(fail_at_step: int | None, action: str | None) -> None:
-    spec = {"replicas": 4, "rollout": {"steps": [10, 25, 50, 100], "stepIntervalSeconds": 30,
-                                      "analysis": {"failureLimit": 0}}}
+    spec = spec_of({"replicas": 4, "rollout": {"steps": [10, 25, 50, 100], "stepIntervalSeconds": 30,
+                                              "analysis": {"failureLimit": 0}}})
     cluster = Cluster(4)
     verdicts = {fail_at_step: "Fail"} if fail_at_step is not None else {}
     decisions = run(cluster, spec, verdicts, until="RolledBack", action_at={20: action} if action else None)
@@ -230,14 +231,14 @@ def test_rollback_and_abort_at_any_step_never_open_a_capacity_hole(fail_at_step:
 
 def test_steps_scale_the_growing_track_first() -> None:
     cluster = Cluster(4, start_ticks=3)
-    spec = {"replicas": 4, "rollout": {"steps": [50, 100], "stepIntervalSeconds": 10}}
+    spec = spec_of({"replicas": 4, "rollout": {"steps": [50, 100], "stepIntervalSeconds": 10}})
     r = rollout.start(STABLE, CANARY, spec, T0).rollout
     d = rollout.plan(r, spec, 4, cluster.world(), T0)
     assert (d.stable_replicas, d.canary_replicas) == (4, 2)  # canary up first, stable kept at 4
 
 
 def test_undo_brings_the_previous_version_back_at_full_size_before_it_takes_the_traffic() -> None:
-    spec = {"replicas": 3}
+    spec = spec_of({"replicas": 3})
     cluster = Cluster(3, stable_version="3", canary_version="2")
     cluster.stable_runs = "3"
     r = rollout.start({"name": "iris", "version": "3"}, {"name": "iris", "version": "2"}, spec, T0, kind="Undo",
@@ -255,7 +256,7 @@ def test_undo_brings_the_previous_version_back_at_full_size_before_it_takes_the_
 
 
 def test_history_is_bounded() -> None:
-    spec = {**SPEC, "rollout": {**SPEC["rollout"], "analysis": {"failureLimit": 100}}}
+    spec = spec_of({**FIELDS, "rollout": {**FIELDS["rollout"], "analysis": {"failureLimit": 100}}})
     r = in_place(spec)
     for i in range(40):
         r = rollout.plan(r, spec, 4, settled(r, spec, verdict="Fail", measurements=FAIL), T0 + 31 * (i + 1)).rollout
@@ -292,6 +293,6 @@ def test_a_canary_deployment_still_running_a_superseded_version_is_not_in_place(
 
 
 def test_undoing_an_undo_rejects_nothing() -> None:
-    r = rollout.start({"name": "iris", "version": "1"}, {"name": "iris", "version": "2"}, {}, T0, kind="Undo",
+    r = rollout.start({"name": "iris", "version": "1"}, {"name": "iris", "version": "2"}, spec_of({}), T0, kind="Undo",
                       rejected="").rollout
     assert r["rejectedVersion"] is None and r["finalPhase"] == "Promoted"

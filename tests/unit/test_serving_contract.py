@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from modelpilot.operator import builders, contract
+from modelpilot.operator import api, builders, contract
 from modelpilot.operator.registry import ResolvedModel
 from modelpilot_serve import settings as serve_settings
 from modelpilot_serve.settings import ServeSettings
@@ -43,7 +43,8 @@ def test_a_rendered_deployment_starts_the_servers_settings() -> None:
                                   "redisUrl": "redis://cache:6379/0"},
                         "env": [{"name": "MODELPILOT_SERVE_MODEL_THREADS", "value": "2"}]}}
     owner = builders.Owner(name="iris-prod", namespace="ml", uid="u1")
-    deployment = builders.build_deployment(owner, spec, MODEL, "http://mlflow:5000", "modelpilot-serve:test")
+    deployment = builders.build_deployment(owner, api.ModelVersionSpec.model_validate(spec), MODEL,
+                                           "http://mlflow:5000", "modelpilot-serve:test")
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     assert container["args"] == list(contract.SERVE_ARGS) == ["serve"]  # the image's entrypoint is `modelpilot`
     env = _env(container)
@@ -69,8 +70,8 @@ def test_the_probes_and_the_scrape_path_are_routes_of_the_server() -> None:
     from modelpilot_serve.app import create_app
 
     owner = builders.Owner(name="iris", namespace="ml", uid="u1")
-    deployment = builders.build_deployment(owner, {"model": {"name": "iris", "version": "7"}}, MODEL,
-                                           "http://mlflow:5000", "modelpilot-serve:test")
+    spec = api.ModelVersionSpec.model_validate({"model": {"name": "iris", "version": "7"}})
+    deployment = builders.build_deployment(owner, spec, MODEL, "http://mlflow:5000", "modelpilot-serve:test")
     template = deployment["spec"]["template"]
     (container,) = template["spec"]["containers"]
     paths = {container["readinessProbe"]["httpGet"]["path"], container["livenessProbe"]["httpGet"]["path"],
@@ -94,8 +95,8 @@ def test_the_operators_env_names_are_the_servers() -> None:
 
 def test_the_probes_and_the_scrape_path_are_the_contracts() -> None:
     owner = builders.Owner(name="iris", namespace="ml", uid="u1")
-    deployment = builders.build_deployment(owner, {"model": {"name": "iris", "version": "7"}}, MODEL,
-                                           "http://mlflow:5000", "modelpilot-serve:test")
+    spec = api.ModelVersionSpec.model_validate({"model": {"name": "iris", "version": "7"}})
+    deployment = builders.build_deployment(owner, spec, MODEL, "http://mlflow:5000", "modelpilot-serve:test")
     template = deployment["spec"]["template"]
     (container,) = template["spec"]["containers"]
     assert container["readinessProbe"]["httpGet"] == {"path": contract.READY_PATH, "port": contract.SERVING_PORT_NAME}

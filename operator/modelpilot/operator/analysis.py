@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from modelpilot.operator import api
 
 Query = Callable[[str], "float | None"]
 
@@ -104,14 +105,14 @@ class Settings:
     checks: list[dict[str, Any]] = field(default_factory=lambda: list(DEFAULT_CHECKS))
 
     @classmethod
-    def from_spec(cls, spec: dict[str, Any] | None) -> Settings:
-        spec = spec or {}
-        no_data = spec.get("noData", "hold")
-        if no_data not in ("hold", "inconclusive", "fail"):
-            raise AnalysisSpecError(f"analysis.noData must be hold, inconclusive or fail, not {no_data!r}")
-        checks = spec.get("checks") or list(DEFAULT_CHECKS)
+    def from_spec(cls, spec: api.Analysis | None) -> Settings:
+        """The settings of ``spec.rollout.analysis``, parsed already: its enum (``noData``) and pattern
+        (``interval``) hold. What the model does not check — the CRD's CEL rules on each check — is checked
+        here, and the message names the field."""
+        spec = spec or _NO_ANALYSIS
+        checks = [_check(c) for c in spec.checks] if spec.checks else list(DEFAULT_CHECKS)
         for i, check in enumerate(checks):
-            name = check.get("name")
+            name = check["name"]
             if not name:
                 raise AnalysisSpecError(f"analysis.checks[{i}].name is required")
             if name not in BUILTIN_QUERIES and name != "prediction-shift" and not check.get("query"):
@@ -120,10 +121,29 @@ class Settings:
             if not any(k in check for k in ("max", "min", "maxDelta", "maxRatio", "minDelta")):
                 raise AnalysisSpecError(f"analysis.checks[{i}] ({name}) needs a threshold: "
                                         "max, min, maxDelta, minDelta or maxRatio")
-        interval = str(spec.get("interval", "1m"))
-        if not interval[:-1].isdigit() or interval[-1] not in "smh":
-            raise AnalysisSpecError(f"analysis.interval {interval!r} must look like 30s, 1m or 1h")
-        return cls(interval=interval, min_samples=int(spec.get("minSamples", DEFAULT_MIN_SAMPLES)), no_data=no_data, checks=checks)
+        return cls(interval=spec.interval or cls.interval,
+                   min_samples=DEFAULT_MIN_SAMPLES if spec.min_samples is None else spec.min_samples,
+                   no_data=spec.no_data.value if spec.no_data is not None else cls.no_data, checks=checks)
+
+
+_NO_ANALYSIS = api.Analysis()
+#: A check's fields as measure() and judge() read them: the spec's camelCase names, only those given (in the
+#: order the API server delivers them, keys sorted, as when these were the body's own dicts).
+_CHECK_FIELDS = (("max", "max"), ("max_delta", "maxDelta"), ("max_ratio", "maxRatio"), ("min", "min"),
+                 ("min_delta", "minDelta"), ("name", "name"), ("query", "query"), ("slack", "slack"))
+
+
+def _check(check: api.AnalysisCheck) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for field_name, key in _CHECK_FIELDS:
+        value = getattr(check, field_name)
+        if value is None:
+            continue
+        # The model reads every threshold as a float, but the API server (Go's JSON) writes an integral number
+        # below 1e21 as an integer (``max: 1``), and thresholds and messages show it so ("max=1", not "max=1.0").
+        integral = isinstance(value, float) and value.is_integer() and abs(value) < 1e21
+        out[key] = int(value) if integral else value
+    return out
 
 
 def render(template: str, target: Target, interval: str, baseline: Target | None = None) -> str:

@@ -14,13 +14,16 @@ framework's bookkeeping and the operator's own undeclared fields) or a free-form
 
 What the models do not check: the CEL rules (``x-kubernetes-validations``, e.g. "exactly one of
 ``model.version`` / ``model.alias``", "weights add up to 100"); the API server does, at admission.
+
+The reconcilers parse a body's spec into these models once, where it enters (``reconcile.Reconciler.reconcile``),
+and hand the typed spec down; ``given`` tells an optional spec object written empty from one that was filled in.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeGuard, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
 from pydantic.alias_generators import to_camel
@@ -35,7 +38,7 @@ __all__ = [
     "ModelRef", "ModelStatus", "ModelVersion", "ModelVersionPhase", "ModelVersionSpec", "ModelVersionStatus",
     "NoDataPolicy", "PodDisruptionBudget", "Registry", "Resources", "Rollout", "RolloutAction", "RolloutKind",
     "RolloutPhase", "RoundVerdict", "Routing", "Serving", "Sticky", "TaintEffect", "Toleration",
-    "TolerationOperator", "Variant", "VariantStatus", "WriteBack",
+    "TolerationOperator", "Variant", "VariantStatus", "WriteBack", "given",
 ]
 
 # --------------------------------------------------------------------------- enums
@@ -466,6 +469,19 @@ class ABTestStatus(_OpenStatus):
     conditions: list[Condition] | None = None
     kopf: dict[str, Any] | None = None
     comparison: dict[str, Any] | None = None
+
+
+# --------------------------------------------------------------------------- reading a parsed spec
+
+_Part = TypeVar("_Part", bound=BaseModel)
+
+
+def given(part: _Part | None) -> TypeGuard[_Part]:
+    """Whether an optional spec object is there with at least one field written in it.
+
+    An empty object (``batching: {}``, ``rollout: {}``) counts as absent, as it always did for the operator;
+    the API server never delivers one where the CRD has defaults, since it writes them in at admission."""
+    return part is not None and bool(part.model_fields_set)
 
 
 # --------------------------------------------------------------------------- whole resources

@@ -1,8 +1,9 @@
-"""Pure builders: a ModelVersion (+ the registry's answer) → Deployment, Service, HPA, PDB manifests.
+"""Pure builders: a ModelVersion's typed spec (+ the registry's answer) → Deployment, Service, HPA, PDB manifests.
 
 Layer 3 of the operator: no I/O, no clock, no randomness — the same input
 always gives the same manifest, so reconcile can apply them idempotently and
-tests check them without a cluster.
+tests check them without a cluster. The spec comes parsed (``api.ModelVersionSpec``,
+validated once where reconcile reads the body), so its defaults are the model's.
 
 Contract with the serving image (``modelpilot serve``): env ``MODEL_URI``
 (always the pinned ``models:/name/version``), ``MLFLOW_TRACKING_URI``,
@@ -19,7 +20,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from modelpilot.operator import contract
+from modelpilot.operator import api, contract
 from modelpilot.operator.resolved import ResolvedModel
 
 # The contract's names (modelpilot.operator.contract), under the names the rest of the operator uses.
@@ -37,6 +38,9 @@ TRACK_HEADER = contract.TRACK_HEADER
 VERSION_LABEL = contract.VERSION_LABEL  # on the pod template: the model version a track's pods serve
 TRACK_LABEL = contract.TRACK_LABEL  # stable | canary; the Service selects both, so replicas split traffic
 DEFAULT_RESOURCES = {"requests": {"cpu": "100m", "memory": "256Mi"}}
+# What an absent ``spec.serving`` / ``spec.rollout`` means: every field at the model's (the CRD's) default.
+_NO_SERVING = api.Serving()
+_NO_ROLLOUT = api.Rollout()
 
 Manifest = dict[str, Any]
 
@@ -98,7 +102,8 @@ def _meta(owner: Owner, name: str, model: ResolvedModel) -> dict[str, Any]:
             "ownerReferences": [owner_reference(owner)]}
 
 
-def _serving_env(spec: dict[str, Any], owner: Owner, model: ResolvedModel, tracking_uri: str) -> list[dict[str, Any]]:
+def _serving_env(spec: api.ModelVersionSpec, owner: Owner, model: ResolvedModel,
+                 tracking_uri: str) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [
         {"name": contract.ENV_MODEL_URI, "value": model.model_uri},
         {"name": contract.ENV_TRACKING_URI, "value": tracking_uri},
@@ -106,57 +111,97 @@ def _serving_env(spec: dict[str, Any], owner: Owner, model: ResolvedModel, track
         {"name": contract.ENV_MODEL_VERSION, "value": model.version},
         {"name": contract.ENV_MODEL_VARIANT, "value": owner.name},
     ]
-    secret = ((spec.get("registry") or {}).get("credentialsSecretRef") or {}).get("name")
-    if secret:
+    secret = spec.registry.credentials_secret_ref if spec.registry is not None else None
+    if secret is not None:
         # optional: a Secret may carry username/password or a token, not necessarily both.
         for key in contract.CREDENTIAL_KEYS:
-            env.append({"name": key, "valueFrom": {"secretKeyRef": {"name": secret, "key": key, "optional": True}}})
-    serving = spec.get("serving") or {}
-    batching = serving.get("batching") or {}
-    if batching:
+            env.append({"name": key, "valueFrom": {"secretKeyRef": {"name": secret.name, "key": key,
+                                                                    "optional": True}}})
+    serving = spec.serving
+    if serving is None:
+        return env
+    batching = serving.batching
+    if api.given(batching):
         env += [
-            {"name": contract.ENV_BATCHING, "value": "true" if batching.get("enabled", True) else "false"},
-            {"name": contract.ENV_MAX_BATCH_SIZE, "value": str(batching.get("maxBatchSize", 64))},
-            {"name": contract.ENV_MAX_BATCH_LATENCY_MS, "value": str(batching.get("maxLatencyMs", 5))},
+            {"name": contract.ENV_BATCHING, "value": "true" if batching.enabled else "false"},
+            {"name": contract.ENV_MAX_BATCH_SIZE, "value": str(batching.max_batch_size)},
+            {"name": contract.ENV_MAX_BATCH_LATENCY_MS, "value": str(batching.max_latency_ms)},
         ]
-    cache = serving.get("cache") or {}
-    if cache:
+    cache = serving.cache
+    if api.given(cache):
         env += [
-            {"name": contract.ENV_CACHE, "value": "true" if cache.get("enabled") else "false"},
-            {"name": contract.ENV_CACHE_MAX_ENTRIES, "value": str(cache.get("maxEntries", 10000))},
-            {"name": contract.ENV_CACHE_TTL_SECONDS, "value": str(cache.get("ttlSeconds", 300))},
+            {"name": contract.ENV_CACHE, "value": "true" if cache.enabled else "false"},
+            {"name": contract.ENV_CACHE_MAX_ENTRIES, "value": str(cache.max_entries)},
+            {"name": contract.ENV_CACHE_TTL_SECONDS, "value": str(cache.ttl_seconds)},
         ]
-        if cache.get("redisUrl"):
-            env.append({"name": contract.ENV_CACHE_REDIS_URL, "value": cache["redisUrl"]})
+        if cache.redis_url:
+            env.append({"name": contract.ENV_CACHE_REDIS_URL, "value": cache.redis_url})
     # The user's own env comes last so it can override a default on purpose.
-    env += list(serving.get("env") or [])
+    env += [_env_var(e) for e in serving.env or ()]
     return env
+
+
+# Pod fields the spec passes through, written back in the Kubernetes shape: only the keys the spec gives, in the
+# order the API server delivers a body in (keys sorted), so a manifest is the same, to the byte, as when these
+# were the body's own dicts; enums as their plain strings (a manifest holds JSON values only).
+
+def _env_var(e: api.EnvVar) -> dict[str, Any]:
+    out: dict[str, Any] = {"name": e.name}
+    if e.value is not None:
+        out["value"] = e.value
+    if e.value_from is not None:
+        out["valueFrom"] = e.value_from
+    return out
+
+
+def _toleration(t: api.Toleration) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if t.effect is not None:
+        out["effect"] = t.effect.value
+    if t.key is not None:
+        out["key"] = t.key
+    if t.operator is not None:
+        out["operator"] = t.operator.value
+    if t.toleration_seconds is not None:
+        out["tolerationSeconds"] = t.toleration_seconds
+    if t.value is not None:
+        out["value"] = t.value
+    return out
+
+
+def _resources(r: api.Resources | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if r is None:
+        return out
+    if r.limits is not None:
+        out["limits"] = r.limits
+    if r.requests is not None:
+        out["requests"] = r.requests
+    return out
 
 
 def deployment_name(owner: Owner, track: str = "stable") -> str:
     return owner.name if track == "stable" else f"{owner.name}-{track}"
 
 
-def build_deployment(owner: Owner, spec: dict[str, Any], model: ResolvedModel, tracking_uri: str,
+def build_deployment(owner: Owner, spec: api.ModelVersionSpec, model: ResolvedModel, tracking_uri: str,
                      default_image: str, *, track: str = "stable", replicas: int | None = None,
                      extra_pod_labels: dict[str, str] | None = None) -> Manifest:
     """The serving Deployment of one track: secure by default, probed on the server's own health endpoints.
 
     ``replicas`` overrides ``spec.replicas`` while a canary splits traffic by replica ratio.
     """
-    serving = spec.get("serving") or {}
-    autoscaling = spec.get("autoscaling") or {}
-    rollout = spec.get("rollout") or {}
+    serving = spec.serving or _NO_SERVING
     pod_labels = {**labels(owner, model), TRACK_LABEL: track, **(extra_pod_labels or {})}
     container: dict[str, Any] = {
         "name": "server",
-        "image": serving.get("image") or default_image,
-        "imagePullPolicy": serving.get("imagePullPolicy", "IfNotPresent"),
+        "image": serving.image or default_image,
+        "imagePullPolicy": (serving.image_pull_policy or api.ImagePullPolicy.IF_NOT_PRESENT).value,
         "args": list(contract.SERVE_ARGS),
         "ports": [{"name": contract.SERVING_PORT_NAME, "containerPort": SERVING_PORT, "protocol": "TCP"},
                   {"name": contract.GRPC_PORT_NAME, "containerPort": GRPC_PORT, "protocol": "TCP"}],
         "env": _serving_env(spec, owner, model, tracking_uri),
-        "resources": serving.get("resources") or DEFAULT_RESOURCES,
+        "resources": _resources(serving.resources) or DEFAULT_RESOURCES,
         "readinessProbe": {"httpGet": {"path": contract.READY_PATH, "port": contract.SERVING_PORT_NAME},
                            "periodSeconds": 2, "timeoutSeconds": 2, "failureThreshold": 3},
         "livenessProbe": {"httpGet": {"path": contract.LIVE_PATH, "port": contract.SERVING_PORT_NAME},
@@ -184,14 +229,17 @@ def build_deployment(owner: Owner, spec: dict[str, Any], model: ResolvedModel, t
         "securityContext": {"runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001, "fsGroup": 10001,
                             "seccompProfile": {"type": "RuntimeDefault"}},
     }
-    for key in ("nodeSelector", "tolerations", "affinity"):
-        if serving.get(key):
-            pod_spec[key] = serving[key]
+    if serving.node_selector:
+        pod_spec["nodeSelector"] = serving.node_selector
+    if serving.tolerations:
+        pod_spec["tolerations"] = [_toleration(t) for t in serving.tolerations]
+    if serving.affinity:
+        pod_spec["affinity"] = serving.affinity
     deployment_spec: dict[str, Any] = {
         "selector": {"matchLabels": {SELECTOR_LABEL: owner.name, TRACK_LABEL: track}},
         "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
         "revisionHistoryLimit": 5,
-        "progressDeadlineSeconds": int(rollout.get("progressDeadlineSeconds", 600)),
+        "progressDeadlineSeconds": (spec.rollout or _NO_ROLLOUT).progress_deadline_seconds,
         "template": {
             "metadata": {
                 "labels": pod_labels,
@@ -207,17 +255,17 @@ def build_deployment(owner: Owner, spec: dict[str, Any], model: ResolvedModel, t
     }
     if replicas is not None:
         deployment_spec["replicas"] = replicas
-    elif not autoscaling.get("enabled"):
+    elif not (spec.autoscaling is not None and spec.autoscaling.enabled):
         # With autoscaling on, replicas is left out so the HPA owns it and the operator never fights it.
-        deployment_spec["replicas"] = int(spec.get("replicas", 1))
+        deployment_spec["replicas"] = spec.replicas
     meta = _meta(owner, deployment_name(owner, track), model)
     meta["labels"][TRACK_LABEL] = track
     return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": meta, "spec": deployment_spec}
 
 
-def gateway_routing(spec: dict[str, Any]) -> bool:
-    """Whether the ModelVersion routes through a Gateway (``spec.routing.gatewayRef``)."""
-    return bool((spec.get("routing") or {}).get("gatewayRef"))
+def gateway_routing(spec: api.ModelVersionSpec) -> bool:
+    """Whether the ModelVersion routes through a Gateway (``spec.routing.gatewayRef``, required in ``routing``)."""
+    return spec.routing is not None
 
 
 def build_service(owner: Owner, model: ResolvedModel, track: str = "", named: bool = False) -> Manifest:
@@ -238,17 +286,19 @@ def build_service(owner: Owner, model: ResolvedModel, track: str = "", named: bo
     }
 
 
-def build_canary_route(owner: Owner, spec: dict[str, Any], model: ResolvedModel, canary_weight: int,
+def build_canary_route(owner: Owner, spec: api.ModelVersionSpec, model: ResolvedModel, canary_weight: int,
                        mirror: bool, canary_active: bool) -> Manifest:
     """The HTTPRoute of a Gateway-routed ModelVersion (``spec.routing.gatewayRef``): the default rule sends
     ``canary_weight`` % to ``<name>-canary`` and the rest to ``<name>-stable``, exactly; with ``mirror`` (the
     shadow phase) live traffic is also copied to the canary, whose answers are dropped. While a canary runs,
     the header ``x-modelpilot-track: canary|stable`` pins a request to a track (QA)."""
-    gateway = (spec.get("routing") or {})["gatewayRef"]
-    parent: dict[str, Any] = {"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": gateway["name"]}
-    for key in ("namespace", "sectionName"):
-        if gateway.get(key):
-            parent[key] = gateway[key]
+    assert spec.routing is not None, "build_canary_route needs spec.routing"
+    gateway = spec.routing.gateway_ref
+    parent: dict[str, Any] = {"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": gateway.name}
+    if gateway.namespace:
+        parent["namespace"] = gateway.namespace
+    if gateway.section_name:
+        parent["sectionName"] = gateway.section_name
 
     def ref(track: str, weight: int | None = None) -> dict[str, Any]:
         backend: dict[str, Any] = {"kind": "Service", "name": f"{owner.name}-{track}", "port": 80}
@@ -270,35 +320,36 @@ def build_canary_route(owner: Owner, spec: dict[str, Any], model: ResolvedModel,
             "metadata": _meta(owner, owner.name, model), "spec": {"parentRefs": [parent], "rules": rules}}
 
 
-def build_hpa(owner: Owner, spec: dict[str, Any], model: ResolvedModel) -> Manifest | None:
-    autoscaling = spec.get("autoscaling") or {}
-    if not autoscaling.get("enabled"):
+def build_hpa(owner: Owner, spec: api.ModelVersionSpec, model: ResolvedModel) -> Manifest | None:
+    autoscaling = spec.autoscaling
+    if autoscaling is None or not autoscaling.enabled:
         return None
     return {
         "apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler", "metadata": _meta(owner, owner.name, model),
         "spec": {
             "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": owner.name},
-            "minReplicas": int(autoscaling.get("minReplicas", 1)),
-            "maxReplicas": int(autoscaling.get("maxReplicas", 5)),
+            "minReplicas": autoscaling.min_replicas,
+            "maxReplicas": autoscaling.max_replicas,
             "metrics": [{"type": "Resource", "resource": {"name": "cpu", "target": {
-                "type": "Utilization", "averageUtilization": int(autoscaling.get("targetCPUUtilizationPercentage", 70))}}}],
+                "type": "Utilization", "averageUtilization": autoscaling.target_cpu_utilization_percentage}}}],
         },
     }
 
 
-def build_pdb(owner: Owner, spec: dict[str, Any], model: ResolvedModel) -> Manifest | None:
-    pdb = spec.get("podDisruptionBudget") or {}
-    if not pdb.get("enabled"):
+def build_pdb(owner: Owner, spec: api.ModelVersionSpec, model: ResolvedModel) -> Manifest | None:
+    pdb = spec.pod_disruption_budget
+    if pdb is None or not pdb.enabled:
         return None
-    budget = {"maxUnavailable": pdb["maxUnavailable"]} if "maxUnavailable" in pdb else {
-        "minAvailable": pdb.get("minAvailable", 1)}
+    # maxUnavailable wins when both are given (the CRD's CEL allows only one); neither: one pod always stays.
+    budget: dict[str, Any] = ({"maxUnavailable": pdb.max_unavailable} if pdb.max_unavailable is not None else
+                              {"minAvailable": pdb.min_available if pdb.min_available is not None else 1})
     return {
         "apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": _meta(owner, owner.name, model),
         "spec": {"selector": {"matchLabels": {SELECTOR_LABEL: owner.name}}, **budget},
     }
 
 
-def build_all(owner: Owner, spec: dict[str, Any], model: ResolvedModel, tracking_uri: str,
+def build_all(owner: Owner, spec: api.ModelVersionSpec, model: ResolvedModel, tracking_uri: str,
               default_image: str) -> dict[str, Manifest | None]:
     """Every object a ModelVersion owns, by kind; ``None`` means "must not exist"."""
     return {

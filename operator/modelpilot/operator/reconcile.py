@@ -11,6 +11,13 @@ The rules that keep production safe live here:
   caller retries with back-off;
 * status is written through the status subresource with kstatus conditions
   (``Ready``, ``Reconciling``, ``Stalled``) carrying ``observedGeneration``.
+
+The spec is parsed once, where ``Reconciler.reconcile`` reads the body, into
+``api.ModelVersionSpec``; everything below it (builders, the rollout planner,
+analysis) takes that typed spec. A spec that does not parse (the API server
+validated it, so only an object stored before the schema or written around it)
+takes the ``SpecError`` path: ``Resolved=False`` naming the field, one Warning
+Event, nothing applied. ``status`` stays a plain dict.
 """
 
 from __future__ import annotations
@@ -27,7 +34,9 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal, TypeVar
 
-from modelpilot.operator import abtest, analysis, builders, contract, diagnosis, metrics, rollout
+from pydantic import ValidationError
+
+from modelpilot.operator import abtest, analysis, api, builders, contract, diagnosis, metrics, rollout
 from modelpilot.operator.kube import Kube, KubeError, KubeUnavailable
 from modelpilot.operator.prometheus import Prometheus, PrometheusError
 from modelpilot.operator.registry import (
@@ -109,7 +118,7 @@ class Objects:
 KEEP = "<keep>"
 
 
-def desired_objects(owner: builders.Owner, spec: dict[str, Any], stable: ResolvedModel, member: Membership | None,
+def desired_objects(owner: builders.Owner, spec: api.ModelVersionSpec, stable: ResolvedModel, member: Membership | None,
                     tracking_uri: str, default_image: str, *, had_gateway_route: bool,
                     stable_replicas: int | None = None, canary: tuple[ResolvedModel, int] | None = None,
                     route_weight: int = 0, mirror: bool = False) -> Objects:
@@ -158,12 +167,41 @@ def desired_objects(owner: builders.Owner, spec: dict[str, Any], stable: Resolve
 BLOCKING_THREADS = 32
 T = TypeVar("T")
 
+#: The alias write-back sets when ``spec.rollout.writeBack.promoteAlias`` is not given (the CRD has no default).
+DEFAULT_PROMOTE_ALIAS = "champion"
 #: How old the stable Deployment's apply answer may be to judge readiness on; older and not ready: read again.
 STALE_APPLY_SECONDS = 1.0
 
 
 class SpecError(Exception):
     """The spec is valid for the schema but cannot work (e.g. a missing credentials Secret key)."""
+
+
+class InvalidSpec(SpecError):
+    """The spec does not parse with the typed API (``api``): the message names each field. Only a new spec
+    can fix it, and a new spec is a reconcile of its own, so it is not retried."""
+
+
+def spec_errors(exc: ValidationError, root: str = "spec") -> str:
+    """A validation error as ``spec.rollout.steps[0]: <what is wrong>``, one clause per field (a field that
+    fails every member of a union, e.g. an integer or a ``"N%"`` string, is one clause)."""
+    found: dict[str, list[str]] = {}
+    for error in exc.errors(include_url=False, include_input=False):
+        where = root
+        for part in error["loc"]:
+            if isinstance(part, int):
+                where += f"[{part}]"
+            elif part in _UNION_MEMBERS:
+                continue  # pydantic names the union member tried; the field is the same
+            else:
+                where += f".{part}" if part.isidentifier() else f"[{part!r}]"
+        found.setdefault(where, []).append(str(error["msg"]))
+    return "; ".join(f"{where}: {' or '.join(msgs)}" for where, msgs in found.items())
+
+
+#: The names pydantic puts in an error's location for the member of a union it tried (``int | str``).
+_UNION_MEMBERS = frozenset({"int", "str", "float", "bool", "constrained-int", "constrained-str",
+                            "constrained-float"})
 
 
 # ---------------------------------------------------------------------------- pure helpers
@@ -180,10 +218,9 @@ def set_condition(conditions: list[dict[str, Any]], kind: str, status: str, reas
     return [c for c in conditions if c.get("type") != kind] + [new]
 
 
-def model_ref(spec: dict[str, Any]) -> ModelRef:
-    model = spec.get("model") or {}
-    return ModelRef(name=model.get("name", ""), version=str(model.get("version") or ""),
-                    alias=model.get("alias") or "")
+def model_ref(spec: api.ModelVersionSpec) -> ModelRef:
+    model = spec.model
+    return ModelRef(name=model.name, version=model.version or "", alias=model.alias or "")
 
 
 def pinned(status: dict[str, Any], ref: ModelRef) -> ResolvedModel | None:
@@ -203,7 +240,7 @@ def pinned(status: dict[str, Any], ref: ModelRef) -> ResolvedModel | None:
     )
 
 
-def observe(deployment: dict[str, Any] | None, spec: dict[str, Any]) -> dict[str, Any]:
+def observe(deployment: dict[str, Any] | None) -> dict[str, Any]:
     """Readiness of the serving Deployment as (phase, ready?, reason, message, replicas, readyReplicas)."""
     if deployment is None:
         return {"phase": "Deploying", "ready": False, "reason": "DeploymentMissing",
@@ -241,7 +278,7 @@ def _observed_key(deployment: dict[str, Any] | None) -> tuple[Any, ...]:
             tuple((c.get("type"), c.get("status"), c.get("reason")) for c in dstatus.get("conditions") or []))
 
 
-def readiness_status(status: dict[str, Any], spec: dict[str, Any], generation: int,
+def readiness_status(status: dict[str, Any], generation: int,
                      deployment: dict[str, Any] | None, now: str,
                      pods: list[dict[str, Any]] | None = None) -> tuple[dict[str, Any], list[Event]]:
     """Status fields and transition Events that follow from the Deployment's state.
@@ -250,7 +287,7 @@ def readiness_status(status: dict[str, Any], spec: dict[str, Any], generation: i
     informative container problem becomes reason ``ServingFailed`` with the pod's message, phase
     ``Failed`` (no replica ready) or ``Degraded``, and one Warning Event per distinct problem.
     """
-    seen = observe(deployment, spec)
+    seen = observe(deployment)
     conditions = list(status.get("conditions") or [])
     was_ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
     was_stalled = any(c.get("type") == "Stalled" and c.get("status") == "True" for c in conditions)
@@ -414,13 +451,15 @@ class Reconciler:
         """``fn(*args)`` on the reconciler's own threads (a blocking HTTP call), awaited."""
         return await asyncio.get_running_loop().run_in_executor(self.blocking, functools.partial(fn, *args))
 
-    def tracking_uri(self, spec: dict[str, Any]) -> str:
-        return ((spec.get("registry") or {}).get("trackingUri") or self.settings.mlflow.tracking_uri).rstrip("/")
+    def tracking_uri(self, spec: api.ModelVersionSpec) -> str:
+        own = spec.registry.tracking_uri if spec.registry is not None else None
+        return (own or self.settings.mlflow.tracking_uri).rstrip("/")
 
-    async def credentials(self, namespace: str, spec: dict[str, Any]) -> Credentials:
-        ref = ((spec.get("registry") or {}).get("credentialsSecretRef") or {}).get("name")
-        if not ref:
+    async def credentials(self, namespace: str, spec: api.ModelVersionSpec) -> Credentials:
+        secret = spec.registry.credentials_secret_ref if spec.registry is not None else None
+        if secret is None:
             return Credentials()
+        ref = secret.name
         try:
             data = await self.kube.secret_data(namespace, ref)
         except KubeUnavailable:
@@ -435,12 +474,12 @@ class Reconciler:
                             "MLFLOW_TRACKING_TOKEN nor MLFLOW_TRACKING_USERNAME")
         return creds
 
-    async def registry(self, namespace: str, spec: dict[str, Any]) -> Registry:
+    async def registry(self, namespace: str, spec: api.ModelVersionSpec) -> Registry:
         """The pooled registry for this spec's tracking URI and credentials (raises ``SpecError``,
         ``KubeUnavailable`` reading the credentials Secret, ``RegistryUnavailable`` without a URI)."""
         return self.registries.get(self.tracking_uri(spec), await self.credentials(namespace, spec))
 
-    async def resolve(self, namespace: str, spec: dict[str, Any]) -> ResolvedModel:
+    async def resolve(self, namespace: str, spec: api.ModelVersionSpec) -> ResolvedModel:
         registry, ref = await self.registry(namespace, spec), model_ref(spec)
         # The registry's HTTP client is synchronous (pooled, cached, single-flight): off the event loop, unless
         # the answer is in its cache (a thread hop per reconcile was a tenth of the CPU at 200 creates).
@@ -495,12 +534,17 @@ class Reconciler:
         membership when the caller knows it better than the index (the ABTest reconciler, which has just
         written the replicas it assigns); by default it is looked up.
         """
-        meta, spec = body["metadata"], body.get("spec") or {}
+        meta = body["metadata"]
         status = dict(body.get("status") or {})
         name, namespace, generation = meta["name"], meta["namespace"], int(meta.get("generation") or 1)
+        now = now_iso()
+        try:
+            # Parsed once, here: everything below reads the typed spec and the model's defaults.
+            spec = api.ModelVersionSpec.model_validate(body.get("spec") or {})
+        except ValidationError as exc:
+            return await self._invalid_spec(namespace, name, status, generation, now, spec_errors(exc))
         owner = builders.Owner(name=name, namespace=namespace, uid=meta["uid"])
         ref = model_ref(spec)
-        now = now_iso()
         events: list[Event] = []
         current = pinned(status, ref)  # the stable version, when it still answers the spec
         ro = dict(status.get("rollout") or {})
@@ -535,7 +579,7 @@ class Reconciler:
                                    f"{ref} is version {model.version}", generation, now)
         status.update({"observedGeneration": generation, "conditions": conditions})
 
-        canary_enabled = bool(spec.get("rollout"))
+        canary_enabled = api.given(spec.rollout)
         applied: dict[str, Any] | None = None
         written = body.get("status") or {}
         if not written.get("observedGeneration") and not written.get("model"):
@@ -550,7 +594,7 @@ class Reconciler:
         if member == "look up":  # the same pod labels and replicas on every path
             member = await self.abtest_membership(namespace, name)
         assigned = member.replicas if member else None  # an ABTest's replica-ratio share, if any
-        total = int(assigned if assigned is not None else spec.get("replicas", 1)) or 1
+        total = int(assigned if assigned is not None else spec.replicas) or 1
         rejected = (ro.get("phase") == "RolledBack" and ro.get("rejectedVersion") == model.version
                     and stable_model is not None and stable_model.version != model.version)
         undo = self._pending_action(body, ro, status) == "undo" and stable_model is not None
@@ -569,11 +613,11 @@ class Reconciler:
             status["model"] = model.as_status()
         # The apply's answer is the Deployment as it is now (status included): no second read on that path.
         deployment = applied if applied is not None else await self.kube.read_deployment(namespace, name)
-        status, ready_events = await self._write_readiness(namespace, name, status, spec, generation, deployment, now,
-                                                     await self.pods_of(namespace, deployment, spec), first=body)
+        status, ready_events = await self._write_readiness(namespace, name, status, generation, deployment, now,
+                                                     await self.pods_of(namespace, deployment), first=body)
         return Result(status=status, events=events + ready_events)
 
-    async def _write_readiness(self, namespace: str, name: str, status: dict[str, Any], spec: dict[str, Any],
+    async def _write_readiness(self, namespace: str, name: str, status: dict[str, Any],
                          generation: int, deployment: dict[str, Any] | None, now: str,
                          pods: list[dict[str, Any]] | None,
                          first: dict[str, Any] | None = None) -> tuple[dict[str, Any], list[Event]]:
@@ -590,7 +634,7 @@ class Reconciler:
                       if c.get("type") in READINESS_CONDITIONS}
             base = {**status, "conditions": [c for c in status.get("conditions") or []
                                              if c.get("type") not in latest] + list(latest.values())}
-            new, events = readiness_status(base, spec, generation, deployment, now, pods)
+            new, events = readiness_status(base, generation, deployment, now, pods)
             out = {**base, **new}
             out["phase"] = rollout_phase(out)
             if await self.kube.patch_status(namespace, name, out,
@@ -600,10 +644,9 @@ class Reconciler:
         await self.kube.patch_status(namespace, name, out)  # still contended: readiness was read just now anyway
         return out, events
 
-    async def pods_of(self, namespace: str, deployment: dict[str, Any] | None,
-                spec: dict[str, Any]) -> list[dict[str, Any]] | None:
+    async def pods_of(self, namespace: str, deployment: dict[str, Any] | None) -> list[dict[str, Any]] | None:
         """The pods of a serving Deployment that is not fully available (to say why); None otherwise."""
-        if deployment is None or observe(deployment, spec)["ready"]:
+        if deployment is None or observe(deployment)["ready"]:
             return None
         if not int((deployment.get("status") or {}).get("replicas") or 0):
             return None  # no pod yet (just created or scaled to 0): nothing a pod could explain
@@ -633,8 +676,8 @@ class Reconciler:
                         if m[0] == name), key=lambda m: m[1].abtest)
         return found[0][1] if found else None
 
-    async def _objects(self, owner: builders.Owner, spec: dict[str, Any], status: dict[str, Any], stable: ResolvedModel,
-                 member: Membership | None, **kwargs: Any) -> dict[str, Any] | None:
+    async def _objects(self, owner: builders.Owner, spec: api.ModelVersionSpec, status: dict[str, Any],
+                       stable: ResolvedModel, member: Membership | None, **kwargs: Any) -> dict[str, Any] | None:
         """Plan the owned objects (``desired_objects``, pure) and act on them; ``status.gatewayRoute`` follows.
         Returns the stable Deployment as its apply answered (None if it was not applied)."""
         objects = desired_objects(owner, spec, stable, member, self.tracking_uri(spec), self.settings.serving_image,
@@ -649,7 +692,7 @@ class Reconciler:
             if what["kind"] == "Deployment" and what["metadata"]["name"] == owner.name:
                 applied = answer if isinstance(answer, dict) and answer.get("kind") == "Deployment" else None
                 applied_at = time.monotonic()
-        if applied is not None and not observe(applied, spec)["ready"] \
+        if applied is not None and not observe(applied)["ready"] \
                 and time.monotonic() - applied_at > STALE_APPLY_SECONDS:
             # The objects applied after it took a while (a burst of Services waits on the apiserver's
             # ClusterIP allocator, one at a time): the Deployment has moved on since its apply answered, so
@@ -659,15 +702,15 @@ class Reconciler:
             status["gatewayRoute"] = objects.gateway_route
         return applied
 
-    async def _canary(self, owner: builders.Owner, spec: dict[str, Any], status: dict[str, Any], stable: ResolvedModel,
-                candidate: ResolvedModel, body: dict[str, Any], now_text: str, member: Membership | None,
-                total: int) -> list[Event]:
+    async def _canary(self, owner: builders.Owner, spec: api.ModelVersionSpec, status: dict[str, Any],
+                      stable: ResolvedModel, candidate: ResolvedModel, body: dict[str, Any], now_text: str,
+                      member: Membership | None, total: int) -> list[Event]:
         """One tick of a guarded rollout: observe both tracks, plan (``rollout.plan``, pure), act."""
         events: list[Event] = []
         now = rollout.parse_time(now_text)
         old = dict(status.get("rollout") or {})
         ro = dict(old)
-        world = await self._observe_tracks(owner, spec)
+        world = await self._observe_tracks(owner)
         action = self._pending_action(body, ro, status)
         handled = self._annotation(body) if action else ro.get("handledAction")
         if ro.get("phase") == "RolledBack" and ro.get("rejectedVersion") == candidate.version and action != "undo":
@@ -694,7 +737,7 @@ class Reconciler:
         elif stepping and ro.get("kind") != "Undo" and candidate.version == stable.version:
             decision = rollout.cancel(ro, spec, world, total, now, f"the spec asks for version {stable.version} "
                                       f"again, not the canary version {ro.get('canaryVersion')}")
-        elif stepping and ro.get("kind") != "Undo" and not spec.get("rollout"):
+        elif stepping and ro.get("kind") != "Undo" and not api.given(spec.rollout):
             decision = rollout.promote_now(ro, spec, world, total, now, "spec.rollout was removed: the spec's version "
                                            "is rolled out without further steps")
         elif not stepping or (ro.get("kind") != "Undo" and ro.get("canaryVersion") != candidate.version):
@@ -742,7 +785,7 @@ class Reconciler:
         return events
 
     @staticmethod
-    def _started(start: rollout.Decision, spec: dict[str, Any], total: int, world: rollout.World,
+    def _started(start: rollout.Decision, spec: api.ModelVersionSpec, total: int, world: rollout.World,
                  now: float) -> rollout.Decision:
         """A new rollout's first tick: its record from ``start``, its replicas from the planner."""
         first = rollout.plan(start.rollout, spec, total, world, now)
@@ -756,7 +799,7 @@ class Reconciler:
                                                     version=str(record.get("version") or "")))
         return model or fallback
 
-    async def _observe_tracks(self, owner: builders.Owner, spec: dict[str, Any]) -> rollout.World:
+    async def _observe_tracks(self, owner: builders.Owner) -> rollout.World:
         """Both tracks' Deployments and the canary pods' health, as the planner reads them."""
         tracks = []
         for track in ("stable", "canary"):
@@ -770,7 +813,7 @@ class Reconciler:
             template = ((dspec.get("template") or {}).get("metadata") or {}).get("labels") or {}
             tracks.append(rollout.Track(
                 replicas=int(dspec["replicas"]) if dspec.get("replicas") is not None else 1,
-                ready=ready if current else 0, settled=bool(observe(dep, spec)["ready"]) and current,
+                ready=ready if current else 0, settled=bool(observe(dep)["ready"]) and current,
                 version=str(template.get(builders.VERSION_LABEL, "")), exists=True))
         health = rollout.Health()
         if tracks[1].exists:
@@ -783,13 +826,15 @@ class Reconciler:
             health = pod_health(pods)
         return rollout.World(stable=tracks[0], canary=tracks[1], health=health)
 
-    async def _with_signature(self, namespace: str, spec: dict[str, Any], model: ResolvedModel) -> ResolvedModel:
+    async def _with_signature(self, namespace: str, spec: api.ModelVersionSpec, model: ResolvedModel) -> ResolvedModel:
         """The promoted version with its signature: a canary's copy in ``status.rollout`` has none (a status
         holds one signature), so it is read again from MLflow — best effort, the promotion does not wait on it."""
         if model.signature:
             return model
         try:
-            full = await self.resolve(namespace, {**spec, "model": {"name": model.name, "version": model.version}})
+            # A copy that asks for this version (same registry and credentials); not validated again.
+            pinned_spec = spec.model_copy(update={"model": api.ModelRef(name=model.name, version=model.version)})
+            full = await self.resolve(namespace, pinned_spec)
         except (RegistryError, SpecError) as exc:
             logging.getLogger(__name__).warning("signature of %s version %s: %s", model.name, model.version, exc)
             return model
@@ -815,13 +860,13 @@ class Reconciler:
     def _pending_action(self, body: dict[str, Any], ro: dict[str, Any], status: dict[str, Any]) -> str:
         return pending_action(self._annotation(body), ro, status)
 
-    def _analyse(self, owner: builders.Owner, spec: dict[str, Any], stable: ResolvedModel,
+    def _analyse(self, owner: builders.Owner, spec: api.ModelVersionSpec, stable: ResolvedModel,
                  candidate: ResolvedModel, step_seconds: int, ro: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
         """One analysis round over this step's samples only. At a step where the stable version serves no
         traffic (100 %), relative checks compare with the baselines of earlier steps, or — for a check no
         earlier step measured — with the stable version's value just before the rollout started."""
         try:
-            cfg = analysis.Settings.from_spec((spec.get("rollout") or {}).get("analysis"))
+            cfg = analysis.Settings.from_spec(spec.rollout.analysis if spec.rollout is not None else None)
         except analysis.AnalysisSpecError as exc:
             return "Inconclusive", [{"check": "spec", "verdict": "Error", "value": None, "baseline": None,
                                      "threshold": "", "samples": None, "query": "", "message": str(exc)}]
@@ -844,15 +889,15 @@ class Reconciler:
             metrics.observe_measurement(owner.namespace, owner.name, m)
         return analysis.overall(results, cfg.no_data), [m.as_status() for m in results]
 
-    async def _write_back(self, namespace: str, spec: dict[str, Any], status: dict[str, Any], model: ResolvedModel,
-                    promoted: bool, reason: str, now: str) -> list[Event]:
+    async def _write_back(self, namespace: str, spec: api.ModelVersionSpec, status: dict[str, Any],
+                          model: ResolvedModel, promoted: bool, reason: str, now: str) -> list[Event]:
         """Opt-in registry write-back (``spec.rollout.writeBack``), with the same credentials Secret as
         resolution. Never fatal (the rollout decision stands), but never silent: the outcome is the
         ``RegistryWriteBack`` condition, and a failure is one Warning Event."""
-        wb = (spec.get("rollout") or {}).get("writeBack") or {}
-        if not wb.get("enabled"):
+        wb = spec.rollout.write_back if spec.rollout is not None else None
+        if wb is None or not wb.enabled:
             return []
-        alias = wb.get("promoteAlias", "champion")
+        alias = wb.promote_alias or DEFAULT_PROMOTE_ALIAS
         what = (f"set @{alias} on {model.name} version {model.version} and tagged it modelpilot.promoted"
                 if promoted else f"tagged {model.name} version {model.version} modelpilot.rejected")
         generation = int(status.get("observedGeneration") or 1)
@@ -877,10 +922,13 @@ class Reconciler:
                                              "Written", what, generation, now)
         return []
 
-    async def _unresolved(self, namespace: str, name: str, status: dict[str, Any], ref: ModelRef, generation: int,
-                    now: str, exc: Exception, keep: bool) -> Result:
-        """The registry could not answer: say why, touch nothing that runs, ask for a retry."""
+    async def _unresolved(self, namespace: str, name: str, status: dict[str, Any], ref: ModelRef | None,
+                          generation: int, now: str, exc: Exception, keep: bool) -> Result:
+        """The registry could not answer, or the spec cannot work: say why, touch nothing that runs, ask for a
+        retry — but for a spec that does not parse (``InvalidSpec``, ``ref`` None), which only a spec change
+        (a reconcile of its own) can fix."""
         not_found = isinstance(exc, RegistryNotFound)
+        invalid = isinstance(exc, InvalidSpec)
         reason = "ModelNotFound" if not_found else "SpecError" if isinstance(exc, SpecError) else "RegistryUnavailable"
         message = str(exc)
         conditions = set_condition(list(status.get("conditions") or []), "Resolved", "False", reason, message,
@@ -889,13 +937,29 @@ class Reconciler:
             # Nothing pinned for this spec: the resource is not Ready. What already runs stays untouched.
             conditions = set_condition(conditions, "Ready", "False", reason, message, generation, now)
             conditions = set_condition(conditions, "Reconciling", "True", reason, message, generation, now)
-            status["phase"] = "Failed" if not_found else "Resolving"
+            status["phase"] = "Failed" if not_found or invalid else "Resolving"
         old: dict[str, Any] = next((c for c in status.get("conditions") or [] if c.get("type") == "Resolved"), {})
         repeated = old.get("status") == "False" and old.get("reason") == reason  # a retry: said already
+        if invalid:  # a spec edited into another unreadable one is news; a retry it is not
+            repeated = repeated and old.get("message") == (message[:1000] or reason)
         status.update({"conditions": conditions, "observedGeneration": generation})
         await self.kube.patch_status(namespace, name, status)
-        events = [] if repeated else [Event("Warning", reason, f"cannot resolve {ref}: {message}")]
-        return Result(status=status, events=events, retry=True, message=message)
+        said = f"cannot resolve {ref}: {message}" if ref is not None else f"the spec cannot be read: {message}"
+        events = [] if repeated else [Event("Warning", reason, said)]
+        return Result(status=status, events=events, retry=not invalid, message=message)
+
+    async def _invalid_spec(self, namespace: str, name: str, status: dict[str, Any], generation: int, now: str,
+                            message: str) -> Result:
+        """A spec that does not parse: the ``SpecError`` path (``Resolved=False`` naming each field, one Warning
+        Event; ``Ready=False`` and phase ``Failed`` when nothing serves yet), nothing applied or deleted. Said
+        already for this generation (a rollout tick, an alias poll): nothing is written again."""
+        old: dict[str, Any] = next((c for c in status.get("conditions") or [] if c.get("type") == "Resolved"), {})
+        if (status.get("observedGeneration") == generation and old.get("status") == "False"
+                and old.get("reason") == "SpecError" and old.get("message") == message[:1000]):
+            return Result(status=status, message=message)
+        serving = bool((status.get("model") or {}).get("version"))
+        return await self._unresolved(namespace, name, status, None, generation, now, InvalidSpec(message),
+                                      keep=serving)
 
     async def refresh_readiness(self, namespace: str, name: str) -> Result | None:
         """Update the ModelVersion's readiness from its Deployment, read now, and, while it is not available,
@@ -913,10 +977,9 @@ class Reconciler:
             if not status.get("model"):
                 return None  # not reconciled yet; the reconcile handler writes the first status
             generation = int(body["metadata"].get("generation") or 1)
-            spec = body.get("spec") or {}
             deployment = await self.kube.read_deployment(namespace, name)
-            new, events = readiness_status(status, spec, int(status.get("observedGeneration") or generation),
-                                           deployment, now_iso(), await self.pods_of(namespace, deployment, spec))
+            new, events = readiness_status(status, int(status.get("observedGeneration") or generation),
+                                           deployment, now_iso(), await self.pods_of(namespace, deployment))
             new["phase"] = rollout_phase({**status, **new})
             changed = {k: v for k, v in new.items() if status.get(k) != v}
             if changed and not await self.kube.patch_status(namespace, name, new,

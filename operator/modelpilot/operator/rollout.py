@@ -1,6 +1,7 @@
 """Guarded canary rollout of a ModelVersion: a pure planner whose whole state lives in ``status.rollout``.
 
-Reconcile-level logic, no I/O. ``plan()`` takes the rollout status, the spec,
+Reconcile-level logic, no I/O. ``plan()`` takes the rollout status, the typed spec
+(``api.ModelVersionSpec``, read through ``settings``),
 the observed world (both tracks' Deployments, the canary pods' health, a
 pending manual action, an analysis round if one was due) and the time, and
 returns the next rollout status, the replicas each track must have *now* and
@@ -39,12 +40,11 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from modelpilot.operator import contract
+from modelpilot.operator import api, contract
 
 #: Manual actions: ``<action>`` or ``<action>/<version>`` (promote, abort, pause, resume, undo), acted on once
 #: (``contract.parse_action``).
 ACTION_ANNOTATION = contract.ACTION_ANNOTATION
-DEFAULT_STEPS = [10, 25, 50, 100]
 HISTORY_LIMIT = 20
 #: Phases in which the operator is still moving traffic or pods.
 ACTIVE = ("Progressing", "Paused", "Promoting", "RollingBack")
@@ -139,22 +139,46 @@ def surge_limit(total: int, value: Any) -> int:
     return max(0, int(value))
 
 
-def settings(spec: dict[str, Any]) -> dict[str, Any]:
-    rollout = spec.get("rollout") or {}
-    analysis = rollout.get("analysis") or {}
-    return {
-        "steps": [int(s) for s in rollout.get("steps") or DEFAULT_STEPS],
-        "interval": float(rollout.get("stepIntervalSeconds", 60)),
-        "deadline": float(rollout.get("progressDeadlineSeconds", 600)),
-        "analysis": bool(analysis.get("enabled", True)),
-        # Two failing rounds, not one, roll back by default: one noisy p99 round against a freshly started
-        # pod is not a regression (an identical model was rolled back with a limit of 0).
-        "failure_limit": int(analysis.get("failureLimit", 1)),
-        "inconclusive_limit": int(analysis.get("inconclusiveLimit", 3)),
-        "max_surge": rollout.get("maxSurge"),
-        "gateway": bool((spec.get("routing") or {}).get("gatewayRef")),
-        "shadow_seconds": float(rollout.get("shadowSeconds") or 0),
-    }
+@dataclass(frozen=True)
+class Settings:
+    """What the planner reads of a spec, with every default applied (``settings``)."""
+
+    steps: tuple[int, ...]
+    interval: float  # spec.rollout.stepIntervalSeconds
+    deadline: float  # spec.rollout.progressDeadlineSeconds
+    analysis: bool  # spec.rollout.analysis.enabled
+    failure_limit: int
+    inconclusive_limit: int
+    max_surge: int | str | None  # spec.rollout.maxSurge as given (None: 100 %, see surge_limit)
+    gateway: bool  # spec.routing.gatewayRef: the route, not replica ratio, sets the weight
+    shadow_seconds: float
+
+
+#: What an absent ``spec.rollout`` / ``spec.rollout.analysis`` means: the model's (the CRD's) defaults.
+_NO_ROLLOUT = api.Rollout()
+_NO_ANALYSIS = api.Analysis()
+#: The operator's own defaults, for fields the CRD leaves without one. Two failing rounds, not one, roll back:
+#: one noisy p99 round against a freshly started pod is not a regression (an identical model was rolled back
+#: with a limit of 0).
+DEFAULT_FAILURE_LIMIT = 1
+DEFAULT_INCONCLUSIVE_LIMIT = 3
+
+
+def settings(spec: api.ModelVersionSpec) -> Settings:
+    rollout = spec.rollout or _NO_ROLLOUT
+    analysis = rollout.analysis or _NO_ANALYSIS
+    return Settings(
+        steps=tuple(rollout.steps),
+        interval=float(rollout.step_interval_seconds),
+        deadline=float(rollout.progress_deadline_seconds),
+        analysis=analysis.enabled,
+        failure_limit=DEFAULT_FAILURE_LIMIT if analysis.failure_limit is None else analysis.failure_limit,
+        inconclusive_limit=(DEFAULT_INCONCLUSIVE_LIMIT if analysis.inconclusive_limit is None
+                            else analysis.inconclusive_limit),
+        max_surge=rollout.max_surge,
+        gateway=spec.routing is not None,
+        shadow_seconds=float(rollout.shadow_seconds or 0),
+    )
 
 
 def replica_targets(total: int, weight: int, max_surge: int) -> tuple[int, int, bool]:
@@ -193,14 +217,14 @@ def _history(rollout: dict[str, Any], now: float, decision: str, message: str) -
     return [*(rollout.get("history") or []), entry][-HISTORY_LIMIT:]
 
 
-def start(stable: dict[str, Any], canary: dict[str, Any], spec: dict[str, Any], now: float,
+def start(stable: dict[str, Any], canary: dict[str, Any], spec: api.ModelVersionSpec, now: float,
           kind: str = "Canary", reason: str = "", rejected: str = "") -> Decision:
     """A new rollout with a clean record: every key of ``FIELDS`` it does not set is None.
 
     ``kind="Undo"`` brings ``canary`` (the previous version) back; ``rejected`` is the version the spec asks
     for (by default the serving one), which stays rejected until the spec or the alias moves on."""
     cfg = settings(spec)
-    weight = 100 if kind == "Undo" else cfg["steps"][0]
+    weight = 100 if kind == "Undo" else cfg.steps[0]
     rollout: dict[str, Any] = dict.fromkeys(FIELDS)
     rollout.update({"phase": "Progressing", "kind": kind, "stableVersion": stable["version"],
                     "canaryVersion": canary["version"], "canaryModel": canary, "step": 0, "weight": weight,
@@ -212,9 +236,9 @@ def start(stable: dict[str, Any], canary: dict[str, Any], spec: dict[str, Any], 
         # The spec's version (``rejected``) stays rejected until the spec or the alias moves on — unless the
         # version brought back is the spec's own (an undo of an undo): then nothing is rejected.
         rollout.update(finalPhase="RolledBack" if rejected else "Promoted", rejectedVersion=rejected or None)
-    elif cfg["gateway"] and cfg["shadow_seconds"] > 0:
+    elif cfg.gateway and cfg.shadow_seconds > 0:
         rollout.update(shadow=True)  # live traffic mirrored to the canary, analysed, never answered by it
-        what += f", after a {cfg['shadow_seconds']:.0f}s shadow phase"
+        what += f", after a {cfg.shadow_seconds:.0f}s shadow phase"
     rollout["history"] = _history(rollout, now, "Start", f"{what}{': ' + reason if reason else ''}")
     message = (f"undo started: version {canary['version']} is brought back at full size, then takes the traffic"
                if kind == "Undo" else f"canary rollout of version {canary['version']} started at {weight}%")
@@ -230,15 +254,15 @@ def _step_requested(r: dict[str, Any]) -> float:
     return parse_time(r.get("stepRequestedAt") or r.get("stepStartedAt") or r["startedAt"])
 
 
-def targets(r: dict[str, Any], total: int, cfg: dict[str, Any]) -> tuple[int, int, bool]:
+def targets(r: dict[str, Any], total: int, cfg: Settings) -> tuple[int, int, bool]:
     """Replicas (stable, canary) the current step asks for, and whether they honour its weight.
 
     With a Gateway the route sets the weight exactly: stable keeps ``total`` replicas throughout and the
     canary gets its share of them (at least one), so either can take all the traffic at any moment."""
     weight = int(r.get("weight") or 0)
-    if cfg["gateway"]:
+    if cfg.gateway:
         return total, total if weight >= 100 else max(1, math.ceil(total * weight / 100)), True
-    return replica_targets(total, weight, surge_limit(total, cfg["max_surge"]))
+    return replica_targets(total, weight, surge_limit(total, cfg.max_surge))
 
 
 def _settled(r: dict[str, Any], world: World, stable: int, canary: int) -> bool:
@@ -251,22 +275,22 @@ def _settled(r: dict[str, Any], world: World, stable: int, canary: int) -> bool:
             and s.ready >= stable and c.ready >= canary)
 
 
-def analysis_window(r: dict[str, Any], spec: dict[str, Any], world: World, total: int, now: float) -> int | None:
+def analysis_window(r: dict[str, Any], spec: api.ModelVersionSpec, world: World, total: int, now: float) -> int | None:
     """Seconds of this step's samples to analyse now, or None when no round is due (the step's replicas
     are not in place yet, its interval has not passed, analysis is off, or the rollout is not stepping)."""
     cfg = settings(spec)
-    if r.get("phase") != "Progressing" or not cfg["analysis"] or world.action or r.get("kind") == "Undo":
+    if r.get("phase") != "Progressing" or not cfg.analysis or world.action or r.get("kind") == "Undo":
         return None
     started = _step_started(r)
     if started is None or not _settled(r, world, *targets(r, total, cfg)[:2]):
         return None
     elapsed = now - started
-    if elapsed < (cfg["shadow_seconds"] if r.get("shadow") else cfg["interval"]):
+    if elapsed < (cfg.shadow_seconds if r.get("shadow") else cfg.interval):
         return None
     return max(int(elapsed), 1)
 
 
-def plan(rollout: dict[str, Any], spec: dict[str, Any], total: int, world: World, now: float) -> Decision:
+def plan(rollout: dict[str, Any], spec: api.ModelVersionSpec, total: int, world: World, now: float) -> Decision:
     """One tick of the rollout: the next status, the replicas of each track now, and the decision.
 
     ``total`` is the replicas the ModelVersion serves with (``spec.replicas`` or its ABTest's share).
@@ -274,7 +298,7 @@ def plan(rollout: dict[str, Any], spec: dict[str, Any], total: int, world: World
     cfg = settings(spec)
     r = dict(rollout)
     if r.get("kind") == "Undo":  # back to a version that served before: no steps, no hold, no analysis
-        cfg.update(steps=[100], interval=0.0, analysis=False)
+        cfg = dataclasses.replace(cfg, steps=(100,), interval=0.0, analysis=False)
     phase = r.get("phase")
     if phase == "Promoting":
         return _finish(cfg, r, world, total, now, promote=True)
@@ -304,7 +328,7 @@ def plan(rollout: dict[str, Any], spec: dict[str, Any], total: int, world: World
     if not honoured:
         r["weightWarning"] = (f"step {r['step'] + 1} asks for {r['weight']}% but {stable} stable + {canary} canary "
                               f"replicas give {effective_weight(stable, canary)}%: within "
-                              f"maxSurge={'100%' if cfg['max_surge'] is None else cfg['max_surge']} no split is within ±{WEIGHT_TOLERANCE:.0f} "
+                              f"maxSurge={'100%' if cfg.max_surge is None else cfg.max_surge} no split is within ±{WEIGHT_TOLERANCE:.0f} "
                               "points (raise maxSurge or replicas, or route with a Gateway)")
         if rollout.get("weightWarning") != r["weightWarning"]:
             warning = r["weightWarning"]
@@ -319,9 +343,9 @@ def plan(rollout: dict[str, Any], spec: dict[str, Any], total: int, world: World
             r["canaryRestarts"] = world.health.restarts
         elif restarts > RESTARTS_WHILE_STARTING:
             return _roll_back(cfg, r, world, total, now, _health_failure(r, world, restarts))
-        if now - _step_requested(r) > cfg["deadline"]:
+        if now - _step_requested(r) > cfg.deadline:
             why = (f"the canary's replicas for step {r['step'] + 1} ({r['weight']}%) were not ready within "
-                   f"progressDeadlineSeconds={cfg['deadline']:.0f}")
+                   f"progressDeadlineSeconds={cfg.deadline:.0f}")
             return _roll_back(cfg, r, world, total, now, f"{why}: {world.health.problem}" if world.health.problem else why)
         return _hold(cfg, r, world, stable, canary, "Wait", f"step {r['step'] + 1}: waiting for {stable} stable + {canary} "
                      "canary replicas to be ready", warning)
@@ -334,11 +358,11 @@ def plan(rollout: dict[str, Any], spec: dict[str, Any], total: int, world: World
     flapped = world.health.last_ready_change is not None and world.health.last_ready_change > started
     if restarts > 0 or flapped:
         return _roll_back(cfg, r, world, total, now, _health_failure(r, world, restarts))
-    interval = cfg["shadow_seconds"] if r.get("shadow") else cfg["interval"]
+    interval = cfg.shadow_seconds if r.get("shadow") else cfg.interval
     if now - started < interval:
         where = "the shadow phase" if r.get("shadow") else f"step {r['step'] + 1} ({r['weight']}%)"
         return _hold(cfg, r, world, stable, canary, "Wait", f"holding {where}", warning)
-    verdict = "Pass" if not cfg["analysis"] else world.verdict
+    verdict = "Pass" if not cfg.analysis else world.verdict
     measurements = world.measurements or []
     if world.measurements is not None:
         r["analysis"] = world.measurements
@@ -346,19 +370,19 @@ def plan(rollout: dict[str, Any], spec: dict[str, Any], total: int, world: World
         return _hold(cfg, r, world, stable, canary, "Wait", "waiting for analysis", warning)
     if verdict == "Fail":
         r["failures"] = int(r.get("failures") or 0) + 1
-        if r["failures"] > cfg["failure_limit"]:
+        if r["failures"] > cfg.failure_limit:
             return _roll_back(cfg, r, world, total, now, "analysis failed: " + _evidence(measurements))
         r["history"] = _history(r, now, "Fail", f"analysis failed ({r['failures']} of failureLimit "
-                                f"{cfg['failure_limit']} tolerated): " + _evidence(measurements))
+                                f"{cfg.failure_limit} tolerated): " + _evidence(measurements))
         r["stepStartedAt"] = fmt_time(now)  # the next round is judged on fresh samples
         return _hold(cfg, r, world, stable, canary, "Wait", "analysis failed; within failureLimit", warning)
     if verdict == "Hold":
-        if now - _step_requested(r) > cfg["deadline"]:
+        if now - _step_requested(r) > cfg.deadline:
             return _roll_back(cfg, r, world, total, now, "no data before progressDeadlineSeconds: " + _evidence(measurements))
         return _hold(cfg, r, world, stable, canary, "Wait", "holding: not enough data yet", warning)
     if verdict == "Inconclusive":
         r["inconclusive"] = int(r.get("inconclusive") or 0) + 1
-        if r["inconclusive"] > cfg["inconclusive_limit"]:
+        if r["inconclusive"] > cfg.inconclusive_limit:
             r["phase"] = "Paused"
             msg = "paused after too many inconclusive analyses; promote or abort"
             r["history"] = _history(r, now, "Pause", msg + ": " + _evidence(measurements))
@@ -370,7 +394,7 @@ def plan(rollout: dict[str, Any], spec: dict[str, Any], total: int, world: World
     baselines.update({m["check"]: m["baseline"] for m in measurements
                       if m.get("baseline") is not None and not m.get("storedBaseline")})
     r["baselines"] = baselines
-    steps = cfg["steps"]
+    steps = cfg.steps
     if r.get("shadow"):  # the canary answered mirrored traffic well: now real traffic, at the first step
         r["history"] = _history(r, now, "Pass", "shadow phase passed: " + (_evidence(measurements) or "passed"))
         r.update(shadow=False, stepRequestedAt=fmt_time(now), stepStartedAt=None, failures=0, inconclusive=0,
@@ -378,12 +402,12 @@ def plan(rollout: dict[str, Any], spec: dict[str, Any], total: int, world: World
         return _hold(cfg, r, world, stable, canary, "Advance", f"shadow phase passed; canary weight {r['weight']}%")
     if r["step"] + 1 >= len(steps) or r["weight"] >= 100:
         why = ("the previous version is ready at full size" if r.get("kind") == "Undo" else
-               "every step passed analysis" if cfg["analysis"] else
+               "every step passed analysis" if cfg.analysis else
                "every step held its interval with healthy pods (analysis disabled)")
         return _promote(cfg, r, world, total, now, why)
     held = "held its interval with healthy pods (analysis disabled)"
-    r["history"] = _history(r, now, "Pass", (_evidence(measurements) or "passed") if cfg["analysis"] else held)
-    why = "analysis passed" if cfg["analysis"] else f"step {r['step'] + 1} {held}"
+    r["history"] = _history(r, now, "Pass", (_evidence(measurements) or "passed") if cfg.analysis else held)
+    why = "analysis passed" if cfg.analysis else f"step {r['step'] + 1} {held}"
     r.update(step=r["step"] + 1, weight=steps[r["step"] + 1], stepRequestedAt=fmt_time(now), stepStartedAt=None,
              failures=0, inconclusive=0, canaryRestarts=world.health.restarts)
     stable, canary, _ = targets(r, total, cfg)
@@ -406,7 +430,7 @@ def _health_failure(r: dict[str, Any], world: World, restarts: int) -> str:
     return "pod-health: " + message
 
 
-def _hold(cfg: dict[str, Any], r: dict[str, Any], world: World, stable: int, canary: int, action: str,
+def _hold(cfg: Settings, r: dict[str, Any], world: World, stable: int, canary: int, action: str,
           message: str, warning: str = "") -> Decision:
     """Move towards (stable, canary) replicas, surge first: the growing track is scaled and ready before the
     shrinking one is scaled down, so the ready pods never drop below what either end state has. With a
@@ -418,7 +442,7 @@ def _hold(cfg: dict[str, Any], r: dict[str, Any], world: World, stable: int, can
     stable_now = stable if stable >= s.replicas or (c.exists and c.settled and c.ready >= canary
                                                      and c.replicas >= canary) else s.replicas
     r["replicas"] = {"stable": stable_now, "canary": canary_now}
-    if not cfg["gateway"]:
+    if not cfg.gateway:
         r["effectiveWeight"] = effective_weight(min(s.ready, stable_now), min(c.ready, canary_now)) \
             if (s.ready or c.ready) else effective_weight(stable_now, canary_now)
         return Decision(action, r, message, stable_replicas=stable_now, canary_replicas=canary_now, warning=warning)
@@ -439,7 +463,7 @@ def _evidence(measurements: list[dict[str, Any]]) -> str:
                      f"({m['verdict']}: {m['message']})" for m in measurements)
 
 
-def _roll_back(cfg: dict[str, Any], r: dict[str, Any], world: World, total: int, now: float, why: str,
+def _roll_back(cfg: Settings, r: dict[str, Any], world: World, total: int, now: float, why: str,
                final: str = "RolledBack") -> Decision:
     """Enter ``RollingBack``: the stable version at full size first; the canary stays until it is ready."""
     r.update(phase="RollingBack", finalPhase=final, reason=why[:1000], stepStartedAt=None, shadow=None)
@@ -452,19 +476,19 @@ def _roll_back(cfg: dict[str, Any], r: dict[str, Any], world: World, total: int,
                                message=f"{verb} version {r['canaryVersion']}: {why}")
 
 
-def cancel(rollout: dict[str, Any], spec: dict[str, Any], world: World, total: int, now: float,
+def cancel(rollout: dict[str, Any], spec: api.ModelVersionSpec, world: World, total: int, now: float,
            why: str) -> Decision:
     """The spec no longer asks for the canary version: back to stable without a capacity hole."""
     return _roll_back(settings(spec), dict(rollout), world, total, now, why, final="Cancelled")
 
 
-def promote_now(rollout: dict[str, Any], spec: dict[str, Any], world: World, total: int, now: float,
+def promote_now(rollout: dict[str, Any], spec: api.ModelVersionSpec, world: World, total: int, now: float,
                 why: str) -> Decision:
     """Finish an active rollout by promotion (e.g. ``spec.rollout`` was removed mid-rollout)."""
     return _promote(settings(spec), dict(rollout), world, total, now, why)
 
 
-def _promote(cfg: dict[str, Any], r: dict[str, Any], world: World, total: int, now: float, why: str) -> Decision:
+def _promote(cfg: Settings, r: dict[str, Any], world: World, total: int, now: float, why: str) -> Decision:
     """Enter ``Promoting``: the stable Deployment runs the canary version at full size before the canary goes."""
     undo_final = "RolledBack" if r.get("rejectedVersion") else "Promoted"
     r.update(phase="Promoting", finalPhase=undo_final if r.get("kind") == "Undo" else "Promoted", reason=why,
@@ -474,7 +498,7 @@ def _promote(cfg: dict[str, Any], r: dict[str, Any], world: World, total: int, n
     return dataclasses.replace(d, action="Promote", message=f"promoting version {r['canaryVersion']}: {why}")
 
 
-def _finish(cfg: dict[str, Any], r: dict[str, Any], world: World, total: int, now: float, promote: bool,
+def _finish(cfg: Settings, r: dict[str, Any], world: World, total: int, now: float, promote: bool,
             entering: bool = False) -> Decision:
     """Promoting / RollingBack: the surviving version on the stable Deployment at ``total`` replicas; once it
     runs that version and every replica is ready, traffic moves to it (with a Gateway: the route sends it
@@ -485,14 +509,14 @@ def _finish(cfg: dict[str, Any], r: dict[str, Any], world: World, total: int, no
     ready = (not entering and s.version == survivor and s.replicas == total and s.settled and s.ready >= total)
     which = "canary" if promote else "stable"
     canary_now = world.canary.replicas if world.canary.exists else None
-    route = int(r.get("routeWeight") or 0) if cfg["gateway"] else None
+    route = int(r.get("routeWeight") or 0) if cfg.gateway else None
     if not ready:
         r["replicas"] = {"stable": total, "canary": world.canary.replicas}
         what = "promoting" if promote else "rolling back"
         return Decision("Wait", r, f"{what}: waiting for version {survivor} at {total} ready replicas "
                         f"({s.ready if s.version == survivor else 0} now) before removing the other",
                         stable_replicas=total, canary_replicas=canary_now, stable_model=which, route_weight=route)
-    if cfg["gateway"] and canary_now is not None:
+    if cfg.gateway and canary_now is not None:
         switched = r.get("routeSwitchedAt")
         if route or not switched:
             r.update(routeWeight=0, effectiveWeight=100 if promote else 0, routeSwitchedAt=fmt_time(now))
@@ -505,7 +529,7 @@ def _finish(cfg: dict[str, Any], r: dict[str, Any], world: World, total: int, no
     final = r.get("finalPhase") or ("Promoted" if promote else "RolledBack")
     r.update(phase=final, finishedAt=fmt_time(now), replicas={"stable": total, "canary": 0},
              effectiveWeight=100 if promote else 0, weightWarning=None)
-    if cfg["gateway"]:
+    if cfg.gateway:
         r["routeWeight"] = 0
     done = {"Promoted": f"promoted version {survivor}: it serves every request at {total} replicas",
             "RolledBack": f"rolled back to version {survivor}: it serves every request at {total} replicas"
@@ -514,4 +538,4 @@ def _finish(cfg: dict[str, Any], r: dict[str, Any], world: World, total: int, no
             "Cancelled": f"rollout of version {r['canaryVersion']} cancelled; version {survivor} serves"}[final]
     r["history"] = _history(r, now, final, done)
     return Decision(final, r, done, stable_replicas=total, canary_replicas=None, stable_model=which,
-                    route_weight=0 if cfg["gateway"] else None)
+                    route_weight=0 if cfg.gateway else None)
