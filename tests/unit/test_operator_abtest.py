@@ -9,13 +9,14 @@ from typing import Any
 
 import pytest
 
-from modelpilot.operator import abtest, abtest_reconcile
+from modelpilot.operator import abtest, abtest_reconcile, api
 from modelpilot.operator.reconcile import Membership
 
 SPEC = {"variants": [{"name": "a", "modelVersion": "iris-a", "weight": 90},
                      {"name": "b", "modelVersion": "iris-b", "weight": 10},
                      {"name": "s", "modelVersion": "iris-s", "weight": 0, "shadow": True}],
         "routing": {"gatewayRef": {"name": "gw", "namespace": "infra"}, "headerPinning": {"header": "x-variant"}}}
+TYPED = api.ABTestSpec.model_validate(SPEC)  # what the ABTest reconciler hands the builders
 
 
 @pytest.mark.parametrize("weights,replicas,expected", [
@@ -33,8 +34,8 @@ def test_replica_ratio(weights: tuple[int, int], replicas: tuple[int, int], expe
 
 
 def test_the_route_has_pinning_rules_weights_and_a_mirror_for_the_shadow() -> None:
-    vs = abtest.variants(SPEC)
-    route = abtest.build_httproute("iris", "ml", "uid", SPEC, vs, {"a": 90, "b": 10})
+    vs = abtest.variants(TYPED)
+    route = abtest.build_httproute("iris", "ml", "uid", TYPED, vs, {"a": 90, "b": 10})
     assert route["spec"]["parentRefs"] == [{"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "gw",
                                             "namespace": "infra"}]
     pin_a, pin_b, default = route["spec"]["rules"]
@@ -46,20 +47,20 @@ def test_the_route_has_pinning_rules_weights_and_a_mirror_for_the_shadow() -> No
 
 
 def test_the_simulated_data_plane_follows_weights_and_pins() -> None:
-    vs = abtest.variants(SPEC)
-    route = abtest.build_httproute("iris", "ml", "uid", SPEC, vs, {"a": 90, "b": 10})
+    vs = abtest.variants(TYPED)
+    route = abtest.build_httproute("iris", "ml", "uid", TYPED, vs, {"a": 90, "b": 10})
     counts = Counter(abtest.pick_backend(route, {}, i / 1000) for i in range(1000))
     assert counts == {"iris-a": 900, "iris-b": 100}
     assert abtest.pick_backend(route, {"X-Variant": "b"}, 0.0) == "iris-b"
 
 
 def test_split_text_for_the_printer_column() -> None:
-    assert abtest.split_text(abtest.variants(SPEC), {"a": 90, "b": 10}) == "a=90,b=10,s=shadow"
+    assert abtest.split_text(abtest.variants(TYPED), {"a": 90, "b": 10}) == "a=90,b=10,s=shadow"
 
 
 def test_provider_choice() -> None:
-    assert abtest.provider(SPEC) == "gateway"
-    assert abtest.provider({"variants": SPEC["variants"]}) == "replicas"
+    assert abtest.provider(TYPED) == "gateway"
+    assert abtest.provider(api.ABTestSpec.model_validate({"variants": SPEC["variants"]})) == "replicas"
 
 
 # ---------------------------------------------------------------------------- the pure plan (observe → plan → act)
@@ -70,6 +71,11 @@ T0, T1 = "2026-11-30T06:00:00Z", "2026-11-30T06:00:15Z"
 def _ab(spec: dict[str, Any], status: dict[str, Any] | None = None, generation: int = 1) -> dict[str, Any]:
     return {"metadata": {"name": "exp", "namespace": "ml", "uid": "u-1", "generation": generation},
             "spec": spec, "status": status or {}}
+
+
+def _plan(body: dict[str, Any], *args: Any, **kwargs: Any) -> abtest_reconcile.ABTestPlan:
+    """``plan`` with the body's spec parsed, as ``ABTestReconciler.reconcile`` hands it over."""
+    return abtest_reconcile.plan(body, api.ABTestSpec.model_validate(body["spec"]), *args, **kwargs)
 
 
 def _mv(name: str, replicas: int = 2, ready: bool = True, version: str = "1") -> dict[str, Any]:
@@ -94,7 +100,7 @@ def _cond(status: dict[str, Any], kind: str) -> tuple[str, str]:
 
 
 def test_plan_a_missing_variant_applies_nothing_and_retries() -> None:
-    p = abtest_reconcile.plan(_ab(REPLICAS), {"mv-a": _mv("mv-a"), "mv-b": None}, {}, T0, measure=False)
+    p = _plan(_ab(REPLICAS), {"mv-a": _mv("mv-a"), "mv-b": None}, {}, T0, measure=False)
     assert p.apply == [] and p.members == {} and p.retry
     assert _cond(p.status, "Ready") == ("False", "ModelVersionMissing") and p.status["phase"] == "Pending"
     assert [e.reason for e in p.events] == ["ModelVersionMissing"] and "mv-b" in p.message
@@ -104,7 +110,7 @@ def test_plan_replica_ratio_assigns_replicas_and_names_the_members_to_follow() -
     body = _ab(REPLICAS)
     bodies = {"mv-a": _mv("mv-a"), "mv-b": _mv("mv-b")}
     before = (copy.deepcopy(body), copy.deepcopy(bodies))
-    p = abtest_reconcile.plan(body, bodies, {}, T0, measure=False)
+    p = _plan(body, bodies, {}, T0, measure=False)
     assert (body, bodies) == before  # pure: nothing it was given changed
     assert [m["kind"] for m in p.apply] == ["Service"]  # no HTTPRoute without a Gateway
     assert {r["modelVersion"]: r["replicas"] for r in p.status["variants"]} == {"mv-a": 3, "mv-b": 1}
@@ -112,15 +118,15 @@ def test_plan_replica_ratio_assigns_replicas_and_names_the_members_to_follow() -
     assert _cond(p.status, "Ready") == ("True", "Routing") and p.status["phase"] == "Running"
     assert p.status["split"] == "a=75,b=25" and not p.retry
     # A refresh with the same shares re-reconciles nobody; a spec change re-reconciles everyone.
-    again = abtest_reconcile.plan(_ab(REPLICAS, p.status), bodies, {}, T1, measure=True)
+    again = _plan(_ab(REPLICAS, p.status), bodies, {}, T1, measure=True)
     assert again.members == {}
-    respec = abtest_reconcile.plan(_ab(REPLICAS, p.status, generation=2), bodies, {}, T1, measure=False)
+    respec = _plan(_ab(REPLICAS, p.status, generation=2), bodies, {}, T1, measure=False)
     assert set(respec.members) == {"mv-a", "mv-b"}
 
 
 def test_plan_with_a_gateway_routes_by_httproute_and_says_what_it_cannot() -> None:
     spec = {**REPLICAS, "routing": {"gatewayRef": {"name": "gw"}, "sticky": {"header": "x-user"}}}
-    p = abtest_reconcile.plan(_ab(spec), {"mv-a": _mv("mv-a"), "mv-b": _mv("mv-b", ready=False)}, {}, T0, False)
+    p = _plan(_ab(spec), {"mv-a": _mv("mv-a"), "mv-b": _mv("mv-b", ready=False)}, {}, T0, False)
     assert [m["kind"] for m in p.apply] == ["Service", "HTTPRoute"] and p.members == {}
     assert _cond(p.status, "Ready") == ("False", "VariantsNotReady") and p.status["phase"] == "Pending"
     assert _cond(p.status, "RoutingLimited") == ("True", "Unsupported") and "session persistence" in p.message
@@ -131,24 +137,108 @@ def test_plan_declares_a_winner_once_and_keeps_figures_when_not_measured() -> No
     bodies = {"mv-a": _mv("mv-a"), "mv-b": _mv("mv-b")}
     figures = _figures((300, 0), (100, 60))
     kept = copy.deepcopy(figures)
-    p = abtest_reconcile.plan(_ab(spec), bodies, figures, T0, measure=True)
+    p = _plan(_ab(spec), bodies, figures, T0, measure=True)
     assert figures == kept  # the comparison does not consume the figures
     assert p.status["winner"] == "a" and p.status["phase"] == "Concluded"
     assert [e.reason for e in p.events] == ["WinnerDeclared"]
     assert {r["name"]: r["requests"] for r in p.status["variants"]} == {"a": 300, "b": 100}
-    later = abtest_reconcile.plan(_ab(spec, p.status), bodies, figures, T1, measure=True)
+    later = _plan(_ab(spec, p.status), bodies, figures, T1, measure=True)
     assert later.events == [] and later.status["winner"] == "a"  # one Event per transition
-    unmeasured = abtest_reconcile.plan(_ab(spec, p.status), bodies, {}, T1, measure=False)
+    unmeasured = _plan(_ab(spec, p.status), bodies, {}, T1, measure=False)
     assert unmeasured.status["comparison"] == p.status["comparison"]  # Prometheus silent: the last verdict stays
     assert {r["name"]: r["requests"] for r in unmeasured.status["variants"]} == {"a": 300, "b": 100}
-    promoted = abtest_reconcile.plan(_ab({**spec, "autoPromote": True}, p.status), bodies, {}, T1, False)
+    promoted = _plan(_ab({**spec, "autoPromote": True}, p.status), bodies, {}, T1, False)
     assert promoted.status["phase"] == "Promoted"
     assert {r["name"]: r["weight"] for r in promoted.status["variants"]} == {"a": 100, "b": 0}
 
 
 def test_routing_that_cannot_be_applied_is_not_ready_with_the_api_message() -> None:
-    p = abtest_reconcile.plan(_ab(REPLICAS), {"mv-a": _mv("mv-a"), "mv-b": _mv("mv-b")}, {}, T0, False)
+    p = _plan(_ab(REPLICAS), {"mv-a": _mv("mv-a"), "mv-b": _mv("mv-b")}, {}, T0, False)
     failed = abtest_reconcile.routing_failed(p, "apply Service exp: 403 forbidden", 1, T0)
     assert _cond(failed.status, "Ready") == ("False", "RoutingFailed") and failed.retry
     assert [e.reason for e in failed.events] == ["RoutingFailed"] and "403" in failed.message
     assert _cond(p.status, "Ready") == ("True", "Routing")  # the plan itself is left as it was
+
+
+# ---------------------------------------------------------------------------- a spec that does not parse
+
+
+class _Kube:
+    """What the ABTest reconciler asks of the Kubernetes adapter, in memory."""
+
+    def __init__(self, body: dict[str, Any]) -> None:
+        self.body = copy.deepcopy(body)
+        self.applied: list[dict[str, Any]] = []
+        self.status_writes = 0
+
+    async def read_model_version(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return _mv(name)
+
+    async def read_abtest(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return copy.deepcopy(self.body)
+
+    async def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        self.applied.append(manifest)
+        return manifest
+
+    async def patch_status(self, namespace: str, name: str, status: dict[str, Any], plural: str = "",
+                           resource_version: str | None = None) -> bool:
+        self.body["status"] = copy.deepcopy(status)
+        self.status_writes += 1
+        return True
+
+    async def post_event(self, involved: dict[str, Any], type: str, reason: str, message: str) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+
+class _Models:
+    """The ModelVersion reconciler as the ABTest reconciler uses it."""
+
+    def __init__(self, kube: _Kube) -> None:
+        from modelpilot.operator.settings import OperatorSettings
+
+        self.kube, self.settings = kube, OperatorSettings.of(mlflow={"tracking_uri": "http://mlflow:5000"})
+        self.reconciled: list[str] = []
+
+    async def reconcile_latest(self, namespace: str, name: str, **_: Any) -> None:
+        self.reconciled.append(name)
+
+
+def test_an_abtest_spec_that_does_not_parse_is_a_spec_error_naming_the_field_not_an_exception() -> None:
+    """Only an object stored before the schema (or written around it) fails to parse: Ready=False SpecError naming
+    each field, one Event, nothing applied or re-reconciled, no retry — and nothing written again for the same
+    problem (the ticker refreshes every ABTest)."""
+    import asyncio
+
+    body = _ab(copy.deepcopy(REPLICAS))
+    body["spec"]["variants"][1]["weight"] = 250  # broken after _ab(): test_api_contract parses what _ab builds
+    body["spec"]["split"] = "a=50"
+    kube = _Kube(body)
+    models = _Models(kube)
+    reconciler = abtest_reconcile.ABTestReconciler(models)  # type: ignore[arg-type]
+    result = asyncio.run(reconciler.reconcile(copy.deepcopy(kube.body), measure=False))
+    assert not result.retry and kube.applied == [] and models.reconciled == []
+    assert [(e.type, e.reason) for e in result.events] == [("Warning", "SpecError")]
+    status, reason = _cond(kube.body["status"], "Ready")
+    assert (status, reason) == ("False", "SpecError") and kube.body["status"]["phase"] == "Failed"
+    message = next(c["message"] for c in kube.body["status"]["conditions"] if c["type"] == "Ready")
+    assert "spec.variants[1].weight: Input should be less than or equal to 100" in message
+    assert "spec.split: Extra inputs are not permitted" in message
+    writes = kube.status_writes
+    again = asyncio.run(reconciler.reconcile(copy.deepcopy(kube.body), measure=True))
+    assert again.events == [] and kube.status_writes == writes
+
+    # Through kopf's handlers: no exception (so no kopf retry), and the operator's index leaves it out.
+    import kopf
+
+    from modelpilot.operator import handlers
+
+    kube = _Kube(body)
+    memo = handlers.configure(models.settings, kube)  # type: ignore[arg-type]
+    asyncio.run(handlers.reconcile_abtest(body=kopf.Body(copy.deepcopy(kube.body)), retry=0, memo=memo))
+    asyncio.run(memo.core.stop())
+    assert _cond(kube.body["status"], "Ready") == ("False", "SpecError") and kube.applied == []
+    assert asyncio.run(handlers.abtest_routes(body=kopf.Body(copy.deepcopy(kube.body)))) == {}

@@ -1,7 +1,9 @@
 """ABTest: pure routing builders and decisions (no I/O).
 
 Reconcile-level helpers for the ABTest resource: one stable endpoint in front of
-two or more ModelVersions, split by weight through one of two providers:
+two or more ModelVersions, split by weight through one of two providers. They
+read the typed spec (``api.ABTestSpec``), parsed once where the ABTest
+reconciler reads the body:
 
 * **replica ratio** (bare clusters, the default): the stable Service selects
   every variant's pods through the label ``modelpilot.io/abtest: <name>``, and
@@ -22,28 +24,30 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from modelpilot.operator import contract
+from modelpilot.operator import api, contract
 
 API_VERSION = contract.API_VERSION
 ABTEST_LABEL = contract.ABTEST_LABEL
+_NO_PINNING = api.HeaderPinning()
 
 
 @dataclass(frozen=True)
 class Variant:
+    """One arm as the routing uses it: ``name`` is the spec's, or its ModelVersion's when the spec names none."""
+
     name: str
     model_version: str
     weight: int
     shadow: bool
 
 
-def variants(spec: dict[str, Any]) -> list[Variant]:
-    return [Variant(name=v.get("name") or v["modelVersion"], model_version=v["modelVersion"],
-                    weight=int(v.get("weight", 0)), shadow=bool(v.get("shadow", False)))
-            for v in spec.get("variants") or []]
+def variants(spec: api.ABTestSpec) -> list[Variant]:
+    return [Variant(name=v.name or v.model_version, model_version=v.model_version, weight=v.weight, shadow=v.shadow)
+            for v in spec.variants]
 
 
-def provider(spec: dict[str, Any]) -> str:
-    return "gateway" if (spec.get("routing") or {}).get("gatewayRef") else "replicas"
+def provider(spec: api.ABTestSpec) -> str:
+    return "gateway" if spec.routing is not None and spec.routing.gateway_ref is not None else "replicas"
 
 
 def replica_split(vs: list[Variant], replicas: dict[str, int], weights: dict[str, int] | None = None) -> dict[str, int]:
@@ -82,17 +86,19 @@ def build_service(name: str, namespace: str, uid: str) -> dict[str, Any]:
     }
 
 
-def build_httproute(name: str, namespace: str, uid: str, spec: dict[str, Any], vs: list[Variant],
+def build_httproute(name: str, namespace: str, uid: str, spec: api.ABTestSpec, vs: list[Variant],
                     weights: dict[str, int]) -> dict[str, Any]:
     """HTTPRoute with weighted backendRefs, pinning rules and mirrors for shadow variants."""
-    routing = spec.get("routing") or {}
-    gateway = routing["gatewayRef"]
-    parent: dict[str, Any] = {"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": gateway["name"]}
-    if gateway.get("namespace"):
-        parent["namespace"] = gateway["namespace"]
-    if gateway.get("sectionName"):
-        parent["sectionName"] = gateway["sectionName"]
-    header = (routing.get("headerPinning") or {}).get("header") or contract.VARIANT_HEADER
+    routing = spec.routing
+    assert routing is not None and routing.gateway_ref is not None, "the Gateway provider needs routing.gatewayRef"
+    gateway = routing.gateway_ref
+    parent: dict[str, Any] = {"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": gateway.name}
+    if gateway.namespace:
+        parent["namespace"] = gateway.namespace
+    if gateway.section_name:
+        parent["sectionName"] = gateway.section_name
+    # The model's default header (contract.VARIANT_HEADER) when headerPinning names none, or is not there.
+    header = (routing.header_pinning or _NO_PINNING).header
 
     def ref(v: Variant, weight: int | None = None) -> dict[str, Any]:
         backend: dict[str, Any] = {"kind": "Service", "name": v.model_version, "port": 80}

@@ -4,6 +4,11 @@ Layer 2 of the operator (beside ``reconcile``). The ABTest never writes the
 variants' Deployments itself: it records the replicas each variant should
 have in its status and asks the ModelVersion reconciler to apply them, so each
 Deployment keeps exactly one writer.
+
+The spec is parsed once, where ``ABTestReconciler.reconcile`` reads the body,
+into ``api.ABTestSpec``; ``plan`` and the builders take it typed (``status``
+stays a dict). One that does not parse is ``Ready=False`` with reason
+``SpecError`` naming each field, and one Warning Event; nothing is applied.
 """
 
 from __future__ import annotations
@@ -14,7 +19,9 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from modelpilot.operator import abtest, analysis
+from pydantic import ValidationError
+
+from modelpilot.operator import abtest, analysis, api
 from modelpilot.operator.kube import KubeError
 from modelpilot.operator.prometheus import Prometheus, PrometheusError
 from modelpilot.operator.reconcile import (
@@ -22,12 +29,18 @@ from modelpilot.operator.reconcile import (
     Membership,
     Reconciler,
     Result,
-    memberships,
+    memberships_of,
     now_iso,
     set_condition,
+    spec_errors,
 )
 
 log = logging.getLogger(__name__)
+
+#: What an absent ``spec.routing`` means (no Gateway, no pinning, no stickiness).
+_NO_ROUTING = api.ABTestRouting()
+#: A variant ModelVersion's ``spec.replicas`` when not given (the model's default, as the CRD's).
+_MV_REPLICAS: int = api.ModelVersionSpec.model_fields["replicas"].default
 
 FIGURES = {
     "requests": "sum(increase(modelpilot_requests_total{{{sel}}}[{interval}]))",
@@ -48,15 +61,23 @@ class ABTestReconciler:
     async def reconcile(self, body: dict[str, Any], measure: bool = True) -> Result:
         """Observe (the variants' ModelVersions, their figures when ``measure``), ``plan``, act (apply the
         routing, write status, re-reconcile the variants whose replicas changed)."""
-        meta, spec = body["metadata"], body.get("spec") or {}
+        meta = body["metadata"]
         name, namespace = meta["name"], meta["namespace"]
         now = now_iso()
+        try:
+            # Parsed once, here: plan() and the builders read the typed spec and the model's defaults.
+            spec = api.ABTestSpec.model_validate(body.get("spec") or {})
+        except ValidationError as exc:
+            unread = invalid_spec(body, spec_errors(exc), now)
+            if unread.status != (body.get("status") or {}):  # said already for this generation: not again
+                await self.kube.patch_status(namespace, name, unread.status, plural="abtests")
+            return Result(status=unread.status, events=unread.events, message=unread.message)
         vs = abtest.variants(spec)
         bodies = {v.model_version: await self.kube.read_model_version(namespace, v.model_version) for v in vs}
         complete = all(b is not None for b in bodies.values())
         # Prometheus is asked over a synchronous client: off the event loop.
         figures = await self.models.off_loop(self._figures, namespace, vs, spec) if measure and complete else {}
-        decided = plan(body, bodies, figures, now, measure)
+        decided = plan(body, spec, bodies, figures, now, measure)
         try:
             for manifest in decided.apply:
                 await self.kube.apply(manifest)
@@ -72,11 +93,12 @@ class ABTestReconciler:
                 log.warning("re-applying %s for ABTest %s: %s", mv, name, exc)
         return Result(status=decided.status, events=decided.events, retry=decided.retry, message=decided.message)
 
-    def _figures(self, namespace: str, vs: list[abtest.Variant], spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    def _figures(self, namespace: str, vs: list[abtest.Variant], spec: api.ABTestSpec) -> dict[str, dict[str, Any]]:
         """Each variant's figures over ``spec.analysis.interval`` from Prometheus; {} when it cannot tell."""
         if not self.settings.prometheus.url:
             return {}
-        interval = str((spec.get("analysis") or {}).get("interval", "5m"))
+        # spec.analysis is free-form in the CRD (and the model): its defaults are the operator's.
+        interval = str((spec.analysis or {}).get("interval", "5m"))
         try:
             prom = Prometheus(self.settings.prometheus.url, timeout=self.settings.prometheus.timeout_seconds)
         except PrometheusError:
@@ -105,13 +127,13 @@ class ABTestReconciler:
 
 
 
-def compare(vs: list[abtest.Variant], figures: dict[str, dict[str, Any]], spec: dict[str, Any]) -> dict[str, Any]:
+def compare(vs: list[abtest.Variant], figures: dict[str, dict[str, Any]], spec: api.ABTestSpec) -> dict[str, Any]:
     """Two-proportion test between the control (first variant) and each challenger.
 
     The success measure is accuracy from ground-truth feedback when both arms have feedback, the share
     of non-5xx answers otherwise. Pure: ``figures`` (from ``ABTestReconciler._figures``) is not changed.
     """
-    cfg = spec.get("analysis") or {}
+    cfg = spec.analysis or {}  # free-form (see _figures)
     alpha = float(cfg.get("significance", 0.05))
     minimum = int(cfg.get("minSamples", 100))
     serving = [v for v in vs if not v.shadow and v.name in figures]
@@ -152,16 +174,16 @@ class ABTestPlan:
     provider: str = ""
 
 
-def plan(body: dict[str, Any], bodies: dict[str, dict[str, Any] | None], figures: dict[str, dict[str, Any]],
-         now: str, measure: bool) -> ABTestPlan:
+def plan(body: dict[str, Any], spec: api.ABTestSpec, bodies: dict[str, dict[str, Any] | None],
+         figures: dict[str, dict[str, Any]], now: str, measure: bool) -> ABTestPlan:
     """The ABTest's next state from what was observed. Pure (no I/O, time passed in).
 
-    ``body``: the ABTest as read; ``bodies``: each variant's ModelVersion (None when missing); ``figures``:
+    ``body``: the ABTest as read (metadata, status); ``spec``: its spec, parsed; ``bodies``: each variant's ModelVersion (None when missing); ``figures``:
     each variant's live figures by variant name ({} when not measured or Prometheus could not tell: the
     previous figures and comparison stay); ``measure``: a periodic refresh (variants are re-reconciled only
     when their replicas change) rather than a spec change (all of them are).
     """
-    meta, spec = body["metadata"], body.get("spec") or {}
+    meta = body["metadata"]
     status = copy.deepcopy(dict(body.get("status") or {}))
     name, namespace, uid = meta["name"], meta["namespace"], meta["uid"]
     generation = int(meta.get("generation") or 1)
@@ -178,16 +200,21 @@ def plan(body: dict[str, Any], bodies: dict[str, dict[str, Any] | None], figures
 
     weights = {v.name: v.weight for v in vs if not v.shadow}
     winner = status.get("winner") or ""
-    if spec.get("autoPromote") and winner in weights:
+    if spec.auto_promote and winner in weights:
         weights = {n: (100 if n == winner else 0) for n in weights}
     prov = abtest.provider(spec)
     routing_msg = ""
     manifests = [abtest.build_service(name, namespace, uid)]
+    routing = spec.routing or _NO_ROUTING
     if prov == "replicas":
-        own = {mv: int(((b or {}).get("spec") or {}).get("replicas", 1)) for mv, b in bodies.items()}
+        # One field of each variant's ModelVersion: read from its body, not parsed (a validation per variant on
+        # every refresh for one integer); its default is the model's.
+        own = {mv: int(((b or {}).get("spec") or {}).get("replicas", _MV_REPLICAS)) for mv, b in bodies.items()}
         split = abtest.replica_split(vs, own, weights)
         effective = abtest.effective_weights(vs, split)
-        unsupported = [k for k in ("headerPinning", "sticky") if (spec.get("routing") or {}).get(k)]
+        # An empty headerPinning (never from the API server, which writes the default header in) asks for nothing.
+        unsupported = [k for k, part in (("headerPinning", routing.header_pinning), ("sticky", routing.sticky))
+                       if api.given(part)]
         if unsupported or any(v.shadow for v in vs):
             routing_msg = ("replica-ratio routing cannot honour " +
                            ", ".join(unsupported + (["shadow mirroring"] if any(v.shadow for v in vs) else [])) +
@@ -195,7 +222,7 @@ def plan(body: dict[str, Any], bodies: dict[str, dict[str, Any] | None], figures
     else:
         split, effective = {}, weights
         manifests.append(abtest.build_httproute(name, namespace, uid, spec, vs, effective))
-        if (spec.get("routing") or {}).get("sticky"):
+        if routing.sticky is not None:
             routing_msg = ("sticky assignment needs Gateway API session persistence (experimental "
                            "channel), which this route does not request; requests are split by weight")
 
@@ -234,17 +261,37 @@ def plan(body: dict[str, Any], bodies: dict[str, dict[str, Any] | None], figures
                                "features are applied", generation, now)
     status["conditions"] = conditions
     status["observedGeneration"] = generation
-    status["phase"] = ("Promoted" if spec.get("autoPromote") and status.get("winner") else
+    status["phase"] = ("Promoted" if spec.auto_promote and status.get("winner") else
                        "Concluded" if status.get("winner") else "Running" if all_ready else "Pending")
     members: dict[str, Membership | None] = {}
     if prov == "replicas":
         # Only the variants whose share changed, or all of them on a spec change — not on every refresh.
         before = {v.get("modelVersion"): v.get("replicas") for v in (body.get("status") or {}).get("variants") or []}
         after = {v.get("modelVersion"): v.get("replicas") for v in status.get("variants") or []}
-        written = memberships({"metadata": meta, "spec": spec, "status": status})
+        written = memberships_of(meta["name"], spec, status)
         members = {mv: written.get(mv) for mv in bodies if not (measure and before.get(mv) == after.get(mv))}
     return ABTestPlan(apply=manifests, status=status, events=events, members=members, message=routing_msg,
                       provider=prov)
+
+
+def invalid_spec(body: dict[str, Any], message: str, now: str) -> ABTestPlan:
+    """The plan for an ABTest whose spec does not parse (the API server validated it, so an object stored
+    before the schema or written around it): nothing to apply, ``Ready=False`` with reason ``SpecError``
+    naming each field, phase ``Failed``, one Warning Event — none of it again for the same problem of the same
+    generation (the status as it was: nothing to write). Routing already applied stays; no retry, since only a
+    new spec can fix it and a new spec is a reconcile of its own."""
+    meta = body["metadata"]
+    status = copy.deepcopy(dict(body.get("status") or {}))
+    generation = int(meta.get("generation") or 1)
+    old: dict[str, Any] = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), {})
+    said = old.get("status") == "False" and old.get("reason") == "SpecError" and old.get("message") == message[:1000]
+    if said and status.get("observedGeneration") == generation:
+        return ABTestPlan(apply=[], status=status, message=message)
+    status["conditions"] = set_condition(list(status.get("conditions") or []), "Ready", "False", "SpecError",
+                                         message, generation, now)
+    status.update(observedGeneration=generation, phase=api.ABTestPhase.FAILED.value)
+    events = [] if said else [Event("Warning", "SpecError", f"the spec cannot be read: {message}")]
+    return ABTestPlan(apply=[], status=status, events=events, message=message)
 
 
 def routing_failed(decided: ABTestPlan, error: str, generation: int, now: str) -> ABTestPlan:

@@ -15,8 +15,9 @@ framework's bookkeeping and the operator's own undeclared fields) or a free-form
 What the models do not check: the CEL rules (``x-kubernetes-validations``, e.g. "exactly one of
 ``model.version`` / ``model.alias``", "weights add up to 100"); the API server does, at admission.
 
-The reconcilers parse a body's spec into these models once, where it enters (``reconcile.Reconciler.reconcile``),
-and hand the typed spec down; ``given`` tells an optional spec object written empty from one that was filled in.
+The reconcilers parse a body's spec into these models once, where it enters (``reconcile.Reconciler.reconcile``,
+``abtest_reconcile.ABTestReconciler.reconcile``), and hand the typed spec down; ``given`` tells an optional spec
+object written empty from one that was filled in.
 """
 
 from __future__ import annotations

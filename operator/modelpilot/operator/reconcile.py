@@ -94,14 +94,24 @@ def pod_labels(member: Membership | None) -> dict[str, str]:
 
 
 def memberships(test: dict[str, Any]) -> dict[str, Membership]:
-    """ModelVersion name → its membership in this ABTest (the body as the API has it)."""
-    spec = test.get("spec") or {}
-    assigned = {sv.get("modelVersion"): sv.get("replicas") for sv in (test.get("status") or {}).get("variants") or []}
+    """ModelVersion name → its membership in this ABTest (the body as the API has it: its spec is parsed here,
+    where an ABTest body enters a ModelVersion's reconcile or the operator's index). An ABTest whose spec does
+    not parse routes to nothing; its own reconcile says why."""
+    try:
+        spec = api.ABTestSpec.model_validate(test.get("spec") or {})
+    except ValidationError:
+        return {}
+    return memberships_of(test["metadata"]["name"], spec, test.get("status") or {})
+
+
+def memberships_of(name: str, spec: api.ABTestSpec, status: dict[str, Any]) -> dict[str, Membership]:
+    """ModelVersion name → its membership in the ABTest ``name`` with this (typed) spec and status."""
+    assigned = {sv.get("modelVersion"): sv.get("replicas") for sv in status.get("variants") or []}
+    replica_ratio = abtest.provider(spec) == "replicas"
     out: dict[str, Membership] = {}
     for v in abtest.variants(spec):
-        replicas = assigned.get(v.model_version) if abtest.provider(spec) == "replicas" and not v.shadow else None
-        out.setdefault(v.model_version, Membership(test["metadata"]["name"],
-                                                   int(replicas) if replicas is not None else None, v.shadow))
+        replicas = assigned.get(v.model_version) if replica_ratio and not v.shadow else None
+        out.setdefault(v.model_version, Membership(name, int(replicas) if replicas is not None else None, v.shadow))
     return out
 
 
