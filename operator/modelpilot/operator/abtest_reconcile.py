@@ -178,10 +178,11 @@ def plan(body: dict[str, Any], spec: api.ABTestSpec, bodies: dict[str, dict[str,
          figures: dict[str, dict[str, Any]], now: str, measure: bool) -> ABTestPlan:
     """The ABTest's next state from what was observed. Pure (no I/O, time passed in).
 
-    ``body``: the ABTest as read (metadata, status); ``spec``: its spec, parsed; ``bodies``: each variant's ModelVersion (None when missing); ``figures``:
-    each variant's live figures by variant name ({} when not measured or Prometheus could not tell: the
-    previous figures and comparison stay); ``measure``: a periodic refresh (variants are re-reconciled only
-    when their replicas change) rather than a spec change (all of them are).
+    ``body``: the ABTest as read (metadata, status); ``spec``: its spec, parsed; ``bodies``: each variant's
+    ModelVersion (None when missing); ``figures``: each variant's live figures by variant name ({} when not
+    measured or Prometheus could not tell: the previous figures and comparison stay); ``measure``: a periodic
+    refresh (variants are re-reconciled only when their replicas change) rather than a spec change (all of
+    them are).
     """
     meta = body["metadata"]
     status = copy.deepcopy(dict(body.get("status") or {}))
