@@ -12,6 +12,11 @@ A fixed scenario that prints its numbers (it asserts nothing):
    (``python -m modelpilot.cli operator``), and samples its RSS (children included) every 0.2 s;
 4. warms up with one ModelVersion (Ready, then deleted), waits until the operator is idle and takes
    its RSS as the idle value;
+4a. the floor (``--floor``, on by default): the warm-up's Deployment and Service, as the operator rendered
+   them, cloned N times into a namespace of their own (no owner, without the operator's label so its watches
+   never see them) and applied directly by 50 clients; first apply → every Deployment available is the
+   least "all Ready" can be on this machine, whatever the operator does. The namespace is deleted before
+   round 1;
 5. runs R rounds (``--rounds``, default 3). A round creates N ModelVersions as fast as possible in one
    namespace and records, per ModelVersion, create call returned → Deployment appeared (a Deployment
    watch) and → ``Ready=True`` (a ModelVersion watch); waits until all are Ready and the writes stop;
@@ -444,6 +449,9 @@ class Bench:
     version: str
     metrics_url: str
     operator_alive: Callable[[], bool]
+    apps: Any = None
+    #: The warm-up ModelVersion's Deployment and Service as the operator rendered them (for the floor round).
+    templates: tuple[dict[str, Any], dict[str, Any]] | None = None
 
 
 def settle(b: Bench, seconds: float) -> None:
@@ -497,7 +505,7 @@ def setup(args: argparse.Namespace, root: Path, results: dict[str, Any]) -> Benc
     say("CRDs established")
 
     api = config.new_client_from_config(kubeconfig)
-    api.configuration.connection_pool_maxsize = max(16, args.parallel * 2)
+    api.configuration.connection_pool_maxsize = max(16, args.parallel * 2, FLOOR_CLIENTS)
     # A fresh client so the new pool size applies to its urllib3 pool.
     cfg = api.configuration
     api = client.ApiClient(cfg)
@@ -542,7 +550,7 @@ def setup(args: argparse.Namespace, root: Path, results: dict[str, Any]) -> Benc
         return True
 
     b = Bench(custom=custom, core=core, tracker=tracker, sampler=sampler, version=version,
-              metrics_url=metrics_url, operator_alive=operator_alive)
+              metrics_url=metrics_url, operator_alive=operator_alive, apps=apps)
 
     # -------------------------------------------------------------- warm-up: one ModelVersion end to end
     custom.create_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, model_version(WARMUP, version))
@@ -551,6 +559,9 @@ def setup(args: argparse.Namespace, root: Path, results: dict[str, Any]) -> Benc
         raise RuntimeError(f"warm-up ModelVersion not Ready after 120 s; see {log_path}")
     results["warmup_ready_s"] = tracker.mv_ready[WARMUP] - t_op
     say(f"warm-up ModelVersion Ready {results['warmup_ready_s']:.1f}s after the operator started")
+    # The operator's own rendering of one ModelVersion, cloned by the floor round (--floor).
+    b.templates = (json.loads(apps.read_namespaced_deployment(WARMUP, NAMESPACE, _preload_content=False).data),
+                   json.loads(core.read_namespaced_service(WARMUP, NAMESPACE, _preload_content=False).data))
     custom.delete_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, WARMUP)
     wait_until(lambda: WARMUP in tracker.dep_deleted and WARMUP in tracker.mv_deleted, 60)
     settle(b, args.settle)
@@ -721,8 +732,92 @@ def run_round(args: argparse.Namespace, b: Bench, r: int, delete: bool, rss_idle
     return rr
 
 
+FLOOR_NAMESPACE = "opbench-floor"
+FLOOR_CLIENTS = 50
+#: Labels the operator selects its watches by: dropped from the floor's clones so the operator never sees them.
+OPERATOR_LABELS = ("app.kubernetes.io/managed-by",)
+
+
+def floor_objects(templates: tuple[dict[str, Any], dict[str, Any]], name: str) -> tuple[dict[str, Any], ...]:
+    """The operator's Deployment and Service for one ModelVersion, as clones named ``name`` in the floor
+    namespace: no owner (the garbage collector would delete them), no operator label (its watches select by
+    it), their own selector (so each Service has its own endpoints, as the operator's have)."""
+    out = []
+    for template in templates:
+        obj = json.loads(json.dumps(template))
+        meta = obj["metadata"]
+        labels = {k: v for k, v in (meta.get("labels") or {}).items() if k not in OPERATOR_LABELS}
+        obj["metadata"] = {"name": name, "namespace": FLOOR_NAMESPACE, "labels": labels,
+                           "annotations": meta.get("annotations") or {}}
+        obj.pop("status", None)
+        spec = obj["spec"]
+        if obj["kind"] == "Service":
+            for key in ("clusterIP", "clusterIPs", "ipFamilies", "ipFamilyPolicy", "internalTrafficPolicy"):
+                spec.pop(key, None)
+            spec["selector"] = {**spec["selector"], "opbench-floor": name}
+        else:
+            spec["selector"]["matchLabels"] = {**spec["selector"]["matchLabels"], "opbench-floor": name}
+            pod_meta = spec["template"]["metadata"]
+            pod_meta["labels"] = {**{k: v for k, v in pod_meta["labels"].items() if k not in OPERATOR_LABELS},
+                                  "opbench-floor": name}
+        out.append(obj)
+    return tuple(out)
+
+
+def run_floor(args: argparse.Namespace, b: Bench) -> dict[str, Any]:
+    """The control plane's floor for N: the operator's Deployment + Service for N ModelVersions applied
+    directly (server-side apply, ``FLOOR_CLIENTS`` parallel clients, no operator work), timed from the first
+    apply until every Deployment is available. Ready can come no sooner than this on the same machine."""
+    from kubernetes import client
+
+    assert b.templates is not None
+    n = args.count
+    fl: dict[str, Any] = {"clients": FLOOR_CLIENTS, "load_before": loadavg()}
+    b.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=FLOOR_NAMESPACE)))
+    say(f"floor: applying {n} Deployments + Services as the operator renders them, directly "
+        f"({FLOOR_CLIENTS} clients, no operator work)")
+
+    def apply(obj: dict[str, Any]) -> None:
+        patch = b.apps.patch_namespaced_deployment if obj["kind"] == "Deployment" else b.core.patch_namespaced_service
+        patch(obj["metadata"]["name"], FLOOR_NAMESPACE, obj, field_manager="opbench-floor", force=True,
+              _content_type="application/apply-patch+yaml", _preload_content=False)
+
+    def one(i: int) -> None:
+        for obj in floor_objects(b.templates, f"floor-{i:04d}"):  # type: ignore[arg-type]
+            apply(obj)
+
+    t0 = time.monotonic()
+    with ThreadPoolExecutor(FLOOR_CLIENTS) as pool:
+        list(pool.map(one, range(n)))
+    fl["apply_s"] = time.monotonic() - t0
+
+    def available() -> int:
+        items = json.loads(b.apps.list_namespaced_deployment(FLOOR_NAMESPACE, _preload_content=False).data)["items"]
+        return sum(1 for d in items if (d.get("status") or {}).get("availableReplicas", 0) >= d["spec"]["replicas"])
+
+    # Polled once a second (a LIST of N Deployments costs the apiserver what is measured): ±0.5 s.
+    done = wait_until(lambda: available() == n, args.timeout,
+                      lambda s: say(f"  floor: {available()}/{n} Deployments available ({s:.0f}s)"), interval=0.5)
+    fl["all_available_s"] = time.monotonic() - t0 if done else math.nan
+    fl["load_at_available"] = loadavg()
+    say(f"floor: applied in {fl['apply_s']:.1f}s, all {n} Deployments available after "
+        f"{fl['all_available_s']:.1f}s; deleting the namespace")
+    b.core.delete_namespace(FLOOR_NAMESPACE)
+
+    def ns_gone() -> bool:
+        names = json.loads(b.core.list_namespace(_preload_content=False).data)["items"]
+        return all(x["metadata"]["name"] != FLOOR_NAMESPACE for x in names)
+
+    wait_until(ns_gone, args.timeout, lambda s: say(f"  floor: waiting for its namespace to go ({s:.0f}s)"),
+               every=5.0, interval=0.5)
+    settle(b, args.settle)
+    return fl
+
+
 def run(args: argparse.Namespace, root: Path, results: dict[str, Any]) -> None:
     b = setup(args, root, results)
+    if args.floor:
+        results["floor"] = run_floor(args, b)
     rounds: list[dict[str, Any]] = []
     results["rounds"] = rounds
     for r in range(1, args.rounds + 1):
@@ -762,11 +857,15 @@ def verdicts(args: argparse.Namespace, results: dict[str, Any]) -> list[dict[str
 
     if not rounds:
         return out
+    floor = (results.get("floor") or {}).get("all_available_s")
+    below = f" — the control plane alone: {fmt(floor, 's', 1)} (floor)" if floor is not None else ""
     if n == 200:
         judge("N=200 all Ready ≤ 10 s", [ready_s(rr) for rr in rounds], 10, "s", 1, rounds)
+        out[-1]["line"] += below
         judge("N=200 create → Deployment p95 ≤ 2 s", [float(rr["dep_p95"]) for rr in rounds], 2, "s", 2, rounds)
     if n == 1000:
         judge("N=1000 all Ready ≤ 60 s", [ready_s(rr) for rr in rounds], 60, "s", 1, rounds)
+        out[-1]["line"] += below
     judge("operator CPU ≤ 30 ms per ModelVersion (whole round)",
           [float(rr["cpu_ms_per_mv"]) for rr in rounds], 30, "ms", 1, rounds)
     deleted = [rr for rr in rounds if rr.get("deleted_round")]
@@ -795,6 +894,12 @@ def report(args: argparse.Namespace, results: dict[str, Any]) -> None:
         ("warm-up: operator start → first MV Ready", fmt(results.get("warmup_ready_s", math.nan), "s", 1)),
         ("operator RSS idle (after warm-up, before round 1)", fmt(results.get("rss_idle_mib", math.nan), "MiB", 0)),
     ]
+    floor = results.get("floor")
+    if floor:
+        head.append((f"floor: {n} Deployments + Services applied directly",
+                     f"all available {fmt(floor['all_available_s'], 's', 1)} after the first apply (applies "
+                     f"{fmt(floor['apply_s'], 's', 1)}, {floor['clients']} clients, no operator; load "
+                     f"{floor['load_before'].split()[0]} / {floor['load_at_available'].split()[0]})"))
 
     def row(label: str, value: Callable[[dict[str, Any]], str]) -> tuple[str, list[str]]:
         return label, [value(rr) for rr in rounds]
@@ -938,6 +1043,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=900, help="seconds to wait for all Ready / all gone")
     parser.add_argument("--settle", type=float, default=5,
                         help="seconds to wait after the operator goes idle before sampling its RSS (default 5)")
+    parser.add_argument("--floor", action=argparse.BooleanOptionalAction, default=True,
+                        help="first time the control plane alone: the operator's Deployment + Service for N "
+                             "applied directly, until all are available (default on; --no-floor skips it)")
     parser.add_argument("--json", type=Path, metavar="FILE", help="write every figure to FILE as JSON")
     args = parser.parse_args(argv)
     if args.count < 1 or args.rounds < 1:
