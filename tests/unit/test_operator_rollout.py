@@ -263,6 +263,27 @@ def test_history_is_bounded() -> None:
     assert len(r["history"]) == rollout.HISTORY_LIMIT
 
 
+def test_a_rounds_measurements_and_the_reason_are_bounded_as_the_crd_bounds_them() -> None:
+    """``status.rollout.analysis`` has ``maxItems``, ``reason`` and ``history[].message`` a ``maxLength``: a
+    status over them would be refused by the API server, so the planner cuts them."""
+    many = [{**FAIL[0], "check": f"c{i}", "message": "x" * 2000} for i in range(30)]
+    spec = spec_of({**FIELDS, "rollout": {**FIELDS["rollout"], "analysis": {"failureLimit": 0}}})
+    r = in_place(spec)
+    d = rollout.plan(r, spec, 4, settled(r, spec, verdict="Fail", measurements=many), T0 + 31)
+    assert d.action == "RollBack" and len(d.rollout["analysis"]) == rollout.MEASUREMENT_LIMIT == 21
+    assert len(d.rollout["reason"]) == api.REASON_LIMIT
+    assert all(len(h["message"]) <= api.HISTORY_MESSAGE_LIMIT for h in d.rollout["history"])
+    # A failed pod-health check comes first and the round's checks after it, within the bound.
+    r = in_place(spec)
+    r = rollout.plan(r, spec, 4, settled(r, spec, verdict="Inconclusive", measurements=many), T0 + 31).rollout
+    crashed = rollout.plan(r, spec, 4, settled(r, spec, restarts=1), T0 + 40)
+    assert crashed.action == "RollBack"
+    assert len(crashed.rollout["analysis"]) == rollout.MEASUREMENT_LIMIT
+    assert crashed.rollout["analysis"][0]["check"] == "pod-health"
+    promoted = rollout.promote_now(r, spec, settled(r, spec), 4, T0 + 41, "y" * 5000)
+    assert len(promoted.rollout["reason"]) == api.REASON_LIMIT
+
+
 @pytest.mark.parametrize("stamp", ["2026-11-30T02:09:18Z", "2026-11-30T02:09:18+00:00"])
 def test_pod_health_reads_restarts_readiness_and_either_timestamp_rendering(stamp: str) -> None:
     from modelpilot.operator.reconcile import pod_health

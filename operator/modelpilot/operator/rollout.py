@@ -45,7 +45,9 @@ from modelpilot.operator import api, contract
 #: Manual actions: ``<action>`` or ``<action>/<version>`` (promote, abort, pause, resume, undo), acted on once
 #: (``contract.parse_action``).
 ACTION_ANNOTATION = contract.ACTION_ANNOTATION
-HISTORY_LIMIT = 20
+#: Bounds of what a rollout status keeps (the CRD's ``maxItems`` / ``maxLength`` of ``status.rollout``).
+HISTORY_LIMIT = api.HISTORY_LIMIT
+MEASUREMENT_LIMIT = api.MEASUREMENT_LIMIT
 #: Phases in which the operator is still moving traffic or pods.
 ACTIVE = ("Progressing", "Paused", "Promoting", "RollingBack")
 #: Phases in which steps are taken (manual actions apply).
@@ -213,7 +215,8 @@ def effective_weight(stable: int, canary: int) -> int:
 
 def _history(rollout: dict[str, Any], now: float, decision: str, message: str) -> list[dict[str, Any]]:
     entry = {"time": fmt_time(now), "step": rollout.get("step", 0), "weight": rollout.get("weight", 0),
-             "effectiveWeight": rollout.get("effectiveWeight"), "decision": decision, "message": message[:500]}
+             "effectiveWeight": rollout.get("effectiveWeight"), "decision": decision,
+             "message": message[:api.HISTORY_MESSAGE_LIMIT]}
     return [*(rollout.get("history") or []), entry][-HISTORY_LIMIT:]
 
 
@@ -365,7 +368,7 @@ def plan(rollout: dict[str, Any], spec: api.ModelVersionSpec, total: int, world:
     verdict = "Pass" if not cfg.analysis else world.verdict
     measurements = world.measurements or []
     if world.measurements is not None:
-        r["analysis"] = world.measurements
+        r["analysis"] = world.measurements[:MEASUREMENT_LIMIT]
     if verdict is None:
         return _hold(cfg, r, world, stable, canary, "Wait", "waiting for analysis", warning)
     if verdict == "Fail":
@@ -426,7 +429,7 @@ def _health_failure(r: dict[str, Any], world: World, restarts: int) -> str:
     check: dict[str, Any] = {"check": "pod-health", "verdict": "Fail", "value": float(restarts), "baseline": 0.0,
                              "threshold": "no restart and no readiness change during a step", "samples": None,
                              "query": "", "message": message}
-    r["analysis"] = [check, *[m for m in r.get("analysis") or [] if m.get("check") != "pod-health"]]
+    r["analysis"] = [check, *[m for m in r.get("analysis") or [] if m.get("check") != "pod-health"]][:MEASUREMENT_LIMIT]
     return "pod-health: " + message
 
 
@@ -466,7 +469,8 @@ def _evidence(measurements: list[dict[str, Any]]) -> str:
 def _roll_back(cfg: Settings, r: dict[str, Any], world: World, total: int, now: float, why: str,
                final: str = "RolledBack") -> Decision:
     """Enter ``RollingBack``: the stable version at full size first; the canary stays until it is ready."""
-    r.update(phase="RollingBack", finalPhase=final, reason=why[:1000], stepStartedAt=None, shadow=None)
+    r.update(phase="RollingBack", finalPhase=final, reason=why[:api.REASON_LIMIT], stepStartedAt=None,
+             shadow=None)
     if final == "RolledBack":
         r["rejectedVersion"] = r["canaryVersion"]
     r["history"] = _history(r, now, "RollBack" if final == "RolledBack" else "Cancel", why)
@@ -491,7 +495,7 @@ def promote_now(rollout: dict[str, Any], spec: api.ModelVersionSpec, world: Worl
 def _promote(cfg: Settings, r: dict[str, Any], world: World, total: int, now: float, why: str) -> Decision:
     """Enter ``Promoting``: the stable Deployment runs the canary version at full size before the canary goes."""
     undo_final = "RolledBack" if r.get("rejectedVersion") else "Promoted"
-    r.update(phase="Promoting", finalPhase=undo_final if r.get("kind") == "Undo" else "Promoted", reason=why,
+    r.update(phase="Promoting", finalPhase=undo_final if r.get("kind") == "Undo" else "Promoted", reason=why[:api.REASON_LIMIT],
              stepStartedAt=None, shadow=None)
     r["history"] = _history(r, now, "Promote", why)
     d = _finish(cfg, r, world, total, now, promote=True, entering=True)
