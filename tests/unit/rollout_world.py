@@ -17,7 +17,7 @@ def spec_of(fields: dict[str, Any]) -> api.ModelVersionSpec:
     return api.ModelVersionSpec.model_validate({"model": {"name": "iris", "version": "1"}, **fields})
 
 
-def settled(r: dict[str, Any], spec: api.ModelVersionSpec, total: int = 4, *, verdict: str | None = None,
+def settled(r: api.RolloutStatus, spec: api.ModelVersionSpec, total: int = 4, *, verdict: str | None = None,
             measurements: list[dict[str, Any]] | None = None, action: str = "", restarts: int = 0,
             last_ready_change: float | None = None, stable_version: str = "1", canary_version: str = "2",
             problem: str = "") -> rollout.World:
@@ -29,7 +29,7 @@ def settled(r: dict[str, Any], spec: api.ModelVersionSpec, total: int = 4, *, ve
                          action=action, verdict=verdict, measurements=measurements)
 
 
-def not_ready(r: dict[str, Any], spec: api.ModelVersionSpec, total: int = 4, problem: str = "", restarts: int = 0,
+def not_ready(r: api.RolloutStatus, spec: api.ModelVersionSpec, total: int = 4, problem: str = "", restarts: int = 0,
               action: str = "") -> rollout.World:
     """The step's replicas are applied but the canary's pods never become ready."""
     s, c, _ = rollout.targets(r, total, rollout.settings(spec))

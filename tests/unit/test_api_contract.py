@@ -12,8 +12,9 @@
    status objects forbid what the API server would prune).
 
 Not checked here: the CEL rules (``x-kubernetes-validations``), list semantics (``x-kubernetes-list-type``,
-map keys), integer widths (``format: int32``), descriptions, and the inside of free-form objects
-(``status.rollout``, ``status.comparison``, ``ABTest.spec.analysis``).
+map keys), integer widths (``format: int32``), ``nullable``, descriptions, and the inside of free-form objects
+(``status.comparison``, ``ABTest.spec.analysis``). ``status.rollout`` is open (unknown fields kept) but its
+known fields are declared, and compared like any other.
 """
 
 from __future__ import annotations
@@ -187,6 +188,27 @@ def test_the_enums_are_the_crds() -> None:
     assert [s.value for s in api.ConditionStatus] == condition["enum"]
     analysis = mv["spec"]["properties"]["rollout"]["properties"]["analysis"]["properties"]
     assert [p.value for p in api.NoDataPolicy] == analysis["noData"]["enum"]
+    ro = mv["status"]["properties"]["rollout"]["properties"]
+    assert [p.value for p in api.RolloutPhase] == ro["phase"]["enum"]
+    assert [k.value for k in api.RolloutKind] == ro["kind"]["enum"]
+    assert [o.value for o in api.RolloutOutcome] == ro["finalPhase"]["enum"]
+    assert [v.value for v in api.CheckVerdict] == ro["analysis"]["items"]["properties"]["verdict"]["enum"]
+
+
+def test_the_rollout_bounds_are_the_planners() -> None:
+    """The ``maxItems`` / ``maxLength`` of ``status.rollout`` are the bounds the planner cuts to."""
+    from modelpilot.operator import diagnosis, rollout
+
+    ro = crd_schema("ModelVersion")["properties"]["status"]["properties"]["rollout"]["properties"]
+    assert ro["history"]["maxItems"] == rollout.HISTORY_LIMIT
+    assert ro["history"]["items"]["properties"]["message"]["maxLength"] == api.HISTORY_MESSAGE_LIMIT
+    assert ro["analysis"]["maxItems"] == rollout.MEASUREMENT_LIMIT
+    assert ro["reason"]["maxLength"] == api.REASON_LIMIT
+    assert ro["canaryProblem"]["maxLength"] == diagnosis.MESSAGE_LIMIT == api.PROBLEM_LIMIT
+    spec = crd_schema("ModelVersion")["properties"]["spec"]["properties"]["rollout"]["properties"]
+    # Every check of a round and the built-in pod-health; every step index.
+    assert rollout.MEASUREMENT_LIMIT == spec["analysis"]["properties"]["checks"]["maxItems"] + 1
+    assert ro["step"]["maximum"] == spec["steps"]["maxItems"] - 1
 
 
 def test_the_enums_are_the_operators_own_values() -> None:
@@ -349,11 +371,13 @@ def test_models_read_camel_case_and_python_names_and_write_camel_case() -> None:
 
 def test_status_keeps_undeclared_fields_and_times_are_written_in_the_contracts_format() -> None:
     status = api.ModelVersionStatus.model_validate({
-        "phase": "Ready", "previousModel": {"version": "2"}, "kopf": {"progress": {}},
+        "phase": "Ready", "previousModel": {"version": "2"}, "kopf": {"progress": {}}, "someHandler": {"ok": 1},
+        "rollout": {"phase": "Promoted", "fromANewerOperator": [1]},
         "conditions": [{"type": "Ready", "status": "True", "reason": "Available", "message": "",
                         "lastTransitionTime": "2026-01-05T10:00:00Z"}]})
     dumped = status.model_dump(by_alias=True, exclude_none=True, mode="json")
-    assert dumped["previousModel"] == {"version": "2"}
+    assert dumped["previousModel"] == {"version": "2"} and dumped["someHandler"] == {"ok": 1}
+    assert dumped["rollout"] == {"phase": "Promoted", "fromANewerOperator": [1]}
     assert dumped["conditions"][0]["lastTransitionTime"] == "2026-01-05T10:00:00Z"
     assert status.conditions and status.conditions[0].status is api.ConditionStatus.TRUE
     with pytest.raises(ValidationError):  # pruned by the API server: an error here

@@ -113,6 +113,8 @@ SPEC: dict[str, Any] = {"model": {"name": "iris", "alias": "champion"}, "followA
 TYPED = api.ModelVersionSpec.model_validate(SPEC)  # what the reconciler hands the planner
 STABLE = {"name": "iris", "version": "3", "alias": "champion", "runId": "r3", "flavor": "sklearn"}
 CANARY = {"name": "iris", "version": "4", "alias": "champion", "runId": "r4", "flavor": "sklearn"}
+#: ``status.model`` as written, and as the planner takes it (a rollout's ``canaryModel``).
+STABLE_MODEL, CANARY_MODEL = api.ModelStatus.model_validate(STABLE), api.ModelStatus.model_validate(CANARY)
 FAIL = [{"check": "error-rate", "verdict": "Fail", "value": 0.31, "baseline": 0.0,
          "message": "0.31 > baseline 0 + 0.01"}]
 
@@ -146,7 +148,7 @@ def with_rollout(status: dict[str, Any], ro: dict[str, Any]) -> dict[str, Any]:
     return status
 
 
-def settled(r: dict[str, Any], spec: api.ModelVersionSpec, verdict: str | None = None,
+def settled(r: api.RolloutStatus, spec: api.ModelVersionSpec, verdict: str | None = None,
             measurements: list[dict[str, Any]] | None = None, action: str = "") -> rollout.World:
     """Both tracks at the step's replicas, all ready. (Not rollout_world.settled: tests/cluster/test_argocd_live.py
     loads this module by path, where the unit tests' directory is not importable.)"""
@@ -156,24 +158,25 @@ def settled(r: dict[str, Any], spec: api.ModelVersionSpec, verdict: str | None =
 
 
 def canary_at_step_two() -> dict[str, Any]:
-    started = rollout.start(STABLE, CANARY, TYPED, T0).rollout
+    """``status.rollout`` as written (``reconcile.rollout_patch``) at step two."""
+    started = rollout.start(STABLE_MODEL, CANARY_MODEL, TYPED, T0).rollout
     started = rollout.plan(started, TYPED, 4, settled(started, TYPED), T0).rollout
     advanced = rollout.plan(started, TYPED, 4, settled(started, TYPED, verdict="Pass"), T0 + 61).rollout
-    assert advanced["step"] == 1 and advanced["weight"] == 25
+    assert advanced.step == 1 and advanced.weight == 25
     stable, canary, _ = rollout.targets(advanced, 4, rollout.settings(TYPED))
-    return {**advanced, "effectiveWeight": rollout.effective_weight(stable, canary)}
+    return {**reconcile.rollout_patch(advanced), "effectiveWeight": rollout.effective_weight(stable, canary)}
 
 
 def rolled_back() -> dict[str, Any]:
     """Step two fails its analysis twice (the default failureLimit tolerates one), then the stable version is
     back at full size and the canary is removed."""
-    r = canary_at_step_two()
+    r = api.RolloutStatus.model_validate(canary_at_step_two())
     r = rollout.plan(r, TYPED, 4, settled(r, TYPED), T0 + 65).rollout
     for at in (T0 + 130, T0 + 195):
         r = rollout.plan(r, TYPED, 4, settled(r, TYPED, verdict="Fail", measurements=FAIL), at).rollout
-    assert r["phase"] == "RollingBack"
+    assert r.phase == "RollingBack"
     back = rollout.World(stable=rollout.Track(4, 4, True, "3", True), canary=rollout.Track(1, 1, True, "4", True))
-    return rollout.plan(r, TYPED, 4, back, T0 + 200).rollout
+    return reconcile.rollout_patch(rollout.plan(r, TYPED, 4, back, T0 + 200).rollout)
 
 
 def unresolved_status(reason: str, message: str, phase: str, generation: int = 2) -> dict[str, Any]:
@@ -217,10 +220,10 @@ def test_model_version_with_a_canary_in_progress_reports_step_and_weight() -> No
 
 
 def test_model_version_paused_canary_is_suspended() -> None:
-    at_two = canary_at_step_two()
+    at_two = api.RolloutStatus.model_validate(canary_at_step_two())
     paused = rollout.plan(at_two, TYPED, 4, settled(at_two, TYPED, action="pause"), T0 + 70).rollout
-    assert paused["phase"] == "Paused"
-    status, message = health(MV_HEALTH, model_version(with_rollout(ready_status(), paused)))
+    assert paused.phase == "Paused"
+    status, message = health(MV_HEALTH, model_version(with_rollout(ready_status(), reconcile.rollout_patch(paused))))
     assert status == "Suspended"
     assert message.startswith("Canary rollout paused: canary version 4 against stable 3 at 25%, step 2 of 4")
 

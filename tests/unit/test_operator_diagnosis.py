@@ -6,7 +6,7 @@ from typing import Any
 
 from rollout_world import not_ready, spec_of
 
-from modelpilot.operator import diagnosis, reconcile, rollout
+from modelpilot.operator import api, diagnosis, reconcile, rollout
 
 MISSING = ("the model needs packages this serving image does not have: modelpilot-missing-dependency==1.0 "
            "(install them into the image, or log the model with requirements the image has)")
@@ -204,21 +204,21 @@ def test_the_progress_deadline_keeps_the_pod_reason_and_posts_its_event_once() -
 
 def test_a_canary_that_cannot_become_ready_is_rolled_back_with_the_reason() -> None:
     spec = spec_of({"rollout": {"progressDeadlineSeconds": 60}})
-    ro = rollout.start({"version": "1"}, {"version": "2"}, spec, 0).rollout
+    ro = rollout.start(api.ModelStatus(version="1"), api.ModelStatus(version="2"), spec, 0).rollout
     world = not_ready(ro, spec, total=1, problem="pod iris-canary-x: model server failed")
     waiting = rollout.plan(ro, spec, 1, world, 30)
     assert waiting.action == "Wait"
     late = rollout.plan(ro, spec, 1, world, 120)
-    assert late.action == "RollBack" and late.rollout["reason"].endswith(": pod iris-canary-x: model server failed")
+    assert late.action == "RollBack" and (late.rollout.reason or "").endswith(": pod iris-canary-x: model server failed")
 
 
 def test_the_canary_problem_is_recorded_in_the_rollout_once() -> None:
     found = diagnosis.serving_problem([_pod("iris-canary-x", state=_backoff(10), last=_crashed())])
     assert found is not None
     problem = found.message
-    ro: dict[str, Any] = {"phase": "Progressing"}
+    ro = api.RolloutStatus(phase=api.RolloutPhase.PROGRESSING)
     events = reconcile.Reconciler._canary_problem(ro, "2", problem)
-    assert ro["canaryProblem"] == problem
+    assert ro.canary_problem == problem
     assert [e.reason for e in events] == ["ServingFailed"] and events[0].message.startswith("canary version 2: ")
     assert reconcile.Reconciler._canary_problem(ro, "2", problem) == []
-    assert reconcile.Reconciler._canary_problem(ro, "2", "") == [] and ro["canaryProblem"] is None
+    assert reconcile.Reconciler._canary_problem(ro, "2", "") == [] and ro.canary_problem is None

@@ -133,8 +133,9 @@ def test_a_canary_reads_reconciling_until_promoted_or_rolled_back() -> None:
     ready = _deployment(2, 2, 2, 1, 1)  # the stable Deployment: fully available the whole time
     spec = api.ModelVersionSpec.model_validate({"model": {"name": "iris", "version": "2"},
                                                 "rollout": {"steps": [50, 100]}})
-    ro = rollout.start({"name": "iris", "version": "1"}, {"name": "iris", "version": "2"}, spec,
-                       1_800_000_000.0).rollout
+    started = rollout.start(api.ModelStatus(name="iris", version="1"), api.ModelStatus(name="iris", version="2"),
+                            spec, 1_800_000_000.0).rollout
+    ro = reconcile.rollout_patch(started)  # status.rollout as written
     status, _ = reconcile.readiness_status({}, 1, ready, "t0")
     assert _kstatus({**status, "observedGeneration": 1}) == "Current"
     for phase, reason in (("Progressing", "CanaryRollingOut"), ("Paused", "CanaryPaused")):
@@ -172,3 +173,35 @@ def test_an_empty_peering_runs_standalone() -> None:
     assert OperatorSettings.from_env({"MODELPILOT_PEERING": ""}).kubernetes.peering == ""
     assert OperatorSettings.from_env({}).kubernetes.peering == "modelpilot"
     assert OperatorSettings.from_env({"MODELPILOT_PRIORITY": ""}).kubernetes.priority is None  # still unset
+
+
+def test_the_rollout_status_is_parsed_once_and_written_back_as_a_merge_patch() -> None:
+    """``reconcile.rollout_status`` / ``rollout_patch``: what was read is written back field for field (nulls,
+    which remove a field, and fields of a newer operator included); fields a new record does not set are
+    written as null; a field that does not parse is left out, not fatal."""
+    from modelpilot.operator import api, contract
+
+    stored = {"phase": "Progressing", "stepStartedAt": "2026-01-05T10:00:00Z", "reason": None,
+              "history": [{"time": "2026-01-05T09:59:00Z", "step": 0, "weight": 10, "effectiveWeight": None,
+                           "decision": "Start", "message": "m"}], "fromANewerOperator": {"x": 1}}
+    ro = reconcile.rollout_status({"rollout": stored})
+    assert ro.phase is api.RolloutPhase.PROGRESSING and ro.history and ro.history[0].effective_weight is None
+    assert ro.step_started_at and ro.step_started_at.timestamp() == contract.parse_time("2026-01-05T10:00:00Z")
+    assert reconcile.rollout_patch(ro) == stored
+    fresh = api.RolloutStatus(phase=api.RolloutPhase.PROMOTED)
+    assert reconcile.rollout_patch(fresh, stored) == {"phase": "Promoted", "stepStartedAt": None, "reason": None,
+                                                      "history": None, "fromANewerOperator": None}
+    assert reconcile.rollout_patch(reconcile.rollout_status({})) == {}
+    odd = reconcile.rollout_status({"rollout": {"phase": "Progressing", "step": "two", "weight": 10}})
+    assert odd.phase == "Progressing" and odd.weight == 10 and "step" not in odd.model_fields_set
+
+
+def test_the_action_filter_parses_only_what_it_reads() -> None:
+    from modelpilot.operator import handlers
+
+    body = {"metadata": {"annotations": {"modelpilot.io/rollout-action": "promote/2"}},
+            "status": {"model": {"version": "1"}, "rollout": {"phase": "Progressing", "canaryVersion": "2",
+                                                             "history": "not even a list"}}}
+    assert handlers._action_pending(body)  # type: ignore[arg-type]
+    body["status"]["rollout"]["handledAction"] = "promote/2"  # type: ignore[index]
+    assert not handlers._action_pending(body)  # type: ignore[arg-type]

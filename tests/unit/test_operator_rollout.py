@@ -14,43 +14,48 @@ from modelpilot.operator import api, rollout
 FIELDS: dict[str, Any] = {"replicas": 4, "rollout": {"steps": [25, 50, 100], "stepIntervalSeconds": 30,
                                                     "progressDeadlineSeconds": 300}}
 SPEC = spec_of(FIELDS)
-STABLE = {"name": "iris", "version": "1"}
-CANARY = {"name": "iris", "version": "2"}
+STABLE = api.ModelStatus(name="iris", version="1")
+CANARY = api.ModelStatus(name="iris", version="2")
 FAIL = [{"check": "error-rate", "verdict": "Fail", "value": 0.3, "baseline": 0.0, "message": "0.3 > baseline 0 + 0.01"}]
 PASS = [{"check": "latency-p99", "verdict": "Pass", "value": 0.01, "baseline": 0.008, "message": "within threshold"}]
 T0 = 1_800_000_000.0
 
 
-def started(spec: api.ModelVersionSpec = SPEC) -> dict[str, Any]:
+def dump(r: api.RolloutStatus) -> dict[str, Any]:
+    """A rollout status as the reconciler writes it (``reconcile.rollout_patch``)."""
+    return r.model_dump(mode="json", by_alias=True, exclude_unset=True)
+
+
+def started(spec: api.ModelVersionSpec = SPEC) -> api.RolloutStatus:
     return rollout.start(STABLE, CANARY, spec, T0).rollout
 
 
-def in_place(spec: api.ModelVersionSpec = SPEC, at: float = T0) -> dict[str, Any]:
+def in_place(spec: api.ModelVersionSpec = SPEC, at: float = T0) -> api.RolloutStatus:
     """A rollout whose first step's replicas are ready: its clock started at ``at``."""
     r = started(spec)
     d = rollout.plan(r, spec, 4, settled(r, spec), at)
-    assert d.rollout["stepStartedAt"] == rollout.fmt_time(at)
+    assert dump(d.rollout)["stepStartedAt"] == rollout.fmt_time(at)
     return d.rollout
 
 
 def test_start_records_everything_needed_to_resume_and_nothing_of_the_last_rollout() -> None:
     r = started()
-    assert r["phase"] == "Progressing" and r["step"] == 0 and r["weight"] == 25
-    assert r["stableVersion"] == "1" and r["canaryVersion"] == "2" and r["canaryModel"] == CANARY
-    assert r["history"][0]["decision"] == "Start"
+    assert r.phase == "Progressing" and r.step == 0 and r.weight == 25
+    assert r.stable_version == "1" and r.canary_version == "2" and r.canary_model == CANARY
+    assert r.history and r.history[0].decision == "Start"
     # Every field a rollout can carry is present, so a merge patch clears what the previous rollout left
     # (reason, rejectedVersion and finishedAt stayed on the next rollout).
-    assert set(rollout.FIELDS) <= set(r)
-    assert r["reason"] is None and r["rejectedVersion"] is None and r["finishedAt"] is None
+    assert set(rollout.FIELDS) <= set(dump(r))
+    assert r.reason is None and r.rejected_version is None and dump(r)["finishedAt"] is None
 
 
 def test_a_step_clock_starts_only_when_its_replicas_are_ready() -> None:
     r = started()
     waiting = rollout.plan(r, SPEC, 4, not_ready(r, SPEC), T0 + 100)
-    assert waiting.action == "Wait" and waiting.rollout["stepStartedAt"] is None
+    assert waiting.action == "Wait" and dump(waiting.rollout)["stepStartedAt"] is None
     assert rollout.analysis_window(waiting.rollout, SPEC, not_ready(r, SPEC), 4, T0 + 200) is None
     ready = rollout.plan(waiting.rollout, SPEC, 4, settled(r, SPEC), T0 + 110)
-    assert ready.rollout["stepStartedAt"] == rollout.fmt_time(T0 + 110)
+    assert dump(ready.rollout)["stepStartedAt"] == rollout.fmt_time(T0 + 110)
     # Analysis covers this step only: 30 s after it started the window is 30 s, not the 1m interval.
     assert rollout.analysis_window(ready.rollout, SPEC, settled(r, SPEC), 4, T0 + 125) is None
     assert rollout.analysis_window(ready.rollout, SPEC, settled(r, SPEC), 4, T0 + 140) == 30
@@ -60,14 +65,14 @@ def test_a_step_is_held_for_its_interval_then_advanced_on_pass() -> None:
     r = in_place()
     assert rollout.plan(r, SPEC, 4, settled(r, SPEC, verdict="Pass"), T0 + 10).action == "Wait"
     d = rollout.plan(r, SPEC, 4, settled(r, SPEC, verdict="Pass", measurements=PASS), T0 + 31)
-    assert d.action == "Advance" and d.rollout["step"] == 1 and d.rollout["weight"] == 50
-    assert d.rollout["stepStartedAt"] is None and d.rollout["baselines"] == {"latency-p99": 0.008}
+    assert d.action == "Advance" and d.rollout.step == 1 and d.rollout.weight == 50
+    assert dump(d.rollout)["stepStartedAt"] is None and d.rollout.baselines == {"latency-p99": 0.008}
     r2 = rollout.plan(d.rollout, SPEC, 4, settled(d.rollout, SPEC), T0 + 40).rollout
     d2 = rollout.plan(r2, SPEC, 4, settled(r2, SPEC, verdict="Pass"), T0 + 71)
-    assert d2.action == "Advance" and d2.rollout["weight"] == 100
+    assert d2.action == "Advance" and d2.rollout.weight == 100
     r3 = rollout.plan(d2.rollout, SPEC, 4, settled(d2.rollout, SPEC), T0 + 80).rollout
     d3 = rollout.plan(r3, SPEC, 4, settled(r3, SPEC, verdict="Pass"), T0 + 111)
-    assert d3.action == "Promote" and d3.rollout["phase"] == "Promoting"
+    assert d3.action == "Promote" and d3.rollout.phase == "Promoting"
     assert d3.canary_replicas == 4 and d3.stable_replicas == 4 and d3.stable_model == "canary"
 
 
@@ -84,12 +89,12 @@ def test_the_same_inputs_give_the_same_decision_so_a_restart_never_applies_a_ste
 def test_one_failed_round_is_tolerated_by_default_and_a_second_rolls_back_with_the_evidence() -> None:
     r = in_place()
     d = rollout.plan(r, SPEC, 4, settled(r, SPEC, verdict="Fail", measurements=FAIL), T0 + 31)
-    assert d.action == "Wait" and d.rollout["failures"] == 1
-    assert d.rollout["stepStartedAt"] == rollout.fmt_time(T0 + 31)  # the next round uses fresh samples only
+    assert d.action == "Wait" and d.rollout.failures == 1
+    assert dump(d.rollout)["stepStartedAt"] == rollout.fmt_time(T0 + 31)  # the next round uses fresh samples only
     d2 = rollout.plan(d.rollout, SPEC, 4, settled(r, SPEC, verdict="Fail", measurements=FAIL), T0 + 62)
-    assert d2.action == "RollBack" and d2.rollout["phase"] == "RollingBack"
-    assert d2.rollout["rejectedVersion"] == "2" and "error-rate=0.3" in d2.message
-    assert d2.rollout["history"][-1]["decision"] == "RollBack"
+    assert d2.action == "RollBack" and d2.rollout.phase == "RollingBack"
+    assert d2.rollout.rejected_version == "2" and "error-rate=0.3" in d2.message
+    assert d2.rollout.history[-1].decision == "RollBack"
 
 
 def test_failure_limit_zero_rolls_back_on_the_first_failure() -> None:
@@ -104,7 +109,7 @@ def test_a_canary_that_never_becomes_ready_rolls_back_at_the_deadline_with_the_r
     assert rollout.plan(r, SPEC, 4, world, T0 + 299).action == "Wait"
     d = rollout.plan(r, SPEC, 4, world, T0 + 301)
     assert d.action == "RollBack" and "not ready within progressDeadlineSeconds" in d.message
-    assert d.rollout["reason"].endswith(": pod iris-canary-x: model server failed")
+    assert d.rollout.reason.endswith(": pod iris-canary-x: model server failed")
 
 
 def test_a_crash_looping_canary_rolls_back_before_the_deadline_naming_the_restarts() -> None:
@@ -112,7 +117,7 @@ def test_a_crash_looping_canary_rolls_back_before_the_deadline_naming_the_restar
     assert rollout.plan(r, SPEC, 4, not_ready(r, SPEC, restarts=2), T0 + 20).action == "Wait"
     d = rollout.plan(r, SPEC, 4, not_ready(r, SPEC, restarts=3, problem="model server keeps crashing"), T0 + 40)
     assert d.action == "RollBack" and "restarted 3 times" in d.message and "keeps crashing" in d.message
-    assert d.rollout["analysis"][0]["check"] == "pod-health"
+    assert d.rollout.analysis[0].check == "pod-health"
 
 
 @pytest.mark.parametrize("analysis_enabled", [True, False])
@@ -147,7 +152,7 @@ def test_too_many_inconclusive_rounds_pause_instead_of_guessing() -> None:
     for i in range(4):
         d = rollout.plan(r, SPEC, 4, settled(r, SPEC, verdict="Inconclusive"), T0 + 31 * (i + 1))
         r = d.rollout
-    assert d.action == "Pause" and r["phase"] == "Paused"
+    assert d.action == "Pause" and r.phase == "Paused"
     assert rollout.plan(r, SPEC, 4, settled(r, SPEC, verdict="Pass"), T0 + 500).action == "Wait"  # stays paused
 
 
@@ -161,7 +166,7 @@ def test_resume_after_pause_restarts_the_step_clock() -> None:
     r = in_place()
     paused = rollout.plan(r, SPEC, 4, settled(r, SPEC, action="pause"), T0 + 1).rollout
     resumed = rollout.plan(paused, SPEC, 4, settled(r, SPEC, action="resume"), T0 + 2).rollout
-    assert resumed["phase"] == "Progressing" and resumed["stepStartedAt"] is None
+    assert resumed.phase == "Progressing" and dump(resumed)["stepStartedAt"] is None
 
 
 @pytest.mark.parametrize("total,weight,surge,expected", [
@@ -180,7 +185,7 @@ def test_a_weight_that_cannot_be_honoured_is_a_warning_once_and_in_status() -> N
     r = started(spec)
     first = rollout.plan(r, spec, 2, not_ready(r, spec, total=2), T0 + 1)
     assert "asks for 10% but 3 stable + 1 canary replicas give 25%" in first.warning
-    assert first.rollout["weightWarning"] == first.warning
+    assert first.rollout.weight_warning == first.warning
     assert rollout.plan(first.rollout, spec, 2, not_ready(r, spec, total=2), T0 + 2).warning == ""
 
 
@@ -193,7 +198,7 @@ def run(cluster: Cluster, spec: api.ModelVersionSpec, verdicts: dict[int, str], 
         now = T0 + 5 * i
         world = cluster.world(action=(action_at or {}).get(i, ""))
         if rollout.analysis_window(r, spec, world, cluster.total, now) is not None:
-            world = cluster.world(verdict=verdicts.get(r["step"], "Pass"), measurements=PASS)
+            world = cluster.world(verdict=verdicts.get(r.step, "Pass"), measurements=PASS)
         d = rollout.plan(r, spec, cluster.total, world, now)
         decisions.append(d)
         cluster.apply(d)
@@ -241,9 +246,10 @@ def test_undo_brings_the_previous_version_back_at_full_size_before_it_takes_the_
     spec = spec_of({"replicas": 3})
     cluster = Cluster(3, stable_version="3", canary_version="2")
     cluster.stable_runs = "3"
-    r = rollout.start({"name": "iris", "version": "3"}, {"name": "iris", "version": "2"}, spec, T0, kind="Undo",
+    r = rollout.start(api.ModelStatus(name="iris", version="3"), api.ModelStatus(name="iris", version="2"), spec, T0,
+                      kind="Undo",
                       rejected="3").rollout
-    assert r["weight"] == 100 and r["rejectedVersion"] == "3"
+    assert r.weight == 100 and r.rejected_version == "3"
     for i in range(50):
         d = rollout.plan(r, spec, 3, cluster.world(), T0 + 5 * i)
         cluster.apply(d)
@@ -251,7 +257,7 @@ def test_undo_brings_the_previous_version_back_at_full_size_before_it_takes_the_
         r = d.rollout
         if d.action == "RolledBack":
             break
-    assert d.action == "RolledBack" and r["phase"] == "RolledBack" and cluster.stable_runs == "2"
+    assert d.action == "RolledBack" and r.phase == "RolledBack" and cluster.stable_runs == "2"
     assert min(cluster.ready_history) >= 3 and "undone" in d.message
 
 
@@ -260,7 +266,28 @@ def test_history_is_bounded() -> None:
     r = in_place(spec)
     for i in range(40):
         r = rollout.plan(r, spec, 4, settled(r, spec, verdict="Fail", measurements=FAIL), T0 + 31 * (i + 1)).rollout
-    assert len(r["history"]) == rollout.HISTORY_LIMIT
+    assert len(r.history) == rollout.HISTORY_LIMIT
+
+
+def test_a_rounds_measurements_and_the_reason_are_bounded_as_the_crd_bounds_them() -> None:
+    """``status.rollout.analysis`` has ``maxItems``, ``reason`` and ``history[].message`` a ``maxLength``: a
+    status over them would be refused by the API server, so the planner cuts them."""
+    many = [{**FAIL[0], "check": f"c{i}", "message": "x" * 2000} for i in range(30)]
+    spec = spec_of({**FIELDS, "rollout": {**FIELDS["rollout"], "analysis": {"failureLimit": 0}}})
+    r = in_place(spec)
+    d = rollout.plan(r, spec, 4, settled(r, spec, verdict="Fail", measurements=many), T0 + 31)
+    assert d.action == "RollBack" and len(d.rollout.analysis) == rollout.MEASUREMENT_LIMIT == 21
+    assert len(d.rollout.reason) == api.REASON_LIMIT
+    assert all(len(h.message) <= api.HISTORY_MESSAGE_LIMIT for h in d.rollout.history or [])
+    # A failed pod-health check comes first and the round's checks after it, within the bound.
+    r = in_place(spec)
+    r = rollout.plan(r, spec, 4, settled(r, spec, verdict="Inconclusive", measurements=many), T0 + 31).rollout
+    crashed = rollout.plan(r, spec, 4, settled(r, spec, restarts=1), T0 + 40)
+    assert crashed.action == "RollBack"
+    assert len(crashed.rollout.analysis) == rollout.MEASUREMENT_LIMIT
+    assert crashed.rollout.analysis[0].check == "pod-health"
+    promoted = rollout.promote_now(r, spec, settled(r, spec), 4, T0 + 41, "y" * 5000)
+    assert len(promoted.rollout.reason) == api.REASON_LIMIT
 
 
 @pytest.mark.parametrize("stamp", ["2026-11-30T02:09:18Z", "2026-11-30T02:09:18+00:00"])
@@ -284,15 +311,16 @@ def test_a_canary_deployment_still_running_a_superseded_version_is_not_in_place(
     """The spec moved on mid-rollout: the new rollout's first tick sees the old canary Deployment at the right
     size; taking it for the new canary started the step's clock, and the new pods' start-up then read as a
     readiness flap and rolled the new version back at once."""
-    r = rollout.start(STABLE, {"name": "iris", "version": "3"}, SPEC, T0).rollout
+    r = rollout.start(STABLE, api.ModelStatus(name="iris", version="3"), SPEC, T0).rollout
     old_canary = settled(r, SPEC, canary_version="2")  # the superseded canary's pods, ready
     d = rollout.plan(r, SPEC, 4, old_canary, T0)
-    assert d.rollout["stepStartedAt"] is None and d.action == "Wait"
+    assert dump(d.rollout)["stepStartedAt"] is None and d.action == "Wait"
     starting = not_ready(d.rollout, SPEC)  # the new version's pods come up
     assert rollout.plan(d.rollout, SPEC, 4, starting, T0 + 2).action == "Wait"
 
 
 def test_undoing_an_undo_rejects_nothing() -> None:
-    r = rollout.start({"name": "iris", "version": "1"}, {"name": "iris", "version": "2"}, spec_of({}), T0, kind="Undo",
+    r = rollout.start(api.ModelStatus(name="iris", version="1"), api.ModelStatus(name="iris", version="2"), spec_of({}),
+                      T0, kind="Undo",
                       rejected="").rollout
-    assert r["rejectedVersion"] is None and r["finalPhase"] == "Promoted"
+    assert r.rejected_version is None and r.final_phase == "Promoted"

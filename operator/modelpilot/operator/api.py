@@ -9,8 +9,8 @@ compares each model's JSON schema with its CRD's ``openAPIV3Schema``, so neither
 
 Objects the CRD prunes are ``extra="forbid"`` (a field the API server would drop is an error here);
 objects with ``x-kubernetes-preserve-unknown-fields`` are ``extra="allow"`` (``status`` keeps the
-framework's bookkeeping and the operator's own undeclared fields) or a free-form ``dict``
-(``status.rollout``, ``spec.analysis`` of an ABTest, ``env[].valueFrom``, ``affinity``).
+framework's bookkeeping, ``status.rollout`` what a newer operator wrote) or a free-form ``dict``
+(``spec.analysis`` of an ABTest, ``status.comparison``, ``env[].valueFrom``, ``affinity``).
 
 What the models do not check: the CEL rules (``x-kubernetes-validations``, e.g. "exactly one of
 ``model.version`` / ``model.alias``", "weights add up to 100"); the API server does, at admission.
@@ -35,11 +35,12 @@ from modelpilot.operator.contract import RolloutAction
 __all__ = [
     "ABTest", "ABTestConditionType", "ABTestPhase", "ABTestRouting", "ABTestSpec", "ABTestStatus", "Analysis",
     "AnalysisCheck", "Autoscaling", "Batching", "Cache", "CheckVerdict", "Condition", "ConditionStatus",
-    "ConditionType", "CredentialsSecretRef", "EnvVar", "GatewayRef", "HeaderPinning", "ImagePullPolicy",
-    "ModelRef", "ModelStatus", "ModelVersion", "ModelVersionPhase", "ModelVersionSpec", "ModelVersionStatus",
-    "NoDataPolicy", "PodDisruptionBudget", "Registry", "Resources", "Rollout", "RolloutAction", "RolloutKind",
-    "RolloutPhase", "RoundVerdict", "Routing", "Serving", "Sticky", "TaintEffect", "Toleration",
-    "TolerationOperator", "Variant", "VariantStatus", "WriteBack", "given",
+    "ConditionType", "CredentialsSecretRef", "EnvVar", "GatewayRef", "HeaderPinning", "HistoryEntry",
+    "ImagePullPolicy", "Measurement", "ModelRef", "ModelStatus", "ModelVersion", "ModelVersionPhase",
+    "ModelVersionSpec", "ModelVersionStatus", "NoDataPolicy", "PodDisruptionBudget", "Registry", "Resources",
+    "Rollout", "RolloutAction", "RolloutKind", "RolloutOutcome", "RolloutPhase", "RolloutStatus",
+    "RoundVerdict", "Routing", "Serving", "Sticky", "TaintEffect", "Toleration", "TolerationOperator",
+    "TrackReplicas", "Variant", "VariantStatus", "WriteBack", "given",
 ]
 
 # --------------------------------------------------------------------------- enums
@@ -59,8 +60,8 @@ class ModelVersionPhase(StrEnum):
 
 
 class RolloutPhase(StrEnum):
-    """``ModelVersion.status.rollout.phase``: ``Progressing`` → (``Paused``) → ``Promoting`` → ``Promoted``,
-    or → ``RollingBack`` → ``RolledBack`` / ``Cancelled``."""
+    """``ModelVersion.status.rollout.phase`` (an enum in the CRD): ``Progressing`` → (``Paused``) →
+    ``Promoting`` → ``Promoted``, or → ``RollingBack`` → ``RolledBack`` / ``Cancelled``."""
 
     PROGRESSING = "Progressing"
     PAUSED = "Paused"
@@ -69,6 +70,9 @@ class RolloutPhase(StrEnum):
     PROMOTED = "Promoted"
     ROLLED_BACK = "RolledBack"
     CANCELLED = "Cancelled"
+    #: Written by the reconciler (not the planner) over a ``RolledBack`` rollout once the spec moved on from
+    #: the rejected version: the rejection no longer applies.
+    SUPERSEDED = "Superseded"
 
     @property
     def active(self) -> bool:
@@ -80,6 +84,14 @@ class RolloutPhase(StrEnum):
     def stepping(self) -> bool:
         """Whether steps are taken, so manual step actions apply (``rollout.STEPPING``)."""
         return self in (RolloutPhase.PROGRESSING, RolloutPhase.PAUSED)
+
+
+class RolloutOutcome(StrEnum):
+    """``ModelVersion.status.rollout.finalPhase``: the phase a ``Promoting`` / ``RollingBack`` rollout ends in."""
+
+    PROMOTED = "Promoted"
+    ROLLED_BACK = "RolledBack"
+    CANCELLED = "Cancelled"
 
 
 class RolloutKind(StrEnum):
@@ -394,18 +406,108 @@ class ModelStatus(_Status):
     resolved_at: Time | None = None
 
 
+#: Bounds of ``status.rollout`` (``maxItems`` / ``maxLength`` in the CRD), applied by the planner (``rollout``):
+#: the last decisions kept, the length of each one's message, the checks of one analysis round
+#: (``spec.rollout.analysis.checks`` has at most 20, plus the built-in ``pod-health``), the reason kept.
+HISTORY_LIMIT = 20
+HISTORY_MESSAGE_LIMIT = 500
+MEASUREMENT_LIMIT = 21
+REASON_LIMIT = 1000
+#: ``status.rollout.handledAction`` holds an acted-on annotation value, ``<action>/<version>`` (a version
+#: number of the canary or the serving version), so a short one.
+ACTION_VALUE_LIMIT = 64
+#: ``status.rollout.canaryProblem``: a diagnosis message (``diagnosis.MESSAGE_LIMIT``).
+PROBLEM_LIMIT = 1000
+
+
+class TrackReplicas(_Status):
+    """``status.rollout.replicas``: the replicas each track is asked for now."""
+
+    stable: Annotated[int, Field(ge=0)]
+    canary: Annotated[int, Field(ge=0)]
+
+
+class Measurement(_Status):
+    """One check of the latest analysis round (``status.rollout.analysis[]``, ``analysis.Measurement.as_status``).
+    ``value``, ``baseline`` and ``samples`` are null when there was nothing to measure (nullable in the CRD:
+    nulls inside a list are stored as written)."""
+
+    check: Annotated[str, Field(max_length=63)]
+    verdict: CheckVerdict
+    value: float | None = None
+    baseline: float | None = None
+    threshold: str | None = None
+    samples: float | None = None
+    query: str | None = None
+    message: str | None = None
+    stored_baseline: bool | None = None
+
+
+class HistoryEntry(_Status):
+    """One decision of the rollout (``status.rollout.history[]``)."""
+
+    time: Time
+    step: Annotated[int, Field(ge=0)]
+    weight: Annotated[int, Field(ge=0, le=100)]
+    effective_weight: Annotated[int, Field(ge=0, le=100)] | None = None
+    decision: Annotated[str, Field(max_length=64)]
+    message: Annotated[str, Field(max_length=HISTORY_MESSAGE_LIMIT)]
+
+
+class RolloutStatus(_OpenStatus):
+    """``ModelVersion.status.rollout``: the whole state of the current or last rollout, the planner's
+    (``rollout.plan``) input and output. Open (``extra="allow"``, preserve-unknown-fields in the CRD), so a
+    field a newer operator wrote survives a downgrade; the known fields are typed and bounded.
+
+    Which fields are *set* matters, not only their values: the status is written with a JSON merge patch, where
+    a field written as null removes the stored one and a field left out keeps it. ``rollout.start`` sets every
+    field (unused ones to None) so a new rollout clears the last one's record; the reconciler writes
+    ``model_dump(mode="json", by_alias=True, exclude_unset=True)`` (``reconcile.rollout_patch``)."""
+
+    phase: RolloutPhase | None = None
+    kind: RolloutKind | None = None
+    stable_version: str | None = None
+    canary_version: str | None = None
+    canary_model: ModelStatus | None = None
+    step: Annotated[int, Field(ge=0, le=19)] | None = None
+    weight: Annotated[int, Field(ge=0, le=100)] | None = None
+    effective_weight: Annotated[int, Field(ge=0, le=100)] | None = None
+    replicas: TrackReplicas | None = None
+    weight_warning: str | None = None
+    started_at: Time | None = None
+    step_requested_at: Time | None = None
+    step_started_at: Time | None = None
+    canary_restarts: Annotated[int, Field(ge=0)] | None = None
+    failures: Annotated[int, Field(ge=0)] | None = None
+    inconclusive: Annotated[int, Field(ge=0)] | None = None
+    analysis: Annotated[list[Measurement], Field(max_length=MEASUREMENT_LIMIT)] | None = None
+    baselines: dict[str, float] | None = None
+    history: Annotated[list[HistoryEntry], Field(max_length=HISTORY_LIMIT)] | None = None
+    reason: Annotated[str, Field(max_length=REASON_LIMIT)] | None = None
+    rejected_version: str | None = None
+    finished_at: Time | None = None
+    final_phase: RolloutOutcome | None = None
+    canary_problem: Annotated[str, Field(max_length=PROBLEM_LIMIT)] | None = None
+    shadow: bool | None = None
+    route_weight: Annotated[int, Field(ge=0, le=100)] | None = None
+    route_switched_at: Time | None = None
+    handled_action: Annotated[str, Field(max_length=ACTION_VALUE_LIMIT)] | None = None
+
+
 class ModelVersionStatus(_OpenStatus):
-    """``ModelVersion.status``, written by the operator. ``rollout`` is free-form in the CRD (the planner's
-    state, see ``rollout.FIELDS``); undeclared fields (``previousModel``, ``gatewayRoute``) are kept as
-    extras, as the API server keeps them."""
+    """``ModelVersion.status``, written by the operator. Undeclared fields (``kopf``'s per-handler results)
+    are kept as extras, as the API server keeps them. ``gatewayRoute`` is written as null to remove it
+    (merge patch), so it is nullable."""
 
     observed_generation: int | None = None
     phase: ModelVersionPhase | None = None
     model: ModelStatus | None = None
+    previous_model: ModelStatus | None = None
     replicas: int | None = None
     ready_replicas: int | None = None
     conditions: list[Condition] | None = None
-    rollout: dict[str, Any] | None = None
+    rollout: RolloutStatus | None = None
+    gateway_route: Annotated[str, Field(max_length=253)] | None = None
     kopf: dict[str, Any] | None = None
 
 

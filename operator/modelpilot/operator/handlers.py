@@ -17,11 +17,11 @@ from typing import Any, cast
 
 import kopf
 
-from modelpilot.operator import contract, metrics, rollout
+from modelpilot.operator import api, contract, metrics, rollout
 from modelpilot.operator.core import Logger, OperatorCore
 from modelpilot.operator.kube import Kube, KubeError
 from modelpilot.operator.contract import SELECTOR_LABEL
-from modelpilot.operator.reconcile import Membership, memberships, pending_action
+from modelpilot.operator.reconcile import ACTION_FIELDS, Membership, memberships, pending_action
 from modelpilot.operator.settings import OperatorSettings
 
 GROUP, VERSION, PLURAL = contract.GROUP, contract.VERSION, contract.MODELVERSION_PLURAL
@@ -131,7 +131,12 @@ async def forget_model_version(body: kopf.Body, **_: Any) -> None:
 def _action_pending(body: kopf.Body, **_: Any) -> bool:
     status = dict(body.get("status") or {})
     value = str((body.get("metadata", {}).get("annotations") or {}).get(rollout.ACTION_ANNOTATION, ""))
-    return bool(value) and bool(pending_action(value, dict(status.get("rollout") or {}), status))
+    if not value:
+        return False
+    # Only what pending_action reads is parsed: this filter runs on every watch event of a ModelVersion.
+    raw = status.get("rollout") or {}
+    ro = api.RolloutStatus.model_validate({k: raw[k] for k in ACTION_FIELDS if k in raw})
+    return bool(pending_action(value, ro, status))
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL, when=_action_pending)

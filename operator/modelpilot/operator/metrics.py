@@ -10,6 +10,8 @@ import threading
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from modelpilot.operator import api
+
 REGISTRY = CollectorRegistry()
 
 RECONCILES = Counter("modelpilot_operator_reconciles", "Reconciles by kind and result (success, retry, error).",
@@ -56,7 +58,7 @@ def serve(port: int, address: str = "0.0.0.0") -> None:
     start_http_server(port, addr=address, registry=REGISTRY)
 
 
-def observe_rollout(namespace: str, name: str, action: str, rollout: dict[str, object]) -> None:
+def observe_rollout(namespace: str, name: str, action: str, rollout: api.RolloutStatus) -> None:
     if action == "RollBack":
         ROLLBACKS.labels(namespace, name).inc()
         ROLLOUT_WEIGHT.labels(namespace, name).set(0)
@@ -64,7 +66,8 @@ def observe_rollout(namespace: str, name: str, action: str, rollout: dict[str, o
         PROMOTIONS.labels(namespace, name).inc()
         ROLLOUT_WEIGHT.labels(namespace, name).set(0)
     else:
-        ROLLOUT_WEIGHT.labels(namespace, name).set(float(str(rollout.get("effectiveWeight", rollout.get("weight", 0)))))
+        weight = rollout.effective_weight if rollout.effective_weight is not None else rollout.weight
+        ROLLOUT_WEIGHT.labels(namespace, name).set(float(weight or 0))
 
 
 def observe_measurement(namespace: str, name: str, m: object) -> None:

@@ -17,7 +17,9 @@ The spec is parsed once, where ``Reconciler.reconcile`` reads the body, into
 analysis) takes that typed spec. A spec that does not parse (the API server
 validated it, so only an object stored before the schema or written around it)
 takes the ``SpecError`` path: ``Resolved=False`` naming the field, one Warning
-Event, nothing applied. ``status`` stays a plain dict.
+Event, nothing applied. ``status.rollout`` is parsed once as well (``rollout_status`` → ``api.RolloutStatus``,
+which the planner takes and returns) and serialized once, where status is written (``rollout_patch``); the rest
+of ``status`` is a plain dict, and the readiness refresh reads the rollout's phase from it without a parse.
 """
 
 from __future__ import annotations
@@ -250,6 +252,21 @@ def pinned(status: dict[str, Any], ref: ModelRef) -> ResolvedModel | None:
     )
 
 
+def _model_status(model: ResolvedModel) -> api.ModelStatus:
+    """A resolved version as the rollout records it (``canaryModel``): without the signature, held once in
+    ``status.model``. An unknown resolution time (a status written without one) is left out, not written
+    as ``""``, which is no time."""
+    record = model.as_status(signature=False)
+    if not record.get("resolvedAt"):
+        del record["resolvedAt"]
+    return api.ModelStatus.model_validate(record)
+
+
+def _model_dict(model: api.ModelStatus | None) -> dict[str, Any]:
+    """A typed ``ModelStatus`` as ``pinned`` reads one (the status' own field names)."""
+    return model.model_dump(mode="json", by_alias=True, exclude_unset=True) if model is not None else {}
+
+
 def observe(deployment: dict[str, Any] | None) -> dict[str, Any]:
     """Readiness of the serving Deployment as (phase, ready?, reason, message, replicas, readyReplicas)."""
     if deployment is None:
@@ -364,7 +381,7 @@ def canary_reconciling(status: dict[str, Any]) -> tuple[str, str] | None:
 READINESS_CONDITIONS = ("Ready", "Reconciling", "Stalled")
 
 
-def pending_action(value: str, ro: dict[str, Any], status: dict[str, Any]) -> str:
+def pending_action(value: str, ro: api.RolloutStatus, status: dict[str, Any]) -> str:
     """The manual action the annotation value asks for and that was not handled yet, or "".
 
     The value is ``<action>`` or ``<action>/<version>`` (what ``modelpilot promote|undo`` writes): promote,
@@ -373,18 +390,46 @@ def pending_action(value: str, ro: dict[str, Any], status: dict[str, Any]) -> st
     on once: the handled value is kept in ``status.rollout.handledAction`` and carried into later rollouts.
     """
     action, _, version = value.strip().partition("/")
-    if not value or value.strip() == ro.get("handledAction"):
+    if not value or value.strip() == ro.handled_action:
         return ""
     if action == "undo":
         serving = (status.get("model") or {}).get("version")
-        if ro.get("phase") in rollout.ACTIVE or not serving:
+        if ro.phase in rollout.ACTIVE or not serving:
             return ""
         return "" if version and version != serving else action
-    if action not in ("promote", "abort", "pause", "resume") or ro.get("phase") not in rollout.STEPPING:
+    if action not in ("promote", "abort", "pause", "resume") or ro.phase not in rollout.STEPPING:
         return ""
-    if version and version != ro.get("canaryVersion"):
+    if version and version != ro.canary_version:
         return ""
     return action
+
+
+#: What ``pending_action`` reads of ``status.rollout`` (``handlers`` parses only these, on every watch event).
+ACTION_FIELDS = ("phase", "canaryVersion", "handledAction")
+
+
+def rollout_status(status: dict[str, Any]) -> api.RolloutStatus:
+    """``status.rollout`` as the planner takes it: parsed once, where a body enters a reconcile.
+
+    The API server validated what it stores against the CRD, so this parses; should a field not (an object
+    stored before the field was declared, written by hand), that field is left out and logged — the rest of
+    the state still resumes, and the field is not written back (a merge patch leaves it as stored)."""
+    raw = status.get("rollout") or {}
+    try:
+        return api.RolloutStatus.model_validate(raw)
+    except ValidationError as exc:
+        bad = {str(e["loc"][0]) for e in exc.errors() if e["loc"]}
+        logging.getLogger(__name__).warning("status.rollout: ignoring fields that do not parse: %s",
+                                            spec_errors(exc, "status.rollout"))
+        return api.RolloutStatus.model_validate({k: v for k, v in raw.items() if k not in bad})
+
+
+def rollout_patch(ro: api.RolloutStatus, stored: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``status.rollout`` as it is written (a JSON merge patch): every field that is *set*, None included — a
+    null removes the stored field, a field left out keeps it. Fields of ``stored`` (the rollout as read) that
+    ``ro`` does not set any more are written as null, so they are removed too."""
+    out = ro.model_dump(mode="json", by_alias=True, exclude_unset=True)
+    return {**dict.fromkeys(stored), **out} if stored else out
 
 
 def replace_action(world: rollout.World, action: str) -> rollout.World:
@@ -557,12 +602,12 @@ class Reconciler:
         ref = model_ref(spec)
         events: list[Event] = []
         current = pinned(status, ref)  # the stable version, when it still answers the spec
-        ro = dict(status.get("rollout") or {})
-        known_canary = pinned({"model": ro.get("canaryModel") or {}}, ref) if ro.get("canaryModel") else None
+        ro = rollout_status(status)  # parsed once; written back (rollout_patch) only where it changes
+        known_canary = pinned({"model": _model_dict(ro.canary_model)}, ref) if ro.canary_model else None
         # While a rollout is active its canary is the newest answer to the spec's reference: with an alias both
         # the pinned stable version and the canary answer it, and the canary is where the alias points. (Taking
         # the stable one cancelled and restarted every alias-triggered canary on each tick.)
-        if ro.get("phase") in rollout.ACTIVE and ro.get("kind") != "Undo":
+        if ro.phase in rollout.ACTIVE and ro.kind != api.RolloutKind.UNDO:
             model = known_canary or current
         else:
             model = current or known_canary
@@ -605,18 +650,18 @@ class Reconciler:
             member = await self.abtest_membership(namespace, name)
         assigned = member.replicas if member else None  # an ABTest's replica-ratio share, if any
         total = int(assigned if assigned is not None else spec.replicas) or 1
-        rejected = (ro.get("phase") == "RolledBack" and ro.get("rejectedVersion") == model.version
+        rejected = (ro.phase == api.RolloutPhase.ROLLED_BACK and ro.rejected_version == model.version
                     and stable_model is not None and stable_model.version != model.version)
         undo = self._pending_action(body, ro, status) == "undo" and stable_model is not None
-        if stable_model is not None and (ro.get("phase") in rollout.ACTIVE or rejected or undo or (
+        if stable_model is not None and (ro.phase in rollout.ACTIVE or rejected or undo or (
                 canary_enabled and model.version != stable_model.version)):
-            events += await self._canary(owner, spec, status, stable_model, model, body, now, member, total)
+            events += await self._canary(owner, spec, status, ro, stable_model, model, body, now, member, total)
         else:
             # First deployment, nothing changed, or a plain rolling update (no spec.rollout): the Deployment's own
             # rolling update (maxSurge 1, maxUnavailable 0) keeps every replica serving.
-            if ro.get("phase") == "RolledBack" and ro.get("rejectedVersion") != model.version:
-                ro["phase"] = "Superseded"  # the spec moved on from the rejected version
-                status["rollout"] = ro
+            if ro.phase == api.RolloutPhase.ROLLED_BACK and ro.rejected_version != model.version:
+                ro.phase = api.RolloutPhase.SUPERSEDED  # the spec moved on from the rejected version
+                status["rollout"] = rollout_patch(ro)
             applied = await self._objects(owner, spec, status, model, member)
             if stable_model is not None and stable_model.version != model.version:
                 status["previousModel"] = stable_model.as_status(signature=False)
@@ -713,45 +758,48 @@ class Reconciler:
         return applied
 
     async def _canary(self, owner: builders.Owner, spec: api.ModelVersionSpec, status: dict[str, Any],
-                      stable: ResolvedModel, candidate: ResolvedModel, body: dict[str, Any], now_text: str,
-                      member: Membership | None, total: int) -> list[Event]:
-        """One tick of a guarded rollout: observe both tracks, plan (``rollout.plan``, pure), act."""
+                      ro: api.RolloutStatus, stable: ResolvedModel, candidate: ResolvedModel, body: dict[str, Any],
+                      now_text: str, member: Membership | None, total: int) -> list[Event]:
+        """One tick of a guarded rollout: observe both tracks, plan (``rollout.plan``, pure), act. ``ro`` is
+        ``status.rollout`` as parsed (``rollout_status``); the new one is written once, at the end."""
         events: list[Event] = []
         now = rollout.parse_time(now_text)
-        old = dict(status.get("rollout") or {})
-        ro = dict(old)
+        stored = status.get("rollout") or {}  # as read: its fields a new rollout does not set are removed
         world = await self._observe_tracks(owner)
         action = self._pending_action(body, ro, status)
-        handled = self._annotation(body) if action else ro.get("handledAction")
-        if ro.get("phase") == "RolledBack" and ro.get("rejectedVersion") == candidate.version and action != "undo":
+        handled = self._annotation(body) if action else ro.handled_action
+        if ro.phase == api.RolloutPhase.ROLLED_BACK and ro.rejected_version == candidate.version \
+                and action != "undo":
             # Rejected: keep serving the stable version until the spec or the alias points elsewhere.
             await self._objects(owner, spec, status, stable, member)
             status["model"] = stable.as_status()
             return events
-        stepping = ro.get("phase") in rollout.STEPPING
-        if action == "undo" and ro.get("phase") not in rollout.ACTIVE:
-            previous = status.get("previousModel") or {}
-            if not previous.get("version") or previous.get("version") == stable.version:
-                status["rollout"] = {**ro, "handledAction": handled}
+        stepping = ro.phase in rollout.STEPPING
+        undoing = ro.kind == api.RolloutKind.UNDO
+        if action == "undo" and ro.phase not in rollout.ACTIVE:
+            previous = api.ModelStatus.model_validate(status.get("previousModel") or {})
+            if not previous.version or previous.version == stable.version:
+                ro = ro.model_copy(update={"handled_action": handled})
+                status["rollout"] = rollout_patch(ro)
                 await self._objects(owner, spec, status, stable, member)
                 return [Event("Warning", "UndoImpossible", f"nothing to undo: no earlier version than "
                               f"{stable.version} is recorded in status.previousModel")]
             # The spec's version stays rejected (usually the serving one; after an earlier rollback the spec may
             # still name the version that was rolled back), so the undo is not followed by a new canary of it.
-            start = rollout.start(stable.as_status(signature=False), previous, spec, now, kind="Undo",
+            start = rollout.start(_model_status(stable), previous, spec, now, kind="Undo",
                                   reason="requested with modelpilot undo",
-                                  rejected="" if candidate.version == previous.get("version") else candidate.version)
+                                  rejected="" if candidate.version == previous.version else candidate.version)
             decision = self._started(start, spec, total, world, now)
-        elif not stepping and ro.get("phase") in rollout.ACTIVE:
+        elif not stepping and ro.phase in rollout.ACTIVE:
             decision = rollout.plan(ro, spec, total, world, now)  # Promoting / RollingBack: finish first
-        elif stepping and ro.get("kind") != "Undo" and candidate.version == stable.version:
+        elif stepping and not undoing and candidate.version == stable.version:
             decision = rollout.cancel(ro, spec, world, total, now, f"the spec asks for version {stable.version} "
-                                      f"again, not the canary version {ro.get('canaryVersion')}")
-        elif stepping and ro.get("kind") != "Undo" and not api.given(spec.rollout):
+                                      f"again, not the canary version {ro.canary_version}")
+        elif stepping and not undoing and not api.given(spec.rollout):
             decision = rollout.promote_now(ro, spec, world, total, now, "spec.rollout was removed: the spec's version "
                                            "is rolled out without further steps")
-        elif not stepping or (ro.get("kind") != "Undo" and ro.get("canaryVersion") != candidate.version):
-            start = rollout.start(stable.as_status(signature=False), candidate.as_status(signature=False), spec, now)
+        elif not stepping or (not undoing and ro.canary_version != candidate.version):
+            start = rollout.start(_model_status(stable), _model_status(candidate), spec, now)
             decision = self._started(start, spec, total, world, now)
         else:
             canary_model = self._canary_model(ro, candidate)
@@ -762,10 +810,10 @@ class Reconciler:
                                      if window is not None else (None, None))
             world = dataclasses.replace(world, action=action, verdict=verdict, measurements=measurements)
             decision = rollout.plan(ro, spec, total, world, now)
-        ro = {**dict.fromkeys(old), **decision.rollout}  # keys the decision dropped are removed (merge patch)
+        ro = decision.rollout  # the planner's own copy
         if handled:
-            ro["handledAction"] = handled
-        events += self._canary_problem(ro, ro.get("canaryVersion", candidate.version), world.health.problem)
+            ro.handled_action = handled
+        events += self._canary_problem(ro, ro.canary_version or candidate.version, world.health.problem)
         kind = {"Start": ("Normal", "RolloutStarted"), "Advance": ("Normal", "RolloutStep"),
                 "Promote": ("Normal", "Promoting"), "Promoted": ("Normal", "Promoted"),
                 "RollBack": ("Warning", "RolledBack"), "RolledBack": ("Normal", "RollbackComplete"),
@@ -774,7 +822,7 @@ class Reconciler:
             events.append(Event(kind[0], kind[1], decision.message))
         if decision.warning:
             events.append(Event("Warning", "WeightNotHonoured", decision.warning))
-        status["rollout"] = ro
+        status["rollout"] = rollout_patch(ro, stored)  # fields the decision no longer sets are removed
         metrics.observe_rollout(owner.namespace, owner.name, decision.action, ro)
         canary_model = self._canary_model(ro, candidate)
         survivor = canary_model if decision.stable_model == "canary" else stable
@@ -788,9 +836,9 @@ class Reconciler:
             if survivor.version != stable.version:
                 status["previousModel"] = stable.as_status(signature=False)
                 status["model"] = survivor.as_status()
-            if ro.get("kind") != "Undo" and decision.action in ("Promoted", "RolledBack"):
+            if ro.kind != api.RolloutKind.UNDO and decision.action in ("Promoted", "RolledBack"):
                 events += await self._write_back(owner.namespace, spec, status, canary_model,
-                                           promoted=decision.action == "Promoted", reason=str(ro.get("reason") or ""),
+                                           promoted=decision.action == "Promoted", reason=ro.reason or "",
                                            now=now_text)
         return events
 
@@ -802,9 +850,9 @@ class Reconciler:
         return dataclasses.replace(first, action="Start", message=start.message)
 
     @staticmethod
-    def _canary_model(ro: dict[str, Any], fallback: ResolvedModel) -> ResolvedModel:
+    def _canary_model(ro: api.RolloutStatus, fallback: ResolvedModel) -> ResolvedModel:
         """The canary track's model, from the rollout record (for an undo it is the previous version)."""
-        record = ro.get("canaryModel") or {}
+        record = _model_dict(ro.canary_model)
         model = pinned({"model": record}, ModelRef(str(record.get("name") or fallback.name),
                                                     version=str(record.get("version") or "")))
         return model or fallback
@@ -852,26 +900,27 @@ class Reconciler:
                                    signature_truncated=full.signature_truncated, flavor=model.flavor or full.flavor)
 
     @staticmethod
-    def _canary_problem(ro: dict[str, Any], version: str, problem: str) -> list[Event]:
+    def _canary_problem(ro: api.RolloutStatus, version: str, problem: str) -> list[Event]:
         """Record why the canary's pods do not become ready in ``status.rollout.canaryProblem`` (the stable
         version still serves, so ``Ready`` is not touched) and post one Warning Event per distinct problem."""
-        old = str(ro.get("canaryProblem") or "")
-        ro["canaryProblem"] = None  # status is merge-patched: null removes it
-        if not problem or ro.get("phase") not in rollout.STEPPING:
+        old = ro.canary_problem or ""
+        ro.canary_problem = None  # status is merge-patched: null removes it
+        if not problem or ro.phase not in rollout.STEPPING:
             return []
         same = bool(old) and diagnosis.same_problem(old, problem)
-        ro["canaryProblem"] = old if same and "ImagePullBackOff" in problem else problem
-        return [] if same else [Event("Warning", diagnosis.REASON, f"canary version {version}: {ro['canaryProblem']}")]
+        ro.canary_problem = old if same and "ImagePullBackOff" in problem else problem
+        return [] if same else [Event("Warning", diagnosis.REASON, f"canary version {version}: {ro.canary_problem}")]
 
     @staticmethod
     def _annotation(body: dict[str, Any]) -> str:
         return str(((body.get("metadata") or {}).get("annotations") or {}).get(ACTION_ANNOTATION, "")).strip()
 
-    def _pending_action(self, body: dict[str, Any], ro: dict[str, Any], status: dict[str, Any]) -> str:
+    def _pending_action(self, body: dict[str, Any], ro: api.RolloutStatus, status: dict[str, Any]) -> str:
         return pending_action(self._annotation(body), ro, status)
 
     def _analyse(self, owner: builders.Owner, spec: api.ModelVersionSpec, stable: ResolvedModel,
-                 candidate: ResolvedModel, step_seconds: int, ro: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
+                 candidate: ResolvedModel, step_seconds: int,
+                 ro: api.RolloutStatus) -> tuple[str, list[dict[str, Any]]]:
         """One analysis round over this step's samples only. At a step where the stable version serves no
         traffic (100 %), relative checks compare with the baselines of earlier steps, or — for a check no
         earlier step measured — with the stable version's value just before the rollout started."""
@@ -885,13 +934,13 @@ class Reconciler:
         except PrometheusError as exc:
             return "Inconclusive", [{"check": "prometheus", "verdict": "Error", "value": None, "baseline": None,
                                      "threshold": "", "samples": None, "query": "", "message": str(exc)}]
-        stable_idle = int(ro.get("weight") or 0) >= 100
-        started = rollout.parse_time(ro["startedAt"]) if ro.get("startedAt") else None
+        stable_idle = (ro.weight or 0) >= 100
+        started = ro.started_at.timestamp() if ro.started_at else None
         try:
             results = analysis.measure(
                 prom.scalar, cfg, analysis.Target(owner.namespace, owner.name, candidate.version),
                 analysis.Target(owner.namespace, owner.name, stable.version), step_seconds=step_seconds,
-                stored_baselines=dict(ro.get("baselines") or {}) if stable_idle else None,
+                stored_baselines=dict(ro.baselines or {}) if stable_idle else None,
                 baseline_query=(lambda q: prom.scalar(q, at=started)) if stable_idle and started else None)
         finally:
             prom.close()

@@ -1,7 +1,7 @@
 """Guarded canary rollout of a ModelVersion: a pure planner whose whole state lives in ``status.rollout``.
 
-Reconcile-level logic, no I/O. ``plan()`` takes the rollout status, the typed spec
-(``api.ModelVersionSpec``, read through ``settings``),
+Reconcile-level logic, no I/O. ``plan()`` takes the rollout status (``api.RolloutStatus``), the typed
+spec (``api.ModelVersionSpec``, read through ``settings``),
 the observed world (both tracks' Deployments, the canary pods' health, a
 pending manual action, an analysis round if one was due) and the time, and
 returns the next rollout status, the replicas each track must have *now* and
@@ -25,7 +25,15 @@ Rules (each is a public failure report of a peer, see docs/rollouts.md):
 * relative checks at a step where the stable track serves no traffic (100 %)
   compare with the baseline measured at the previous step (``baselines``);
 * **every rollout starts with a clean record**: fields of the previous one are
-  cleared (``start`` returns every key, absent ones as ``None``).
+  cleared (``start`` sets every field of ``FIELDS``, unused ones to ``None``).
+
+The state is the typed ``api.RolloutStatus``, the model of the CRD's ``status.rollout``: the reconciler parses
+it once where a body enters and serializes it once where status is written (``reconcile.rollout_status`` /
+``rollout_patch``). A pydantic model rather than a frozen dataclass because it *is* the CRD's schema (checked
+by ``test_api_contract``) and because it tracks which fields are set: under a JSON merge patch a field written
+as null is removed and a field left out is kept, and ``exclude_unset`` keeps exactly that distinction. The
+functions here never change the status they are given: ``plan``, ``cancel`` and ``promote_now`` work on a
+shallow copy (every nested value is replaced, never changed in place) and the decision carries it.
 
 Traffic without a Gateway is split by replica ratio: the Service selects the
 pods of both tracks, so the canary's share is ``canary / (stable + canary)``.
@@ -38,6 +46,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any
 
 from modelpilot.operator import api, contract
@@ -45,7 +54,10 @@ from modelpilot.operator import api, contract
 #: Manual actions: ``<action>`` or ``<action>/<version>`` (promote, abort, pause, resume, undo), acted on once
 #: (``contract.parse_action``).
 ACTION_ANNOTATION = contract.ACTION_ANNOTATION
-HISTORY_LIMIT = 20
+#: Bounds of what a rollout status keeps (the CRD's ``maxItems`` / ``maxLength`` of ``status.rollout``).
+HISTORY_LIMIT = api.HISTORY_LIMIT
+MEASUREMENT_LIMIT = api.MEASUREMENT_LIMIT
+_P = api.RolloutPhase
 #: Phases in which the operator is still moving traffic or pods.
 ACTIVE = ("Progressing", "Paused", "Promoting", "RollingBack")
 #: Phases in which steps are taken (manual actions apply).
@@ -57,8 +69,8 @@ RESTARTS_WHILE_STARTING = 2
 #: Seconds between moving all Gateway traffic off the canary and deleting it: the Gateway must have applied
 #: the route first (Gateway API gives no "programmed" signal per route weight).
 ROUTE_GRACE_SECONDS = 5.0
-#: Every key a rollout status may carry: ``start`` sets the ones it does not use to None, so a merge
-#: patch of status clears what the previous rollout left.
+#: Every field (by its status name) ``start`` sets, the ones it does not use to None, so a merge patch of
+#: status clears what the previous rollout left (``handledAction`` is carried over by the reconciler).
 FIELDS = ("phase", "kind", "stableVersion", "canaryVersion", "canaryModel", "step", "weight", "effectiveWeight",
           "replicas", "weightWarning", "startedAt", "stepRequestedAt", "stepStartedAt", "canaryRestarts",
           "failures", "inconclusive", "analysis", "baselines", "history", "reason", "rejectedVersion",
@@ -110,7 +122,7 @@ class Decision:
     """
 
     action: str  # Start | Wait | Advance | Promote | Promoted | RollBack | RolledBack | Pause | None
-    rollout: dict[str, Any]
+    rollout: api.RolloutStatus
     message: str = ""
     stable_replicas: int | None = None
     canary_replicas: int | None = None
@@ -211,98 +223,115 @@ def effective_weight(stable: int, canary: int) -> int:
     return round(100 * canary / max(stable + canary, 1))
 
 
-def _history(rollout: dict[str, Any], now: float, decision: str, message: str) -> list[dict[str, Any]]:
-    entry = {"time": fmt_time(now), "step": rollout.get("step", 0), "weight": rollout.get("weight", 0),
-             "effectiveWeight": rollout.get("effectiveWeight"), "decision": decision, "message": message[:500]}
-    return [*(rollout.get("history") or []), entry][-HISTORY_LIMIT:]
+def _at(ts: float) -> datetime:
+    """A time to record in the rollout status: whole seconds, as ``contract.TIME_FORMAT`` writes it, so a time
+    read back after a restart is the one the planner decided on."""
+    return datetime.fromtimestamp(ts, timezone.utc).replace(microsecond=0)
 
 
-def start(stable: dict[str, Any], canary: dict[str, Any], spec: api.ModelVersionSpec, now: float,
+def _history(rollout: api.RolloutStatus, now: float, decision: str, message: str) -> list[api.HistoryEntry]:
+    entry = api.HistoryEntry(time=_at(now), step=rollout.step or 0, weight=rollout.weight or 0,
+                             effective_weight=rollout.effective_weight, decision=decision,
+                             message=message[:api.HISTORY_MESSAGE_LIMIT])
+    return [*(rollout.history or []), entry][-HISTORY_LIMIT:]
+
+
+#: ``FIELDS`` by their Python names (what ``start`` sets to None first).
+_FIELD_NAMES = tuple(name for name, f in api.RolloutStatus.model_fields.items() if f.alias in FIELDS)
+
+
+def start(stable: api.ModelStatus, canary: api.ModelStatus, spec: api.ModelVersionSpec, now: float,
           kind: str = "Canary", reason: str = "", rejected: str = "") -> Decision:
-    """A new rollout with a clean record: every key of ``FIELDS`` it does not set is None.
+    """A new rollout with a clean record: every field of ``FIELDS`` it does not use is set to None.
 
     ``kind="Undo"`` brings ``canary`` (the previous version) back; ``rejected`` is the version the spec asks
     for (by default the serving one), which stays rejected until the spec or the alias moves on."""
     cfg = settings(spec)
     weight = 100 if kind == "Undo" else cfg.steps[0]
-    rollout: dict[str, Any] = dict.fromkeys(FIELDS)
-    rollout.update({"phase": "Progressing", "kind": kind, "stableVersion": stable["version"],
-                    "canaryVersion": canary["version"], "canaryModel": canary, "step": 0, "weight": weight,
-                    "startedAt": fmt_time(now), "stepRequestedAt": fmt_time(now), "failures": 0,
-                    "inconclusive": 0, "analysis": [], "baselines": {}, "history": []})
-    what = (f"undo: back to version {canary['version']} from {stable['version']}" if kind == "Undo" else
-            f"canary {canary['version']} against stable {stable['version']} at {weight}%")
+    rollout = api.RolloutStatus(**dict.fromkeys(_FIELD_NAMES))
+    rollout.phase = api.RolloutPhase.PROGRESSING
+    rollout.kind = api.RolloutKind(kind)
+    rollout.stable_version, rollout.canary_version, rollout.canary_model = stable.version, canary.version, canary
+    rollout.step, rollout.weight = 0, weight
+    rollout.started_at = rollout.step_requested_at = _at(now)
+    rollout.failures, rollout.inconclusive, rollout.analysis, rollout.baselines, rollout.history = 0, 0, [], {}, []
+    what = (f"undo: back to version {canary.version} from {stable.version}" if kind == "Undo" else
+            f"canary {canary.version} against stable {stable.version} at {weight}%")
     if kind == "Undo":
         # The spec's version (``rejected``) stays rejected until the spec or the alias moves on — unless the
         # version brought back is the spec's own (an undo of an undo): then nothing is rejected.
-        rollout.update(finalPhase="RolledBack" if rejected else "Promoted", rejectedVersion=rejected or None)
+        rollout.final_phase = api.RolloutOutcome.ROLLED_BACK if rejected else api.RolloutOutcome.PROMOTED
+        rollout.rejected_version = rejected or None
     elif cfg.gateway and cfg.shadow_seconds > 0:
-        rollout.update(shadow=True)  # live traffic mirrored to the canary, analysed, never answered by it
+        rollout.shadow = True  # live traffic mirrored to the canary, analysed, never answered by it
         what += f", after a {cfg.shadow_seconds:.0f}s shadow phase"
-    rollout["history"] = _history(rollout, now, "Start", f"{what}{': ' + reason if reason else ''}")
-    message = (f"undo started: version {canary['version']} is brought back at full size, then takes the traffic"
-               if kind == "Undo" else f"canary rollout of version {canary['version']} started at {weight}%")
+    rollout.history = _history(rollout, now, "Start", f"{what}{': ' + reason if reason else ''}")
+    message = (f"undo started: version {canary.version} is brought back at full size, then takes the traffic"
+               if kind == "Undo" else f"canary rollout of version {canary.version} started at {weight}%")
     return Decision("Start", rollout, message)
 
 
-def _step_started(r: dict[str, Any]) -> float | None:
-    value = r.get("stepStartedAt")
-    return parse_time(value) if value else None
+def _step_started(r: api.RolloutStatus) -> float | None:
+    return r.step_started_at.timestamp() if r.step_started_at else None
 
 
-def _step_requested(r: dict[str, Any]) -> float:
-    return parse_time(r.get("stepRequestedAt") or r.get("stepStartedAt") or r["startedAt"])
+def _step_requested(r: api.RolloutStatus) -> float:
+    when = r.step_requested_at or r.step_started_at or r.started_at
+    assert when is not None, "a rollout status without startedAt"
+    return when.timestamp()
 
 
-def targets(r: dict[str, Any], total: int, cfg: Settings) -> tuple[int, int, bool]:
+def targets(r: api.RolloutStatus, total: int, cfg: Settings) -> tuple[int, int, bool]:
     """Replicas (stable, canary) the current step asks for, and whether they honour its weight.
 
     With a Gateway the route sets the weight exactly: stable keeps ``total`` replicas throughout and the
     canary gets its share of them (at least one), so either can take all the traffic at any moment."""
-    weight = int(r.get("weight") or 0)
+    weight = r.weight or 0
     if cfg.gateway:
         return total, total if weight >= 100 else max(1, math.ceil(total * weight / 100)), True
     return replica_targets(total, weight, surge_limit(total, cfg.max_surge))
 
 
-def _settled(r: dict[str, Any], world: World, stable: int, canary: int) -> bool:
+def _settled(r: api.RolloutStatus, world: World, stable: int, canary: int) -> bool:
     """Both tracks at these replicas, every one ready, each running its rollout's version: a canary
     Deployment still running a superseded canary version (the spec moved on mid-rollout) is not in place."""
     s, c = world.stable, world.canary
-    versions = ((not s.version or s.version == str(r.get("stableVersion")))
-                and (not c.version or c.version == str(r.get("canaryVersion"))))
+    versions = ((not s.version or s.version == str(r.stable_version))
+                and (not c.version or c.version == str(r.canary_version)))
     return (versions and s.replicas == stable and c.replicas == canary and c.exists and s.settled and c.settled
             and s.ready >= stable and c.ready >= canary)
 
 
-def analysis_window(r: dict[str, Any], spec: api.ModelVersionSpec, world: World, total: int, now: float) -> int | None:
+def analysis_window(r: api.RolloutStatus, spec: api.ModelVersionSpec, world: World, total: int,
+                    now: float) -> int | None:
     """Seconds of this step's samples to analyse now, or None when no round is due (the step's replicas
     are not in place yet, its interval has not passed, analysis is off, or the rollout is not stepping)."""
     cfg = settings(spec)
-    if r.get("phase") != "Progressing" or not cfg.analysis or world.action or r.get("kind") == "Undo":
+    if r.phase != _P.PROGRESSING or not cfg.analysis or world.action or r.kind == api.RolloutKind.UNDO:
         return None
     started = _step_started(r)
     if started is None or not _settled(r, world, *targets(r, total, cfg)[:2]):
         return None
     elapsed = now - started
-    if elapsed < (cfg.shadow_seconds if r.get("shadow") else cfg.interval):
+    if elapsed < (cfg.shadow_seconds if r.shadow else cfg.interval):
         return None
     return max(int(elapsed), 1)
 
 
-def plan(rollout: dict[str, Any], spec: api.ModelVersionSpec, total: int, world: World, now: float) -> Decision:
+def plan(rollout: api.RolloutStatus, spec: api.ModelVersionSpec, total: int, world: World, now: float) -> Decision:
     """One tick of the rollout: the next status, the replicas of each track now, and the decision.
 
     ``total`` is the replicas the ModelVersion serves with (``spec.replicas`` or its ABTest's share).
+    ``rollout`` is not changed: the decision carries a copy.
     """
     cfg = settings(spec)
-    r = dict(rollout)
-    if r.get("kind") == "Undo":  # back to a version that served before: no steps, no hold, no analysis
+    r = rollout.model_copy()
+    if r.kind == api.RolloutKind.UNDO:  # back to a version that served before: no steps, no hold, no analysis
         cfg = dataclasses.replace(cfg, steps=(100,), interval=0.0, analysis=False)
-    phase = r.get("phase")
-    if phase == "Promoting":
+    phase = r.phase
+    if phase == _P.PROMOTING:
         return _finish(cfg, r, world, total, now, promote=True)
-    if phase == "RollingBack":
+    if phase == _P.ROLLING_BACK:
         return _finish(cfg, r, world, total, now, promote=False)
     if phase not in STEPPING:
         return Decision("None", r)
@@ -312,125 +341,129 @@ def plan(rollout: dict[str, Any], spec: api.ModelVersionSpec, total: int, world:
     if world.action == "promote":
         return _promote(cfg, r, world, total, now, "promoted by the user")
     stable, canary, honoured = targets(r, total, cfg)
-    if world.action == "pause" and phase != "Paused":
-        r["phase"] = "Paused"
-        r["history"] = _history(r, now, "Pause", "paused by the user")
+    if world.action == "pause" and phase != _P.PAUSED:
+        r.phase = _P.PAUSED
+        r.history = _history(r, now, "Pause", "paused by the user")
         return _hold(cfg, r, world, stable, canary, "Pause", "paused by the user")
-    if world.action == "resume" and phase == "Paused":
-        r.update(phase="Progressing", stepRequestedAt=fmt_time(now), stepStartedAt=None, inconclusive=0)
-        r["history"] = _history(r, now, "Resume", "resumed by the user")
+    if world.action == "resume" and phase == _P.PAUSED:
+        r.phase, r.step_requested_at, r.step_started_at, r.inconclusive = _P.PROGRESSING, _at(now), None, 0
+        r.history = _history(r, now, "Resume", "resumed by the user")
         return _hold(cfg, r, world, stable, canary, "Wait", "resumed by the user")
-    if r["phase"] == "Paused":
+    if r.phase == _P.PAUSED:
         return _hold(cfg, r, world, stable, canary, "Wait", "paused")
 
+    step, weight = r.step or 0, r.weight or 0
     warning = ""
-    r["weightWarning"] = None
+    r.weight_warning = None
     if not honoured:
-        r["weightWarning"] = (f"step {r['step'] + 1} asks for {r['weight']}% but {stable} stable + {canary} canary "
-                              f"replicas give {effective_weight(stable, canary)}%: within "
-                              f"maxSurge={'100%' if cfg.max_surge is None else cfg.max_surge} no split is within ±{WEIGHT_TOLERANCE:.0f} "
-                              "points (raise maxSurge or replicas, or route with a Gateway)")
-        if rollout.get("weightWarning") != r["weightWarning"]:
-            warning = r["weightWarning"]
+        r.weight_warning = (f"step {step + 1} asks for {weight}% but {stable} stable + {canary} canary "
+                            f"replicas give {effective_weight(stable, canary)}%: within "
+                            f"maxSurge={'100%' if cfg.max_surge is None else cfg.max_surge} no split is within "
+                            f"±{WEIGHT_TOLERANCE:.0f} points (raise maxSurge or replicas, or route with a Gateway)")
+        if rollout.weight_warning != r.weight_warning:
+            warning = r.weight_warning
     started = _step_started(r)
     if not _settled(r, world, stable, canary):
         # The step's replicas are not in place (or a pod left): its clock has not started.
-        r["stepStartedAt"] = None
-        restarts = world.health.restarts - int(r.get("canaryRestarts") or 0)
+        r.step_started_at = None
+        restarts = world.health.restarts - (r.canary_restarts or 0)
         if started is not None and (restarts > 0 or world.health.not_ready):
             return _roll_back(cfg, r, world, total, now, _health_failure(r, world, restarts))
-        if r.get("canaryRestarts") is None:
-            r["canaryRestarts"] = world.health.restarts
+        if r.canary_restarts is None:
+            r.canary_restarts = world.health.restarts
         elif restarts > RESTARTS_WHILE_STARTING:
             return _roll_back(cfg, r, world, total, now, _health_failure(r, world, restarts))
         if now - _step_requested(r) > cfg.deadline:
-            why = (f"the canary's replicas for step {r['step'] + 1} ({r['weight']}%) were not ready within "
+            why = (f"the canary's replicas for step {step + 1} ({weight}%) were not ready within "
                    f"progressDeadlineSeconds={cfg.deadline:.0f}")
-            return _roll_back(cfg, r, world, total, now, f"{why}: {world.health.problem}" if world.health.problem else why)
-        return _hold(cfg, r, world, stable, canary, "Wait", f"step {r['step'] + 1}: waiting for {stable} stable + {canary} "
-                     "canary replicas to be ready", warning)
+            return _roll_back(cfg, r, world, total, now,
+                              f"{why}: {world.health.problem}" if world.health.problem else why)
+        return _hold(cfg, r, world, stable, canary, "Wait", f"step {step + 1}: waiting for {stable} stable + "
+                     f"{canary} canary replicas to be ready", warning)
     if started is None:
         # Not before the last pod became ready (seconds resolution): that change belongs to the transition.
-        r["stepStartedAt"] = fmt_time(max(now, world.health.last_ready_change or 0.0))
-        r["canaryRestarts"] = world.health.restarts
-        return _hold(cfg, r, world, stable, canary, "Wait", f"step {r['step'] + 1} at {r['weight']}% is in place", warning)
-    restarts = world.health.restarts - int(r.get("canaryRestarts") or 0)
+        r.step_started_at = _at(max(now, world.health.last_ready_change or 0.0))
+        r.canary_restarts = world.health.restarts
+        return _hold(cfg, r, world, stable, canary, "Wait", f"step {step + 1} at {weight}% is in place", warning)
+    restarts = world.health.restarts - (r.canary_restarts or 0)
     flapped = world.health.last_ready_change is not None and world.health.last_ready_change > started
     if restarts > 0 or flapped:
         return _roll_back(cfg, r, world, total, now, _health_failure(r, world, restarts))
-    interval = cfg.shadow_seconds if r.get("shadow") else cfg.interval
+    interval = cfg.shadow_seconds if r.shadow else cfg.interval
     if now - started < interval:
-        where = "the shadow phase" if r.get("shadow") else f"step {r['step'] + 1} ({r['weight']}%)"
+        where = "the shadow phase" if r.shadow else f"step {step + 1} ({weight}%)"
         return _hold(cfg, r, world, stable, canary, "Wait", f"holding {where}", warning)
     verdict = "Pass" if not cfg.analysis else world.verdict
-    measurements = world.measurements or []
+    # The round's measurements enter the status here, parsed once (the evidence quotes every one of them).
+    measurements = [api.Measurement.model_validate(m) for m in world.measurements or []]
     if world.measurements is not None:
-        r["analysis"] = world.measurements
+        r.analysis = measurements[:MEASUREMENT_LIMIT]
     if verdict is None:
         return _hold(cfg, r, world, stable, canary, "Wait", "waiting for analysis", warning)
     if verdict == "Fail":
-        r["failures"] = int(r.get("failures") or 0) + 1
-        if r["failures"] > cfg.failure_limit:
+        r.failures = (r.failures or 0) + 1
+        if r.failures > cfg.failure_limit:
             return _roll_back(cfg, r, world, total, now, "analysis failed: " + _evidence(measurements))
-        r["history"] = _history(r, now, "Fail", f"analysis failed ({r['failures']} of failureLimit "
-                                f"{cfg.failure_limit} tolerated): " + _evidence(measurements))
-        r["stepStartedAt"] = fmt_time(now)  # the next round is judged on fresh samples
+        r.history = _history(r, now, "Fail", f"analysis failed ({r.failures} of failureLimit "
+                             f"{cfg.failure_limit} tolerated): " + _evidence(measurements))
+        r.step_started_at = _at(now)  # the next round is judged on fresh samples
         return _hold(cfg, r, world, stable, canary, "Wait", "analysis failed; within failureLimit", warning)
     if verdict == "Hold":
         if now - _step_requested(r) > cfg.deadline:
-            return _roll_back(cfg, r, world, total, now, "no data before progressDeadlineSeconds: " + _evidence(measurements))
+            return _roll_back(cfg, r, world, total, now,
+                              "no data before progressDeadlineSeconds: " + _evidence(measurements))
         return _hold(cfg, r, world, stable, canary, "Wait", "holding: not enough data yet", warning)
     if verdict == "Inconclusive":
-        r["inconclusive"] = int(r.get("inconclusive") or 0) + 1
-        if r["inconclusive"] > cfg.inconclusive_limit:
-            r["phase"] = "Paused"
+        r.inconclusive = (r.inconclusive or 0) + 1
+        if r.inconclusive > cfg.inconclusive_limit:
+            r.phase = _P.PAUSED
             msg = "paused after too many inconclusive analyses; promote or abort"
-            r["history"] = _history(r, now, "Pause", msg + ": " + _evidence(measurements))
+            r.history = _history(r, now, "Pause", msg + ": " + _evidence(measurements))
             return _hold(cfg, r, world, stable, canary, "Pause", msg)
-        r["stepStartedAt"] = fmt_time(now)
+        r.step_started_at = _at(now)
         return _hold(cfg, r, world, stable, canary, "Wait", "analysis inconclusive", warning)
     # Pass: remember the baselines (the 100 % step compares with them), then the next step or promotion.
-    baselines = dict(r.get("baselines") or {})
-    baselines.update({m["check"]: m["baseline"] for m in measurements
-                      if m.get("baseline") is not None and not m.get("storedBaseline")})
-    r["baselines"] = baselines
+    baselines = dict(r.baselines or {})
+    baselines.update({m.check: m.baseline for m in measurements if m.baseline is not None and not m.stored_baseline})
+    r.baselines = baselines
     steps = cfg.steps
-    if r.get("shadow"):  # the canary answered mirrored traffic well: now real traffic, at the first step
-        r["history"] = _history(r, now, "Pass", "shadow phase passed: " + (_evidence(measurements) or "passed"))
-        r.update(shadow=False, stepRequestedAt=fmt_time(now), stepStartedAt=None, failures=0, inconclusive=0,
-                 canaryRestarts=world.health.restarts)
-        return _hold(cfg, r, world, stable, canary, "Advance", f"shadow phase passed; canary weight {r['weight']}%")
-    if r["step"] + 1 >= len(steps) or r["weight"] >= 100:
-        why = ("the previous version is ready at full size" if r.get("kind") == "Undo" else
+    if r.shadow:  # the canary answered mirrored traffic well: now real traffic, at the first step
+        r.history = _history(r, now, "Pass", "shadow phase passed: " + (_evidence(measurements) or "passed"))
+        r.shadow, r.step_requested_at, r.step_started_at = False, _at(now), None
+        r.failures, r.inconclusive, r.canary_restarts = 0, 0, world.health.restarts
+        return _hold(cfg, r, world, stable, canary, "Advance", f"shadow phase passed; canary weight {weight}%")
+    if step + 1 >= len(steps) or weight >= 100:
+        why = ("the previous version is ready at full size" if r.kind == api.RolloutKind.UNDO else
                "every step passed analysis" if cfg.analysis else
                "every step held its interval with healthy pods (analysis disabled)")
         return _promote(cfg, r, world, total, now, why)
     held = "held its interval with healthy pods (analysis disabled)"
-    r["history"] = _history(r, now, "Pass", (_evidence(measurements) or "passed") if cfg.analysis else held)
-    why = "analysis passed" if cfg.analysis else f"step {r['step'] + 1} {held}"
-    r.update(step=r["step"] + 1, weight=steps[r["step"] + 1], stepRequestedAt=fmt_time(now), stepStartedAt=None,
-             failures=0, inconclusive=0, canaryRestarts=world.health.restarts)
+    r.history = _history(r, now, "Pass", (_evidence(measurements) or "passed") if cfg.analysis else held)
+    why = "analysis passed" if cfg.analysis else f"step {step + 1} {held}"
+    r.step, r.weight, r.step_requested_at, r.step_started_at = step + 1, steps[step + 1], _at(now), None
+    r.failures, r.inconclusive, r.canary_restarts = 0, 0, world.health.restarts
     stable, canary, _ = targets(r, total, cfg)
-    return _hold(cfg, r, world, stable, canary, "Advance", f"{why}; canary weight {r['weight']}%")
+    return _hold(cfg, r, world, stable, canary, "Advance", f"{why}; canary weight {r.weight}%")
 
 
-def _health_failure(r: dict[str, Any], world: World, restarts: int) -> str:
+def _health_failure(r: api.RolloutStatus, world: World, restarts: int) -> str:
     h = world.health
+    step = (r.step or 0) + 1
     if restarts > 0:
-        what = f"canary containers restarted {restarts} time{'s' if restarts != 1 else ''} during step {r['step'] + 1}"
+        what = f"canary containers restarted {restarts} time{'s' if restarts != 1 else ''} during step {step}"
     elif h.not_ready:
-        what = f"canary pod {', '.join(h.not_ready[:3])} stopped being ready during step {r['step'] + 1}"
+        what = f"canary pod {', '.join(h.not_ready[:3])} stopped being ready during step {step}"
     else:
-        what = f"a canary pod's readiness changed during step {r['step'] + 1}"
+        what = f"a canary pod's readiness changed during step {step}"
     message = what + (f": {h.problem}" if h.problem else "")
-    check: dict[str, Any] = {"check": "pod-health", "verdict": "Fail", "value": float(restarts), "baseline": 0.0,
-                             "threshold": "no restart and no readiness change during a step", "samples": None,
-                             "query": "", "message": message}
-    r["analysis"] = [check, *[m for m in r.get("analysis") or [] if m.get("check") != "pod-health"]]
+    check = api.Measurement(check="pod-health", verdict=api.CheckVerdict.FAIL, value=float(restarts), baseline=0.0,
+                            threshold="no restart and no readiness change during a step", samples=None, query="",
+                            message=message)
+    r.analysis = [check, *[m for m in r.analysis or [] if m.check != "pod-health"]][:MEASUREMENT_LIMIT]
     return "pod-health: " + message
 
 
-def _hold(cfg: Settings, r: dict[str, Any], world: World, stable: int, canary: int, action: str,
+def _hold(cfg: Settings, r: api.RolloutStatus, world: World, stable: int, canary: int, action: str,
           message: str, warning: str = "") -> Decision:
     """Move towards (stable, canary) replicas, surge first: the growing track is scaled and ready before the
     shrinking one is scaled down, so the ready pods never drop below what either end state has. With a
@@ -441,101 +474,105 @@ def _hold(cfg: Settings, r: dict[str, Any], world: World, stable: int, canary: i
         else c.replicas
     stable_now = stable if stable >= s.replicas or (c.exists and c.settled and c.ready >= canary
                                                      and c.replicas >= canary) else s.replicas
-    r["replicas"] = {"stable": stable_now, "canary": canary_now}
+    r.replicas = api.TrackReplicas(stable=stable_now, canary=canary_now)
     if not cfg.gateway:
-        r["effectiveWeight"] = effective_weight(min(s.ready, stable_now), min(c.ready, canary_now)) \
+        r.effective_weight = effective_weight(min(s.ready, stable_now), min(c.ready, canary_now)) \
             if (s.ready or c.ready) else effective_weight(stable_now, canary_now)
         return Decision(action, r, message, stable_replicas=stable_now, canary_replicas=canary_now, warning=warning)
-    if r.get("shadow"):
+    if r.shadow:
         route = 0
     elif _settled(r, world, stable, canary):
-        route = int(r.get("weight") or 0)
+        route = r.weight or 0
     else:
-        route = int(r.get("routeWeight") or 0) if c.ready > 0 else 0
-    r["routeWeight"] = route
-    r["effectiveWeight"] = route
+        route = (r.route_weight or 0) if c.ready > 0 else 0
+    r.route_weight = route
+    r.effective_weight = route
     return Decision(action, r, message, stable_replicas=stable_now, canary_replicas=canary_now, warning=warning,
-                    route_weight=route, mirror=bool(r.get("shadow")) and c.ready > 0)
+                    route_weight=route, mirror=bool(r.shadow) and c.ready > 0)
 
 
-def _evidence(measurements: list[dict[str, Any]]) -> str:
-    return "; ".join(f"{m['check']}={m['value'] if m['value'] is not None else 'n/a'} "
-                     f"({m['verdict']}: {m['message']})" for m in measurements)
+def _evidence(measurements: list[api.Measurement]) -> str:
+    return "; ".join(f"{m.check}={m.value if m.value is not None else 'n/a'} "
+                     f"({m.verdict}: {m.message})" for m in measurements)
 
 
-def _roll_back(cfg: Settings, r: dict[str, Any], world: World, total: int, now: float, why: str,
-               final: str = "RolledBack") -> Decision:
+def _roll_back(cfg: Settings, r: api.RolloutStatus, world: World, total: int, now: float, why: str,
+               final: api.RolloutOutcome = api.RolloutOutcome.ROLLED_BACK) -> Decision:
     """Enter ``RollingBack``: the stable version at full size first; the canary stays until it is ready."""
-    r.update(phase="RollingBack", finalPhase=final, reason=why[:1000], stepStartedAt=None, shadow=None)
-    if final == "RolledBack":
-        r["rejectedVersion"] = r["canaryVersion"]
-    r["history"] = _history(r, now, "RollBack" if final == "RolledBack" else "Cancel", why)
-    verb = "rolling back" if final == "RolledBack" else "cancelling"
+    r.phase, r.final_phase, r.reason, r.step_started_at, r.shadow = (_P.ROLLING_BACK, final,
+                                                                     why[:api.REASON_LIMIT], None, None)
+    rolled_back = final == api.RolloutOutcome.ROLLED_BACK
+    if rolled_back:
+        r.rejected_version = r.canary_version
+    r.history = _history(r, now, "RollBack" if rolled_back else "Cancel", why)
+    verb = "rolling back" if rolled_back else "cancelling"
     d = _finish(cfg, r, world, total, now, promote=False, entering=True)
-    return dataclasses.replace(d, action="RollBack" if final == "RolledBack" else "Cancel",
-                               message=f"{verb} version {r['canaryVersion']}: {why}")
+    return dataclasses.replace(d, action="RollBack" if rolled_back else "Cancel",
+                               message=f"{verb} version {r.canary_version}: {why}")
 
 
-def cancel(rollout: dict[str, Any], spec: api.ModelVersionSpec, world: World, total: int, now: float,
+def cancel(rollout: api.RolloutStatus, spec: api.ModelVersionSpec, world: World, total: int, now: float,
            why: str) -> Decision:
     """The spec no longer asks for the canary version: back to stable without a capacity hole."""
-    return _roll_back(settings(spec), dict(rollout), world, total, now, why, final="Cancelled")
+    return _roll_back(settings(spec), rollout.model_copy(), world, total, now, why,
+                      final=api.RolloutOutcome.CANCELLED)
 
 
-def promote_now(rollout: dict[str, Any], spec: api.ModelVersionSpec, world: World, total: int, now: float,
+def promote_now(rollout: api.RolloutStatus, spec: api.ModelVersionSpec, world: World, total: int, now: float,
                 why: str) -> Decision:
     """Finish an active rollout by promotion (e.g. ``spec.rollout`` was removed mid-rollout)."""
-    return _promote(settings(spec), dict(rollout), world, total, now, why)
+    return _promote(settings(spec), rollout.model_copy(), world, total, now, why)
 
 
-def _promote(cfg: Settings, r: dict[str, Any], world: World, total: int, now: float, why: str) -> Decision:
+def _promote(cfg: Settings, r: api.RolloutStatus, world: World, total: int, now: float, why: str) -> Decision:
     """Enter ``Promoting``: the stable Deployment runs the canary version at full size before the canary goes."""
-    undo_final = "RolledBack" if r.get("rejectedVersion") else "Promoted"
-    r.update(phase="Promoting", finalPhase=undo_final if r.get("kind") == "Undo" else "Promoted", reason=why,
-             stepStartedAt=None, shadow=None)
-    r["history"] = _history(r, now, "Promote", why)
+    undo_final = api.RolloutOutcome.ROLLED_BACK if r.rejected_version else api.RolloutOutcome.PROMOTED
+    r.phase, r.reason, r.step_started_at, r.shadow = _P.PROMOTING, why[:api.REASON_LIMIT], None, None
+    r.final_phase = undo_final if r.kind == api.RolloutKind.UNDO else api.RolloutOutcome.PROMOTED
+    r.history = _history(r, now, "Promote", why)
     d = _finish(cfg, r, world, total, now, promote=True, entering=True)
-    return dataclasses.replace(d, action="Promote", message=f"promoting version {r['canaryVersion']}: {why}")
+    return dataclasses.replace(d, action="Promote", message=f"promoting version {r.canary_version}: {why}")
 
 
-def _finish(cfg: Settings, r: dict[str, Any], world: World, total: int, now: float, promote: bool,
+def _finish(cfg: Settings, r: api.RolloutStatus, world: World, total: int, now: float, promote: bool,
             entering: bool = False) -> Decision:
     """Promoting / RollingBack: the surviving version on the stable Deployment at ``total`` replicas; once it
     runs that version and every replica is ready, traffic moves to it (with a Gateway: the route sends it
     everything, and the Gateway gets ``ROUTE_GRACE_SECONDS`` to apply that), then the canary Deployment is
     deleted and the phase is final."""
-    survivor = r["canaryVersion"] if promote else r["stableVersion"]
+    survivor = r.canary_version if promote else r.stable_version
     s = world.stable
     ready = (not entering and s.version == survivor and s.replicas == total and s.settled and s.ready >= total)
     which = "canary" if promote else "stable"
     canary_now = world.canary.replicas if world.canary.exists else None
-    route = int(r.get("routeWeight") or 0) if cfg.gateway else None
+    route = (r.route_weight or 0) if cfg.gateway else None
     if not ready:
-        r["replicas"] = {"stable": total, "canary": world.canary.replicas}
+        r.replicas = api.TrackReplicas(stable=total, canary=world.canary.replicas)
         what = "promoting" if promote else "rolling back"
         return Decision("Wait", r, f"{what}: waiting for version {survivor} at {total} ready replicas "
                         f"({s.ready if s.version == survivor else 0} now) before removing the other",
                         stable_replicas=total, canary_replicas=canary_now, stable_model=which, route_weight=route)
     if cfg.gateway and canary_now is not None:
-        switched = r.get("routeSwitchedAt")
+        switched = r.route_switched_at
         if route or not switched:
-            r.update(routeWeight=0, effectiveWeight=100 if promote else 0, routeSwitchedAt=fmt_time(now))
+            r.route_weight, r.effective_weight, r.route_switched_at = 0, 100 if promote else 0, _at(now)
             return Decision("Wait", r, f"version {survivor} is ready at {total} replicas: the route sends it all "
                             "traffic; the canary goes once the Gateway applied it", stable_replicas=total,
                             canary_replicas=canary_now, stable_model=which, route_weight=0)
-        if now - parse_time(switched) < ROUTE_GRACE_SECONDS:
+        if now - switched.timestamp() < ROUTE_GRACE_SECONDS:
             return Decision("Wait", r, "waiting for the Gateway to apply the route", stable_replicas=total,
                             canary_replicas=canary_now, stable_model=which, route_weight=0)
-    final = r.get("finalPhase") or ("Promoted" if promote else "RolledBack")
-    r.update(phase=final, finishedAt=fmt_time(now), replicas={"stable": total, "canary": 0},
-             effectiveWeight=100 if promote else 0, weightWarning=None)
+    final = r.final_phase or (api.RolloutOutcome.PROMOTED if promote else api.RolloutOutcome.ROLLED_BACK)
+    r.phase, r.finished_at = _P(final.value), _at(now)
+    r.replicas = api.TrackReplicas(stable=total, canary=0)
+    r.effective_weight, r.weight_warning = 100 if promote else 0, None
     if cfg.gateway:
-        r["routeWeight"] = 0
+        r.route_weight = 0
     done = {"Promoted": f"promoted version {survivor}: it serves every request at {total} replicas",
             "RolledBack": f"rolled back to version {survivor}: it serves every request at {total} replicas"
             if not promote else f"undone: version {survivor} serves every request again at {total} replicas, "
-            f"version {r.get('rejectedVersion')} is rejected until the spec moves on",
-            "Cancelled": f"rollout of version {r['canaryVersion']} cancelled; version {survivor} serves"}[final]
-    r["history"] = _history(r, now, final, done)
-    return Decision(final, r, done, stable_replicas=total, canary_replicas=None, stable_model=which,
+            f"version {r.rejected_version} is rejected until the spec moves on",
+            "Cancelled": f"rollout of version {r.canary_version} cancelled; version {survivor} serves"}[final.value]
+    r.history = _history(r, now, final.value, done)
+    return Decision(final.value, r, done, stable_replicas=total, canary_replicas=None, stable_model=which,
                     route_weight=0 if cfg.gateway else None)
