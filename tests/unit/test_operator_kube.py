@@ -131,8 +131,13 @@ def test_owned_objects_known_absent_are_not_read_again_until_applied(down: Kube)
     assert not delete("HorizontalPodAutoscaler") and fake.gets == 2  # deleted it
     down.assume_absent("PodDisruptionBudget", "ml", "iris", "u")
     assert not delete("PodDisruptionBudget") and fake.gets == 2
-    down.forget_owner("ml", "iris")  # the ModelVersion is gone: its entries go too
+    down.assume_absent("PodDisruptionBudget", "ml", "iris-2", "u2")  # another ModelVersion's
+    down.forget_owner("u")  # the ModelVersion is gone: its entries go too, not the other's
     assert not delete("PodDisruptionBudget") and fake.gets == 3
+    assert not asyncio.run(down.delete_owned("PodDisruptionBudget", "ml", "iris-2", "u2")) and fake.gets == 3
+    assert not asyncio.run(down.delete_owned("PodDisruptionBudget", "ml", "iris-2", "u3")) and fake.gets == 4
+    down.forget_owner("u2")
+    assert not down._absent_by_owner.get("u2")  # noqa: SLF001 — bounded: nothing left for a gone owner
 
 
 def test_the_client_session_does_not_reread_the_environment_per_request(monkeypatch: pytest.MonkeyPatch,

@@ -82,7 +82,7 @@ class FakeKube:
     def assume_absent(self, kind: str, namespace: str, name: str, owner_uid: str) -> None:
         pass  # this fake reads its own dict: nothing to spare
 
-    def forget_owner(self, namespace: str, name: str) -> None:
+    def forget_owner(self, owner_uid: str) -> None:
         pass
 
     async def patch_status(self, namespace: str, name: str, status: dict[str, Any], plural: str = "modelversions",

@@ -215,7 +215,7 @@ class OperatorCore:
         else:
             self.ticker.forget("readiness", namespace, name)
         if type == "DELETED":
-            self.reconciler.forget(namespace, name)
+            self.reconciler.forget(namespace, name, str(meta.get("uid") or ""))
             self._deleted.set()
 
     async def refresh(self, namespace: str, name: str, logger: Logger) -> None:

@@ -132,7 +132,10 @@ class Kube:
         # reconcile does not GET the canary Deployment, HPA, PDB … that a spec does not ask for. Only this
         # operator creates them (under its field manager), and it forgets an entry when it applies that object;
         # a restarted operator starts empty and checks each once.
-        self._absent: set[tuple[str, str, str, str]] = set()
+        # Keyed by (kind, namespace, name) → the owner's uid, with an index by owner, so every apply, check and
+        # forget is O(1) (a set scanned per apply cost ~1.5 s of CPU per 1,000 creates).
+        self._absent: dict[tuple[str, str, str], str] = {}
+        self._absent_by_owner: dict[str, set[tuple[str, str, str]]] = {}
 
     async def close(self) -> None:
         if self._token_refresh is not None:
@@ -213,7 +216,7 @@ class Kube:
         """Server-side apply; ``force`` because these fields are the operator's by contract. Returns the
         object as the API answered (status included)."""
         kind, meta = manifest["kind"], manifest["metadata"]
-        self._absent = {k for k in self._absent if k[:3] != (kind, meta["namespace"], meta["name"])}
+        self._unmark_absent((kind, meta["namespace"], meta["name"]))
         status, data = await self._request(
             "PATCH", self._path(kind, meta["namespace"], meta["name"]),
             query=[("fieldManager", self.field_manager), ("force", "true")],
@@ -227,13 +230,12 @@ class Kube:
     @_classified
     async def delete_owned(self, kind: str, namespace: str, name: str, owner_uid: str) -> bool:
         """Delete an object only if this ModelVersion controls it. True if something was deleted."""
-        key = (kind, namespace, name, owner_uid)
-        if key in self._absent:
+        if self._absent.get((kind, namespace, name)) == owner_uid:
             return False
         path = self._path(kind, namespace, name)
         status, data = await self._request("GET", path)
         if status == 404:
-            self._absent.add(key)
+            self.assume_absent(kind, namespace, name, owner_uid)
             return False
         if status >= 300:
             raise self._refused(f"read {kind} {name}", status, data)
@@ -243,16 +245,30 @@ class Kube:
         status, data = await self._request("DELETE", path)
         if status >= 300 and status != 404:
             raise self._refused(f"delete {kind} {name}", status, data)
-        self._absent.add(key)
+        self.assume_absent(kind, namespace, name, owner_uid)
         return True
 
     def assume_absent(self, kind: str, namespace: str, name: str, owner_uid: str) -> None:
         """Record that no object of ``kind``/``name`` owned by ``owner_uid`` exists, without asking."""
-        self._absent.add((kind, namespace, name, owner_uid))
+        key = (kind, namespace, name)
+        self._unmark_absent(key)
+        self._absent[key] = owner_uid
+        self._absent_by_owner.setdefault(owner_uid, set()).add(key)
 
-    def forget_owner(self, namespace: str, name: str) -> None:
-        """Drop what is known absent for objects named after a ModelVersion that is gone (bounds the memory)."""
-        self._absent = {k for k in self._absent if not (k[1] == namespace and k[2].startswith(name))}
+    def _unmark_absent(self, key: tuple[str, str, str]) -> None:
+        owner_uid = self._absent.pop(key, None)
+        if owner_uid is not None:
+            keys = self._absent_by_owner.get(owner_uid)
+            if keys is not None:
+                keys.discard(key)
+                if not keys:
+                    del self._absent_by_owner[owner_uid]
+
+    def forget_owner(self, owner_uid: str) -> None:
+        """Drop what is known absent for a ModelVersion that is gone (bounds the memory)."""
+        for key in self._absent_by_owner.pop(owner_uid, ()):
+            if self._absent.get(key) == owner_uid:
+                del self._absent[key]
 
     @_classified
     async def read_deployment(self, namespace: str, name: str) -> dict[str, Any] | None:

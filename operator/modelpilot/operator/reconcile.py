@@ -545,12 +545,13 @@ class Reconciler:
         with self._locks_guard:
             return self._locks.setdefault((namespace, name), asyncio.Lock())
 
-    def forget(self, namespace: str, name: str) -> None:
-        """A ModelVersion is gone: drop its lock and what the adapter knew about its objects."""
+    def forget(self, namespace: str, name: str, uid: str = "") -> None:
+        """A ModelVersion is gone: drop its lock and what the adapter knew about its objects (by its ``uid``)."""
         with self._locks_guard:
             self._locks.pop((namespace, name), None)
             self._written.pop((namespace, name), None)
-        self.kube.forget_owner(namespace, name)
+        if uid:
+            self.kube.forget_owner(uid)
 
     def _remember(self, namespace: str, name: str, deployment: dict[str, Any] | None) -> None:
         with self._locks_guard:
