@@ -363,6 +363,24 @@ def scrape_metrics(url: str) -> dict[str, float]:
     return found
 
 
+def component_cpu(components: dict[str, int]) -> dict[str, float]:
+    """CPU seconds (user + system, children included) used so far by each environment component, by name."""
+    out: dict[str, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for name, pid in components.items():
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+            out[name] = sum(int(x) for x in fields[11:15]) / tick  # utime stime cutime cstime
+        except (OSError, ValueError, IndexError):
+            pass
+    return out
+
+
+def cpu_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    return {k: after[k] - before[k] for k in after if k in before}
+
+
 def loadavg() -> str:
     try:
         return " ".join(f"{x:.2f}" for x in os.getloadavg())
@@ -452,6 +470,8 @@ class Bench:
     apps: Any = None
     #: The warm-up ModelVersion's Deployment and Service as the operator rendered them (for the floor round).
     templates: tuple[dict[str, Any], dict[str, Any]] | None = None
+    #: The environment's processes by component name (apiserver, etcd, controller-manager …): their CPU per round.
+    components: dict[str, int] | None = None
 
 
 def settle(b: Bench, seconds: float) -> None:
@@ -550,7 +570,8 @@ def setup(args: argparse.Namespace, root: Path, results: dict[str, Any]) -> Benc
         return True
 
     b = Bench(custom=custom, core=core, tracker=tracker, sampler=sampler, version=version,
-              metrics_url=metrics_url, operator_alive=operator_alive, apps=apps)
+              metrics_url=metrics_url, operator_alive=operator_alive, apps=apps,
+              components={c["name"]: c["pid"] for c in state["components"] if c.get("pid")})
 
     # -------------------------------------------------------------- warm-up: one ModelVersion end to end
     custom.create_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, model_version(WARMUP, version))
@@ -586,6 +607,7 @@ def run_round(args: argparse.Namespace, b: Bench, r: int, delete: bool, rss_idle
 
     sampler.reset_peak()
     cpu_before = sampler.cpu_seconds()
+    components_before = component_cpu(b.components or {})
     metrics_before = scrape_metrics(b.metrics_url)
     rr["load_before"] = loadavg()
 
@@ -653,6 +675,7 @@ def run_round(args: argparse.Namespace, b: Bench, r: int, delete: bool, rss_idle
         rr["writes_p50"], rr["writes_max"] = percentile(writes, 50), max(writes, default=0)
         rr["flaps"] = sum(tracker.mv_not_ready_after_ready[k] > 0 for k in created)
     rr["cpu_s"] = sampler.cpu_seconds() - cpu_before
+    rr["components_cpu_s"] = cpu_delta(components_before, component_cpu(b.components or {}))
     rr["rss_peak_create_mib"] = sampler.peak / MIB
     rr["rss_ready_mib"] = sampler.rss() / MIB
     try:
@@ -786,6 +809,7 @@ def run_floor(args: argparse.Namespace, b: Bench) -> dict[str, Any]:
         for obj in floor_objects(b.templates, f"floor-{i:04d}"):  # type: ignore[arg-type]
             apply(obj)
 
+    cpu0 = component_cpu(b.components or {})
     t0 = time.monotonic()
     with ThreadPoolExecutor(FLOOR_CLIENTS) as pool:
         list(pool.map(one, range(n)))
@@ -799,6 +823,7 @@ def run_floor(args: argparse.Namespace, b: Bench) -> dict[str, Any]:
     done = wait_until(lambda: available() == n, args.timeout,
                       lambda s: say(f"  floor: {available()}/{n} Deployments available ({s:.0f}s)"), interval=0.5)
     fl["all_available_s"] = time.monotonic() - t0 if done else math.nan
+    fl["components_cpu_s"] = cpu_delta(cpu0, component_cpu(b.components or {}))
     fl["load_at_available"] = loadavg()
     say(f"floor: applied in {fl['apply_s']:.1f}s, all {n} Deployments available after "
         f"{fl['all_available_s']:.1f}s; deleting the namespace")
@@ -900,6 +925,7 @@ def report(args: argparse.Namespace, results: dict[str, Any]) -> None:
                      f"all available {fmt(floor['all_available_s'], 's', 1)} after the first apply (applies "
                      f"{fmt(floor['apply_s'], 's', 1)}, {floor['clients']} clients, no operator; load "
                      f"{floor['load_before'].split()[0]} / {floor['load_at_available'].split()[0]})"))
+        head.append(("floor: environment CPU", _components(floor.get("components_cpu_s") or {})))
 
     def row(label: str, value: Callable[[dict[str, Any]], str]) -> tuple[str, list[str]]:
         return label, [value(rr) for rr in rounds]
@@ -929,6 +955,7 @@ def report(args: argparse.Namespace, results: dict[str, Any]) -> None:
         row("reconciles / mean duration (/metrics)",
             lambda rr: f"{rr['reconciles']:.0f} / {fmt(rr['mean_reconcile_s'])}" if rr["reconciles"] else "—"),
         row("operator CPU create → quiet", lambda rr: fmt(rr["cpu_s"])),
+        row("environment CPU create → quiet", lambda rr: _components(rr.get("components_cpu_s") or {})),
         row("delete calls", if_deleted(lambda rr: fmt(rr["delete_calls_s"]))),
         row("delete → all ModelVersions gone", gone("delete_mvs_s", "mvs_deleted", "count")),
         row("delete → all Deployments gone", gone("delete_deployments_s", "deleted", "deployments")),
@@ -1012,6 +1039,16 @@ def write_json(path: Path, args: argparse.Namespace, results: dict[str, Any]) ->
            "serving_image": SIMULATED_IMAGE, **results}
     path.write_text(json.dumps(_jsonable(doc), indent=2, ensure_ascii=False) + "\n")
     say(f"figures written to {path}")
+
+
+def _components(cpu: dict[str, float]) -> str:
+    """The busiest environment components' CPU seconds, e.g. ``kube-apiserver 9.1, etcd 1.2, …``."""
+    if not cpu:
+        return "—"
+    short = {"kube-apiserver": "apiserver", "kube-controller-manager": "kcm", "kube-scheduler": "scheduler",
+             "process-runtime": "runtime"}
+    top = sorted(cpu.items(), key=lambda kv: -kv[1])[:4]
+    return ", ".join(f"{short.get(k, k)} {v:.1f}" for k, v in top) + f" (all {sum(cpu.values()):.1f} s)"
 
 
 def _mean_reconcile(metrics: dict[str, float]) -> float:
