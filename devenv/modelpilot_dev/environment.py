@@ -565,10 +565,17 @@ class Environment:
             "service": f"{gateway.NGF_NAMESPACE}/{gateway.NGF_NAME}", "cluster_ip": cluster_ip,
             # Host processes reach the node IP directly; ClusterIPs only inside the node's network namespace.
             "url": f"http://{node['node_ip']}:{gateway.HTTP_NODE_PORT}"}
+        health_url = f"http://{node['node_ip']}:{gateway.HEALTH_NODE_PORT}/readyz"
+        # Programmed can come before the pod is Ready and kube-proxy has programmed the NodePorts: `up` returns
+        # once the host reaches the Gateway, so the `gateway` row of `dev status` is healthy from the start.
+        while not (reached := self.probe(health_url, timeout=1.0))[0]:
+            if time.monotonic() > deadline:
+                raise DevError(f"the Gateway is Programmed but its health endpoint {health_url} does not answer from "
+                               f"the host ({reached[1]})")
+            time.sleep(0.25)
         state["components"].append({
             "name": "gateway", "pid": real_pid(state), "port": 0, "extra_ports": [],
-            "health_url": f"http://{node['node_ip']}:{gateway.HEALTH_NODE_PORT}/readyz",
-            "log": str(self.logs / "kubelet.log"), "argv": []})
+            "health_url": health_url, "log": str(self.logs / "kubelet.log"), "argv": []})
         self._save_state(state)
         self.say(f"  Gateway {gateway.GATEWAY_NAMESPACE}/{gateway.GATEWAY_NAME} Programmed (class "
                  f"{gateway.GATEWAY_CLASS}, NGINX Gateway Fabric; {node['gateway']['url']} from the host, "
