@@ -526,7 +526,9 @@ class Environment:
             if time.monotonic() > deadline:
                 raise DevError(f"NGINX Gateway Fabric's CRDs did not become Established: {done.stderr.strip()}")
             time.sleep(0.5)
-        items = gateway.manifests(images.NGF_IMAGE, images.NGF_NGINX_IMAGE, real["name"])
+        # SnippetsFilters on: NGF 1.6.2 has no RequestMirror, and nginx's `mirror` through a SnippetsFilter is how
+        # the local environment mirrors traffic (a development cluster: raw nginx config from routes is fine).
+        items = gateway.manifests(images.NGF_IMAGE, images.NGF_NGINX_IMAGE, real["name"], snippets=True)
         applied = self.kubectl("apply", "--server-side", "-f", "-",
                                input=json.dumps({"apiVersion": "v1", "kind": "List", "items": items}), check=False)
         if applied.returncode != 0:

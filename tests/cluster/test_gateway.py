@@ -260,3 +260,76 @@ def test_host_processes_reach_the_gateway_at_the_node_ip(real_env: dict[str, Any
         assert json.load(resp)["backend"] == "canary"
     assert Path(real_env["home"], "state.json").exists()
 
+
+def _mirror_filter(namespace: str, shadow: str) -> dict[str, Any]:
+    """Mirroring through NGF's SnippetsFilter (NGF 1.6.2 does not implement RequestMirror): nginx's ``mirror``
+    in the rule's location copies each request to an internal location that proxies to the shadow's upstream.
+    NGF names that upstream ``<namespace>_<service>_<port>`` and creates it because the shadow is a
+    ``weight: 0`` backendRef of the rule (left out of the split)."""
+    location = f"/_modelpilot_mirror/{namespace}/{shadow}"
+    return {
+        "apiVersion": "gateway.nginx.org/v1alpha1", "kind": "SnippetsFilter",
+        "metadata": {"name": f"mirror-{shadow}", "namespace": namespace},
+        "spec": {"snippets": [
+            {"context": "http.server",
+             "value": f"location = {location} {{ internal; proxy_set_header Host $host; "
+                      f"proxy_pass http://{namespace}_{shadow}_80$request_uri; }}"},
+            {"context": "http.server.location", "value": f"mirror {location}; mirror_request_body on;"},
+        ]},
+    }
+
+
+def _requests_seen(env: dict[str, Any], namespace: str, backend: str) -> int:
+    """What a backend pod received, asked at its pod IP (the host routes the node's pod range)."""
+    ip = _kubectl(env, "-n", namespace, "get", "pods", "-l", f"app=echo-{backend}", "-o",
+                  "jsonpath={.items[0].status.podIP}").stdout.strip()
+    with urllib.request.urlopen(f"http://{ip}:8080/__requests", timeout=5) as resp:
+        return int(json.load(resp)["requests"])
+
+
+def test_a_shadow_gets_a_copy_of_every_request_and_clients_only_the_primary_answers(
+    real_env: dict[str, Any], echo_route: dict[str, Any]
+) -> None:
+    env, namespace, gw = real_env, echo_route["namespace"], echo_route["gateway"]
+    host = "mirror.example"
+    _kubectl(env, "-n", namespace, "apply", "-f", "-",
+             input=json.dumps({"apiVersion": "v1", "kind": "List", "items": _backend("shadow")}))
+    done = _kubectl(env, "-n", namespace, "wait", "--for=condition=Available", "--timeout=120s",
+                    "deploy/echo-shadow", check=False)
+    assert done.returncode == 0, done.stderr
+    parent = {"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": gw["name"],
+              "namespace": gw["namespace"]}
+    route = {
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+        "metadata": {"name": "echo-mirror", "namespace": namespace},
+        "spec": {"parentRefs": [parent], "hostnames": [host], "rules": [{
+            "matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
+            "filters": [{"type": "ExtensionRef", "extensionRef": {
+                "group": "gateway.nginx.org", "kind": "SnippetsFilter", "name": "mirror-echo-shadow"}}],
+            "backendRefs": [{"name": "echo-stable", "port": 80, "weight": 90},
+                            {"name": "echo-canary", "port": 80, "weight": 10},
+                            {"name": "echo-shadow", "port": 80, "weight": 0}]}]},
+    }
+    _kubectl(env, "-n", namespace, "apply", "-f", "-", input=json.dumps(
+        {"apiVersion": "v1", "kind": "List", "items": [_mirror_filter(namespace, "echo-shadow"), route]}))
+    deadline = time.monotonic() + 60
+    while True:
+        found = json.loads(_kubectl(env, "-n", namespace, "get", "httproute", "echo-mirror", "-o", "json").stdout)
+        conditions = {c["type"]: c for p in (found.get("status") or {}).get("parents") or []
+                      for c in p.get("conditions") or []}
+        probe = _send(env, gw["cluster_ip"], 1, {"Host": host})
+        if conditions.get("Accepted", {}).get("status") == "True" and probe["answers"]:
+            break
+        assert time.monotonic() < deadline, f"the mirroring route is not served: {conditions} {probe}"
+        time.sleep(0.5)
+    time.sleep(1)  # the probes' copies reach the shadow too: count from here
+    before = _requests_seen(env, namespace, "shadow")
+    result = _send(env, gw["cluster_ip"], 200, {"Host": host})
+    print(f"\n[gateway] 200 requests on the mirroring route: clients got {result['answers']}")
+    assert not result["failures"], result
+    assert set(result["answers"]) <= {"stable", "canary"} and sum(result["answers"].values()) == 200, result
+    deadline = time.monotonic() + 10
+    while (copies := _requests_seen(env, namespace, "shadow") - before) < 200 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    print(f"[gateway] the shadow received {copies} copies")
+    assert copies == 200, f"the shadow received {copies} of 200 mirrored requests"
