@@ -383,7 +383,8 @@ class Environment:
         self._wait([*rest, mlflow], deadline)
         self._bootstrap_cluster(deadline)
         # The standard Gateway API CRDs, so HTTPRoutes are validated by the real apiserver
-        # (no Gateway implementation runs locally: the data plane is simulated).
+        # (on the process runtime no Gateway implementation runs: the data plane is simulated; with a real node,
+        # NGINX Gateway Fabric is installed on it, see _apply_gateway).
         subprocess.run([str(bins.kubectl), "apply", "--server-side", "-f", str(gateway_api_crds)],
                        env={**os.environ, "KUBECONFIG": str(self.kubeconfig)}, check=True, capture_output=True,
                        timeout=120)
