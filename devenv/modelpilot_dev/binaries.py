@@ -46,6 +46,16 @@ HELM_VERSION = "3.22.0"
 #: for custom builds; its stock main links every plugin, and the Go proxy here lacks some of their modules).
 COREDNS_VERSION = "1.15.0"
 COREDNS_PLUGINS = ("ready", "health", "errors", "log", "loadbalance", "cache", "kubernetes")  # directive order
+#: NGINX Gateway Fabric, the real node's Gateway API implementation (control plane; the data plane is Debian's
+#: nginx, see ``images.py``). The proxy serves it as ``github.com/nginxinc/…`` but its ``go.mod`` declares
+#: ``github.com/nginx/nginx-gateway-fabric``, so no wrapper module can require it ("module declares its path
+#: as …"): the downloaded module is copied and built as the main module. v2.x is not served here.
+NGF_VERSION = "1.6.2"
+NGF_MODULE = "github.com/nginxinc/nginx-gateway-fabric"
+#: The -X values NGF's Makefile stamps. Without them ``static-mode`` refuses to start: an empty
+#: ``telemetryReportPeriod`` is not a duration and an empty ``telemetryEndpointInsecure`` not a bool.
+_NGF_LDFLAGS = (f"-X main.version={NGF_VERSION}", "-X main.telemetryReportPeriod=24h",
+                "-X main.telemetryEndpointInsecure=false")
 
 #: binary name -> (build group, Go package path)
 _K8S_PACKAGES = {
@@ -106,6 +116,8 @@ def _group_dir(name: str) -> Path:
         key = f"helm-v{HELM_VERSION}"
     elif name == "coredns":
         key = f"coredns-v{COREDNS_VERSION}"
+    elif name == "nginx-gateway":
+        key = f"nginx-gateway-fabric-v{NGF_VERSION}"
     else:
         key = f"kubernetes-v{K8S_VERSION}"
     return cache_root() / "bin" / key
@@ -325,6 +337,76 @@ def resolve_coredns(build: bool = True, progress: Progress | None = None) -> Pat
             f"coredns {version}", say)
     dest = _install(out / "coredns", _group_dir("coredns") / "coredns")
     shutil.rmtree(work, ignore_errors=True)
+    return dest
+
+
+def _module_dir(module: str, version: str, say: Progress) -> Path:
+    """The module's directory in the Go module cache (downloaded through the proxy when missing)."""
+    work = cache_root() / "build"
+    work.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.run(["go", "mod", "download", "-json", f"{module}@{version}"],
+                          cwd=work, env=_go_env(), capture_output=True, text=True, check=False)
+    try:
+        info = json.loads(proc.stdout)
+    except json.JSONDecodeError:
+        info = {}
+    if proc.returncode != 0 or "Dir" not in info:
+        raise BinaryError(
+            f"cannot download {module}@{version} from the Go module proxy "
+            f"({info.get('Error') or proc.stderr.strip() or 'no answer'}); check GOPROXY and network access"
+        )
+    return Path(info["Dir"])
+
+
+def resolve_ngf(build: bool = True, progress: Progress | None = None) -> Path:
+    """NGINX Gateway Fabric's ``gateway`` binary (``MODELPILOT_NGINX_GATEWAY`` → cache → build).
+
+    Built only when a real node is asked for (``dev up --node real``, ``dev build --node real``).
+    """
+    say = progress or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    path = _override("nginx-gateway")
+    if path is not None:
+        return path
+    cached = _group_dir("nginx-gateway") / "nginx-gateway"
+    if _cached_ok(cached, say):
+        return cached
+    if not build:
+        raise BinaryError("nginx-gateway (NGINX Gateway Fabric) is not built yet; run `modelpilot dev build --node real`")
+    _check_go()
+    version = f"v{NGF_VERSION}"
+    work = _wrapper_dir(f"nginx-gateway-fabric-{version}")
+    source = work / "src"
+    # The module cache is read-only: copy it (≈ 8 MB; its docs are not needed) and make the copy writable,
+    # so that `go build` may update go.sum and the copy can be removed afterwards.
+    shutil.copytree(_module_dir(NGF_MODULE, version, say), source,
+                    ignore=shutil.ignore_patterns("docs", "design", "examples", "site"))
+    for path in (source, *source.rglob("*")):
+        path.chmod(path.stat().st_mode | 0o200)
+    out = work / "out"
+    out.mkdir()
+    _run_go(["build", "-v", "-trimpath", "-ldflags", " ".join(["-s -w", *_NGF_LDFLAGS]),
+             "-o", str(out / "nginx-gateway"), "./cmd/gateway"], source, f"nginx-gateway-fabric {version}", say)
+    dest = _install(out / "nginx-gateway", cached)
+    shutil.rmtree(work, ignore_errors=True)
+    return dest
+
+
+def ngf_crds(progress: Progress | None = None) -> Path:
+    """NGINX Gateway Fabric's own CRDs (NginxProxy, NginxGateway, SnippetsFilter, its policies): the
+    ``deploy/crds.yaml`` of the pinned module, copied once into the cache."""
+    dest = cache_root() / "nginx-gateway-fabric" / f"v{NGF_VERSION}" / "crds.yaml"
+    if dest.exists():
+        return dest
+    say = progress or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    _check_go()
+    say(f"[fetch] NGINX Gateway Fabric v{NGF_VERSION} CRDs from the Go module proxy")
+    source = _module_dir(NGF_MODULE, f"v{NGF_VERSION}", say) / "deploy" / "crds.yaml"
+    if not source.exists():
+        raise BinaryError(f"{NGF_MODULE}@v{NGF_VERSION} has no deploy/crds.yaml; cannot install its CRDs")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_suffix(".tmp")
+    tmp.write_text(source.read_text())
+    os.replace(tmp, dest)
     return dest
 
 

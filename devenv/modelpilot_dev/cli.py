@@ -32,8 +32,11 @@ def _dev(args: argparse.Namespace) -> int:
                     print(f"{name:24} {node_binary}")
                 coredns = binaries.resolve_coredns(build=True)
                 print(f"{'coredns':24} {coredns}")
+                ngf = binaries.resolve_ngf(build=True)
+                print(f"{'nginx-gateway':24} {ngf}")
+                print(f"{'nginx-gateway CRDs':24} {binaries.ngf_crds()}")
                 try:
-                    for image in images.ensure_all(operator=True, coredns=coredns):
+                    for image in images.ensure_all(operator=True, coredns=coredns, ngf=ngf):
                         print(f"{image.name:24} {image.image_id[:12]} {image.archive}")
                 except images.ImageError as exc:
                     raise DevError(str(exc)) from None
@@ -71,6 +74,10 @@ def _print_summary(env: object, state: dict) -> None:  # type: ignore[type-arg]
         node = state["node"]
         print(f"  real node       {node['name']} (node IP {node['node_ip']}, netns {node['netns']}, "
               f"pods {node['pod_cidr']}; control plane for pods at {node['host_ip']})")
+        if node.get("gateway"):
+            gw = node["gateway"]
+            print(f"  Gateway         {gw['namespace']}/{gw['name']} (class {gw['class']}, {gw['implementation']}): "
+                  f"{gw['url']} from the host, http://{gw['cluster_ip']} inside the node")
     if "startup_seconds" in state:
         print(f"  started in      {state['startup_seconds']}s")
     print(f'use it with:      eval "$(modelpilot dev env)"   (or: source {Path(state["home"]) / "env.sh"})')
@@ -100,7 +107,8 @@ def parser(prog: str = "modelpilot-dev") -> argparse.ArgumentParser:
     sub.add_parser("env", help='print export lines: eval "$(modelpilot dev env)"')
     build = sub.add_parser("build", help="build (or find) the control-plane binaries")
     build.add_argument("--node", choices=("process", "real"), default="process",
-                       help="'real' also builds kubelet, kube-proxy and the container images")
+                       help="'real' also builds kubelet, kube-proxy, CoreDNS, NGINX Gateway Fabric and the container "
+                            "images")
     demo = sub.add_parser("demo", help="the Quick start (`modelpilot demo`): environment up, register a model, "
                                        "serve it, predict")
     # SUPPRESS: `modelpilot-dev --home H demo` and `modelpilot-dev demo --home H` both work.

@@ -383,7 +383,8 @@ class Environment:
         self._wait([*rest, mlflow], deadline)
         self._bootstrap_cluster(deadline)
         # The standard Gateway API CRDs, so HTTPRoutes are validated by the real apiserver
-        # (no Gateway implementation runs locally: the data plane is simulated).
+        # (on the process runtime no Gateway implementation runs: the data plane is simulated; with a real node,
+        # NGINX Gateway Fabric is installed on it, see _apply_gateway).
         subprocess.run([str(bins.kubectl), "apply", "--server-side", "-f", str(gateway_api_crds)],
                        env={**os.environ, "KUBECONFIG": str(self.kubeconfig)}, check=True, capture_output=True,
                        timeout=120)
@@ -403,11 +404,13 @@ class Environment:
             raise DevError("this machine cannot run a real node; missing:\n  - " + "\n  - ".join(missing))
         bins = binaries.resolve_node(build=build, progress=self.say)
         coredns = binaries.resolve_coredns(build=build, progress=self.say)
+        ngf = binaries.resolve_ngf(build=build, progress=self.say)
+        ngf_crds = binaries.ngf_crds(self.say)
         try:
-            built = images.ensure_all(self.say, coredns=coredns)
+            built = images.ensure_all(self.say, coredns=coredns, ngf=ngf)
         except images.ImageError as exc:
             raise DevError(str(exc)) from None
-        return {"name": realnode.NODE_NAME, "binaries": bins, "images": built}
+        return {"name": realnode.NODE_NAME, "binaries": bins, "images": built, "ngf_crds": ngf_crds}
 
     def _launch_real_node(self, state: dict[str, Any], keys: pki.Pki, ports: dict[str, int],
                           python_bin: Path) -> None:
@@ -493,6 +496,8 @@ class Environment:
         subprocess.run([state["binaries"]["kubectl"], "apply", "--server-side", "-f", "-"], input=json.dumps(manifests),
                        env={**os.environ, "KUBECONFIG": str(self.kubeconfig)}, check=True, capture_output=True,
                        text=True, timeout=60)
+        # The Gateway starts while CoreDNS does (neither needs the other).
+        self._apply_gateway(real, deadline)
         apps = client.AppsV1Api(api.api_client)
         while True:
             dep = apps.read_namespaced_deployment("coredns", "kube-system")
@@ -503,6 +508,81 @@ class Environment:
                                + self.kubectl("-n", "kube-system", "get", "pods,events", check=False).stdout[-2000:])
             time.sleep(0.5)
         self.say(f"  cluster DNS ready (CoreDNS, kube-dns {realnode.CLUSTER_DNS_IP})")
+        self._await_gateway(state, api.api_client, deadline)
+
+    def _apply_gateway(self, real: dict[str, Any], deadline: float) -> None:
+        """NGINX Gateway Fabric on the real node: its CRDs, then its pod, GatewayClass, NginxProxy and Gateway."""
+        from modelpilot_dev import gateway, images
+
+        crds_file: Path = real["ngf_crds"]
+        applied = self.kubectl("apply", "--server-side", "-f", str(crds_file), check=False)
+        if applied.returncode != 0:
+            raise DevError(f"applying NGINX Gateway Fabric's CRDs ({crds_file}) failed: {applied.stderr.strip()}")
+        names = gateway.crd_names(list(yaml.safe_load_all(crds_file.read_text())))
+        while True:  # `kubectl wait` fails at once while a just-created CRD is not visible yet
+            done = self.kubectl("wait", "--for=condition=Established", "--timeout=20s",
+                                *(f"crd/{n}" for n in names), check=False)
+            if done.returncode == 0:
+                break
+            if time.monotonic() > deadline:
+                raise DevError(f"NGINX Gateway Fabric's CRDs did not become Established: {done.stderr.strip()}")
+            time.sleep(0.5)
+        # SnippetsFilters on: NGF 1.6.2 has no RequestMirror, and nginx's `mirror` through a SnippetsFilter is how
+        # the local environment mirrors traffic (a development cluster: raw nginx config from routes is fine).
+        items = gateway.manifests(images.NGF_IMAGE, images.NGF_NGINX_IMAGE, real["name"], snippets=True)
+        applied = self.kubectl("apply", "--server-side", "-f", "-",
+                               input=json.dumps({"apiVersion": "v1", "kind": "List", "items": items}), check=False)
+        if applied.returncode != 0:
+            raise DevError(f"applying the Gateway (NGINX Gateway Fabric) failed: {applied.stderr.strip()}")
+
+    def _await_gateway(self, state: dict[str, Any], api_client: Any, deadline: float) -> None:
+        """Wait until the Gateway is Programmed (NGF configured nginx for it); record it in the state."""
+        from kubernetes import client
+
+        from modelpilot_dev import gateway
+
+        custom = client.CustomObjectsApi(api_client)
+        why = "not created yet"
+        while True:
+            try:
+                found = dict(custom.get_namespaced_custom_object(  # type: ignore[call-overload]
+                    "gateway.networking.k8s.io", "v1", gateway.GATEWAY_NAMESPACE, "gateways", gateway.GATEWAY_NAME))
+                ok, why = gateway.programmed(found)
+                if ok:
+                    break
+            except client.ApiException as exc:
+                why = f"HTTP {exc.status} reading it"
+            if time.monotonic() > deadline:
+                pods = self.kubectl("-n", gateway.NGF_NAMESPACE, "get", "pods,events", check=False).stdout[-2000:]
+                logs = self.kubectl("-n", gateway.NGF_NAMESPACE, "logs", f"deploy/{gateway.NGF_NAME}",
+                                    "--all-containers", "--tail=15", check=False).stdout[-3000:]
+                raise DevError(f"the Gateway {gateway.GATEWAY_NAMESPACE}/{gateway.GATEWAY_NAME} was not Programmed "
+                               f"({why}).\n{pods}\n{logs}")
+            time.sleep(0.5)
+        spec = client.CoreV1Api(api_client).read_namespaced_service(gateway.NGF_NAME, gateway.NGF_NAMESPACE).spec
+        cluster_ip = spec.cluster_ip if spec is not None else None
+        node = state["node"]
+        node["gateway"] = {
+            "class": gateway.GATEWAY_CLASS, "namespace": gateway.GATEWAY_NAMESPACE, "name": gateway.GATEWAY_NAME,
+            "implementation": "NGINX Gateway Fabric 1.6.2 + Debian nginx",
+            "service": f"{gateway.NGF_NAMESPACE}/{gateway.NGF_NAME}", "cluster_ip": cluster_ip,
+            # Host processes reach the node IP directly; ClusterIPs only inside the node's network namespace.
+            "url": f"http://{node['node_ip']}:{gateway.HTTP_NODE_PORT}"}
+        health_url = f"http://{node['node_ip']}:{gateway.HEALTH_NODE_PORT}/readyz"
+        # Programmed can come before the pod is Ready and kube-proxy has programmed the NodePorts: `up` returns
+        # once the host reaches the Gateway, so the `gateway` row of `dev status` is healthy from the start.
+        while not (reached := self.probe(health_url, timeout=1.0))[0]:
+            if time.monotonic() > deadline:
+                raise DevError(f"the Gateway is Programmed but its health endpoint {health_url} does not answer from "
+                               f"the host ({reached[1]})")
+            time.sleep(0.25)
+        state["components"].append({
+            "name": "gateway", "pid": real_pid(state), "port": 0, "extra_ports": [],
+            "health_url": health_url, "log": str(self.logs / "kubelet.log"), "argv": []})
+        self._save_state(state)
+        self.say(f"  Gateway {gateway.GATEWAY_NAMESPACE}/{gateway.GATEWAY_NAME} Programmed (class "
+                 f"{gateway.GATEWAY_CLASS}, NGINX Gateway Fabric; {node['gateway']['url']} from the host, "
+                 f"{cluster_ip}:80 in the node)")
 
     def _start(self, state: dict[str, Any], comp: Component) -> None:
         if port_bound(comp.port):
@@ -682,6 +762,11 @@ class Environment:
         if not quiet:
             self.say(f"environment at {self.home} stopped")
         return stopped
+
+
+def real_pid(state: dict[str, Any]) -> int | None:
+    """The pid of the real node's supervisor (the rows of what runs on the node share it)."""
+    return next((c["pid"] for c in state["components"] if c["name"] == "node"), None)
 
 
 def _terminate_group(pid: int, grace: float = 10.0) -> bool:

@@ -1,6 +1,6 @@
 """Container images for the real node, built here from the project's own Dockerfiles, without a registry.
 
-Part of the local environment (``modelpilot dev up --node real``). Three images, all cached in podman's
+Part of the local environment (``modelpilot dev up --node real``). Its images, all cached in podman's
 storage under the cache (``~/.cache/modelpilot/images/``, never in the repository):
 
 * a **base image** made from Debian packages: ``debootstrap --variant=minbase`` of bookworm with
@@ -12,6 +12,11 @@ storage under the cache (``~/.cache/modelpilot/images/``, never in the repositor
   dependency layer (``pip install -r requirements.txt``), so a code change rebuilds only the project layer;
 * a **pause image** for pod sandboxes: a ten-line static C program (``gcc -static``) in a ``FROM scratch``
   image, because the usual ``registry.k8s.io/pause`` would need a registry.
+* the **Gateway** (NGINX Gateway Fabric 1.6.2): its control plane, a static binary built from its Go
+  module (``binaries.resolve_ngf``), in a ``FROM scratch`` image; its data plane, Debian bookworm's
+  ``nginx-light`` + ``libnginx-mod-http-js`` installed with apt on the base image
+  (``assets/ngf/nginx.Containerfile``), with the project's ``nginx.conf`` and ``httpmatches.js`` — the
+  two files NGF's own nginx image carries.
 
 Quirks of this machine kind, handled here: podman needs ``runtime = "runc"`` (crun refuses cgroup v1
 hybrid) and explicit ``default_ulimits`` (the open-file hard limit is 20000; podman's default of 1048576 is
@@ -45,6 +50,12 @@ REPO = Path(__file__).resolve().parents[2]
 BASE_IMAGE = "localhost/modelpilot/python:3.11-bookworm"
 PAUSE_IMAGE = "localhost/modelpilot/pause:1"
 COREDNS_IMAGE = f"localhost/modelpilot/coredns:{binaries.COREDNS_VERSION}"
+NGF_IMAGE = f"localhost/modelpilot/nginx-gateway-fabric:{binaries.NGF_VERSION}"
+NGF_NGINX_IMAGE = f"localhost/modelpilot/nginx-gateway-fabric/nginx:{binaries.NGF_VERSION}"
+#: The data-plane image's build context: its Containerfile, nginx.conf and httpmatches.js.
+NGF_ASSETS = Path(__file__).resolve().parent / "assets" / "ngf"
+#: NGF's uid and group in its own images; both containers of the Gateway pod run as this user.
+NGF_USER = "101:1001"
 #: The names the operator and the chart use by default, so their pods find the images on the node.
 SERVE_IMAGE = "ghcr.io/modelpilot/modelpilot-serve:0.1.0"
 OPERATOR_IMAGE = "ghcr.io/modelpilot/modelpilot-operator:0.1.0"
@@ -208,6 +219,26 @@ def ensure_pause(say: Progress) -> str:
     return image_id(PAUSE_IMAGE) or ""
 
 
+def _binary_image(binary: Path, name: str, containerfile: str, say: Progress) -> str:
+    """A static binary (copied into the context as ``binary``) in a ``FROM scratch`` image; rebuilt only when
+    the binary or the Containerfile changes."""
+    digest = hashlib.sha256(binary.read_bytes() + containerfile.encode()).hexdigest()[:16]
+    found = image_id(name)
+    stamp = images_dir() / (name.removeprefix("localhost/modelpilot/").replace("/", "_").replace(":", "_")
+                            + ".binary")
+    if found and stamp.exists() and stamp.read_text().strip() == f"{digest} {found}":
+        return found
+    with tempfile.TemporaryDirectory(prefix="mp-image-") as tmp:
+        ctx = Path(tmp)
+        shutil.copy2(binary, ctx / "binary")
+        (ctx / "Containerfile").write_text(containerfile)
+        _run(["podman", "build", "-q", "-t", name, str(ctx)], say, f"image {name}")
+    found = image_id(name) or ""
+    stamp.parent.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(f"{digest} {found}\n")
+    return found
+
+
 def ensure_coredns(binary: Path, say: Progress) -> str:
     """CoreDNS (built from its Go module, static) in a ``FROM scratch`` image; rebuilt when the binary changes."""
     digest = hashlib.sha256(binary.read_bytes()).hexdigest()[:16]
@@ -224,6 +255,49 @@ def ensure_coredns(binary: Path, say: Progress) -> str:
     found = image_id(COREDNS_IMAGE) or ""
     stamp.write_text(f"{digest} {found}\n")
     return found
+
+
+def ensure_ngf(binary: Path, say: Progress) -> str:
+    """NGINX Gateway Fabric's control plane (static ``gateway`` binary) in a ``FROM scratch`` image.
+
+    Same path as NGF's own image (``/usr/bin/gateway``), without its file capability ``cap_kill``: in the
+    local environment it runs as nginx's user, so signalling nginx needs no capability at all.
+    """
+    return _binary_image(binary, NGF_IMAGE, f'FROM scratch\nCOPY binary /usr/bin/gateway\nUSER {NGF_USER}\n'
+                                            'ENTRYPOINT ["/usr/bin/gateway"]\n', say)
+
+
+def ngf_nginx_digest(base_id: str) -> str:
+    """A digest of the data-plane image's inputs: its context (``assets/ngf``) and the base image."""
+    digest = hashlib.sha256(f"{base_id}\0".encode())
+    for path in sorted(p for p in NGF_ASSETS.iterdir() if p.is_file()):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def ensure_ngf_nginx(say: Progress) -> str:
+    """The Gateway's data plane: Debian's nginx-light + njs on the base image (apt inside ``podman build``).
+
+    apt reaches Debian's mirror from the build (``--network host``) with the machine's CA bundle mounted, as the
+    other builds do; packages are checked against Debian's archive keys as always. Skipped when neither the
+    assets nor the base image changed.
+    """
+    base_id = ensure_base(say)
+    stamp = images_dir() / "ngf-nginx.context"
+    current = ngf_nginx_digest(base_id)
+    built = image_id(NGF_NGINX_IMAGE)
+    if built and stamp.exists() and stamp.read_text().split() == [current, built]:
+        return built
+    _stream(["podman", "build", "--layers", "--network", "host",
+             "-v", f"{ca_bundle()}:/etc/ssl/certs/ca-certificates.crt:ro",
+             "--build-arg", f"PYTHON_IMAGE={BASE_IMAGE}", "-f", str(NGF_ASSETS / "nginx.Containerfile"),
+             "-t", NGF_NGINX_IMAGE, str(NGF_ASSETS)], say, f"build {NGF_NGINX_IMAGE} (nginx-light + njs)")
+    previous = built
+    built = image_id(NGF_NGINX_IMAGE) or ""
+    stamp.write_text(f"{current} {built}\n")
+    if previous and previous != built:
+        subprocess.run(["podman", "rmi", previous], env=podman_env(), capture_output=True, check=False)
+    return built
 
 
 def _pip_conf() -> Path:
@@ -293,25 +367,33 @@ def archive(name: str, say: Progress) -> Path:
     return path
 
 
-def ensure_all(say: Progress | None = None, operator: bool = False, coredns: Path | None = None) -> list[BuiltImage]:
-    """Build (or reuse) every image the real node needs; return them with their archives."""
+def ensure_all(say: Progress | None = None, operator: bool = False, coredns: Path | None = None,
+               ngf: Path | None = None) -> list[BuiltImage]:
+    """Build (or reuse) every image the real node needs; return them with their archives.
+
+    ``coredns`` / ``ngf``: the binaries of CoreDNS and NGINX Gateway Fabric, whose images are built when given
+    (NGF: its control-plane image and the nginx data-plane image).
+    """
     say = say or (lambda msg: print(msg, file=sys.stderr, flush=True))
     missing = missing_tools()
     if missing:
         raise ImageError("cannot build the node's images; missing: " + "; ".join(missing))
     started = time.monotonic()
     ensure_pause(say)
+    wanted = [PAUSE_IMAGE]
     if coredns is not None:
         ensure_coredns(coredns, say)
+        wanted.append(COREDNS_IMAGE)
+    if ngf is not None:
+        ensure_ngf(ngf, say)
+        ensure_ngf_nginx(say)
+        wanted += [NGF_IMAGE, NGF_NGINX_IMAGE]
     build_project_image("serving-image/Dockerfile", SERVE_IMAGE, say)
-    wanted = [SERVE_IMAGE]
+    wanted.append(SERVE_IMAGE)
     if operator:
         build_project_image("operator/Dockerfile", OPERATOR_IMAGE, say)
         wanted.append(OPERATOR_IMAGE)
-    out = [BuiltImage(PAUSE_IMAGE, image_id(PAUSE_IMAGE) or "", archive(PAUSE_IMAGE, say))]
-    if coredns is not None:
-        out.append(BuiltImage(COREDNS_IMAGE, image_id(COREDNS_IMAGE) or "", archive(COREDNS_IMAGE, say)))
-    out += [BuiltImage(n, image_id(n) or "", archive(n, say)) for n in wanted]
+    out = [BuiltImage(n, image_id(n) or "", archive(n, say)) for n in wanted]
     say(f"[image] images ready in {time.monotonic() - started:.0f}s")
     return out
 

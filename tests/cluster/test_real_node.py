@@ -22,13 +22,11 @@ from __future__ import annotations
 
 import json
 import re
-import signal
 import subprocess
 import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,29 +36,6 @@ pytestmark = pytest.mark.cluster
 
 REPLICAS = 2
 READY_TIMEOUT = 180.0
-
-
-def _interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
-@pytest.fixture(scope="module")
-def real_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    from modelpilot_dev.environment import Environment
-
-    home = tmp_path_factory.mktemp("realnode")
-    env = Environment(home)
-    # A CI timeout sends SIGTERM: turn it into KeyboardInterrupt so the teardown below still removes the
-    # node's namespace, veth and iptables rules (the node's supervisor runs in a session of its own).
-    signal.signal(signal.SIGTERM, _interrupt)
-    started = time.monotonic()
-    state = env.up(node="real")
-    print(f"\n[real node] environment with a real node up in {time.monotonic() - started:.1f}s")
-    state["environment"] = env
-    try:
-        yield state
-    finally:
-        env.down(quiet=True)
 
 
 @pytest.fixture(scope="module")

@@ -98,3 +98,49 @@ def test_prometheus_never_scrapes_a_virtual_pod_ip(tmp_path: Path) -> None:
     assert rewrite[0]["source_labels"] == ["__meta_kubernetes_pod_annotation_dev_modelpilot_io_address"]
     assert conf["scrape_configs"][0]["kubernetes_sd_configs"][0]["tls_config"]["cert_file"].endswith("admin.crt")
     assert os.stat(keys.client_key("admin")).st_mode & 0o077 == 0
+
+
+def test_ngf_is_built_as_the_main_module_with_its_version_stamped_then_cached(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """NGINX Gateway Fabric cannot be required by a wrapper module (its go.mod names another path than the
+    one the proxy serves): the module is copied and built in place, with the -X values its Makefile sets
+    (static-mode refuses to start without them), then reused from the cache."""
+    monkeypatch.delenv("MODELPILOT_NGINX_GATEWAY", raising=False)
+    monkeypatch.delenv("KUBEBUILDER_ASSETS", raising=False)
+    monkeypatch.setenv("MODELPILOT_CACHE", str(tmp_path / "cache"))
+    module = tmp_path / "modcache" / "nginx-gateway-fabric@v1.6.2"
+    (module / "cmd" / "gateway").mkdir(parents=True)
+    (module / "go.mod").write_text("module github.com/nginx/nginx-gateway-fabric\n")
+    (module / "docs").mkdir()
+    for path in (module, *module.rglob("*")):  # as read-only as the Go module cache
+        path.chmod(0o555 if path.is_dir() else 0o444)
+    builds: list[tuple[list[str], Path]] = []
+
+    def fake_go(args: list[str], cwd: Path, label: str, say: binaries.Progress) -> None:
+        assert (cwd / "go.mod").read_text().startswith("module github.com/nginx/nginx-gateway-fabric")
+        assert not (cwd / "docs").exists()
+        builds.append((args, cwd))
+        _fake_binary(Path(args[args.index("-o") + 1]))
+
+    monkeypatch.setattr(binaries, "_check_go", lambda: None)
+    monkeypatch.setattr(binaries, "_module_dir", lambda mod, version, say: module)
+    monkeypatch.setattr(binaries, "_run_go", fake_go)
+    try:
+        with pytest.raises(binaries.BinaryError, match="modelpilot dev build --node real"):
+            binaries.resolve_ngf(build=False)
+        path = binaries.resolve_ngf(build=True, progress=lambda msg: None)
+        assert path == tmp_path / "cache" / "bin" / "nginx-gateway-fabric-v1.6.2" / "nginx-gateway"
+        args, cwd = builds[0]
+        assert args[-1] == "./cmd/gateway"
+        ldflags = args[args.index("-ldflags") + 1]
+        for flag in ("-X main.version=1.6.2", "-X main.telemetryReportPeriod=24h",
+                     "-X main.telemetryEndpointInsecure=false"):
+            assert flag in ldflags
+        assert not cwd.exists(), "the build copy is removed after the build"
+        assert binaries.resolve_ngf(build=True) == path and len(builds) == 1, "the cached binary is reused"
+        monkeypatch.setenv("MODELPILOT_NGINX_GATEWAY", str(_fake_binary(tmp_path / "ready" / "gateway")))
+        assert binaries.resolve_ngf(build=False) == tmp_path / "ready" / "gateway"
+    finally:
+        for path in (module, *module.rglob("*")):
+            path.chmod(0o755)
