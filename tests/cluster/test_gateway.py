@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import realnode
 
 pytestmark = pytest.mark.cluster
 
@@ -73,21 +74,7 @@ http.server.ThreadingHTTPServer(("0.0.0.0", 8080), Handler).serve_forever()
 """
 
 
-def _kubectl(env: dict[str, Any], *args: str, input: str | None = None,
-             check: bool = True) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([env["binaries"]["kubectl"], "--kubeconfig", env["exports"]["KUBECONFIG"], *args],
-                          input=input, capture_output=True, text=True, timeout=60)
-    if check:
-        assert proc.returncode == 0, f"kubectl {' '.join(args)} failed: {proc.stderr.strip()}"
-    return proc
-
-
-def _in_node(env: dict[str, Any], code: str, timeout: float = 120) -> str:
-    """Run Python code inside the node's network namespace (where the ClusterIPs are programmed)."""
-    proc = subprocess.run(["ip", "netns", "exec", env["node"]["netns"], sys.executable, "-c", code],
-                          capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, f"inside the node's network namespace: {proc.stderr.strip()[-2000:]}"
-    return proc.stdout
+_kubectl, _in_node = realnode.kubectl, realnode.in_node  # shared with the other real-node tests
 
 
 def _backend(name: str) -> list[dict[str, Any]]:

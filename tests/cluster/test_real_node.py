@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import realnode
 
 pytestmark = pytest.mark.cluster
 
@@ -45,20 +46,7 @@ def core(real_env: dict[str, Any]) -> Any:
     return client.CoreV1Api(config.new_client_from_config(real_env["exports"]["KUBECONFIG"]))
 
 
-def _kubectl(env: dict[str, Any], *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([env["binaries"]["kubectl"], "--kubeconfig", env["exports"]["KUBECONFIG"], *args],
-                          capture_output=True, text=True, timeout=timeout)
-    if check:
-        assert proc.returncode == 0, f"kubectl {' '.join(args)} failed: {proc.stderr.strip()}"
-    return proc
-
-
-def _in_node(env: dict[str, Any], code: str, timeout: float = 60) -> str:
-    """Run Python code inside the node's network namespace (where the ClusterIPs are programmed)."""
-    proc = subprocess.run(["ip", "netns", "exec", env["node"]["netns"], sys.executable, "-c", code],
-                          capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, f"inside the node's network namespace: {proc.stderr.strip()[-2000:]}"
-    return proc.stdout
+_kubectl, _in_node = realnode.kubectl, realnode.in_node  # shared with the other real-node tests
 
 
 def _why_not_ready(env: dict[str, Any], namespace: str) -> str:
