@@ -3,7 +3,8 @@
 
 A fixed scenario that prints its numbers (it asserts nothing):
 
-1. starts its own local environment (``Environment(home=<tmpdir>).up()``, stopped again at the end),
+1. starts its own local environment with simulated nodes only (``Environment(home=<tmpdir>).up(node="kwok")``,
+   ``modelpilot dev up --node kwok``; stopped again at the end),
    registers one iris model in its MLflow and applies the CRDs;
 2. adds kwok nodes through the API until the simulated nodes have N + 20 free pod slots (the
    environment's 2 ``kwok-node-{i}`` hold 110 pods each): ``kwok-bench-{i}``, the same shape as the
@@ -30,9 +31,9 @@ to this N (N = 200: all Ready ≤ 10 s and create → Deployment p95 ≤ 2 s; N 
 any N: operator CPU ≤ 30 ms per ModelVersion, RSS after each round within 10 % of idle); a target is
 met when every round meets it. ``--json FILE`` writes every figure.
 
-Every ModelVersion sets ``spec.serving.image: registry.example/simulated-serve:1``. Only pods of
-``ghcr.io/modelpilot/*`` images are run as real model-server processes by the process runtime;
-any other image is simulated by kwok (Running and Ready at once). So this measures the operator
+Every ModelVersion sets ``spec.serving.image: registry.example/simulated-serve:1``; every pod is on a kwok
+node and simulated (Running and Ready at once, labelled so: the nodes are ``kwok.x-k8s.io/node: fake``).
+So this measures the operator
 (registry resolution, server-side apply, status writes, readiness refresh) and the control plane —
 not the model server: 200 real servers would need ~40 GB of RAM.
 
@@ -151,8 +152,8 @@ class RssSampler(threading.Thread):
 
 def start_operator(kubeconfig: str, tracking_uri: str, log_path: Path,
                    metrics_port: int, liveness_port: int) -> tuple[subprocess.Popen[bytes], Any]:
-    # As tests/cluster/test_operator.py: its own metrics port (the default 8080 collides with serving
-    # pods of the process runtime on 127.245.x.y:8080) and a fixed peering priority. One difference:
+    # As tests/cluster/test_operator.py: its own metrics port (the default 8080 may be taken on a shared
+    # machine) and a fixed peering priority. One difference:
     # the tests' ``--liveness http://127.0.0.1:0/healthz`` does not pick a free port — kopf reads
     # port 0 as "no port" and binds 127.0.0.1:80, so a second operator on the machine dies with
     # "address already in use". The benchmark passes a free port instead.
@@ -498,7 +499,7 @@ def setup(args: argparse.Namespace, root: Path, results: dict[str, Any]) -> Benc
     env = Environment(home=root / "env", progress=say)
     results["_env"] = env
     t0 = time.monotonic()
-    state = env.up()
+    state = env.up(node="kwok")
     results["env_up_s"] = time.monotonic() - t0
     exports = state["exports"]
     kubeconfig, tracking = exports["KUBECONFIG"], exports["MLFLOW_TRACKING_URI"]

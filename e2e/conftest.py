@@ -4,8 +4,9 @@ Environment (e2e/run.sh sets it):
   KUBECONFIG              the cluster (the local environment, or kind)
   MLFLOW_TRACKING_URI     MLflow as the test runner reaches it (to register models)
   PROMETHEUS_URL          Prometheus as the test runner reaches it
-Pods are reached through their `dev.modelpilot.io/address` annotation on the local
-environment, and through `kubectl port-forward` anywhere else.
+  E2E_SERVICE_ACCESS      `cluster-ip` (the local environment: the host routes its Service range to the
+                          real node) or `port-forward` (kind: `kubectl port-forward svc/…`)
+Traffic goes to a Service, never to a pod the test picked.
 """
 
 from __future__ import annotations
@@ -62,21 +63,23 @@ def namespace(core: client.CoreV1Api) -> Iterator[str]:
     core.delete_namespace(name)
 
 
-class PodAccess:
-    """host:port of a pod's server: the local environment's loopback address, or a port-forward."""
+class ServiceAccess:
+    """``host:port`` of a Service: its ClusterIP where the runner can route to it, else a port-forward."""
 
-    def __init__(self) -> None:
+    def __init__(self, core: client.CoreV1Api) -> None:
+        self.core = core
+        self.mode = os.environ.get("E2E_SERVICE_ACCESS", "port-forward")
         self.forwards: dict[str, tuple[subprocess.Popen[str], str]] = {}
 
-    def address(self, pod: Any) -> str:
-        annotated = (pod.metadata.annotations or {}).get("dev.modelpilot.io/address")
-        if annotated:
-            return str(annotated)
-        key = f"{pod.metadata.namespace}/{pod.metadata.name}"
+    def address(self, namespace: str, service: str) -> str:
+        if self.mode == "cluster-ip":
+            spec = self.core.read_namespaced_service(service, namespace).spec
+            return f"{spec.cluster_ip}:80"
+        key = f"{namespace}/{service}"
         if key not in self.forwards:
             kubectl = os.environ.get("KUBECTL") or shutil.which("kubectl") or "kubectl"
-            proc = subprocess.Popen([kubectl, "port-forward", "-n", pod.metadata.namespace,
-                                     f"pod/{pod.metadata.name}", ":8080"], stdout=subprocess.PIPE, text=True)
+            proc = subprocess.Popen([kubectl, "port-forward", "-n", namespace, f"svc/{service}", ":80"],
+                                    stdout=subprocess.PIPE, text=True)
             assert proc.stdout is not None
             line = proc.stdout.readline()
             match = re.search(r"127\.0\.0\.1:(\d+)", line)
@@ -90,7 +93,7 @@ class PodAccess:
 
 
 @pytest.fixture(scope="session")
-def pods() -> Iterator[PodAccess]:
-    access = PodAccess()
+def services(core: client.CoreV1Api) -> Iterator[ServiceAccess]:
+    access = ServiceAccess(core)
     yield access
     access.close()

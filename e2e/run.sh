@@ -26,9 +26,12 @@ case "$MODE" in
     echo "==> local environment in $HOME_DIR"
     .venv/bin/modelpilot dev --home "$HOME_DIR" up
     eval "$(.venv/bin/modelpilot dev --home "$HOME_DIR" env)"
-    IN_CLUSTER_MLFLOW=$MLFLOW_TRACKING_URI   # pods are local processes: the same addresses work
+    # Exported at the host side of the real node's veth: the same URLs work from the host and from pods.
+    IN_CLUSTER_MLFLOW=$MLFLOW_TRACKING_URI
     IN_CLUSTER_PROMETHEUS=$PROMETHEUS_URL
-    EXTRA_HELM=()
+    export E2E_SERVICE_ACCESS=cluster-ip   # the host routes the environment's Service range to the node
+    # Both images were built from the project's Dockerfiles and imported into the node's containerd by `dev up`.
+    EXTRA_HELM=(--set image.pullPolicy=Never)
     ;;
   kind)
     command -v kind >/dev/null || { echo "error: kind is not installed" >&2; exit 1; }

@@ -56,19 +56,20 @@ ROLLOUT = {"steps": [50, 100], "stepIntervalSeconds": 15, "progressDeadlineSecon
 
 
 class Traffic:
-    def __init__(self, core: Any, pods: Any, ns: str, name: str) -> None:
-        self.core, self.pods, self.ns, self.name = core, pods, ns, name
+    """Requests to the ModelVersion's Service (~10/s) while a rollout runs; answers counted by class."""
+
+    def __init__(self, services: Any, ns: str, name: str) -> None:
+        self.address = services.address(ns, name)
         self.stop = threading.Event()
         self.answers: Counter[int] = Counter()
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         while not self.stop.is_set():
-            for pod in _ready_pods(self.core, self.ns, f"modelpilot.io/modelversion={self.name}"):
-                try:
-                    self.answers[_predict(self.pods.address(pod))] += 1
-                except OSError:
-                    pass
+            try:
+                self.answers[_predict(self.address)] += 1
+            except OSError:
+                pass
             self.stop.wait(0.1)
 
     def __enter__(self) -> "Traffic":
@@ -80,21 +81,21 @@ class Traffic:
         self.thread.join(timeout=10)
 
 
-def test_deploy_and_predict(core: Any, custom: Any, pods: Any, namespace: str, tracking_uri: str) -> None:
+def test_deploy_and_predict(core: Any, custom: Any, services: Any, namespace: str, tracking_uri: str) -> None:
     version = register_iris_model(tracking_uri, "iris")
     custom.create_namespaced_custom_object(G, V, namespace, "modelversions", _mv("iris", version, replicas=2))
     wait_for(lambda: _ready_on(custom, namespace, "iris", version), 300, 1.0, "Ready")
-    (pod, *_) = _ready_pods(core, namespace, "modelpilot.io/modelversion=iris")
-    assert _predict(pods.address(pod)) == 2
+    assert len(_ready_pods(core, namespace, "modelpilot.io/modelversion=iris")) == 2
+    assert _predict(services.address(namespace, "iris")) == 2
 
 
-def test_canary_promotion(core: Any, custom: Any, pods: Any, namespace: str, tracking_uri: str) -> None:
+def test_canary_promotion(core: Any, custom: Any, services: Any, namespace: str, tracking_uri: str) -> None:
     first = register_iris_model(tracking_uri, "iris")
     custom.create_namespaced_custom_object(G, V, namespace, "modelversions",
                                            _mv("iris", first, replicas=2, rollout=ROLLOUT))
     wait_for(lambda: _ready_on(custom, namespace, "iris", first), 300, 1.0, "Ready on the first version")
     second = register_iris_model(tracking_uri, "iris")
-    with Traffic(core, pods, namespace, "iris") as traffic:
+    with Traffic(services, namespace, "iris") as traffic:
         custom.patch_namespaced_custom_object(G, V, namespace, "modelversions", "iris",
                                               {"spec": {"model": {"version": second}}})
         wait_for(lambda: _ready_on(custom, namespace, "iris", second)
@@ -103,13 +104,13 @@ def test_canary_promotion(core: Any, custom: Any, pods: Any, namespace: str, tra
     assert traffic.answers[2] > 0 and not [a for a in traffic.answers if a < 0]
 
 
-def test_automatic_rollback(core: Any, custom: Any, pods: Any, namespace: str, tracking_uri: str) -> None:
+def test_automatic_rollback(core: Any, custom: Any, services: Any, namespace: str, tracking_uri: str) -> None:
     good = register_iris_model(tracking_uri, "iris")
     custom.create_namespaced_custom_object(G, V, namespace, "modelversions",
                                            _mv("iris", good, replicas=2, rollout=ROLLOUT))
     wait_for(lambda: _ready_on(custom, namespace, "iris", good), 300, 1.0, "Ready")
     bad = register_faulty_model(tracking_uri, "iris")
-    with Traffic(core, pods, namespace, "iris"):
+    with Traffic(services, namespace, "iris"):
         custom.patch_namespaced_custom_object(G, V, namespace, "modelversions", "iris",
                                               {"spec": {"model": {"version": bad}}})
         wait_for(lambda: (_status(custom, namespace, "iris").get("rollout") or {}).get("phase") == "RolledBack",

@@ -19,7 +19,7 @@ need "$PYTHON" "install Python >= 3.11"
 
 # Debian packages: redis-server (the serving cache's Redis backend is tested against a real one),
 # wrk (the serving benchmarks' load generator) and lua5.4 (runs the Argo CD health checks in
-# tests/unit/test_argocd_health.py). The real node (`modelpilot dev up --node real`) needs containerd,
+# tests/unit/test_argocd_health.py). The real node (`modelpilot dev up`, the default) needs containerd,
 # runc, the CNI plugins, iptables, podman/buildah and debootstrap (its images), and gcc with a static libc
 # (the pause program). Installed only when missing.
 APT_PACKAGES=(redis-server wrk lua5.4 containerd runc containernetworking-plugins iptables podman buildah debootstrap
@@ -63,9 +63,6 @@ else
 fi
 
 echo "==> control-plane binaries (built once from Go modules, then cached)"
-if [ "${MODELPILOT_DEV_NODE:-process}" = real ]; then
-  # Also kubelet, kube-proxy and the node's images (base, pause, serving, operator).
-  .venv/bin/modelpilot dev build --node real
-else
-  .venv/bin/modelpilot dev build
-fi
+# With the real node's pieces (the default; MODELPILOT_DEV_NODE=kwok skips them): kubelet, kube-proxy, CoreDNS,
+# NGINX Gateway Fabric and the node's images (base, pause, serving, operator, CoreDNS, NGF).
+.venv/bin/modelpilot dev build --node "${MODELPILOT_DEV_NODE:-real}"

@@ -1,1 +1,1 @@
-"""The local environment: a real control plane, kwok nodes, a process runtime, MLflow and Prometheus."""
+"""The local environment: a real control plane, a real node (kwok nodes only for benchmarks), MLflow and Prometheus."""

@@ -72,12 +72,16 @@ def _print_summary(env: object, state: dict) -> None:  # type: ignore[type-arg]
     print(f"  kubeconfig      {exports['KUBECONFIG']}")
     if state.get("node"):
         node = state["node"]
-        print(f"  real node       {node['name']} (node IP {node['node_ip']}, netns {node['netns']}, "
-              f"pods {node['pod_cidr']}; control plane for pods at {node['host_ip']})")
+        if node.get("mode") == "kwok":
+            print("  nodes           simulated (kwok): pods are Ready at once, nothing runs")
+        else:
+            print(f"  real node       {node['name']} (node IP {node['node_ip']}, netns {node['netns']}, "
+                  f"pods {node['pod_cidr']}, Services {node['service_cidr']}; control plane for pods at "
+                  f"{node['host_ip']})")
         if node.get("gateway"):
             gw = node["gateway"]
             print(f"  Gateway         {gw['namespace']}/{gw['name']} (class {gw['class']}, {gw['implementation']}): "
-                  f"{gw['url']} from the host, http://{gw['cluster_ip']} inside the node")
+                  f"{gw['url']}")
     if "startup_seconds" in state:
         print(f"  started in      {state['startup_seconds']}s")
     print(f'use it with:      eval "$(modelpilot dev env)"   (or: source {Path(state["home"]) / "env.sh"})')
@@ -91,24 +95,25 @@ def _demo(args: argparse.Namespace) -> int:
 
 def parser(prog: str = "modelpilot-dev") -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(
-        prog=prog, description="the local environment: a real control plane, kwok nodes, MLflow, Prometheus")
+        prog=prog, description="the local environment: a real control plane, a real node, MLflow, Prometheus")
     home_help = "state directory (default $MODELPILOT_DEV_HOME or ~/.local/state/modelpilot/dev)"
     top.add_argument("--home", help=home_help)
     sub = top.add_subparsers(dest="dev_command", required=True)
     up = sub.add_parser("up", help="start everything in the background (idempotent)")
     up.add_argument("--no-build", action="store_true", help="fail instead of building missing binaries")
-    node_default = os.environ.get("MODELPILOT_DEV_NODE", "process")
-    up.add_argument("--node", choices=("process", "real"), default=node_default,
-                    help="'real' adds a real node (containerd, kubelet, kube-proxy in a network namespace; images "
-                         "built here from the Dockerfiles) beside the simulated ones; default "
-                         f"$MODELPILOT_DEV_NODE or 'process' (now: {node_default})")
+    node_default = os.environ.get("MODELPILOT_DEV_NODE", "real")
+    up.add_argument("--node", choices=("real", "kwok"), default=node_default,
+                    help="'real': one real node (containerd, kubelet, kube-proxy in a network namespace, CoreDNS, "
+                         "NGINX Gateway Fabric; images built here from the Dockerfiles); 'kwok': simulated nodes "
+                         "only, for scale benchmarks (pods are Ready at once, nothing runs); default "
+                         f"$MODELPILOT_DEV_NODE or 'real' (now: {node_default})")
     sub.add_parser("status", help="health of each component")
     sub.add_parser("down", help="stop every process the environment started and delete its state")
     sub.add_parser("env", help='print export lines: eval "$(modelpilot dev env)"')
     build = sub.add_parser("build", help="build (or find) the control-plane binaries")
-    build.add_argument("--node", choices=("process", "real"), default="process",
-                       help="'real' also builds kubelet, kube-proxy, CoreDNS, NGINX Gateway Fabric and the container "
-                            "images")
+    build.add_argument("--node", choices=("real", "kwok"), default="real",
+                       help="'real' (default) also builds kubelet, kube-proxy, CoreDNS, NGINX Gateway Fabric and the "
+                            "container images")
     demo = sub.add_parser("demo", help="the Quick start (`modelpilot demo`): environment up, register a model, "
                                        "serve it, predict")
     # SUPPRESS: `modelpilot-dev --home H demo` and `modelpilot-dev demo --home H` both work.

@@ -2,8 +2,8 @@
 
 Part of the local environment. Brings the environment up, registers a real
 scikit-learn model in MLflow, deploys the serving image as a Deployment, waits
-until its pods' processes are ready, and prints a real prediction served by a
-pod — then how Prometheus sees it, an alias move, and the guarded rollout
+until its pods (containers of the serving image on the real node) are ready, and
+prints a real prediction sent to its Service — then how Prometheus sees it, an alias move, and the guarded rollout
 story: under steady traffic through the Service a regressing version is rolled
 back on its own and a healthy one is promoted step by step, with a timeline.
 The command exits non-zero unless both outcomes happened.
@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 
 from modelpilot_dev.environment import DevError, Environment
-from modelpilot_dev.workloads import pod_address, register_iris_model, wait_for
+from modelpilot_dev.workloads import register_iris_model, service_url, wait_for
 
 NAMESPACE = "modelpilot-demo"
 
@@ -82,21 +82,22 @@ def run(home: Path | None = None, keep: bool = True) -> int:
             if p.metadata.deletion_timestamp is None
             and any(c.type == "Ready" and c.status == "True" for c in p.status.conditions or [])]
     for pod in pods:
-        print(f"  pod {pod.metadata.name:28} node {pod.spec.node_name:12} pod IP {pod.status.pod_ip:14} "
-              f"process at {pod_address(pod)}")
+        image = next((c.image for c in pod.spec.containers), "?")
+        print(f"  pod {pod.metadata.name:28} node {pod.spec.node_name:16} pod IP {pod.status.pod_ip:14} "
+              f"container {image}")
 
-    address = pod_address(pods[0])
-    _step(f"predicting through pod {pods[0].metadata.name} at {address}")
+    address = service_url(api, NAMESPACE, "iris")
+    _step(f"predicting through Service iris at {address} (its ClusterIP: kube-proxy picks the pod)")
     rows = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]
     body = {"inputs": [{"name": "input-0", "shape": [2, 4], "datatype": "FP64", "data": rows}]}
-    answer = _post(f"http://{address}/v2/models/iris/infer", body)
+    answer = _post(f"{address}/v2/models/iris/infer", body)
     print(f"Open Inference Protocol v2: {json.dumps(answer['outputs'])}")
-    invocations = _post(f"http://{address}/invocations", {
+    invocations = _post(f"{address}/invocations", {
         "dataframe_split": {"columns": ["sepal_length", "sepal_width", "petal_length", "petal_width"], "data": rows}
     })
     print(f"MLflow /invocations:        {json.dumps(invocations)}")
 
-    _step("Prometheus scraping the pods at their loopback addresses")
+    _step("Prometheus scraping the pods at their pod IPs (Kubernetes service discovery)")
     prom = exports["PROMETHEUS_URL"]
 
     def scraped() -> list[dict[str, Any]]:
@@ -188,11 +189,11 @@ def _guarded_canary_story(env: Environment, tracking: str, core: Any, custom: An
     ok = True
     with ServiceTraffic(api, NAMESPACE, name, "iris", rate=20) as traffic:
         wait_for(lambda: traffic.sent > 20, 60, 0.5, "traffic through the Service")
-        print(f"traffic: 20 requests/s to the ready endpoints of Service {name}")
+        print(f"traffic: 20 requests/s to Service {name} ({traffic.url.split('/v2/')[0]}, balanced by kube-proxy)")
         faulty = register_faulty_model(tracking, "iris")
         _step(f"version {faulty} regresses (passes its validation gate, fails on large flowers): rolling it out")
         ro = _timeline(custom, name, faulty, ("RolledBack", "Promoted", "Cancelled"))
-        first_bad = min((t for t, pod, what in traffic.failures if pod.startswith(f"{name}-canary-")), default=None)
+        first_bad = min((t for t, _ in traffic.model_failures()), default=None)
         if ro.get("phase") != "RolledBack":
             print(f"FAILED: version {faulty} was not rolled back (phase {ro.get('phase')})", file=sys.stderr)
             ok = False
@@ -208,10 +209,10 @@ def _guarded_canary_story(env: Environment, tracking: str, core: Any, custom: An
                   file=sys.stderr)
             ok = False
         time.sleep(2)
-    dropped = [f for f in traffic.failures if not f[1].startswith(f"{name}-canary-")]
+    dropped = traffic.dropped()
     print(f"\nrequests: {traffic.sent} sent, answered by version: "
           + ", ".join(f"{v}: {n}" for v, n in sorted(traffic.answers.items()))
-          + f"; failed by the regressing canary's model: {len(traffic.failures) - len(dropped)}; "
+          + f"; failed by the regressing canary's model: {len(traffic.model_failures())}; "
           f"failed for want of a pod: {len(dropped)}; fewest ready endpoints: {traffic.min_ready}")
     if dropped:
         print(f"FAILED: {len(dropped)} requests failed outside the regressing model: {dropped[:3]}", file=sys.stderr)

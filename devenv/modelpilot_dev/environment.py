@@ -4,8 +4,11 @@ Part of ``modelpilot dev``. Real processes on loopback, each in its own process
 group, described by one ``state.json`` in the state directory so that ``status``
 and ``down`` (or a later ``up``) find them again:
 
-    etcd → kube-apiserver → kube-controller-manager, kube-scheduler, kwok,
-    process runtime (serving pods as local processes), MLflow, Prometheus
+    etcd → kube-apiserver → kube-controller-manager, kube-scheduler, MLflow, Prometheus,
+    and the nodes: a real node (``--node real``, the default: containerd, kubelet,
+    kube-proxy, CoreDNS and NGINX Gateway Fabric; see ``modelpilot_dev.node``) or
+    simulated kwok nodes (``--node kwok``, for the operator benchmark only: every
+    pod on them is simulated, Ready at once with no process behind it)
 
 ``up`` is idempotent: a healthy running environment is reported, not restarted.
 If anything fails to start, everything already started is stopped again and the
@@ -38,12 +41,12 @@ from modelpilot_dev import binaries, pki
 
 Progress = Callable[[str], None]
 
-#: Images whose pods the process runtime runs as local processes (prefix match).
-DEFAULT_PROCESS_IMAGE_PREFIXES = ("ghcr.io/modelpilot/",)
 POD_CIDR = "10.244.0.0/16"  # kwok-simulated pods
+#: The Service range of a kwok environment (nothing routes to it); a real node's environment has its own /20
+#: (``NodeNet.service_cidr``) that the host routes to the node.
 SERVICE_CIDR = "10.96.0.0/16"
 NODE_COUNT = 2
-ADDRESS_ANNOTATION = "dev.modelpilot.io/address"
+NODE_KINDS = ("real", "kwok")
 
 
 class DevError(RuntimeError):
@@ -175,14 +178,16 @@ class Environment:
 
     # ------------------------------------------------------------------ up
 
-    def up(self, *, build: bool = True, timeout: float = 120.0, node: str = "process") -> dict[str, Any]:
+    def up(self, *, build: bool = True, timeout: float = 120.0, node: str = "real") -> dict[str, Any]:
         """Start everything (or report the running environment). Returns the state.
 
-        ``node="real"`` adds a real node (containerd, kubelet, kube-proxy in a network namespace, images
-        built from the project's Dockerfiles; see ``modelpilot_dev.node``) beside the simulated ones.
+        ``node="real"`` (the default): one real node (containerd, kubelet, kube-proxy in a network namespace,
+        images built from the project's Dockerfiles, CoreDNS, NGINX Gateway Fabric; see ``modelpilot_dev.node``);
+        every pod runs in a real container and ClusterIPs are reachable from the host. ``node="kwok"``: two
+        simulated kwok nodes and no real one, for the operator benchmark (pods are Ready at once, no process).
         """
-        if node not in ("process", "real"):
-            raise DevError(f"unknown node kind {node!r}: use 'process' or 'real'")
+        if node not in NODE_KINDS:
+            raise DevError(f"unknown node kind {node!r}: use one of {', '.join(NODE_KINDS)}")
         started = time.monotonic()
         state = self.load_state()
         if state:
@@ -205,7 +210,6 @@ class Environment:
                     "the `mlflow` command is missing; install the development extras: pip install -e '.[dev]'"
                 )
             mlflow_bin = Path(found)
-        modelpilot_bin = python_bin.parent / "modelpilot"
         self._real: dict[str, Any] | None = None
         if node == "real":
             self._real = self._prepare_real_node(build)
@@ -218,17 +222,21 @@ class Environment:
 
             net = realnode.allocate(self.home)
             self._real["net"] = net
-            keys = pki.ensure(self.home / "pki", extra_ips=(net.host_ip,), extra_clients={
+            keys = pki.ensure(self.home / "pki", extra_ips=(net.host_ip, net.kubernetes_service_ip), extra_clients={
                 "kubelet": (f"system:node:{realnode.NODE_NAME}", "system:nodes"),
                 "kube-proxy": ("system:kube-proxy", None)})
         else:
             keys = pki.ensure(self.home / "pki")
-        ports = dict(zip(("etcd", "etcd-peer", "apiserver", "controller-manager", "scheduler", "kwok", "runtime",
-                          "mlflow", "prometheus"), free_ports(9)))
+        ports = dict(zip(("etcd", "etcd-peer", "apiserver", "controller-manager", "scheduler", "kwok",
+                          "mlflow", "prometheus"), free_ports(8)))
         api_url = f"https://127.0.0.1:{ports['apiserver']}"
         self._write_kubeconfigs(keys, api_url)
-        mlflow_url = f"http://127.0.0.1:{ports['mlflow']}"
-        prom_url = f"http://127.0.0.1:{ports['prometheus']}"
+        # With a real node, MLflow and Prometheus are exported at the host side of the node's veth: the one
+        # address that answers both host processes (a DNAT to loopback) and pods, so a tracking URI the
+        # operator passes on to its serving pods works there too.
+        local = self._real["net"].host_ip if self._real is not None else "127.0.0.1"
+        mlflow_url = f"http://{local}:{ports['mlflow']}"
+        prom_url = f"http://{local}:{ports['prometheus']}"
         exports = {
             "KUBECONFIG": str(self.kubeconfig),
             "MLFLOW_TRACKING_URI": mlflow_url,
@@ -246,9 +254,11 @@ class Environment:
         if self._real is not None:
             state["node"] = {"mode": "real", "name": self._real["name"], **self._real["net"].as_dict(),
                              "images": [i.name for i in self._real["images"]]}
+        else:
+            state["node"] = {"mode": "kwok"}
         self._save_state(state)
         try:
-            self._start_all(state, bins, keys, ports, prometheus_bin, mlflow_bin, modelpilot_bin, python_bin, timeout,
+            self._start_all(state, bins, keys, ports, prometheus_bin, mlflow_bin, python_bin, timeout,
                             gateway_crds)
         except BaseException:
             self.say("start-up failed; stopping what was started")
@@ -262,10 +272,12 @@ class Environment:
         return state
 
     def _start_all(self, state: dict[str, Any], bins: binaries.Binaries, keys: pki.Pki, ports: dict[str, int],
-                   prometheus_bin: Path, mlflow_bin: Path, modelpilot_bin: Path, python_bin: Path,
+                   prometheus_bin: Path, mlflow_bin: Path, python_bin: Path,
                    timeout: float, gateway_api_crds: Path) -> None:
         h = self.home
         deadline = time.monotonic() + timeout
+        real = getattr(self, "_real", None)
+        service_cidr = real["net"].service_cidr if real is not None else SERVICE_CIDR
         etcd = Component(
             "etcd",
             [str(bins.etcd), "--name=default", f"--data-dir={h / 'etcd'}",
@@ -299,11 +311,10 @@ class Environment:
              f"--tls-private-key-file={keys.apiserver_key}", f"--client-ca-file={keys.ca_crt}",
              "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
              f"--service-account-key-file={keys.sa_pub}", f"--service-account-signing-key-file={keys.sa_key}",
-             f"--service-cluster-ip-range={SERVICE_CIDR}", "--authorization-mode=RBAC", "--allow-privileged=true",
+             f"--service-cluster-ip-range={service_cidr}", "--authorization-mode=RBAC", "--allow-privileged=true",
              "--profiling=false", "--v=1"],
             f"https://127.0.0.1:{ports['apiserver']}/readyz", ports["apiserver"],
         )
-        real = getattr(self, "_real", None)
         if real is not None:
             # The real node reaches the apiserver at the host side of its veth (DNAT to loopback), and so do
             # pods through the `kubernetes` Service; the kubelet is authorised by the Node authorizer.
@@ -327,7 +338,7 @@ class Environment:
              f"--authorization-kubeconfig={h / 'controller-manager.kubeconfig'}",
              "--leader-elect=false", "--bind-address=127.0.0.1", f"--secure-port={ports['controller-manager']}",
              f"--root-ca-file={keys.ca_crt}", f"--service-account-private-key-file={keys.sa_key}",
-             "--use-service-account-credentials=true", f"--service-cluster-ip-range={SERVICE_CIDR}",
+             "--use-service-account-credentials=true", f"--service-cluster-ip-range={service_cidr}",
              "--authorization-always-allow-paths=/healthz,/readyz,/livez,/metrics",
              # Simulated nodes never report volumes, GC of terminated pods keeps etcd small.
              "--terminated-pod-gc-threshold=50",
@@ -345,30 +356,18 @@ class Environment:
              "--authorization-always-allow-paths=/healthz,/readyz,/livez,/metrics", "--v=1"],
             f"https://127.0.0.1:{ports['scheduler']}/healthz", ports["scheduler"],
         )
-        stages = h / "kwok-stages.yaml"
-        stages.write_text(kwok_stages(DEFAULT_PROCESS_IMAGE_PREFIXES))
         kwok = Component(
             "kwok",
-            [str(bins.kwok), f"--kubeconfig={self.kubeconfig}", f"--config={stages}",
+            [str(bins.kwok), f"--kubeconfig={self.kubeconfig}", f"--config={KWOK_STAGES}",
              "--manage-all-nodes=false", "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
              f"--cidr={POD_CIDR}", "--node-ip=10.0.0.1", "--node-lease-duration-seconds=40",
              f"--server-address=127.0.0.1:{ports['kwok']}"],
             f"http://127.0.0.1:{ports['kwok']}/healthz", ports["kwok"],
         )
-        runtime = Component(
-            "process-runtime",
-            [str(python_bin), "-m", "modelpilot_dev.runtime", f"--kubeconfig={self.kubeconfig}",
-             f"--state-dir={h / 'pods'}", f"--health-port={ports['runtime']}",
-             f"--entrypoint={modelpilot_bin}",
-             *(f"--image-prefix={p}" for p in DEFAULT_PROCESS_IMAGE_PREFIXES),
-             *([f"--skip-node={real['name']}"] if real is not None else [])],
-            f"http://127.0.0.1:{ports['runtime']}/healthz", ports["runtime"],
-        )
         prom_dir = h / "prometheus"
         prom_dir.mkdir()
         (prom_dir / "prometheus.yml").write_text(
-            prometheus_config(f"https://127.0.0.1:{ports['apiserver']}", keys,
-                              real_node=real["name"] if real is not None else None)
+            prometheus_config(f"https://127.0.0.1:{ports['apiserver']}", keys)
         )
         prometheus = Component(
             "prometheus",
@@ -377,14 +376,13 @@ class Environment:
              "--web.enable-lifecycle", "--storage.tsdb.retention.time=1d", "--log.level=warn"],
             f"http://127.0.0.1:{ports['prometheus']}/-/ready", ports["prometheus"],
         )
-        rest = [kcm, scheduler, kwok, runtime, prometheus]
+        rest = [kcm, scheduler, prometheus] + ([kwok] if real is None else [])
         for comp in rest:
             self._start(state, comp)
         self._wait([*rest, mlflow], deadline)
-        self._bootstrap_cluster(deadline)
-        # The standard Gateway API CRDs, so HTTPRoutes are validated by the real apiserver
-        # (on the process runtime no Gateway implementation runs: the data plane is simulated; with a real node,
-        # NGINX Gateway Fabric is installed on it, see _apply_gateway).
+        self._bootstrap_cluster(deadline, kwok_nodes=real is None)
+        # The standard Gateway API CRDs, so HTTPRoutes are validated by the real apiserver (with a real node,
+        # NGINX Gateway Fabric implements them, see _apply_gateway; on kwok nodes nothing does).
         subprocess.run([str(bins.kubectl), "apply", "--server-side", "-f", str(gateway_api_crds)],
                        env={**os.environ, "KUBECONFIG": str(self.kubeconfig)}, check=True, capture_output=True,
                        timeout=120)
@@ -407,7 +405,7 @@ class Environment:
         ngf = binaries.resolve_ngf(build=build, progress=self.say)
         ngf_crds = binaries.ngf_crds(self.say)
         try:
-            built = images.ensure_all(self.say, coredns=coredns, ngf=ngf)
+            built = images.ensure_all(self.say, operator=True, coredns=coredns, ngf=ngf)
         except images.ImageError as exc:
             raise DevError(str(exc)) from None
         return {"name": realnode.NODE_NAME, "binaries": bins, "images": built, "ngf_crds": ngf_crds}
@@ -488,11 +486,12 @@ class Environment:
                                f"{self._log_tail('kubelet')}")
             time.sleep(0.5)
         self.say(f"  real node {real['name']} Ready (node IP {net.node_ip})")
-        # Cluster DNS on the node (kube-dns at 10.96.0.10, the kubelet's clusterDNS).
+        # Cluster DNS on the node (kube-dns at the range's .10, the kubelet's clusterDNS).
         from modelpilot_dev import images
         from modelpilot_dev import node as realnode
 
-        manifests = {"apiVersion": "v1", "kind": "List", "items": realnode.coredns_manifests(images.COREDNS_IMAGE)}
+        manifests = {"apiVersion": "v1", "kind": "List",
+                     "items": realnode.coredns_manifests(images.COREDNS_IMAGE, net.cluster_dns_ip)}
         subprocess.run([state["binaries"]["kubectl"], "apply", "--server-side", "-f", "-"], input=json.dumps(manifests),
                        env={**os.environ, "KUBECONFIG": str(self.kubeconfig)}, check=True, capture_output=True,
                        text=True, timeout=60)
@@ -507,7 +506,7 @@ class Environment:
                 raise DevError("cluster DNS (CoreDNS on the real node) did not become ready.\n"
                                + self.kubectl("-n", "kube-system", "get", "pods,events", check=False).stdout[-2000:])
             time.sleep(0.5)
-        self.say(f"  cluster DNS ready (CoreDNS, kube-dns {realnode.CLUSTER_DNS_IP})")
+        self.say(f"  cluster DNS ready (CoreDNS, kube-dns {net.cluster_dns_ip})")
         self._await_gateway(state, api.api_client, deadline)
 
     def _apply_gateway(self, real: dict[str, Any], deadline: float) -> None:
@@ -566,8 +565,9 @@ class Environment:
             "class": gateway.GATEWAY_CLASS, "namespace": gateway.GATEWAY_NAMESPACE, "name": gateway.GATEWAY_NAME,
             "implementation": "NGINX Gateway Fabric 1.6.2 + Debian nginx",
             "service": f"{gateway.NGF_NAMESPACE}/{gateway.NGF_NAME}", "cluster_ip": cluster_ip,
-            # Host processes reach the node IP directly; ClusterIPs only inside the node's network namespace.
-            "url": f"http://{node['node_ip']}:{gateway.HTTP_NODE_PORT}"}
+            # The Gateway's address for clients: its ClusterIP (the host routes the environment's Service range to
+            # the node); the NodePort on the node IP answers too.
+            "url": f"http://{cluster_ip}", "node_port_url": f"http://{node['node_ip']}:{gateway.HTTP_NODE_PORT}"}
         health_url = f"http://{node['node_ip']}:{gateway.HEALTH_NODE_PORT}/readyz"
         # Programmed can come before the pod is Ready and kube-proxy has programmed the NodePorts: `up` returns
         # once the host reaches the Gateway, so the `gateway` row of `dev status` is healthy from the start.
@@ -581,8 +581,7 @@ class Environment:
             "health_url": health_url, "log": str(self.logs / "kubelet.log"), "argv": []})
         self._save_state(state)
         self.say(f"  Gateway {gateway.GATEWAY_NAMESPACE}/{gateway.GATEWAY_NAME} Programmed (class "
-                 f"{gateway.GATEWAY_CLASS}, NGINX Gateway Fabric; {node['gateway']['url']} from the host, "
-                 f"{cluster_ip}:80 in the node)")
+                 f"{gateway.GATEWAY_CLASS}, NGINX Gateway Fabric; {node['gateway']['url']})")
 
     def _start(self, state: dict[str, Any], comp: Component) -> None:
         if port_bound(comp.port):
@@ -626,12 +625,12 @@ class Environment:
             return f"(no log at {path})"
         return f"--- last lines of {path} ---\n" + "\n".join(tail)
 
-    def _bootstrap_cluster(self, deadline: float) -> None:
-        """Create the simulated nodes and wait until pods can be created and scheduled."""
+    def _bootstrap_cluster(self, deadline: float, kwok_nodes: bool) -> None:
+        """Create the simulated nodes (``kwok_nodes``) and wait until pods can be created (and scheduled)."""
         from kubernetes import client, config  # imported lazily: `dev status` must stay fast
 
         api = client.CoreV1Api(config.new_client_from_config(str(self.kubeconfig)))
-        for i in range(NODE_COUNT):
+        for i in range(NODE_COUNT if kwok_nodes else 0):
             node = {
                 "apiVersion": "v1", "kind": "Node",
                 "metadata": {
@@ -650,8 +649,10 @@ class Environment:
             ready = [n for n in nodes if n.metadata.name.startswith("kwok-node-")  # not the real node
                      and any(c.type == "Ready" and c.status == "True" for c in (n.status.conditions or []))]
             accounts = api.list_namespaced_service_account("default").items
-            if len(ready) == NODE_COUNT and any(a.metadata.name == "default" for a in accounts):
-                self.say(f"  {NODE_COUNT} simulated nodes Ready")
+            if len(ready) == (NODE_COUNT if kwok_nodes else 0) and any(
+                    a.metadata.name == "default" for a in accounts):
+                if kwok_nodes:
+                    self.say(f"  {NODE_COUNT} simulated nodes Ready")
                 return
             if time.monotonic() > deadline:
                 raise DevError(
@@ -728,15 +729,8 @@ class Environment:
         for c in state["components"]:  # the real node's rows share its supervisor's pid: stop it once
             if c.get("pid") and all(c["pid"] != p for _, p in pids):
                 pids.append((c["name"], c["pid"]))
-        # Serving processes started by the process runtime have their own process groups.
-        for pidfile in (self.home / "pods").glob("*/pid") if (self.home / "pods").exists() else []:
-            try:
-                pids.append((f"pod {pidfile.parent.name}", int(pidfile.read_text().strip())))
-            except (ValueError, OSError):
-                pass
-        # Runtime first (it stops its pods gracefully), then the rest in reverse start order.
-        order = sorted(pids, key=lambda p: (p[0] != "process-runtime", -pids.index(p)))
-        for name, pid in order:
+        # In reverse start order (the node's supervisor ends its containers with it).
+        for name, pid in reversed(pids):
             if _terminate_group(pid):
                 stopped.append(name)
                 if not quiet:
@@ -811,12 +805,8 @@ def kubeconfig_yaml(server: str, ca: Path, crt: Path, key: Path, user: str = "ad
     })
 
 
-def kwok_stages(image_prefixes: tuple[str, ...]) -> str:
-    """kwok's fast stages, with pods of process-runtime images left to the runtime."""
-    template = (Path(__file__).parent / "assets" / "kwok-stages.yaml.tmpl").read_text()
-    test = " or ".join(f"startswith({json.dumps(p)})" for p in image_prefixes)
-    return template.replace("${PROCESS_IMAGE_TEST}", f"({test})").replace(
-        "${PROCESS_IMAGE_PREFIXES}", ", ".join(image_prefixes))
+#: kwok's fast stages (``--node kwok``): every pod on a kwok node is Running and Ready at once.
+KWOK_STAGES = Path(__file__).parent / "assets" / "kwok-stages.yaml"
 
 
 #: Relabelling every pod scrape job ends with: the metrics path from the annotation, the pod's labels, and
@@ -831,13 +821,10 @@ _POD_LABELS: list[dict[str, Any]] = [
 ]
 
 
-def prometheus_config(api_url: str, keys: pki.Pki, scrape_interval: str = "5s", real_node: str | None = None) -> str:
-    """Scrape pods annotated ``prometheus.io/scrape`` at their loopback address, never their pod IP.
-
-    With ``real_node``, a second job scrapes that node's pods the ordinary way: at their pod IP (the host
-    routes the node's pod range to it) and the ``prometheus.io/port`` annotation, as in Prometheus' own
-    Kubernetes example.
-    """
+def prometheus_config(api_url: str, keys: pki.Pki, scrape_interval: str = "5s") -> str:
+    """Scrape pods annotated ``prometheus.io/scrape`` the ordinary way, as in Prometheus' own Kubernetes example:
+    Kubernetes service discovery, the pod IP (the host routes the real node's pod range to it) and the
+    ``prometheus.io/port`` annotation. No address annotation, no relabelling trick."""
     tls = {"ca_file": str(keys.ca_crt), "cert_file": str(keys.client_crt("admin")),
            "key_file": str(keys.client_key("admin"))}
     conf = {
@@ -848,26 +835,10 @@ def prometheus_config(api_url: str, keys: pki.Pki, scrape_interval: str = "5s", 
             "relabel_configs": [
                 {"source_labels": ["__meta_kubernetes_pod_annotation_prometheus_io_scrape"],
                  "regex": "true", "action": "keep"},
-                # Only pods with a real loopback process: the virtual pod IP is never dialled.
-                {"source_labels": ["__meta_kubernetes_pod_annotation_dev_modelpilot_io_address"],
-                 "regex": "(127\\.[0-9]+\\.[0-9]+\\.[0-9]+:[0-9]+)", "action": "keep"},
-                {"source_labels": ["__meta_kubernetes_pod_annotation_dev_modelpilot_io_address"],
-                 "target_label": "__address__"},
-                *_POD_LABELS,
-            ],
-        }],
-    }
-    if real_node:
-        conf["scrape_configs"].append({
-            "job_name": "kubernetes-pods-real-node",
-            "kubernetes_sd_configs": [{"role": "pod", "api_server": api_url, "tls_config": dict(tls),
-                                       "selectors": [{"role": "pod", "field": f"spec.nodeName={real_node}"}]}],
-            "relabel_configs": [
-                {"source_labels": ["__meta_kubernetes_pod_annotation_prometheus_io_scrape"],
-                 "regex": "true", "action": "keep"},
                 {"source_labels": ["__address__", "__meta_kubernetes_pod_annotation_prometheus_io_port"],
                  "regex": "([^:]+)(?::\\d+)?;(\\d+)", "replacement": "$1:$2", "target_label": "__address__"},
                 *_POD_LABELS,
             ],
-        })
+        }],
+    }
     return yaml.safe_dump(conf, sort_keys=False)

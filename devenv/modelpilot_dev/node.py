@@ -14,7 +14,10 @@ on this machine:
   an iptables ``DNAT`` (host, ``nat PREROUTING``, only packets coming in on the veth, only their ports)
   maps ``10.250.<n>.1:<port>`` to ``127.0.0.1:<port>`` (``route_localnet=1`` on the veth only). The
   apiserver's serving certificate names ``10.250.<n>.1`` and it advertises that address, so the
-  ``kubernetes`` Service (10.96.0.1:443) leads there too.
+  ``kubernetes`` Service (the first address of the environment's Service range) leads there too.
+* **Services**: each environment has its own /20 of ClusterIPs (``10.96.0.0/12``'s n-th) and the host routes
+  it to the node IP, so a host process (a test, the demo, a user's curl) reaches a ClusterIP as a pod does:
+  the node's kube-proxy rules balance it.
 * **processes**: one supervisor (``python -m modelpilot_dev.node``) is PID 1 of a new PID and mount
   namespace (``unshare --pid --mount --fork --kill-child``) entered into the network namespace
   (``nsenter --net``). It mounts private tmpfs over ``/run/containerd`` and ``/var/lib/cni`` (containerd
@@ -56,13 +59,15 @@ import yaml
 NODE_NAME = "modelpilot-node"
 HOST_NET = ipaddress.ip_network("10.250.0.0/16")  # one /30 per environment: 10.250.<n>.0/30
 POD_NET = ipaddress.ip_network("10.246.0.0/16")  # one /24 per environment: 10.246.<n>.0/24
+#: One /20 of Services per environment (4,094 ClusterIPs), so the host can route each environment's range to its
+#: node and two environments on one machine never overlap: environment <n> gets 10.96.0.0/12's n-th /20.
+SERVICE_NET = ipaddress.ip_network("10.96.0.0/12")
+SERVICE_PREFIX = 20
 KUBELET_PORT = 10250
 KUBELET_HEALTHZ_PORT = 10248
 KUBE_PROXY_HEALTHZ_PORT = 10256
 KUBE_PROXY_METRICS_PORT = 10249
 CONTAINERD_METRICS_PORT = 10257
-#: The cluster DNS Service (CoreDNS on the real node), in the static part of the Service range.
-CLUSTER_DNS_IP = "10.96.0.10"
 CLUSTER_DOMAIN = "cluster.local"
 CNI_BIN_DIRS = ("/usr/lib/cni", "/opt/cni/bin")
 CNI_PLUGINS = ("bridge", "host-local", "portmap", "loopback")
@@ -101,13 +106,30 @@ class NodeNet:
         return f"10.246.{self.index}.0/24"
 
     @property
+    def service_cidr(self) -> str:
+        """This environment's Service range (``--service-cluster-ip-range``); the host routes it to the node."""
+        size = 2 ** (32 - SERVICE_PREFIX)
+        return f"{SERVICE_NET.network_address + self.index * size}/{SERVICE_PREFIX}"
+
+    @property
+    def kubernetes_service_ip(self) -> str:
+        """The ``kubernetes`` Service: the range's first address (the apiserver's certificate names it)."""
+        return str(ipaddress.ip_network(self.service_cidr).network_address + 1)
+
+    @property
+    def cluster_dns_ip(self) -> str:
+        """The ``kube-dns`` Service (CoreDNS on the node, the kubelet's clusterDNS), by convention ``.10``."""
+        return str(ipaddress.ip_network(self.service_cidr).network_address + 10)
+
+    @property
     def cgroup(self) -> str:
         return f"/modelpilot-{self.ident}"
 
     def as_dict(self) -> dict[str, Any]:
         return {"ident": self.ident, "index": self.index, "netns": self.netns, "host_veth": self.host_veth,
                 "host_ip": self.host_ip, "node_ip": self.node_ip, "pod_cidr": self.pod_cidr,
-                "cgroup": self.cgroup}
+                "service_cidr": self.service_cidr, "kubernetes_service_ip": self.kubernetes_service_ip,
+                "cluster_dns_ip": self.cluster_dns_ip, "cgroup": self.cgroup}
 
 
 def _sh(*args: str, check: bool = True, netns: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -210,6 +232,9 @@ def setup_network(net: NodeNet, ports: list[int]) -> None:
     _sh("ip", "addr", "add", f"{net.host_ip}/30", "dev", net.host_veth)
     _sh("ip", "link", "set", net.host_veth, "up")
     _sh("ip", "route", "add", net.pod_cidr, "via", net.node_ip, "dev", net.host_veth)
+    # ClusterIPs from the host, as from any machine in a cluster's network: the node's kube-proxy rules
+    # (nat PREROUTING) balance them, so tests and the demo reach a Service exactly as a pod does.
+    _sh("ip", "route", "add", net.service_cidr, "via", net.node_ip, "dev", net.host_veth)
     _sh("sysctl", "-qw", f"net.ipv4.conf.{net.host_veth}.route_localnet=1")
     ns = net.netns
     _sh("ip", "link", "set", f"mpn{net.ident}", "name", "eth0", netns=ns)
@@ -351,7 +376,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         "cgroupDriver": "cgroupfs", "failCgroupV1": False, "cgroupsPerQOS": False, "cgroupRoot": net.cgroup,
         "enforceNodeAllocatable": [], "failSwapOn": False,
         # Pods resolve through CoreDNS only (nothing outside the machine): no host resolv.conf.
-        "resolvConf": "", "clusterDomain": CLUSTER_DOMAIN, "clusterDNS": [CLUSTER_DNS_IP],
+        "resolvConf": "", "clusterDomain": CLUSTER_DOMAIN, "clusterDNS": [net.cluster_dns_ip],
         "podLogsDir": str(node_dir / "pod-logs"),
         "volumePluginDir": str(kdir / "volume-plugins"),
         # Images are imported, never pulled: never collect them.
@@ -383,9 +408,9 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
             "node_dir": str(node_dir)}
 
 
-def coredns_manifests(image: str, node_name: str = NODE_NAME) -> list[dict[str, Any]]:
+def coredns_manifests(image: str, dns_ip: str, node_name: str = NODE_NAME) -> list[dict[str, Any]]:
     """Cluster DNS: CoreDNS (kubernetes plugin only, no forwarding: nothing outside the machine is resolved)
-    as a Deployment on the real node behind the ``kube-dns`` Service at ``CLUSTER_DNS_IP``."""
+    as a Deployment on the real node behind the ``kube-dns`` Service at ``dns_ip`` (``NodeNet.cluster_dns_ip``)."""
     labels = {"k8s-app": "kube-dns"}
     corefile = (f".:1053 {{\n    errors\n    health :8080\n    ready :8181\n"
                 f"    kubernetes {CLUSTER_DOMAIN} in-addr.arpa ip6.arpa {{\n        pods insecure\n"
@@ -426,7 +451,7 @@ def coredns_manifests(image: str, node_name: str = NODE_NAME) -> list[dict[str, 
              }}}},
         {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "kube-dns", "namespace": "kube-system",
                                                              "labels": labels},
-         "spec": {"selector": labels, "clusterIP": CLUSTER_DNS_IP,
+         "spec": {"selector": labels, "clusterIP": dns_ip,
                   "ports": [{"name": "dns", "port": 53, "targetPort": 1053, "protocol": "UDP"},
                             {"name": "dns-tcp", "port": 53, "targetPort": 1053, "protocol": "TCP"}]}},
     ]

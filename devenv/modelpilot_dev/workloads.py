@@ -1,4 +1,4 @@
-"""Small helpers the demo and the tests share: a real model in MLflow, a serving Deployment, pod addresses.
+"""Small helpers the demo and the tests share: a real model in MLflow, a serving Deployment, Service traffic.
 
 Part of the local environment. The Deployment built here is the bare serving
 contract (image, env, probes, scrape annotations); the operator's own builders
@@ -15,7 +15,6 @@ import urllib.request
 from typing import Any
 
 SERVING_IMAGE = "ghcr.io/modelpilot/modelpilot-serve:0.1.0"
-ADDRESS_ANNOTATION = "dev.modelpilot.io/address"
 #: One v2 request row (a large iris flower): the faulty demo model fails on it.
 LARGE_FLOWER = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP64", "data": [6.7, 3.0, 5.2, 2.3]}]}
 
@@ -126,11 +125,18 @@ def serving_deployment(
     }
 
 
-def pod_address(pod: Any) -> str | None:
-    """The loopback ``host:port`` where a pod's process listens (never its virtual pod IP)."""
-    annotations = (pod.metadata.annotations or {}) if hasattr(pod, "metadata") else pod["metadata"].get(
-        "annotations", {})
-    return annotations.get(ADDRESS_ANNOTATION)
+def service_url(api_client: Any, namespace: str, service: str, port: int | str = 80) -> str:
+    """``http://<ClusterIP>:<port>`` of a Service: where a client in the cluster sends its requests. The local
+    environment's host routes its Service range to the real node, whose kube-proxy balances each connection
+    over the Service's ready endpoints, so tests and the demo reach it exactly as a pod would."""
+    from kubernetes import client
+
+    spec = client.CoreV1Api(api_client).read_namespaced_service(service, namespace).spec
+    if not spec.cluster_ip or spec.cluster_ip == "None":
+        raise ValueError(f"Service {namespace}/{service} has no ClusterIP")
+    if isinstance(port, str):
+        port = next(p.port for p in spec.ports if p.name == port)
+    return f"http://{spec.cluster_ip}:{port}"
 
 
 def wait_for(predicate: Any, timeout: float, interval: float = 0.25, message: str = "condition") -> Any:
@@ -146,31 +152,29 @@ def wait_for(predicate: Any, timeout: float, interval: float = 0.25, message: st
 
 
 class ServiceTraffic:
-    """Steady requests (``rate`` per second) to the ready endpoints of one Service, round robin — what
-    kube-proxy does with a ClusterIP. The endpoints are the Service's real EndpointSlices (polled every
-    0.2 s); pod networking is simulated on the process runtime, so an endpoint's pod is reached at its
-    loopback address (``pod_address``).
+    """Steady requests (``rate`` per second) to one Service's ClusterIP, a new connection each (so kube-proxy
+    balances every request over the ready endpoints, as it does for any client in the cluster).
 
-    Records answers per model version, every failure (connection errors and non-2xx, with the pod and the
-    time), and the fewest ready endpoints seen while traffic ran.
+    Records answers per model version (the ``model_version`` of each v2 answer), every failure (connection
+    errors and non-2xx, with the time; ``HTTP 500`` is a model failing, anything else a request that found no
+    server), and the fewest ready endpoints in the Service's EndpointSlices seen while traffic ran (polled every
+    0.2 s).
     """
 
     def __init__(self, api_client: Any, namespace: str, service: str, model: str, rate: float = 20.0,
-                 row: dict[str, Any] | None = None) -> None:
+                 row: dict[str, Any] | None = None, port: int = 80) -> None:
         from kubernetes import client
 
-        self.core = client.CoreV1Api(api_client)
         self.discovery = client.DiscoveryV1Api(api_client)
         self.namespace, self.service, self.model, self.rate = namespace, service, model, rate
+        self.url = f"{service_url(api_client, namespace, service, port)}/v2/models/{model}/infer"
         self.body = json.dumps(row or LARGE_FLOWER).encode()
         self.stop = threading.Event()
         self.paused = threading.Event()
-        self.lock = threading.Lock()
-        self.endpoints: list[tuple[str, str]] = []  # (pod name, loopback address)
-        self.addresses: dict[str, str] = {}
         self.answers: dict[str, int] = {}
-        self.failures: list[tuple[float, str, str]] = []  # (time, pod, what)
+        self.failures: list[tuple[float, str]] = []  # (time, what)
         self.min_ready: int | None = None
+        self.ready = 0
         self.sent = 0
         self.threads = [threading.Thread(target=self._watch_endpoints, daemon=True),
                         threading.Thread(target=self._send, daemon=True)]
@@ -180,49 +184,37 @@ class ServiceTraffic:
             try:
                 slices = self.discovery.list_namespaced_endpoint_slice(
                     self.namespace, label_selector=f"kubernetes.io/service-name={self.service}").items
-                ready = []
-                for s in slices:
-                    for ep in s.endpoints or []:
-                        if ep.conditions and ep.conditions.ready and ep.target_ref is not None:
-                            ready.append(ep.target_ref.name)
-                for name in ready:
-                    if name not in self.addresses:
-                        pod = self.core.read_namespaced_pod(name, self.namespace)
-                        address = pod_address(pod)
-                        if address:
-                            self.addresses[name] = address
-                with self.lock:
-                    self.endpoints = [(n, self.addresses[n]) for n in sorted(ready) if n in self.addresses]
-                    if self.sent:  # capacity is judged once traffic runs
-                        self.min_ready = len(ready) if self.min_ready is None else min(self.min_ready, len(ready))
+                self.ready = sum(1 for s in slices for ep in s.endpoints or []
+                                 if ep.conditions and ep.conditions.ready)
+                if self.sent:  # capacity is judged once traffic runs
+                    self.min_ready = self.ready if self.min_ready is None else min(self.min_ready, self.ready)
             except Exception:  # noqa: BLE001 - the next poll retries; the test judges what it saw
                 pass
             self.stop.wait(0.2)
 
     def _send(self) -> None:
-        turn = 0
         while not self.stop.is_set():
             started = time.monotonic()
-            with self.lock:
-                endpoints = list(self.endpoints)
-            if endpoints and not self.paused.is_set():
-                name, address = endpoints[turn % len(endpoints)]
-                turn += 1
+            if self.ready and not self.paused.is_set():
                 self.sent += 1
-                req = urllib.request.Request(f"http://{address}/v2/models/{self.model}/infer", data=self.body,
-                                             headers={"Content-Type": "application/json"})
+                req = urllib.request.Request(self.url, data=self.body, headers={"Content-Type": "application/json"})
                 try:
                     with urllib.request.urlopen(req, timeout=10) as resp:
                         version = str(json.loads(resp.read()).get("model_version", "?"))
                         self.answers[version] = self.answers.get(version, 0) + 1
                 except urllib.error.HTTPError as exc:
-                    self.failures.append((time.time(), name, f"HTTP {exc.code}"))
+                    self.failures.append((time.time(), f"HTTP {exc.code}"))
                 except OSError as exc:
-                    self.failures.append((time.time(), name, f"{type(exc).__name__}: {exc}"))
+                    self.failures.append((time.time(), f"{type(exc).__name__}: {exc}"))
             self.stop.wait(max(0.0, 1 / self.rate - (time.monotonic() - started)))
 
-    def failures_of(self, pods_prefix: str = "") -> list[tuple[float, str, str]]:
-        return [f for f in self.failures if f[1].startswith(pods_prefix)]
+    def model_failures(self) -> list[tuple[float, str]]:
+        """Failures a model answered (HTTP 500: the server ran the model and it raised)."""
+        return [f for f in self.failures if f[1] == "HTTP 500"]
+
+    def dropped(self) -> list[tuple[float, str]]:
+        """Requests that found no server: connection errors, timeouts, any non-2xx but a model's 500."""
+        return [f for f in self.failures if f[1] != "HTTP 500"]
 
     def __enter__(self) -> ServiceTraffic:
         for t in self.threads:

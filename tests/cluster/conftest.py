@@ -71,33 +71,12 @@ def operator(dev_env: dict[str, Any], tmp_path_factory: pytest.TempPathFactory,
     log.close()
 
 
-def _interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 @pytest.fixture(scope="module")
-def real_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    """An environment with a real node (``modelpilot dev up --node real``) in its own state directory, for one
-    module: test_real_node.py and test_gateway.py each bring up their own and stop it at their end, so the
-    node's processes do not run beside the other modules' tests."""
-    import signal
-    import time
-
-    from modelpilot_dev.environment import Environment
-
-    home = tmp_path_factory.mktemp("realnode")
-    env = Environment(home)
-    # A CI timeout sends SIGTERM: turn it into KeyboardInterrupt so the teardown below still removes the
-    # node's namespace, veth and iptables rules (the node's supervisor runs in a session of its own).
-    signal.signal(signal.SIGTERM, _interrupt)
-    started = time.monotonic()
-    state = env.up(node="real")
-    print(f"\n[real node] environment with a real node up in {time.monotonic() - started:.1f}s")
-    state["environment"] = env
-    try:
-        yield state
-    finally:
-        env.down(quiet=True)
+def real_env(dev_env: dict[str, Any]) -> dict[str, Any]:
+    """The session's environment, named for what the real node's own tests (test_real_node.py, test_gateway.py)
+    rely on: its node is real (``modelpilot dev up`` starts one by default)."""
+    assert (dev_env.get("node") or {}).get("mode") == "real", "the session's environment has no real node"
+    return dev_env
 
 
 @pytest.fixture(scope="session")

@@ -12,22 +12,18 @@ iteration is its own cold start:
   right after it on odd ones;
 * it must become ``Ready=True`` with ``observedGeneration`` current within 60 s of the iteration's start, and its
   Service must route: a ready endpoint in the Service's EndpointSlices that is a pod of this ModelVersion, and
-  for the real model server one prediction sent through those endpoints (``ServiceTraffic``, as the other cluster
-  tests send traffic: to the Service, never to a pod the test picked). The kwok-simulated image
-  (``registry.example/simulated-serve:1``) has Ready pods at once but no process behind them, so there the
-  Service's ready endpoint is the check;
+  one prediction sent to the Service's ClusterIP (``ServiceTraffic``) answered by this ModelVersion's version.
+  Every iteration runs the real model server in a container on the real node;
 * "restart" iterations cover "the Deployment became ready before status.model was written": the operator is
   killed (SIGKILL, a crash) as soon as its Deployment exists, the pods become ready while no operator runs, and
   a second fresh operator must still bring the ModelVersion to Ready (the order of events must not matter).
 
-Ports (the choice): on kwok iterations the operator runs on its DEFAULT metrics (8080) and liveness (8082) ports
-whenever they are free, as a user's operator would; when another process on this shared machine holds one, that
-iteration gives it a free port instead (``MODELPILOT_METRICS_PORT`` / ``MODELPILOT_LIVENESS_PORT``) so the cold
-start is still tested. Real-server iterations always get free ports: the process runtime runs serving pods as
-host processes listening on ``127.245.x.y:8080`` (in a cluster each pod has its own network namespace), so an
-operator holding ``0.0.0.0:8080`` blocks every real pod from starting (the runtime finds no loopback address
-where 8080 is bindable and keeps looking) and a running serving pod makes ``0.0.0.0:8080`` untakeable. A taken
-port itself must give a clear, immediate error naming the variable, not a silent death:
+Ports (the choice): on even iterations the operator runs on its DEFAULT metrics (8080) and liveness (8082) ports
+whenever they are free, as a user's operator would (serving pods listen on 8080 in their own network namespaces,
+so they never collide with it); when another process on this shared machine holds one, that iteration gives it a
+free port instead (``MODELPILOT_METRICS_PORT`` / ``MODELPILOT_LIVENESS_PORT``) so the cold start is still
+tested; odd iterations always set free ports. A taken port itself must give a clear, immediate error naming the
+variable, not a silent death:
 ``test_a_taken_port_is_one_clear_error_at_start`` asserts that.
 
 Timings (operator start → Ready) are printed, not asserted. If the session's own clusterwide ``operator``
@@ -57,16 +53,14 @@ from modelpilot_dev.workloads import ServiceTraffic, wait_for
 
 GROUP, VERSION, PLURAL = "modelpilot.io", "v1alpha1", "modelversions"
 REPO = Path(__file__).resolve().parents[2]
-SIMULATED_IMAGE = "registry.example/simulated-serve:1"
 DEFAULT_METRICS_PORT, DEFAULT_LIVENESS_PORT = 8080, 8082
 ITERATION_SECONDS = 60.0
 NAME = "iris"  # the ModelVersion, its Deployment and its Service
 SETOSA = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP64", "data": [5.1, 3.5, 1.4, 0.2]}]}
 
-# 20 iterations: (image, restart). Real model server on 3 of them (one also a restart), kwok elsewhere.
-REAL = {0, 9, 17}
+# 20 iterations, each a cold start of the real model server; three of them also crash the operator midway.
 RESTART = {5, 9, 13}
-SCENARIOS = [("real" if i in REAL else "kwok", i in RESTART) for i in range(20)]
+SCENARIOS = [i in RESTART for i in range(20)]
 
 
 # --- helpers -----------------------------------------------------------------------------------------------
@@ -138,10 +132,8 @@ class Operator:
         return "\n".join(text[-lines:])
 
 
-def _mv(version: str, image: str | None) -> dict[str, Any]:
+def _mv(version: str) -> dict[str, Any]:
     spec: dict[str, Any] = {"model": {"name": "iris", "version": version}, "replicas": 1}
-    if image:
-        spec["serving"] = {"image": image}
     return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "ModelVersion", "metadata": {"name": NAME}, "spec": spec}
 
 
@@ -232,23 +224,22 @@ def only_operator_under_test(request: pytest.FixtureRequest) -> Iterator[None]:
 
 # --- tests -------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("image", "restart"), SCENARIOS,
-                         ids=[f"{i:02d}-{img}{'-restart' if r else ''}" for i, (img, r) in enumerate(SCENARIOS)])
+@pytest.mark.parametrize("restart", SCENARIOS,
+                         ids=[f"{i:02d}{'-restart' if r else ''}" for i, r in enumerate(SCENARIOS)])
 def test_a_model_version_created_with_a_cold_operator_becomes_ready(
-    image: str, restart: bool, request: pytest.FixtureRequest, crds_established: None, only_operator_under_test: None,
+    restart: bool, request: pytest.FixtureRequest, crds_established: None, only_operator_under_test: None,
     operator_env: Any, api_client: Any, core: client.CoreV1Api, apps: client.AppsV1Api,
     custom: client.CustomObjectsApi, iris_version: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],
 ) -> None:
     index = int(request.node.callspec.id[:2])
     create_first = index % 2 == 0
     ns = f"cold-{index:02d}-{uuid.uuid4().hex[:6]}"
-    # Real serving pods are host processes listening on <loopback>:8080 here: no default ports beside them.
-    ports, ports_said = _ports_env(defaults=image == "kwok")
+    ports, ports_said = _ports_env(defaults=index % 2 == 0)
     env = operator_env(MODELPILOT_NAMESPACES=ns, MODELPILOT_PEERING="", **ports)
     for var in ("MODELPILOT_METRICS_PORT", "MODELPILOT_LIVENESS_PORT"):
         if var not in ports:
             env.pop(var, None)  # the defaults, as a user's operator has them
-    body = _mv(iris_version, SIMULATED_IMAGE if image == "kwok" else None)
+    body = _mv(iris_version)
     operators: list[Operator] = []
     notes: list[str] = []
     started = time.monotonic()
@@ -286,21 +277,19 @@ def test_a_model_version_created_with_a_cold_operator_becomes_ready(
             ready_at = time.monotonic()
             endpoints = wait_for(lambda: _routed_endpoints(api_client, core, ns), left(), 0.2,
                                  "a ready endpoint of the Service that is a pod of this ModelVersion")
-            if image == "real":
-                with ServiceTraffic(api_client, ns, NAME, "iris", rate=4, row=SETOSA) as traffic:
-                    wait_for(lambda: traffic.answers or traffic.failures, left(), 0.1,
-                             "a prediction through the Service")
-                assert traffic.answers.get(iris_version), (
-                    f"the prediction through the Service was not answered by version {iris_version} "
-                    f"(answers by version {traffic.answers}, failures {traffic.failures}): another version "
-                    "answering means the request reached a process other than this ModelVersion's pod")
-                notes.append(f"prediction answered by version {iris_version}")
+            with ServiceTraffic(api_client, ns, NAME, "iris", rate=4, row=SETOSA) as traffic:
+                wait_for(lambda: traffic.answers or traffic.failures, left(), 0.1,
+                         "a prediction through the Service")
+            assert traffic.answers.get(iris_version), (
+                f"the prediction through the Service was not answered by version {iris_version} "
+                f"(answers by version {traffic.answers}, failures {traffic.failures})")
+            notes.append(f"prediction answered by version {iris_version}")
         except (AssertionError, TimeoutError) as exc:
             raise AssertionError(f"[{ns}] {exc}\n{_diagnosis(custom, apps, core, ns, operators)}") from None
         timing = (f"operator start -> Ready {ready_at - operators[0].started:5.1f}s"
                   + (f" (restart -> Ready {ready_at - operators[-1].started:.1f}s)" if restart else ""))
         with capsys.disabled():
-            print(f"\ncold start {index:02d} {image:4s}{' restart' if restart else ''}: {timing}; "
+            print(f"\ncold start {index:02d}{' restart' if restart else ''}: {timing}; "
                   f"{'MV created before Popen' if create_first else 'MV created after Popen'}; {ports_said}; "
                   f"endpoints {endpoints}" + "".join(f"; {n}" for n in notes))
     finally:

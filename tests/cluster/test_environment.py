@@ -1,8 +1,8 @@
-"""The local environment is real: real control plane, real serving processes, real Prometheus.
+"""The local environment is real: real control plane, a real node running the serving image, real Prometheus.
 
-Each test talks to the processes the session's environment started; nothing
-here is mocked. What the environment simulates (pod networking, container
-isolation) is described in modelpilot_dev.runtime.
+Each test talks to what the session's environment started; nothing here is
+mocked. Serving pods are containers on the real node (containerd + runc, the
+kubelet's probes, restarts and termination messages); traffic goes to Services.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import pytest
 import yaml
 from kubernetes.client.rest import ApiException
 
-from modelpilot_dev.workloads import pod_address, serving_deployment, wait_for
+from modelpilot_dev.workloads import serving_deployment, service_url, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -44,21 +44,21 @@ def _is_ready(pod: Any) -> bool:
     return any(c.type == "Ready" and c.status == "True" for c in (pod.status.conditions or []))
 
 
-def _pid(dev_env: dict[str, Any], pod: Any) -> int | None:
-    pidfile = Path(dev_env["home"]) / "pods" / f"{pod.metadata.namespace}_{pod.metadata.name}" / "pid"
-    try:
-        return int(pidfile.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    with open(f"/proc/{pid}/stat") as fh:
-        return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+def _container_pids(pod: Any) -> list[int]:
+    """Host pids of a pod's running containers (the node's processes are visible from the host): every process
+    in the cgroup runc made for a container ID the kubelet reports in the pod's status."""
+    ids = [c.container_id.split("://", 1)[1] for c in pod.status.container_statuses or [] if c.container_id]
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cgroups = (entry / "cgroup").read_text()
+        except OSError:
+            continue
+        if any(f"/{cid}\n" in cgroups for cid in ids):
+            found.append(int(entry.name))
+    return found
 
 
 def _deploy(apps: Any, namespace: str, dev_env: dict[str, Any], name: str, model_uri: str,
@@ -67,65 +67,67 @@ def _deploy(apps: Any, namespace: str, dev_env: dict[str, Any], name: str, model
     apps.create_namespaced_deployment(namespace, manifest)
 
 
-def test_three_replicas_are_available_only_when_three_real_processes_answer_ready(
+def _service(core: Any, namespace: str, name: str) -> str:
+    """A ClusterIP Service in front of the Deployment ``name``; its URL."""
+    core.create_namespaced_service(namespace, {
+        "metadata": {"name": name}, "spec": {"selector": {"app.kubernetes.io/name": name},
+                                             "ports": [{"name": "http", "port": 80, "targetPort": "http"}]}})
+    return str(service_url(core.api_client, namespace, name))
+
+
+def test_three_replicas_are_available_only_when_three_containers_answer_ready(
     dev_env: dict[str, Any], core: Any, apps: Any, namespace: str, iris_version: str
 ) -> None:
     _deploy(apps, namespace, dev_env, "iris", f"models:/iris/{iris_version}", 3)
+    url = _service(core, namespace, "iris")
     deadline = time.monotonic() + 180
     available = 0
-    checks = 0
     while time.monotonic() < deadline:
-        # Invariant at every observation: a pod the API calls Ready has a live process answering ready.
-        for pod in _pods(core, namespace, "iris"):
-            if _is_ready(pod):
-                address = pod_address(pod)
-                assert address and address.startswith("127."), f"ready pod without a loopback address: {address}"
-                status, _ = _get(f"http://{address}/v2/health/ready")
-                assert status == 200, f"pod {pod.metadata.name} is Ready but its process answers {status}"
-                checks += 1
         available = apps.read_namespaced_deployment("iris", namespace).status.available_replicas or 0
         if available == 3:
             break
-        time.sleep(0.3)
+        time.sleep(0.5)
     assert available == 3, "deployment never became 3/3 available"
     pods = _pods(core, namespace, "iris")
-    assert len(pods) == 3
-    addresses = {pod_address(p) for p in pods}
-    assert len(addresses) == 3, "each pod must have its own loopback address"
-    pids = {_pid(dev_env, p) for p in pods}
-    assert None not in pids and len(pids) == 3 and all(_alive(p) for p in pids if p)
-    for pod in pods:
-        # The virtual pod IP is an ordinary routable-looking address, never the loopback one.
-        assert pod.status.pod_ip and not pod.status.pod_ip.startswith("127.")
-    # And the pods serve real predictions from the registered model.
+    assert len(pods) == 3 and all(_is_ready(p) for p in pods)
+    assert {p.spec.node_name for p in pods} == {dev_env["node"]["name"]}
+    # Each pod has its own IP from the node's pod range and its own container processes.
+    assert len({p.status.pod_ip for p in pods}) == 3
+    assert all(p.status.pod_ip.startswith(dev_env["node"]["pod_cidr"].rsplit(".", 1)[0] + ".") for p in pods)
+    assert all(_container_pids(p) for p in pods)
+    # And the Service answers real predictions from the registered model (kube-proxy picks a pod each time).
     body = json.dumps({"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP64",
                                    "data": [6.7, 3.0, 5.2, 2.3]}]}).encode()
-    req = urllib.request.Request(f"http://{pod_address(pods[0])}/v2/models/iris/infer", data=body,
-                                 headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=10) as resp:
-        answer = json.loads(resp.read())
-    assert answer["outputs"][0]["data"] == [2]  # a virginica flower
-    assert checks >= 3
+    for _ in range(6):
+        req = urllib.request.Request(f"{url}/v2/models/iris/infer", data=body,
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            answer = json.loads(resp.read())
+        assert answer["outputs"][0]["data"] == [2]  # a virginica flower
 
 
 def test_a_model_that_cannot_load_never_becomes_available(
     dev_env: dict[str, Any], core: Any, apps: Any, namespace: str
 ) -> None:
     _deploy(apps, namespace, dev_env, "broken", "models:/no-such-model/1", 1)
-    pod = wait_for(lambda: next((p for p in _pods(core, namespace, "broken") if pod_address(p)), None), 60,
-                   message="the pod to get a process address")
-    address = pod_address(pod)
+    pod = wait_for(lambda: next((p for p in _pods(core, namespace, "broken") if p.status.container_statuses
+                                 and p.status.container_statuses[0].state.running), None), 120,
+                   message="the pod's container to run")
+    kubectl = dev_env["binaries"]["kubectl"]
+    env = {**os.environ, "KUBECONFIG": dev_env["exports"]["KUBECONFIG"]}
 
     def load_failed() -> bool:
-        status, body = _get(f"http://{address}/v2/health/ready")
-        return status == 503 and (b"no-such-model" in body.lower() or b"not found" in body.lower())
+        # The server's own answer, asked inside its container (`kubectl exec`), as its readiness probe sees it.
+        proc = subprocess.run([kubectl, "exec", "-n", namespace, pod.metadata.name, "--", "python", "-c",
+                               "import urllib.request, urllib.error\n"
+                               "try: urllib.request.urlopen('http://127.0.0.1:8080/v2/health/ready', timeout=2)\n"
+                               "except urllib.error.HTTPError as e: print(e.code, e.read().decode())"],
+                              env=env, capture_output=True, text=True, timeout=60)
+        out = proc.stdout.lower()
+        return out.startswith("503") and ("no-such-model" in out or "not found" in out)
 
-    # The process is up, has tried to load, and says why it is not ready.
-    try:
-        wait_for(load_failed, 120, 0.5, "the server to report its load failure")
-    except TimeoutError:
-        print(address, _get(f"http://{address}/v2/health/ready"))
-        raise
+    # The container is up, has tried to load, and says why it is not ready.
+    wait_for(load_failed, 120, 1.0, "the server to report its load failure")
     # Several readiness periods later the pod is still unready and nothing is available.
     time.sleep(3)
     pod = core.read_namespaced_pod(pod.metadata.name, namespace)
@@ -133,56 +135,56 @@ def test_a_model_that_cannot_load_never_becomes_available(
     assert pod.status.phase == "Running"
     dep = apps.read_namespaced_deployment("broken", namespace)
     assert not dep.status.available_replicas
-    assert _alive(_pid(dev_env, pod) or -1)
+    assert _container_pids(pod)
 
 
-def test_deleting_a_pod_stops_its_process_and_the_replicaset_replaces_it(
+def test_deleting_a_pod_stops_its_container_and_the_replicaset_replaces_it(
     dev_env: dict[str, Any], core: Any, apps: Any, namespace: str, iris_version: str
 ) -> None:
     _deploy(apps, namespace, dev_env, "iris", f"models:/iris/{iris_version}", 1)
     wait_for(lambda: (apps.read_namespaced_deployment("iris", namespace).status.available_replicas or 0) == 1,
              180, message="1/1 available")
     (old,) = _pods(core, namespace, "iris")
-    old_pid = _pid(dev_env, old)
-    assert old_pid and _alive(old_pid)
+    old_pids = _container_pids(old)
+    assert old_pids
     core.delete_namespaced_pod(old.metadata.name, namespace)
-    wait_for(lambda: not _alive(old_pid), 30, message=f"process {old_pid} to stop")
+    wait_for(lambda: not _container_pids(old), 30, message=f"the container processes {old_pids} to stop")
 
     def replaced() -> Any:
         pods = [p for p in _pods(core, namespace, "iris") if p.metadata.name != old.metadata.name]
         return pods[0] if pods and _is_ready(pods[0]) else None
 
     new = wait_for(replaced, 180, message="a ready replacement pod")
-    assert _alive(_pid(dev_env, new) or -1)
-    with pytest.raises(ApiException) as gone:
-        core.read_namespaced_pod(old.metadata.name, namespace)
-    assert gone.value.status == 404
+    assert _container_pids(new)
+    wait_for(lambda: not [p for p in _pods(core, namespace, "iris") if p.metadata.name == old.metadata.name], 30,
+             message="the old pod object to be gone")
 
 
-def test_a_crashed_process_shows_as_a_restart(
+def test_a_crashed_container_shows_as_a_restart(
     dev_env: dict[str, Any], core: Any, apps: Any, namespace: str, iris_version: str
 ) -> None:
     _deploy(apps, namespace, dev_env, "iris", f"models:/iris/{iris_version}", 1)
     wait_for(lambda: (apps.read_namespaced_deployment("iris", namespace).status.available_replicas or 0) == 1,
              180, message="1/1 available")
     (pod,) = _pods(core, namespace, "iris")
-    pid = _pid(dev_env, pod)
-    assert pid
-    os.killpg(pid, signal.SIGKILL)
+    pids = _container_pids(pod)
+    assert pids
+    for pid in pids:  # a crash: SIGKILL from outside, as the kernel's OOM killer would
+        os.kill(pid, signal.SIGKILL)
 
     def restarted() -> Any:
         current = core.read_namespaced_pod(pod.metadata.name, namespace)
         statuses = current.status.container_statuses or []
         return current if statuses and statuses[0].restart_count >= 1 and _is_ready(current) else None
 
-    current = wait_for(restarted, 180, message="the pod to restart its process and be ready again")
+    current = wait_for(restarted, 180, message="the kubelet to restart the container and the pod to be ready again")
     last = current.status.container_statuses[0].last_state.terminated
     assert last is not None and last.exit_code != 0
-    assert _pid(dev_env, current) != pid
+    assert set(_container_pids(current)).isdisjoint(pids)
 
 
 def _exiting(name: str, script: str, policy: str = "File") -> dict[str, Any]:
-    """A Deployment whose container (run by the process runtime: a modelpilot image) runs ``script`` and exits."""
+    """A Deployment whose container (the serving image, on the real node) runs ``script`` and exits."""
     labels = {"app.kubernetes.io/name": name}
     return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name, "labels": labels},
             "spec": {"replicas": 1, "selector": {"matchLabels": labels}, "template": {
@@ -198,7 +200,7 @@ def test_a_terminated_container_leaves_its_termination_message_in_last_state(
 ) -> None:
     lines = 'i=0; while [ $i -lt 100 ]; do echo "line $i"; i=$((i+1)); done'
     apps.create_namespaced_deployment(namespace, _exiting(
-        "writes", f'{lines}; printf "last words" > "$MODELPILOT_SERVE_TERMINATION_MESSAGE_PATH"; exit 3'))
+        "writes", f'{lines}; printf "last words" > /dev/termination-log; exit 3'))
     apps.create_namespaced_deployment(namespace, _exiting("logs", f"{lines}; exit 2", "FallbackToLogsOnError"))
     apps.create_namespaced_deployment(namespace, _exiting("quiet", f"{lines}; exit 2"))
 
@@ -226,7 +228,7 @@ def test_a_terminated_container_leaves_its_termination_message_in_last_state(
         "last words"
 
 
-def test_prometheus_scrapes_pods_at_their_loopback_address_with_their_labels(
+def test_prometheus_scrapes_pods_at_their_pod_ip_with_their_labels(
     dev_env: dict[str, Any], core: Any, apps: Any, namespace: str, iris_version: str
 ) -> None:
     _deploy(apps, namespace, dev_env, "iris", f"models:/iris/{iris_version}", 1)
@@ -243,7 +245,7 @@ def test_prometheus_scrapes_pods_at_their_loopback_address_with_their_labels(
 
     found = wait_for(target, 120, 1.0, "Prometheus to scrape the pod")
     (pod,) = _pods(core, namespace, "iris")
-    assert found["scrapeUrl"].startswith(f"http://{pod_address(pod)}/")
+    assert found["scrapeUrl"].startswith(f"http://{pod.status.pod_ip}:8080/")
     assert found["labels"]["pod"] == pod.metadata.name
     assert found["labels"]["app_kubernetes_io_name"] == "iris"
     # The sample really came from the process: `up` for that pod is 1 in a PromQL query.
@@ -257,7 +259,7 @@ def test_kubectl_works_with_the_written_kubeconfig(dev_env: dict[str, Any]) -> N
     out = subprocess.run([dev_env["binaries"]["kubectl"], "get", "nodes", "-o", "json"], env=env,
                          capture_output=True, text=True, timeout=60, check=True).stdout
     nodes = json.loads(out)["items"]
-    assert len(nodes) >= 2
+    assert [n["metadata"]["name"] for n in nodes] == [dev_env["node"]["name"]]  # one real node, nothing simulated
     assert all(any(c["type"] == "Ready" and c["status"] == "True" for c in n["status"]["conditions"])
                for n in nodes)
     version = subprocess.run([dev_env["binaries"]["kubectl"], "version", "-o", "json"], env=env,

@@ -1,7 +1,7 @@
 """A real Gateway API data plane on the real node: NGINX Gateway Fabric 1.6.2 with Debian's nginx.
 
 ``modelpilot dev up --node real`` installs NGF with the GatewayClass ``modelpilot`` and the Gateway
-``gateway-system/public``; this module brings up such an environment of its own (``real_env``) and proves, with
+``gateway-system/public``; on the session's environment (``real_env``: its node is real) this module proves, with
 requests sent through the Gateway's Service ClusterIP from inside the node's network namespace (where
 kube-proxy programs ClusterIPs), that nginx — not a test — enforces an HTTPRoute:
 
@@ -240,11 +240,14 @@ def test_the_header_pins_every_request_to_the_canary(real_env: dict[str, Any], e
 
 def test_host_processes_reach_the_gateway_at_the_node_ip(real_env: dict[str, Any],
                                                         echo_route: dict[str, Any]) -> None:
-    """The data plane's NodePort on the node IP: host processes (a developer's curl) need no netns."""
-    url = echo_route["gateway"]["url"]
-    with urllib.request.urlopen(urllib.request.Request(f"{url}/predict", headers={HEADER: "canary"}),
-                                timeout=10) as resp:
-        assert json.load(resp)["backend"] == "canary"
+    """Host processes (a developer's curl, the demo) need no netns: the Gateway's ClusterIP (the host routes the
+    environment's Service range to the node) and its NodePort on the node IP both answer."""
+    gw = echo_route["gateway"]
+    assert gw["url"] == f"http://{gw['cluster_ip']}"
+    for url in (gw["url"], gw["node_port_url"]):
+        with urllib.request.urlopen(urllib.request.Request(f"{url}/predict", headers={HEADER: "canary"}),
+                                    timeout=10) as resp:
+            assert json.load(resp)["backend"] == "canary", url
     assert Path(real_env["home"], "state.json").exists()
 
 

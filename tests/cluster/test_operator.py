@@ -1,7 +1,8 @@
 """The operator against the real local environment: MLflow registry → ModelVersion → serving pods.
 
 The operator runs as its own process (``modelpilot operator``), exactly as a
-user runs it; the apiserver, MLflow and the serving processes are real.
+user runs it; the apiserver, MLflow and the serving containers on the real node
+are real, and requests go to the ModelVersion's Service (its ClusterIP).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from modelpilot_dev.workloads import pod_address, register_iris_model, wait_for
+from modelpilot_dev.workloads import register_iris_model, service_url, wait_for
 
 GROUP, VERSION, PLURAL = "modelpilot.io", "v1alpha1", "modelversions"
 
@@ -43,10 +44,12 @@ def _ready(custom: client.CustomObjectsApi, ns: str, name: str) -> dict[str, Any
     return body if ok and body["status"].get("observedGeneration") == body["metadata"]["generation"] else None
 
 
-def _predict(address: str) -> Any:
+def _predict(core: client.CoreV1Api, namespace: str, service: str = "iris") -> Any:
+    """One v2 prediction sent to the Service's ClusterIP (kube-proxy picks the pod)."""
     body = json.dumps({"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP64",
                                    "data": [5.1, 3.5, 1.4, 0.2]}]}).encode()
-    req = urllib.request.Request(f"http://{address}/v2/models/iris/infer", data=body,
+    url = service_url(core.api_client, namespace, service)
+    req = urllib.request.Request(f"{url}/v2/models/iris/infer", data=body,
                                  headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=10) as resp:
         return json.loads(resp.read())
@@ -82,7 +85,7 @@ def test_a_model_version_becomes_ready_with_its_provenance_pinned(
     pods = core.list_namespaced_pod(namespace, label_selector="modelpilot.io/modelversion=iris").items
     assert len(pods) == 2
     assert pods[0].metadata.annotations["modelpilot.io/model-uri"] == f"models:/iris/{iris_version}"
-    assert _predict(pod_address(pods[0]))["outputs"][0]["data"] == [0]  # setosa
+    assert _predict(core, namespace)["outputs"][0]["data"] == [0]  # setosa
     events = core.list_namespaced_event(namespace, field_selector="involvedObject.name=iris").items
     assert {"Resolved", "Ready"} <= {e.reason for e in events if e.involved_object.kind == "ModelVersion"}
 
@@ -143,8 +146,7 @@ def test_registry_errors_never_touch_the_running_deployment(
     assert after.metadata.generation == before.metadata.generation
     assert after.spec.template == before.spec.template and after.spec.replicas == before.spec.replicas
     assert (after.status.available_replicas or 0) == 1
-    pods = core.list_namespaced_pod(namespace, label_selector="modelpilot.io/modelversion=iris").items
-    assert _predict(pod_address(pods[0]))["outputs"][0]["data"] == [0]
+    assert _predict(core, namespace)["outputs"][0]["data"] == [0]
 
 
 def test_following_an_alias_rolls_out_the_new_version_while_the_old_one_serves(
@@ -245,20 +247,16 @@ def test_changing_the_version_rolls_over_with_no_moment_without_a_ready_pod(
     custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "iris",
                                           {"spec": {"model": {"version": newer}}})
     samples = 0
+    url = service_url(core.api_client, namespace, "iris")
 
     def rolled() -> Any:
         nonlocal samples
-        # Every sample: at least one pod is Ready *and* its process answers ready.
-        pods = core.list_namespaced_pod(namespace, label_selector="modelpilot.io/modelversion=iris").items
-        serving = []
-        for p in pods:
-            if any(c.type == "Ready" and c.status == "True" for c in p.status.conditions or []):
-                try:
-                    with urllib.request.urlopen(f"http://{pod_address(p)}/v2/health/ready", timeout=2) as resp:
-                        serving.append(resp.status == 200)
-                except OSError:
-                    serving.append(False)  # a pod being terminated may stop answering
-        assert any(serving), "a moment without a ready, answering pod during the rollover"
+        # Every sample: the Service answers ready (a new connection each: kube-proxy picks a ready endpoint).
+        try:
+            with urllib.request.urlopen(f"{url}/v2/health/ready", timeout=5) as resp:
+                assert resp.status == 200
+        except OSError as exc:
+            raise AssertionError(f"a moment when the Service answered no request during the rollover: {exc}")
         samples += 1
         body = _ready(custom, namespace, "iris")
         return body if body and body["status"]["model"]["version"] == newer else None
@@ -438,10 +436,8 @@ def test_companions_follow_the_spec_both_ways_every_time(
                 return False
             raise
 
-    # kwok-simulated pods (an image the process runtime does not run): the test is about the companions.
-    serving = {"image": "registry.example/simulated-serve:1"}
     custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL,
-                                           _mv("iris", {"name": "iris", "version": iris_version}, serving=serving))
+                                           _mv("iris", {"name": "iris", "version": iris_version}))
     wait_for(lambda: _ready(custom, namespace, "iris"), 120, message="the ModelVersion Ready")
     for round_ in range(2):
         for enabled in (True, False):

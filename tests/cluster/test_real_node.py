@@ -1,8 +1,7 @@
 """The real node (``modelpilot dev up --node real``): real containers, real Service routing.
 
-Brings up its own environment with a real node (containerd + runc, kubelet and kube-proxy in a network
-namespace; images built here from the project's Dockerfiles) in its own state directory, so the shared
-``dev_env`` of the other cluster tests is left alone, then proves on it:
+Runs on the session's environment, whose one node is real (containerd + runc, kubelet and kube-proxy in a
+network namespace; images built here from the project's Dockerfiles), and proves on it:
 
 * the node registers and is Ready, with its own node IP on the veth;
 * a serving pod from the serving image, as uid 10001 on a read-only root filesystem with every capability
@@ -235,11 +234,12 @@ print(json.dumps(sorted(answers)))
             time.sleep(2)
 
         # ---- from inside a pod: the apiserver through the `kubernetes` Service, nothing outside the machine
+        kubernetes_ip = node["kubernetes_service_ip"]
         probe = _kubectl(env, "-n", namespace, "exec", pod, "--", "python", "-c", """
-import json, socket, ssl, urllib.request
+import json, socket, ssl, sys, urllib.request
 sa = "/var/run/secrets/kubernetes.io/serviceaccount/"
 ctx = ssl.create_default_context(cafile=sa + "ca.crt")
-req = urllib.request.Request("https://10.96.0.1/version", headers={"Authorization": "Bearer " + open(sa + "token").read()})
+req = urllib.request.Request("https://%s/version" % sys.argv[1], headers={"Authorization": "Bearer " + open(sa + "token").read()})
 print("apiserver:", json.load(urllib.request.urlopen(req, context=ctx, timeout=5))["gitVersion"])
 # Cluster DNS (CoreDNS on the node): full and short Service names
 print("dns:", socket.gethostbyname("iris-real.%s.svc.cluster.local" % open(sa + "namespace").read()),
@@ -249,9 +249,9 @@ try:
     s.connect(("203.0.113.7", 80)); print("outside: connected")
 except OSError as exc:
     print("outside: blocked", exc)
-""", timeout=60).stdout
+""", kubernetes_ip, timeout=60).stdout
         assert "apiserver: v1.36.3" in probe, probe
-        assert f"dns: {cluster_ip} {cluster_ip} 10.96.0.1" in probe, probe
+        assert f"dns: {cluster_ip} {cluster_ip} {kubernetes_ip}" in probe, probe
         assert "outside: blocked" in probe, probe
     finally:
         core.delete_namespace(namespace)

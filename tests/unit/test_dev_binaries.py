@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from modelpilot_dev import binaries, pki
-from modelpilot_dev.environment import kwok_stages, prometheus_config
+from modelpilot_dev.environment import KWOK_STAGES, prometheus_config
 
 
 def _fake_binary(path: Path) -> Path:
@@ -78,25 +78,34 @@ def test_a_corrupt_cache_entry_is_detected_and_dropped(tmp_path: Path, monkeypat
     assert "corrupt" in messages[-1]
 
 
-def test_kwok_leaves_process_runtime_pods_alone(tmp_path: Path) -> None:
-    stages = list(yaml.safe_load_all(kwok_stages(("ghcr.io/modelpilot/",))))
+def test_kwok_simulates_every_pod_on_its_nodes() -> None:
+    """``--node kwok`` (benchmarks only): kwok's fast stages, with nothing left to another runtime."""
+    stages = list(yaml.safe_load_all(KWOK_STAGES.read_text()))
     names = {s["metadata"]["name"]: s for s in stages}
     assert {"node-initialize", "node-heartbeat-with-lease", "pod-ready", "pod-delete"} <= set(names)
     for pod_stage in ("pod-ready", "pod-delete", "pod-complete"):
         keys = [e["key"] for e in names[pod_stage]["spec"]["selector"]["matchExpressions"]]
-        assert any('startswith("ghcr.io/modelpilot/")' in k for k in keys), pod_stage
-    assert "${" not in kwok_stages(("a/", "b/"))
+        assert not any(".image" in k for k in keys), pod_stage
+    assert "${" not in KWOK_STAGES.read_text()
 
 
-def test_prometheus_never_scrapes_a_virtual_pod_ip(tmp_path: Path) -> None:
+def test_prometheus_scrapes_pods_by_ordinary_kubernetes_discovery(tmp_path: Path) -> None:
+    """Pod IP and the ``prometheus.io/port`` annotation, as in Prometheus' own example: no address annotation."""
     keys = pki.ensure(tmp_path / "pki")
     conf = yaml.safe_load(prometheus_config("https://127.0.0.1:6443", keys))
-    relabel = conf["scrape_configs"][0]["relabel_configs"]
-    keep_loopback = [r for r in relabel if r.get("action") == "keep" and "127" in r.get("regex", "")]
-    assert keep_loopback, "targets without a loopback address must be dropped"
-    rewrite = [r for r in relabel if r.get("target_label") == "__address__"]
-    assert rewrite[0]["source_labels"] == ["__meta_kubernetes_pod_annotation_dev_modelpilot_io_address"]
-    assert conf["scrape_configs"][0]["kubernetes_sd_configs"][0]["tls_config"]["cert_file"].endswith("admin.crt")
+    (job,) = conf["scrape_configs"]
+    relabel = job["relabel_configs"]
+    assert relabel[0] == {"source_labels": ["__meta_kubernetes_pod_annotation_prometheus_io_scrape"],
+                          "regex": "true", "action": "keep"}
+    (rewrite,) = [r for r in relabel if r.get("target_label") == "__address__"]
+    assert rewrite["source_labels"] == ["__address__", "__meta_kubernetes_pod_annotation_prometheus_io_port"]
+    import re
+
+    pattern = re.compile(rewrite["regex"])
+    assert pattern.fullmatch("10.246.3.7:8080;9090") and pattern.sub(
+        rewrite["replacement"].replace("$", "\\"), "10.246.3.7;8080") == "10.246.3.7:8080"
+    assert not any("dev_modelpilot_io" in str(r) for r in relabel)
+    assert job["kubernetes_sd_configs"][0]["tls_config"]["cert_file"].endswith("admin.crt")
     assert os.stat(keys.client_key("admin")).st_mode & 0o077 == 0
 
 

@@ -18,11 +18,18 @@ def test_addresses_of_one_node() -> None:
     assert (net.netns, net.host_veth) == ("mp-abcd1234", "mphabcd1234")
     assert len(net.host_veth) <= 15, "interface names are limited to 15 characters"
     assert (net.host_ip, net.node_ip, net.pod_cidr) == ("10.250.7.1", "10.250.7.2", "10.246.7.0/24")
-    # Nothing overlaps the ranges the environment already uses (kwok pods, process-runtime pods, Services).
+    # Each environment has its own /20 of Services (the host routes it to this node): .1 is the `kubernetes`
+    # Service, .10 kube-dns.
+    assert (net.service_cidr, net.kubernetes_service_ip, net.cluster_dns_ip) == (
+        "10.96.112.0/20", "10.96.112.1", "10.96.112.10")
     import ipaddress
 
-    for used in ("10.244.0.0/16", "10.245.0.0/16", "10.96.0.0/16"):
-        for mine in (f"{net.host_ip}/30", net.pod_cidr):
+    other = node.NodeNet("ffff0000", 8)
+    assert not ipaddress.ip_network(net.service_cidr).overlaps(ipaddress.ip_network(other.service_cidr))
+    assert ipaddress.ip_network(node.NodeNet("x", 254).service_cidr).subnet_of(node.SERVICE_NET)
+    # Nothing overlaps the ranges the environment already uses (kwok pods, other environments' Services).
+    for used in ("10.244.0.0/16",):
+        for mine in (f"{net.host_ip}/30", net.pod_cidr, net.service_cidr):
             assert not ipaddress.ip_network(mine, strict=False).overlaps(ipaddress.ip_network(used))
 
 
@@ -69,7 +76,7 @@ def test_configs_carry_the_quirks_of_this_machine_kind(tmp_path: Path) -> None:
     assert kubelet["address"] == net.node_ip and kubelet["imageGCHighThresholdPercent"] == 100
     assert kubelet["containerRuntimeEndpoint"] == f"unix://{spec['socket']}"
     assert kubelet["authentication"]["anonymous"]["enabled"] is False
-    assert kubelet["clusterDNS"] == [node.CLUSTER_DNS_IP] and kubelet["resolvConf"] == ""
+    assert kubelet["clusterDNS"] == [net.cluster_dns_ip] and kubelet["resolvConf"] == ""
     proxy = yaml.safe_load(Path(spec["kube_proxy_config"]).read_text())
     assert proxy["mode"] == "iptables" and proxy["clusterCIDR"] == net.pod_cidr
     assert proxy["conntrack"]["maxPerCore"] == 0, "conntrack sysctls are machine-wide: left alone"
@@ -81,10 +88,10 @@ def test_configs_carry_the_quirks_of_this_machine_kind(tmp_path: Path) -> None:
 
 
 def test_cluster_dns_resolves_only_inside_the_cluster() -> None:
-    items = {m["kind"]: m for m in node.coredns_manifests("localhost/modelpilot/coredns:x")}
+    items = {m["kind"]: m for m in node.coredns_manifests("localhost/modelpilot/coredns:x", "10.96.16.10")}
     corefile = items["ConfigMap"]["data"]["Corefile"]
     assert "kubernetes cluster.local" in corefile and "forward" not in corefile, "nothing outside is resolved"
-    assert items["Service"]["spec"]["clusterIP"] == node.CLUSTER_DNS_IP
+    assert items["Service"]["spec"]["clusterIP"] == "10.96.16.10"
     pod = items["Deployment"]["spec"]["template"]["spec"]
     assert pod["securityContext"]["runAsNonRoot"] and pod["containers"][0]["imagePullPolicy"] == "Never"
     assert pod["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is True
