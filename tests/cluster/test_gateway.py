@@ -6,7 +6,10 @@ requests sent through the Gateway's Service ClusterIP from inside the node's net
 kube-proxy programs ClusterIPs), that nginx — not a test — enforces an HTTPRoute:
 
 * a 90/10 weighted rule splits 2,000 requests 90/10 within ±5 points;
-* a header match ``x-modelpilot-track: canary`` sends every such request to the canary.
+* a header match ``x-modelpilot-track: canary`` sends every such request to the canary;
+* mirroring through a SnippetsFilter copies every request to a shadow whose answers never reach clients — as
+  a hand-written route, and as the operator renders it for an ABTest's shadow variant (the operator running
+  against this environment, two ModelVersions' model servers on the real node).
 
 Backends: two one-replica Deployments of the serving image running a twenty-line ``http.server`` that answers
 its own name (``BACKEND``) — the smallest real thing that says who answered. The serving image is already on
@@ -213,6 +216,163 @@ def test_dev_up_installed_a_programmed_gateway(real_env: dict[str, Any]) -> None
         status = _kubectl(real_env, "-n", "nginx-gateway", "exec", pod, "-c", container, "--", "sh", "-c",
                           "id -u; grep CapEff /proc/self/status").stdout.split()
         assert status[0] == "101" and status[-1] == "0000000000000000", status
+
+
+# --------------------------------------------------------------------------- the operator's mirroring on NGF
+
+#: Sent inside the node's network namespace: COUNT inference requests through the Gateway's ClusterIP, the
+#: answers counted by the model version that gave them.
+INFER = r"""
+import http.client, json, sys
+host, path, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
+body = json.dumps({"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP64", "data": [6.7, 3.0, 5.2, 2.3]}]})
+answers, failures = {}, {}
+conn = http.client.HTTPConnection(host, 80, timeout=10)
+for i in range(count):
+    try:
+        conn.request("POST", path, body=body, headers={"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        data = resp.read()
+        if resp.status == 200:
+            version = str(json.loads(data).get("model_version"))
+            answers[version] = answers.get(version, 0) + 1
+        else:
+            failures[str(resp.status)] = failures.get(str(resp.status), 0) + 1
+    except (OSError, http.client.HTTPException, ValueError) as exc:
+        failures[type(exc).__name__] = failures.get(type(exc).__name__, 0) + 1
+        conn.close()
+        conn = http.client.HTTPConnection(host, 80, timeout=10)
+print(json.dumps({"answers": answers, "failures": failures}))
+"""
+
+
+def _infer(env: dict[str, Any], cluster_ip: str, path: str, count: int) -> dict[str, Any]:
+    code = f"import sys; sys.argv = ['infer', {cluster_ip!r}, {path!r}, '{count}']\n"
+    return dict(json.loads(_in_node(env, code + INFER)))
+
+
+def _served(env: dict[str, Any], namespace: str, mv: str) -> int:
+    """Inference requests one ModelVersion's pod answered: ``modelpilot_requests_total`` on its /metrics, asked
+    at the pod IP (the host routes the node's pod range)."""
+    ip = _kubectl(env, "-n", namespace, "get", "pods", "-l", f"modelpilot.io/modelversion={mv}", "-o",
+                  "jsonpath={.items[0].status.podIP}").stdout.strip()
+    with urllib.request.urlopen(f"http://{ip}:8080/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    return int(sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith("modelpilot_requests_total{")))
+
+
+def _get(env: dict[str, Any], namespace: str, what: str) -> dict[str, Any] | None:
+    found = _kubectl(env, "-n", namespace, "get", what, "-o", "json", check=False)
+    return json.loads(found.stdout) if found.returncode == 0 else None
+
+
+def _wait(what: str, probe: Any, timeout: float, why: Any = lambda: "") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"{what} within {timeout:.0f}s: {why()}"
+        time.sleep(1)
+
+
+def test_the_operator_mirrors_an_abtest_shadow_through_an_ngf_snippets_filter(real_env: dict[str, Any],
+                                                                             operator: Any) -> None:
+    """The operator against the real node's NGF: an ABTest with a shadow variant is rendered as an HTTPRoute
+    referencing a SnippetsFilter (NGF 1.6.2 has no RequestMirror); clients get only the serving variant's
+    answers while the shadow's pod receives a copy of each request; the shadow made a serving variant deletes
+    the SnippetsFilter. Runs before the echo routes exist: a route without hostnames on the same Gateway
+    would tie with this one on ``/`` and the older would win."""
+    from modelpilot_dev.workloads import register_iris_model
+
+    env, gw = real_env, real_env["node"]["gateway"]
+    # The session's operator (tests/cluster/conftest.py: CRDs applied, the operator running as a host process).
+    operator_log = Path(operator.logpath)
+
+    def log_tail() -> str:
+        return operator_log.read_text(errors="replace")[-3000:] if operator_log.exists() else "(no operator log)"
+
+    tracking = env["exports"]["MLFLOW_TRACKING_URI"]
+    primary, shadow = register_iris_model(tracking, "iris-mirror"), register_iris_model(tracking, "iris-mirror")
+    namespace = f"mir-{uuid.uuid4().hex[:6]}"
+    _kubectl(env, "create", "namespace", namespace)
+
+    def model_version(name: str, version: str) -> dict[str, Any]:
+        return {"apiVersion": "modelpilot.io/v1alpha1", "kind": "ModelVersion",
+                "metadata": {"name": name, "namespace": namespace},
+                "spec": {"model": {"name": "iris-mirror", "version": version}, "replicas": 1,
+                         # MLflow as the pods reach it: at the host side of the node's veth.
+                         "registry": {"trackingUri": f"http://{env['node']['host_ip']}:{env['ports']['mlflow']}"},
+                         "serving": {"image": SERVE_IMAGE, "imagePullPolicy": "Never",
+                                     "nodeSelector": {"modelpilot.io/node": "real"}}}}
+
+    test = {"apiVersion": "modelpilot.io/v1alpha1", "kind": "ABTest", "metadata": {"name": "iris",
+                                                                                  "namespace": namespace},
+            "spec": {"variants": [{"name": "primary", "modelVersion": "iris-a", "weight": 100},
+                                  {"name": "shadow", "modelVersion": "iris-s", "shadow": True}],
+                     "routing": {"gatewayRef": {"name": gw["name"], "namespace": gw["namespace"]}}}}
+    filter_name = "iris-mirror-iris-s"
+    started = time.monotonic()
+    _kubectl(env, "apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": [
+        model_version("iris-a", primary), model_version("iris-s", shadow), test]}))
+    try:
+        def ready() -> bool:
+            found = _get(env, namespace, "abtest/iris") or {}
+            return any(c["type"] == "Ready" and c["status"] == "True"
+                       for c in (found.get("status") or {}).get("conditions") or [])
+
+        _wait("the ABTest Ready (both ModelVersions serving on the real node)", ready, 300,
+              lambda: json.dumps((_get(env, namespace, "abtest/iris") or {}).get("status"))[:1500]
+              + _kubectl(env, "-n", namespace, "get", "pods,modelversions", check=False).stdout + log_tail())
+        route = _get(env, namespace, "httproute/iris")
+        snippets = _get(env, namespace, f"snippetsfilter/{filter_name}")
+        assert route is not None and snippets is not None, log_tail()
+        default = route["spec"]["rules"][-1]
+        assert default["filters"] == [{"type": "ExtensionRef", "extensionRef": {
+            "group": "gateway.nginx.org", "kind": "SnippetsFilter", "name": filter_name}}], default
+        assert [(r["name"], r["weight"]) for r in default["backendRefs"]] == [("iris-a", 100), ("iris-s", 0)]
+        assert snippets["metadata"]["ownerReferences"][0]["kind"] == "ABTest"
+
+        def accepted() -> bool:
+            found = _get(env, namespace, "httproute/iris") or {}
+            conditions = {c["type"]: c["status"] for p in (found.get("status") or {}).get("parents") or []
+                          for c in p.get("conditions") or []}
+            return conditions.get("Accepted") == "True" and conditions.get("ResolvedRefs") == "True"
+
+        path = "/v2/models/iris-mirror/infer"
+        _wait("the HTTPRoute Accepted by NGF", accepted, 60,
+              lambda: json.dumps((_get(env, namespace, "httproute/iris") or {}).get("status")))
+        _wait("the Gateway answering from the primary", lambda: _infer(env, gw["cluster_ip"], path, 1)["answers"],
+              60, lambda: json.dumps(_infer(env, gw["cluster_ip"], path, 1)))
+        print(f"\n[gateway] ModelVersions, ABTest applied → routed and mirrored through NGF in "
+              f"{time.monotonic() - started:.1f}s")
+        time.sleep(1)  # the probes' copies reach the shadow too: count from here
+        before = _served(env, namespace, "iris-s"), _served(env, namespace, "iris-a")
+        count = 100
+        result = _infer(env, gw["cluster_ip"], path, count)
+        print(f"[gateway] {count} inference requests through the operator's route: clients got {result}")
+        assert not result["failures"] and result["answers"] == {primary: count}, result
+        _wait("every copy at the shadow", lambda: _served(env, namespace, "iris-s") - before[0] >= count, 15,
+              lambda: f"{_served(env, namespace, 'iris-s') - before[0]} copies")
+        copies = _served(env, namespace, "iris-s") - before[0]
+        print(f"[gateway] the shadow's pod answered {copies} copies (its answers dropped by nginx)")
+        assert copies == count and _served(env, namespace, "iris-a") - before[1] == count
+
+        # The shadow becomes a serving variant: the operator deletes the SnippetsFilter it no longer renders.
+        test["spec"]["variants"] = [{"name": "primary", "modelVersion": "iris-a", "weight": 90},
+                                    {"name": "shadow", "modelVersion": "iris-s", "weight": 10}]
+        _kubectl(env, "apply", "-f", "-", input=json.dumps(test))
+        _wait("the SnippetsFilter deleted", lambda: _get(env, namespace, f"snippetsfilter/{filter_name}") is None,
+              60, log_tail)
+        default = (_get(env, namespace, "httproute/iris") or {})["spec"]["rules"][-1]
+        assert "filters" not in default and [r["weight"] for r in default["backendRefs"]] == [90, 10], default
+    finally:
+        # The route goes first and is waited for: the echo routes after this test share the Gateway's "/".
+        _kubectl(env, "-n", namespace, "delete", "abtest", "iris", "--ignore-not-found", check=False)
+        _kubectl(env, "-n", namespace, "delete", "httproute", "iris", "--ignore-not-found", "--timeout=60s",
+                 check=False)
+        _kubectl(env, "delete", "namespace", namespace, "--wait=false", check=False)
 
 
 def test_weights_are_enforced_by_nginx(real_env: dict[str, Any], echo_route: dict[str, Any]) -> None:

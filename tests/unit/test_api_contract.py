@@ -553,6 +553,7 @@ def test_what_the_reconciler_writes_parses() -> None:
 def test_what_the_abtest_reconciler_writes_parses() -> None:
     """Both providers, every variant Ready; then a variant missing: the whole ABTest after each reconcile."""
     from modelpilot.operator.abtest_reconcile import ABTestReconciler
+    from modelpilot.operator.gateways import MirrorStyles
     from modelpilot.operator.settings import OperatorSettings
 
     ready = {"model": {"name": "iris", "version": "3"}, "observedGeneration": 1, "conditions": [
@@ -571,6 +572,12 @@ def test_what_the_abtest_reconciler_writes_parses() -> None:
         async def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
             return manifest
 
+        async def read_gateway(self, namespace: str, name: str) -> dict[str, Any] | None:
+            return None  # the Gateway is not there: mirroring takes the standard form
+
+        async def read_gateway_class(self, name: str) -> dict[str, Any] | None:
+            return None
+
         async def patch_status(self, namespace: str, name: str, status: dict[str, Any], plural: str = "") -> bool:
             self.status = copy.deepcopy(status)
             return True
@@ -578,6 +585,7 @@ def test_what_the_abtest_reconciler_writes_parses() -> None:
     class Models:
         def __init__(self, kube: Kube) -> None:
             self.kube, self.settings = kube, OperatorSettings.of(mlflow={"tracking_uri": "http://mlflow:5000"})
+            self.mirror_styles = MirrorStyles(kube)
 
         async def reconcile_latest(self, *args: Any, **kwargs: Any) -> None:
             return None

@@ -148,9 +148,9 @@ def test_namespace_mode_renders_a_role_per_watched_namespace(helm: Any) -> None:
     for binding in bindings.values():
         assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": FULLNAME}
         assert binding["subjects"] == [{"kind": "ServiceAccount", "name": FULLNAME, "namespace": NAMESPACE}]
-    # Cluster-wide, only what kopf needs to discover CRDs and namespaces.
+    # Cluster-wide, only what kopf needs to discover CRDs and namespaces, and Gateways read by name.
     (cluster_role,) = [d for d in docs if d["kind"] == "ClusterRole"]
-    assert grants([cluster_role]) == FRAMEWORK
+    assert grants([cluster_role]) == FRAMEWORK | GATEWAY_READS
     (crb,) = [d for d in docs if d["kind"] == "ClusterRoleBinding"]
     assert crb["roleRef"]["name"] == cluster_role["metadata"]["name"]
 
@@ -179,6 +179,8 @@ def _g(group: str, resources: list[str], verbs: list[str]) -> set[Grant]:
 
 FRAMEWORK = _g("apiextensions.k8s.io", ["customresourcedefinitions"], ["get", "list", "watch"]) | \
     _g("", ["namespaces"], ["list", "watch"])
+# The mirror style of a route's Gateway (gateways.MirrorStyles): read by name, cluster-wide in both scopes.
+GATEWAY_READS = _g("gateway.networking.k8s.io", ["gateways", "gatewayclasses"], ["get"])
 NAMESPACED = (
     _g("modelpilot.io", ["modelversions", "abtests"], ["get", "list", "watch", "patch", "update"])
     | _g("modelpilot.io", ["modelversions/status", "abtests/status"], ["patch", "update"])
@@ -188,6 +190,7 @@ NAMESPACED = (
     | _g("autoscaling", ["horizontalpodautoscalers"], ["get", "list", "watch", "create", "patch", "delete"])
     | _g("policy", ["poddisruptionbudgets"], ["get", "list", "watch", "create", "patch", "delete"])
     | _g("gateway.networking.k8s.io", ["httproutes"], ["get", "list", "watch", "create", "patch", "delete"])
+    | _g("gateway.nginx.org", ["snippetsfilters"], ["get", "create", "patch", "delete"])  # NGF's mirroring
     | _g("", ["events"], ["create", "patch"]) | _g("events.k8s.io", ["events"], ["create", "patch"])
     | _g("", ["secrets"], ["get"])
 )
@@ -220,7 +223,7 @@ def test_cluster_mode_rbac_is_exactly_what_the_operator_needs(helm: Any) -> None
     docs = render(helm)
     (role,) = rbac(docs)
     assert role["kind"] == "ClusterRole"
-    assert grants([role]) == FRAMEWORK | NAMESPACED | _g("kopf.dev", ["clusterkopfpeerings"], PEERING)
+    assert grants([role]) == FRAMEWORK | GATEWAY_READS | NAMESPACED | _g("kopf.dev", ["clusterkopfpeerings"], PEERING)
     binding = one(docs, "ClusterRoleBinding")
     assert binding["roleRef"]["name"] == role["metadata"]["name"]
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": FULLNAME, "namespace": NAMESPACE}]
@@ -230,7 +233,7 @@ def test_namespace_mode_rbac_is_exactly_what_the_operator_needs(helm: Any) -> No
     docs = render(helm, scope="namespace", watchNamespaces=["team-a"])
     cluster = [r for r in rbac(docs) if r["kind"] == "ClusterRole"]
     (role,) = [r for r in rbac(docs) if r["kind"] == "Role"]
-    assert grants(cluster) == FRAMEWORK
+    assert grants(cluster) == FRAMEWORK | GATEWAY_READS
     assert grants([role]) == NAMESPACED | _g("kopf.dev", ["kopfpeerings"], PEERING)
 
 

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from modelpilot.operator import abtest, abtest_reconcile, api
+from modelpilot.operator.mirroring import MirrorStyle
 from modelpilot.operator.reconcile import Membership
 
 SPEC = {"variants": [{"name": "a", "modelVersion": "iris-a", "weight": 90},
@@ -44,6 +45,59 @@ def test_the_route_has_pinning_rules_weights_and_a_mirror_for_the_shadow() -> No
     assert default["filters"] == [{"type": "RequestMirror", "requestMirror": {
         "backendRef": {"kind": "Service", "name": "iris-s", "port": 80}}}]
     assert route["metadata"]["ownerReferences"][0]["kind"] == "ABTest"
+
+
+def test_on_nginx_gateway_fabric_the_shadow_is_mirrored_through_a_snippets_filter() -> None:
+    """NGF 1.6 answers a RequestMirror rule with 500: the shadow becomes an ExtensionRef to a SnippetsFilter
+    owned and labelled like the route, with the shadow's Service a weight-0 backendRef (NGF's upstream)."""
+    vs = abtest.variants(TYPED)
+    route = abtest.build_httproute("iris", "ml", "uid", TYPED, vs, {"a": 90, "b": 10}, MirrorStyle.NGF_SNIPPETS)
+    pin_a, pin_b, default = route["spec"]["rules"]
+    assert "filters" not in pin_a and "filters" not in pin_b  # only the default rule mirrors, as before
+    assert default["filters"] == [{"type": "ExtensionRef", "extensionRef": {
+        "group": "gateway.nginx.org", "kind": "SnippetsFilter", "name": "iris-mirror-iris-s"}}]
+    assert [(r["name"], r["weight"]) for r in default["backendRefs"]] == [("iris-a", 90), ("iris-b", 10),
+                                                                          ("iris-s", 0)]
+    (snippets,) = abtest.mirrors("iris", "ml", "uid", vs, MirrorStyle.NGF_SNIPPETS).objects
+    assert snippets["apiVersion"] == "gateway.nginx.org/v1alpha1" and snippets["kind"] == "SnippetsFilter"
+    assert snippets["metadata"]["name"] == "iris-mirror-iris-s" and snippets["metadata"]["namespace"] == "ml"
+    assert snippets["metadata"]["ownerReferences"] == route["metadata"]["ownerReferences"]
+    assert snippets["metadata"]["labels"] == route["metadata"]["labels"]
+    server, location = snippets["spec"]["snippets"]
+    assert server["context"] == "http.server" and location["context"] == "http.server.location"
+    assert server["value"] == ("location = /_modelpilot_mirror/ml/iris/iris-s { internal; proxy_set_header Host "
+                               "$host; proxy_pass http://ml_iris-s_80$request_uri; }")
+    assert location["value"] == "mirror /_modelpilot_mirror/ml/iris/iris-s; mirror_request_body on;"
+    # The standard form renders no object of NGF's API (its CRD may not exist).
+    assert abtest.mirrors("iris", "ml", "uid", vs, MirrorStyle.REQUEST_MIRROR).objects == ()
+
+
+def test_plan_on_ngf_applies_the_snippets_filter_before_the_route_and_deletes_those_no_longer_rendered() -> None:
+    bodies = {"iris-a": _mv("iris-a"), "iris-b": _mv("iris-b"), "iris-s": _mv("iris-s")}
+    p = _plan(_ab(SPEC), bodies, {}, T0, False, MirrorStyle.NGF_SNIPPETS)
+    assert [(m["kind"], m["metadata"]["name"]) for m in p.apply] == [
+        ("Service", "exp"), ("SnippetsFilter", "exp-mirror-iris-s"), ("HTTPRoute", "exp")]
+    assert p.delete == []
+    # The shadow made a serving variant: its SnippetsFilter (named from the last status) is deleted.
+    served = {**SPEC, "variants": [{"name": "a", "modelVersion": "iris-a", "weight": 80},
+                                   {"name": "b", "modelVersion": "iris-b", "weight": 10},
+                                   {"name": "s", "modelVersion": "iris-s", "weight": 10}]}
+    after = _plan(_ab(served, p.status, generation=2), bodies, {}, T1, False, MirrorStyle.NGF_SNIPPETS)
+    assert [m["kind"] for m in after.apply] == ["Service", "HTTPRoute"]
+    assert "filters" not in after.apply[-1]["spec"]["rules"][-1]
+    assert after.delete == [("SnippetsFilter", "exp-mirror-iris-s")]
+    # Another shadow instead: the new one's filter is applied, the old one's deleted.
+    other = {**SPEC, "variants": [*SPEC["variants"][:2], {"name": "t", "modelVersion": "iris-t", "shadow": True}]}
+    swapped = _plan(_ab(other, p.status, generation=2), {**bodies, "iris-t": _mv("iris-t")}, {}, T1, False,
+                    MirrorStyle.NGF_SNIPPETS)
+    assert ("SnippetsFilter", "exp-mirror-iris-t") in [(m["kind"], m["metadata"]["name"]) for m in swapped.apply]
+    assert swapped.delete == [("SnippetsFilter", "exp-mirror-iris-s")]
+    # Elsewhere the SnippetsFilter CRD may not exist: nothing of NGF's is applied or deleted.
+    standard = _plan(_ab(served, p.status, generation=2), bodies, {}, T1, False)
+    assert [m["kind"] for m in standard.apply] == ["Service", "HTTPRoute"] and standard.delete == []
+    shadowed = _plan(_ab(SPEC), bodies, {}, T0, False)
+    assert [m["kind"] for m in shadowed.apply] == ["Service", "HTTPRoute"]
+    assert shadowed.apply[-1]["spec"]["rules"][-1]["filters"][0]["type"] == "RequestMirror"
 
 
 def test_the_simulated_data_plane_follows_weights_and_pins() -> None:

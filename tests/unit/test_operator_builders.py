@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 import yaml
 
-from modelpilot.operator import api, builders
+from modelpilot.operator import api, builders, mirroring
+from modelpilot.operator.mirroring import MirrorStyle
 from modelpilot.operator.registry import ResolvedModel
 
 OWNER = builders.Owner(name="iris", namespace="ml", uid="uid-1")
@@ -195,3 +196,47 @@ def test_an_empty_batching_cache_or_resources_object_adds_nothing() -> None:
     values = env(deployment(typed({**FIELDS, "serving": {"batching": {"enabled": True}, "cache": {"ttlSeconds": 9}}})))
     assert values["MODELPILOT_SERVE_MAX_BATCH_SIZE"] == "64" and values["MODELPILOT_SERVE_MAX_BATCH_LATENCY_MS"] == "5"
     assert values["MODELPILOT_SERVE_CACHE"] == "false" and values["MODELPILOT_SERVE_CACHE_MAX_ENTRIES"] == "10000"
+
+
+# --------------------------------------------------------------------------- the canary route's mirroring
+
+ROUTED = typed({**FIELDS, "routing": {"gatewayRef": {"name": "public", "namespace": "gateway-system"}}})
+
+
+def test_the_shadow_phase_mirrors_with_the_standard_request_mirror_by_default() -> None:
+    route = builders.build_canary_route(OWNER, ROUTED, MODEL, 0, mirror=True, canary_active=True)
+    default = route["spec"]["rules"][-1]
+    assert default["filters"] == [{"type": "RequestMirror", "requestMirror": {"backendRef": {
+        "kind": "Service", "name": "iris-canary", "port": 80}}}]
+    assert [(r["name"], r["weight"]) for r in default["backendRefs"]] == [("iris-stable", 100), ("iris-canary", 0)]
+    assert builders.canary_mirrors(OWNER, MODEL, True, True, MirrorStyle.REQUEST_MIRROR).objects == ()
+
+
+def test_on_nginx_gateway_fabric_the_shadow_phase_mirrors_through_a_snippets_filter() -> None:
+    route = builders.build_canary_route(OWNER, ROUTED, MODEL, 0, mirror=True, canary_active=True,
+                                        style=MirrorStyle.NGF_SNIPPETS)
+    default = route["spec"]["rules"][-1]
+    assert default["filters"] == [{"type": "ExtensionRef", "extensionRef": {
+        "group": "gateway.nginx.org", "kind": "SnippetsFilter", "name": "iris-mirror-iris-canary"}}]
+    # The canary already is the rule's weight-0 backendRef in its shadow phase: NGF has its upstream.
+    assert [(r["name"], r["weight"]) for r in default["backendRefs"]] == [("iris-stable", 100), ("iris-canary", 0)]
+    (snippets,) = builders.canary_mirrors(OWNER, MODEL, True, True, MirrorStyle.NGF_SNIPPETS).objects
+    assert snippets["metadata"]["name"] == builders.canary_mirror_filter_name(OWNER) == "iris-mirror-iris-canary"
+    assert snippets["metadata"]["ownerReferences"] == route["metadata"]["ownerReferences"]
+    assert snippets["metadata"]["labels"] == route["metadata"]["labels"]
+    assert "proxy_pass http://ml_iris-canary_80$request_uri;" in snippets["spec"]["snippets"][0]["value"]
+    # Outside the shadow phase (weights, or no canary): no mirror in either form.
+    for mirror, active in ((False, True), (True, False)):
+        plain = builders.build_canary_route(OWNER, ROUTED, MODEL, 10 if active else 0, mirror, active,
+                                            MirrorStyle.NGF_SNIPPETS)
+        assert "filters" not in plain["spec"]["rules"][-1]
+        assert builders.canary_mirrors(OWNER, MODEL, mirror, active, MirrorStyle.NGF_SNIPPETS).objects == ()
+
+
+def test_mirror_style_and_filter_names() -> None:
+    assert mirroring.style_of("gateway.nginx.org/nginx-gateway-controller") == MirrorStyle.NGF_SNIPPETS
+    for other in ("gateway.envoyproxy.io/gatewayclass-controller", "", None):
+        assert mirroring.style_of(other) == MirrorStyle.REQUEST_MIRROR
+    long = mirroring.filter_name("r" * 200, "s" * 100)
+    assert len(long) <= 253 and long == mirroring.filter_name("r" * 200, "s" * 100)  # deterministic
+    assert long != mirroring.filter_name("r" * 200, "s" * 99 + "t")

@@ -49,8 +49,10 @@ BODY: dict[str, Any] = {"apiVersion": "modelpilot.io/v1alpha1", "kind": "ModelVe
     lambda k: k.secret_data("ml", "creds"),
     lambda k: k.apply({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "iris", "namespace": "ml"}}),
     lambda k: k.delete_owned("Deployment", "ml", "iris", "u"),
+    lambda k: k.read_gateway("gateway-system", "public"),
+    lambda k: k.read_gateway_class("nginx"),
 ], ids=["read_model_version", "read_deployment", "list_abtests", "list_pods", "patch_status", "secret_data",
-        "apply", "delete_owned"])
+        "apply", "delete_owned", "read_gateway", "read_gateway_class"])
 def test_every_adapter_call_classifies_a_connection_failure(down: Kube, call: Any) -> None:
     async def attempt() -> None:
         try:
@@ -220,3 +222,27 @@ def test_kubeconfig_credentials_that_expire_are_refreshed_and_the_file_is_never_
     static = kubeconfig({"token": "forever"})
     _, loader = asyncio.run(run._async_configuration(static))  # noqa: SLF001
     assert loader is None  # nothing to refresh
+
+
+def test_gateway_reads_answer_none_when_absent_and_raise_when_refused(down: Kube) -> None:
+    """What the gateways adapter's fallback rests on: 404 (or the Gateway API not served) is None, anything else
+    refused a KubeError with the status; and a SnippetsFilter is deleted like any owned object."""
+    answers: dict[str, tuple[int, bytes]] = {
+        "/apis/gateway.networking.k8s.io/v1/namespaces/gateway-system/gateways/public":
+            (200, b'{"spec": {"gatewayClassName": "nginx"}}'),
+        "/apis/gateway.networking.k8s.io/v1/gatewayclasses/nginx": (403, b'{"message": "forbidden"}'),
+    }
+    paths: list[tuple[str, str]] = []
+
+    async def request(method: str, path: str, **_: Any) -> tuple[int, bytes]:
+        paths.append((method, path))
+        return answers.get(path, (404, b'{"message": "not found"}'))
+
+    down._request = request  # type: ignore[method-assign]  # noqa: SLF001 — the boundary under test
+    assert asyncio.run(down.read_gateway("gateway-system", "public")) == {"spec": {"gatewayClassName": "nginx"}}
+    assert asyncio.run(down.read_gateway("ml", "public")) is None
+    with pytest.raises(KubeError) as refused:
+        asyncio.run(down.read_gateway_class("nginx"))
+    assert refused.value.status == 403 and "GatewayClass nginx" in str(refused.value)
+    assert not asyncio.run(down.delete_owned("SnippetsFilter", "ml", "iris-mirror-iris-s", "u"))
+    assert paths[-1] == ("GET", "/apis/gateway.nginx.org/v1alpha1/namespaces/ml/snippetsfilters/iris-mirror-iris-s")

@@ -35,6 +35,9 @@ class FakeKube:
         self.secrets: dict[str, dict[str, str]] = {}
         self.status_writes = 0
         self.conflict_next = 0  # how many upcoming optimistic status writes conflict
+        self.gateways: dict[tuple[str, str], dict[str, Any]] = {}  # (namespace, name) → Gateway
+        self.gateway_classes: dict[str, dict[str, Any]] = {}
+        self.order: list[tuple[str, str, str]] = []  # ("apply" | "delete", kind, name) as acted on
 
     # what the adapter's reads would answer now (sync, for the tests' own checks)
     def body_now(self) -> dict[str, Any]:
@@ -61,6 +64,12 @@ class FakeKube:
     async def list_pods(self, namespace: str, match_labels: dict[str, str]) -> list[dict[str, Any]]:
         return []
 
+    async def read_gateway(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return copy.deepcopy(self.gateways.get((namespace, name)))
+
+    async def read_gateway_class(self, name: str) -> dict[str, Any] | None:
+        return copy.deepcopy(self.gateway_classes.get(name))
+
     async def list_abtests(self, namespace: str) -> list[dict[str, Any]]:
         return copy.deepcopy(self.abtests)
 
@@ -71,12 +80,15 @@ class FakeKube:
 
     # writes
     async def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        self.order.append(("apply", manifest["kind"], manifest["metadata"]["name"]))
         self.objects[(manifest["kind"], manifest["metadata"]["name"])] = copy.deepcopy(manifest)
         if manifest["kind"] == "Deployment":  # as the API answers an apply: the object now, status included
             return self.deployment_now(manifest["metadata"]["name"]) or {}
         return manifest
 
     async def delete_owned(self, kind: str, namespace: str, name: str, owner_uid: str) -> bool:
+        if (kind, name) in self.objects:
+            self.order.append(("delete", kind, name))
         return self.objects.pop((kind, name), None) is not None
 
     def assume_absent(self, kind: str, namespace: str, name: str, owner_uid: str) -> None:
@@ -679,6 +691,61 @@ def test_a_gateway_canary_gets_exact_weights_header_pinning_and_a_shadow_phase(m
     assert ("Deployment", f"{NAME}-canary") not in kube.objects
     assert _weights(kube) == {f"{NAME}-stable": 100} and len(_route(kube)["spec"]["rules"]) == 1
     assert _pod_labels(kube)["modelpilot.io/version"] == "2"
+    assert not [k for k in kube.objects if k[0] == "SnippetsFilter"]  # no Gateway to read: the standard form
+
+
+def _ngf(kube: FakeKube) -> None:
+    """The spec's Gateway infra/gw belongs to an NGINX Gateway Fabric class."""
+    kube.gateways[("infra", "gw")] = {"spec": {"gatewayClassName": "nginx"}}
+    kube.gateway_classes["nginx"] = {"spec": {"controllerName": "gateway.nginx.org/nginx-gateway-controller"}}
+
+
+def test_on_nginx_gateway_fabric_the_shadow_phase_mirrors_through_a_snippets_filter_deleted_after_it(
+    monkeypatch: Any
+) -> None:
+    from modelpilot.operator import rollout
+
+    clock = [1_800_000_000.0]
+    monkeypatch.setattr(reconcile, "now_iso", lambda: rollout.fmt_time(clock[0]))
+    body = mv_body("1", routing={"gatewayRef": {"name": "gw", "namespace": "infra"}},
+                   rollout={"steps": [10, 100], "stepIntervalSeconds": 30, "shadowSeconds": 20,
+                            "analysis": {"enabled": False}})
+    body["spec"]["replicas"] = 4
+    kube = FakeKube(body)
+    _ngf(kube)
+    rec = reconciler(kube, mlflow({"1": "run1", "2": "run2"}))
+
+    def tick(seconds: float = 1) -> None:
+        clock[0] += seconds
+        run(kube, rec)
+
+    tick()
+    filter_name = f"{NAME}-mirror-{NAME}-canary"
+    assert ("SnippetsFilter", filter_name) not in kube.objects
+    _edit(kube, version="2")
+    tick()
+    tick()  # the canary is ready: its shadow phase mirrors
+    default = _route(kube)["spec"]["rules"][-1]
+    assert default["filters"] == [{"type": "ExtensionRef", "extensionRef": {
+        "group": "gateway.nginx.org", "kind": "SnippetsFilter", "name": filter_name}}]
+    # The canary is already a weight-0 backendRef of the rule (NGF makes its upstream): not added twice.
+    assert _weights(kube) == {f"{NAME}-stable": 100, f"{NAME}-canary": 0}
+    snippets = kube.objects[("SnippetsFilter", filter_name)]
+    assert snippets["metadata"]["ownerReferences"][0]["uid"] == UID
+    assert snippets["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "modelpilot"
+    assert f"proxy_pass http://{NS}_{NAME}-canary_80$request_uri;" in snippets["spec"]["snippets"][0]["value"]
+    # Applied before the route that references it.
+    first = kube.order.index(("apply", "SnippetsFilter", filter_name))
+    assert kube.order[first + 1] == ("apply", "HTTPRoute", NAME)
+    tick(21)  # the shadow phase passed
+    tick()
+    assert _weights(kube) == {f"{NAME}-stable": 90, f"{NAME}-canary": 10}
+    assert "filters" not in _route(kube)["spec"]["rules"][-1]
+    assert ("SnippetsFilter", filter_name) not in kube.objects
+    # Deleted after the route that no longer references it was applied.
+    deleted = kube.order.index(("delete", "SnippetsFilter", filter_name))
+    assert kube.order[deleted - 1] == ("apply", "HTTPRoute", NAME)
+    assert rec.mirror_styles.reads == 1  # one Gateway read for every reconcile of this test (cached)
 
 
 def test_dropping_the_gateway_removes_its_route_and_track_services() -> None:

@@ -98,6 +98,11 @@ ModelVersion names; RBAC cannot restrict by a name chosen at run time).
 - apiGroups: ["gateway.networking.k8s.io"]
   resources: ["httproutes"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
+# Mirroring on NGINX Gateway Fabric (only rendered for a Gateway of an NGF class): one SnippetsFilter per
+# mirrored Service, server-side applied, deleted when mirroring ends.
+- apiGroups: ["gateway.nginx.org"]
+  resources: ["snippetsfilters"]
+  verbs: ["get", "create", "patch", "delete"]
 # Events about ModelVersions and ABTests (the operator's and kopf's).
 - apiGroups: [""]
   resources: ["events"]
@@ -119,6 +124,17 @@ ModelVersion names; RBAC cannot restrict by a name chosen at run time).
 - apiGroups: [""]
   resources: ["namespaces"]
   verbs: ["list", "watch"]
+{{- end }}
+
+{{/*
+Cluster-wide reads in both scopes: the mirror style of a route's parent Gateway (its GatewayClass's
+controllerName). A Gateway usually lives in a namespace of its own (e.g. gateway-system), outside the
+watched ones, and GatewayClasses are cluster-scoped. Read by name only (get), cached by the operator.
+*/}}
+{{- define "modelpilot.gatewayReadRules" -}}
+- apiGroups: ["gateway.networking.k8s.io"]
+  resources: ["gateways", "gatewayclasses"]
+  verbs: ["get"]
 {{- end }}
 
 {{- define "modelpilot.peeringVerbs" -}}

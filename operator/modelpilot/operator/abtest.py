@@ -16,7 +16,9 @@ reconciler reads the body:
   need a Gateway.
 * **Gateway API**: an HTTPRoute on the named Gateway with weighted backendRefs
   (the variants' own Services), one rule per variant matching the pinning
-  header, and a RequestMirror filter per shadow variant.
+  header, and a mirror per shadow variant on the default rule, in the form the
+  Gateway implements (``mirroring``: a RequestMirror filter, or on NGINX Gateway
+  Fabric a SnippetsFilter ``<abtest>-mirror-<modelversion>`` the route references).
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from modelpilot.operator import api, contract
+from modelpilot.operator import api, contract, mirroring
+from modelpilot.operator.mirroring import MirrorStyle
 
 API_VERSION = contract.API_VERSION
 ABTEST_LABEL = contract.ABTEST_LABEL
@@ -86,9 +89,26 @@ def build_service(name: str, namespace: str, uid: str) -> dict[str, Any]:
     }
 
 
+def _route_meta(name: str, namespace: str, uid: str) -> dict[str, Any]:
+    return {"name": name, "namespace": namespace, "ownerReferences": [owner_reference(name, uid)],
+            "labels": {"app.kubernetes.io/managed-by": "modelpilot", ABTEST_LABEL: name}}
+
+
+def shadows(vs: list[Variant]) -> list[str]:
+    """The Services the default rule mirrors to (each shadow variant's ModelVersion's, once)."""
+    return list(dict.fromkeys(v.model_version for v in vs if v.shadow))
+
+
+def mirrors(name: str, namespace: str, uid: str, vs: list[Variant], style: MirrorStyle) -> mirroring.Mirrors:
+    """The shadow variants' mirroring in ``style``: what the route's default rule gets, and the SnippetsFilters
+    to apply before it (NGINX Gateway Fabric)."""
+    return mirroring.render(style, _route_meta(name, namespace, uid), shadows(vs))
+
+
 def build_httproute(name: str, namespace: str, uid: str, spec: api.ABTestSpec, vs: list[Variant],
-                    weights: dict[str, int]) -> dict[str, Any]:
-    """HTTPRoute with weighted backendRefs, pinning rules and mirrors for shadow variants."""
+                    weights: dict[str, int], style: MirrorStyle = MirrorStyle.REQUEST_MIRROR) -> dict[str, Any]:
+    """HTTPRoute with weighted backendRefs, pinning rules and mirrors for shadow variants (in ``style``: the
+    SnippetsFilters it then references are ``mirrors(...).objects``)."""
     routing = spec.routing
     assert routing is not None and routing.gateway_ref is not None, "the Gateway provider needs routing.gatewayRef"
     gateway = routing.gateway_ref
@@ -107,9 +127,6 @@ def build_httproute(name: str, namespace: str, uid: str, spec: api.ABTestSpec, v
         return backend
 
     serving = [v for v in vs if not v.shadow]
-    mirrors = [{"type": "RequestMirror", "requestMirror": {"backendRef": {"kind": "Service",
-                                                                            "name": v.model_version, "port": 80}}}
-               for v in vs if v.shadow]
     # Pinning rules come first (more specific matches win) and are always present: they cost
     # nothing and let QA reach one variant with a header.
     rules: list[dict[str, Any]] = [
@@ -117,13 +134,11 @@ def build_httproute(name: str, namespace: str, uid: str, spec: api.ABTestSpec, v
         for v in serving
     ]
     default: dict[str, Any] = {"backendRefs": [ref(v, weights.get(v.name, 0)) for v in serving]}
-    if mirrors:
-        default["filters"] = mirrors
+    mirroring.add_to_rule(default, mirrors(name, namespace, uid, vs, style))
     rules.append(default)
     return {
         "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
-        "metadata": {"name": name, "namespace": namespace, "ownerReferences": [owner_reference(name, uid)],
-                     "labels": {"app.kubernetes.io/managed-by": "modelpilot", ABTEST_LABEL: name}},
+        "metadata": _route_meta(name, namespace, uid),
         "spec": {"parentRefs": [parent], "rules": rules},
     }
 

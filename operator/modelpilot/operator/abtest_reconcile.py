@@ -21,8 +21,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from modelpilot.operator import abtest, analysis, api
+from modelpilot.operator import abtest, analysis, api, mirroring
 from modelpilot.operator.kube import KubeError
+from modelpilot.operator.mirroring import MirrorStyle
 from modelpilot.operator.prometheus import Prometheus, PrometheusError
 from modelpilot.operator.reconcile import (
     Event,
@@ -77,10 +78,17 @@ class ABTestReconciler:
         complete = all(b is not None for b in bodies.values())
         # Prometheus is asked over a synchronous client: off the event loop.
         figures = await self.models.off_loop(self._figures, namespace, vs, spec) if measure and complete else {}
-        decided = plan(body, spec, bodies, figures, now, measure)
+        gateway = spec.routing.gateway_ref if spec.routing is not None else None
+        # Asked only for a route that is rendered (cached per Gateway, shared with the ModelVersions).
+        style = (await self.models.mirror_styles.of(gateway, namespace) if gateway is not None and complete
+                 else MirrorStyle.REQUEST_MIRROR)
+        decided = plan(body, spec, bodies, figures, now, measure, style)
         try:
             for manifest in decided.apply:
                 await self.kube.apply(manifest)
+            # After the route that no longer references them.
+            for kind, obj in decided.delete:
+                await self.kube.delete_owned(kind, namespace, obj, meta["uid"])
         except KubeError as exc:
             decided = routing_failed(decided, str(exc), int(meta.get("generation") or 1), now)
         await self.kube.patch_status(namespace, name, decided.status, plural="abtests")
@@ -161,9 +169,10 @@ def compare(vs: list[abtest.Variant], figures: dict[str, dict[str, Any]], spec: 
 
 @dataclass
 class ABTestPlan:
-    """What one ABTest reconcile decided, before anything is written: the routing objects to apply, the status
-    to write (routing assumed applied; ``routing_failed`` says otherwise), Events, and the variants'
-    ModelVersions to re-reconcile with the membership this status gives them (replica-ratio provider)."""
+    """What one ABTest reconcile decided, before anything is written: the routing objects to apply, in order,
+    then those to delete (kind, name: only if the ABTest owns them), the status to write (routing assumed
+    applied; ``routing_failed`` says otherwise), Events, and the variants' ModelVersions to re-reconcile with
+    the membership this status gives them (replica-ratio provider)."""
 
     apply: list[dict[str, Any]]
     status: dict[str, Any]
@@ -172,17 +181,21 @@ class ABTestPlan:
     retry: bool = False
     message: str = ""
     provider: str = ""
+    delete: list[tuple[str, str]] = field(default_factory=list)
 
 
 def plan(body: dict[str, Any], spec: api.ABTestSpec, bodies: dict[str, dict[str, Any] | None],
-         figures: dict[str, dict[str, Any]], now: str, measure: bool) -> ABTestPlan:
+         figures: dict[str, dict[str, Any]], now: str, measure: bool,
+         mirror_style: MirrorStyle = MirrorStyle.REQUEST_MIRROR) -> ABTestPlan:
     """The ABTest's next state from what was observed. Pure (no I/O, time passed in).
 
     ``body``: the ABTest as read (metadata, status); ``spec``: its spec, parsed; ``bodies``: each variant's
     ModelVersion (None when missing); ``figures``: each variant's live figures by variant name ({} when not
     measured or Prometheus could not tell: the previous figures and comparison stay); ``measure``: a periodic
     refresh (variants are re-reconciled only when their replicas change) rather than a spec change (all of
-    them are).
+    them are); ``mirror_style``: the form the Gateway mirrors in (observed by the ``gateways`` adapter). On
+    NGINX Gateway Fabric each shadow variant is a SnippetsFilter applied before the route, and those of the
+    shadows the last status names that the spec no longer has are deleted after it.
     """
     meta = body["metadata"]
     status = copy.deepcopy(dict(body.get("status") or {}))
@@ -205,6 +218,7 @@ def plan(body: dict[str, Any], spec: api.ABTestSpec, bodies: dict[str, dict[str,
         weights = {n: (100 if n == winner else 0) for n in weights}
     prov = abtest.provider(spec)
     routing_msg = ""
+    prune: list[str] = []  # SnippetsFilters of shadows no longer mirrored
     manifests = [abtest.build_service(name, namespace, uid)]
     routing = spec.routing or _NO_ROUTING
     if prov == "replicas":
@@ -222,7 +236,14 @@ def plan(body: dict[str, Any], spec: api.ABTestSpec, bodies: dict[str, dict[str,
                            "; name a Gateway in spec.routing.gatewayRef")
     else:
         split, effective = {}, weights
-        manifests.append(abtest.build_httproute(name, namespace, uid, spec, vs, effective))
+        mirrors = abtest.mirrors(name, namespace, uid, vs, mirror_style)
+        manifests.extend(mirrors.objects)
+        manifests.append(abtest.build_httproute(name, namespace, uid, spec, vs, effective, mirror_style))
+        if mirror_style == MirrorStyle.NGF_SNIPPETS:  # elsewhere the SnippetsFilter CRD may not exist
+            rendered = {m["metadata"]["name"] for m in mirrors.objects}
+            earlier = {mirroring.filter_name(name, str(sv.get("modelVersion")))
+                      for sv in status.get("variants") or [] if sv.get("shadow") and sv.get("modelVersion")}
+            prune = sorted(earlier - rendered)
         if routing.sticky is not None:
             routing_msg = ("sticky assignment needs Gateway API session persistence (experimental "
                            "channel), which this route does not request; requests are split by weight")
@@ -272,7 +293,7 @@ def plan(body: dict[str, Any], spec: api.ABTestSpec, bodies: dict[str, dict[str,
         written = memberships_of(meta["name"], spec, status)
         members = {mv: written.get(mv) for mv in bodies if not (measure and before.get(mv) == after.get(mv))}
     return ABTestPlan(apply=manifests, status=status, events=events, members=members, message=routing_msg,
-                      provider=prov)
+                      provider=prov, delete=[("SnippetsFilter", n) for n in prune])
 
 
 def invalid_spec(body: dict[str, Any], message: str, now: str) -> ABTestPlan:

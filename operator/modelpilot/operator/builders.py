@@ -20,7 +20,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from modelpilot.operator import api, contract
+from modelpilot.operator import api, contract, mirroring
+from modelpilot.operator.mirroring import MirrorStyle
 from modelpilot.operator.resolved import ResolvedModel
 
 # The contract's names (modelpilot.operator.contract), under the names the rest of the operator uses.
@@ -286,12 +287,28 @@ def build_service(owner: Owner, model: ResolvedModel, track: str = "", named: bo
     }
 
 
+def canary_mirrors(owner: Owner, model: ResolvedModel, mirror: bool, canary_active: bool,
+                   style: MirrorStyle) -> mirroring.Mirrors:
+    """The canary's shadow phase (``mirror`` while a canary runs) in the Gateway's ``style``: what the route's
+    default rule gets, and the SnippetsFilter ``<name>-mirror-<name>-canary`` to apply before it (NGINX Gateway
+    Fabric); nothing outside the shadow phase."""
+    return mirroring.render(style, _meta(owner, owner.name, model),
+                            [f"{owner.name}-canary"] if mirror and canary_active else [])
+
+
+def canary_mirror_filter_name(owner: Owner) -> str:
+    """The SnippetsFilter a ModelVersion's shadow phase renders on NGINX Gateway Fabric (deleted after it)."""
+    return mirroring.filter_name(owner.name, f"{owner.name}-canary")
+
+
 def build_canary_route(owner: Owner, spec: api.ModelVersionSpec, model: ResolvedModel, canary_weight: int,
-                       mirror: bool, canary_active: bool) -> Manifest:
+                       mirror: bool, canary_active: bool,
+                       style: MirrorStyle = MirrorStyle.REQUEST_MIRROR) -> Manifest:
     """The HTTPRoute of a Gateway-routed ModelVersion (``spec.routing.gatewayRef``): the default rule sends
     ``canary_weight`` % to ``<name>-canary`` and the rest to ``<name>-stable``, exactly; with ``mirror`` (the
-    shadow phase) live traffic is also copied to the canary, whose answers are dropped. While a canary runs,
-    the header ``x-modelpilot-track: canary|stable`` pins a request to a track (QA)."""
+    shadow phase) live traffic is also copied to the canary, whose answers are dropped — in the form the
+    Gateway implements (``style``; on NGINX Gateway Fabric the route references ``canary_mirrors(...).objects``).
+    While a canary runs, the header ``x-modelpilot-track: canary|stable`` pins a request to a track (QA)."""
     assert spec.routing is not None, "build_canary_route needs spec.routing"
     gateway = spec.routing.gateway_ref
     parent: dict[str, Any] = {"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": gateway.name}
@@ -313,8 +330,7 @@ def build_canary_route(owner: Owner, spec: api.ModelVersionSpec, model: Resolved
     default: dict[str, Any] = {"backendRefs": [ref("stable", 100 - canary_weight)]}
     if canary_active:
         default["backendRefs"].append(ref("canary", canary_weight))
-    if mirror and canary_active:
-        default["filters"] = [{"type": "RequestMirror", "requestMirror": {"backendRef": ref("canary")}}]
+    mirroring.add_to_rule(default, canary_mirrors(owner, model, mirror, canary_active, style))
     rules.append(default)
     return {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
             "metadata": _meta(owner, owner.name, model), "spec": {"parentRefs": [parent], "rules": rules}}

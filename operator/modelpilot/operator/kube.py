@@ -42,7 +42,10 @@ _KINDS = {
     "HorizontalPodAutoscaler": ("autoscaling/v2", "/apis/autoscaling/v2", "horizontalpodautoscalers"),
     "PodDisruptionBudget": ("policy/v1", "/apis/policy/v1", "poddisruptionbudgets"),
     "HTTPRoute": ("gateway.networking.k8s.io/v1", "/apis/gateway.networking.k8s.io/v1", "httproutes"),
+    # NGINX Gateway Fabric's mirroring (mirroring.py): only rendered for a Gateway of an NGF class.
+    "SnippetsFilter": ("gateway.nginx.org/v1alpha1", "/apis/gateway.nginx.org/v1alpha1", "snippetsfilters"),
 }
+_GATEWAY_API = "/apis/gateway.networking.k8s.io/v1"
 _CUSTOM = f"/apis/{GROUP}/{VERSION}"
 # Apply patches go out as orjson's bytes under a media type the client passes through untouched (its
 # own "apply-patch+yaml" path would json.dumps them again); JSON is YAML, so the apiserver reads them as
@@ -288,6 +291,25 @@ class Kube:
         if status >= 300:
             raise self._refused(f"list pods {selector}", status, data)
         return list(_json(data).get("items") or [])
+
+    @_classified
+    async def read_gateway(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """A Gateway API Gateway (None: absent, or the cluster does not serve the Gateway API)."""
+        return await self._read(f"{_GATEWAY_API}/namespaces/{quote(namespace)}/gateways/{quote(name)}",
+                                f"Gateway {namespace}/{name}")
+
+    @_classified
+    async def read_gateway_class(self, name: str) -> dict[str, Any] | None:
+        """A GatewayClass (cluster-scoped; None: absent)."""
+        return await self._read(f"{_GATEWAY_API}/gatewayclasses/{quote(name)}", f"GatewayClass {name}")
+
+    async def _read(self, path: str, what: str) -> dict[str, Any] | None:
+        status, data = await self._request("GET", path)
+        if status == 404:
+            return None
+        if status >= 300:
+            raise self._refused(f"read {what}", status, data)
+        return _json(data)
 
     async def read_model_version(self, namespace: str, name: str) -> dict[str, Any] | None:
         return await self._read_custom(contract.MODELVERSION_PLURAL, "ModelVersion", namespace, name)

@@ -39,7 +39,9 @@ from typing import Any, Literal, TypeVar
 from pydantic import ValidationError
 
 from modelpilot.operator import abtest, analysis, api, builders, contract, diagnosis, metrics, rollout
+from modelpilot.operator.gateways import MirrorStyles
 from modelpilot.operator.kube import Kube, KubeError, KubeUnavailable
+from modelpilot.operator.mirroring import MirrorStyle
 from modelpilot.operator.prometheus import Prometheus, PrometheusError
 from modelpilot.operator.registry import (
     Credentials,
@@ -133,13 +135,17 @@ KEEP = "<keep>"
 def desired_objects(owner: builders.Owner, spec: api.ModelVersionSpec, stable: ResolvedModel, member: Membership | None,
                     tracking_uri: str, default_image: str, *, had_gateway_route: bool,
                     stable_replicas: int | None = None, canary: tuple[ResolvedModel, int] | None = None,
-                    route_weight: int = 0, mirror: bool = False) -> Objects:
+                    route_weight: int = 0, mirror: bool = False,
+                    mirror_style: MirrorStyle = MirrorStyle.REQUEST_MIRROR) -> Objects:
     """Every owned object of a ModelVersion for one state, for every path (first deployment, rolling update,
     canary step, promote, rollback, rejected version, undo). Pure.
 
     ``stable``: the version the stable track serves; ``stable_replicas``: its replicas when a rollout splits
     them (else the ABTest's assignment, else ``spec.replicas``); ``canary``: the canary's version and replicas
     (None: no canary Deployment); ``route_weight`` / ``mirror``: the Gateway canary's weight and shadow phase;
+    ``mirror_style``: the form the spec's Gateway mirrors in (observed by the ``gateways`` adapter: on NGINX
+    Gateway Fabric a SnippetsFilter, applied before the route that references it and deleted after the route
+    that no longer does);
     ``had_gateway_route``: whether status names an HTTPRoute a previous spec made (deleted when the spec has
     no Gateway any more). Pod labels come from ``member`` on both tracks, so an ABTest member's pods never
     drop out of its Service. Order: the canary first, then the stable track and its companions, then routing.
@@ -165,8 +171,13 @@ def desired_objects(owner: builders.Owner, spec: api.ModelVersionSpec, stable: R
     if builders.gateway_routing(spec):
         for track in ("stable", "canary"):
             steps.append(("apply", builders.build_service(owner, stable, track, named=True)))
+        mirrors = builders.canary_mirrors(owner, stable, mirror, canary is not None, mirror_style)
+        steps.extend(("apply", manifest) for manifest in mirrors.objects)
         steps.append(("apply", builders.build_canary_route(owner, spec, stable, route_weight, mirror,
-                                                           canary is not None)))
+                                                           canary is not None, mirror_style)))
+        if mirror_style == MirrorStyle.NGF_SNIPPETS and not mirrors.objects:
+            # Only for an NGF class: elsewhere the SnippetsFilter CRD may not exist at all.
+            steps.append(("delete", ("SnippetsFilter", builders.canary_mirror_filter_name(owner))))
         route = owner.name
     elif had_gateway_route:
         steps.append(("delete", ("HTTPRoute", owner.name)))
@@ -501,6 +512,9 @@ class Reconciler:
         # Which ABTest routes to a ModelVersion: the operator wires a kopf index here (handlers._startup);
         # without one (unit tests, tools) the ABTests are listed.
         self.membership_lookup: Callable[[str, str], Membership | None] | None = None
+        # The form each Gateway mirrors in (its class's controller), cached per Gateway: asked only when a
+        # route is rendered, shared with the ABTest reconciler.
+        self.mirror_styles = MirrorStyles(kube)
 
     async def off_loop(self, fn: Callable[..., T], *args: Any) -> T:
         """``fn(*args)`` on the reconciler's own threads (a blocking HTTP call), awaited."""
@@ -645,7 +659,8 @@ class Reconciler:
             # dropped it meanwhile — is closed when an operator next starts and resumes it with status written.
             for kind, obj in (("Deployment", builders.deployment_name(owner, "canary")),
                               ("HorizontalPodAutoscaler", name), ("PodDisruptionBudget", name),
-                              ("HTTPRoute", name), ("Service", f"{name}-stable"), ("Service", f"{name}-canary")):
+                              ("HTTPRoute", name), ("Service", f"{name}-stable"), ("Service", f"{name}-canary"),
+                              ("SnippetsFilter", builders.canary_mirror_filter_name(owner))):
                 self.kube.assume_absent(kind, namespace, obj, owner.uid)
         if member == "look up":  # the same pod labels and replicas on every path
             member = await self.abtest_membership(namespace, name)
@@ -736,6 +751,8 @@ class Reconciler:
                        stable: ResolvedModel, member: Membership | None, **kwargs: Any) -> dict[str, Any] | None:
         """Plan the owned objects (``desired_objects``, pure) and act on them; ``status.gatewayRoute`` follows.
         Returns the stable Deployment as its apply answered (None if it was not applied)."""
+        if spec.routing is not None:  # a route is rendered: in the form its Gateway mirrors in
+            kwargs["mirror_style"] = await self.mirror_styles.of(spec.routing.gateway_ref, owner.namespace)
         objects = desired_objects(owner, spec, stable, member, self.tracking_uri(spec), self.settings.serving_image,
                                   had_gateway_route=bool(status.get("gatewayRoute")), **kwargs)
         applied: dict[str, Any] | None = None
