@@ -13,11 +13,10 @@ import urllib.request
 from collections import Counter
 from typing import Any
 
-from modelpilot_dev.workloads import register_faulty_model, register_iris_model, wait_for
+from modelpilot_dev.workloads import post_json, register_faulty_model, register_iris_model, wait_for
 
 G, V = "modelpilot.io", "v1alpha1"
-ROW = json.dumps({"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP64",
-                              "data": [6.7, 3.0, 5.2, 2.3]}]}).encode()
+ROW_BODY = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP64", "data": [6.7, 3.0, 5.2, 2.3]}]}
 
 
 def _ready_pods(core: Any, ns: str, selector: str) -> list[Any]:
@@ -27,11 +26,9 @@ def _ready_pods(core: Any, ns: str, selector: str) -> list[Any]:
 
 
 def _predict(address: str) -> int:
-    req = urllib.request.Request(f"http://{address}/v2/models/iris/infer", data=ROW,
-                                 headers={"Content-Type": "application/json"})
+    """The predicted class of ROW sent to ``address`` (a Service), or minus the HTTP status of a failure."""
     try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            return int(json.loads(resp.read())["outputs"][0]["data"][0])
+        return int(post_json(f"http://{address}/v2/models/iris/infer", ROW_BODY)["outputs"][0]["data"][0])
     except urllib.error.HTTPError as exc:
         return -exc.code
 

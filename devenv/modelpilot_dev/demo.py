@@ -21,19 +21,13 @@ from typing import Any
 import yaml
 
 from modelpilot_dev.environment import DevError, Environment
-from modelpilot_dev.workloads import register_iris_model, service_url, wait_for
+from modelpilot_dev.workloads import post_json, register_iris_model, service_url, wait_for
 
 NAMESPACE = "modelpilot-demo"
 
 
 def _step(text: str) -> None:
     print(f"\n==> {text}", flush=True)
-
-
-def _post(url: str, body: dict[str, Any]) -> Any:
-    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=10) as resp:
-        return json.loads(resp.read())
 
 
 def run(home: Path | None = None, keep: bool = True) -> int:
@@ -90,9 +84,9 @@ def run(home: Path | None = None, keep: bool = True) -> int:
     _step(f"predicting through Service iris at {address} (its ClusterIP: kube-proxy picks the pod)")
     rows = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]
     body = {"inputs": [{"name": "input-0", "shape": [2, 4], "datatype": "FP64", "data": rows}]}
-    answer = _post(f"{address}/v2/models/iris/infer", body)
+    answer = post_json(f"{address}/v2/models/iris/infer", body)
     print(f"Open Inference Protocol v2: {json.dumps(answer['outputs'])}")
-    invocations = _post(f"{address}/invocations", {
+    invocations = post_json(f"{address}/invocations", {
         "dataframe_split": {"columns": ["sepal_length", "sepal_width", "petal_length", "petal_width"], "data": rows}
     })
     print(f"MLflow /invocations:        {json.dumps(invocations)}")

@@ -139,6 +139,29 @@ def service_url(api_client: Any, namespace: str, service: str, port: int | str =
     return f"http://{spec.cluster_ip}:{port}"
 
 
+def post_json(url: str, body: Any, timeout: float = 10.0, refused_for: float = 10.0) -> Any:
+    """POST ``body`` as JSON to ``url`` and return the decoded answer (``urllib.error.HTTPError`` on non-2xx).
+
+    A refused connection is retried for up to ``refused_for`` seconds: right after a Service's first endpoint
+    turns ready, kube-proxy may not have programmed it yet (it resyncs at most once a second), and a ClusterIP
+    without a programmed endpoint refuses connections. Any other error is raised at once."""
+    import urllib.error
+
+    deadline = time.monotonic() + refused_for
+    data = json.dumps(body).encode()
+    while True:
+        req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                return json.loads(resp.read())
+        except urllib.error.HTTPError:
+            raise
+        except urllib.error.URLError as exc:
+            if not isinstance(exc.reason, ConnectionRefusedError) or time.monotonic() > deadline:
+                raise
+        time.sleep(0.2)
+
+
 def wait_for(predicate: Any, timeout: float, interval: float = 0.25, message: str = "condition") -> Any:
     """Poll ``predicate`` until it returns something truthy; raise TimeoutError naming ``message``."""
     deadline = time.monotonic() + timeout
@@ -159,6 +182,11 @@ class ServiceTraffic:
     errors and non-2xx, with the time; ``HTTP 500`` is a model failing, anything else a request that found no
     server), and the fewest ready endpoints in the Service's EndpointSlices seen while traffic ran (polled every
     0.2 s).
+
+    Traffic starts once the Service has a ready endpoint, and failures count from the first HTTP answer on:
+    kube-proxy programs a new endpoint into iptables a moment after the EndpointSlice says it is ready (its
+    rules are resynced at most once a second), and until then a ClusterIP with no programmed endpoint refuses
+    connections — for any client in any cluster. Those refusals are counted apart (``unprogrammed``).
     """
 
     def __init__(self, api_client: Any, namespace: str, service: str, model: str, rate: float = 20.0,
@@ -176,6 +204,8 @@ class ServiceTraffic:
         self.min_ready: int | None = None
         self.ready = 0
         self.sent = 0
+        self.unprogrammed = 0  # connection errors before the Service's first HTTP answer
+        self._answered = False
         self.threads = [threading.Thread(target=self._watch_endpoints, daemon=True),
                         threading.Thread(target=self._send, daemon=True)]
 
@@ -202,10 +232,15 @@ class ServiceTraffic:
                     with urllib.request.urlopen(req, timeout=10) as resp:
                         version = str(json.loads(resp.read()).get("model_version", "?"))
                         self.answers[version] = self.answers.get(version, 0) + 1
+                    self._answered = True
                 except urllib.error.HTTPError as exc:
+                    self._answered = True
                     self.failures.append((time.time(), f"HTTP {exc.code}"))
                 except OSError as exc:
-                    self.failures.append((time.time(), f"{type(exc).__name__}: {exc}"))
+                    if self._answered:
+                        self.failures.append((time.time(), f"{type(exc).__name__}: {exc}"))
+                    else:
+                        self.unprogrammed += 1
             self.stop.wait(max(0.0, 1 / self.rate - (time.monotonic() - started)))
 
     def model_failures(self) -> list[tuple[float, str]]:

@@ -280,6 +280,9 @@ def test_a_model_version_created_with_a_cold_operator_becomes_ready(
             with ServiceTraffic(api_client, ns, NAME, "iris", rate=4, row=SETOSA) as traffic:
                 wait_for(lambda: traffic.answers or traffic.failures, left(), 0.1,
                          "a prediction through the Service")
+            if traffic.unprogrammed:
+                notes.append(f"{traffic.unprogrammed} connection(s) refused before kube-proxy programmed the "
+                             "endpoint")
             assert traffic.answers.get(iris_version), (
                 f"the prediction through the Service was not answered by version {iris_version} "
                 f"(answers by version {traffic.answers}, failures {traffic.failures})")

@@ -21,7 +21,7 @@ import pytest
 import yaml
 from kubernetes.client.rest import ApiException
 
-from modelpilot_dev.workloads import serving_deployment, service_url, wait_for
+from modelpilot_dev.workloads import post_json, serving_deployment, service_url, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -96,13 +96,9 @@ def test_three_replicas_are_available_only_when_three_containers_answer_ready(
     assert all(p.status.pod_ip.startswith(dev_env["node"]["pod_cidr"].rsplit(".", 1)[0] + ".") for p in pods)
     assert all(_container_pids(p) for p in pods)
     # And the Service answers real predictions from the registered model (kube-proxy picks a pod each time).
-    body = json.dumps({"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP64",
-                                   "data": [6.7, 3.0, 5.2, 2.3]}]}).encode()
+    body = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP64", "data": [6.7, 3.0, 5.2, 2.3]}]}
     for _ in range(6):
-        req = urllib.request.Request(f"{url}/v2/models/iris/infer", data=body,
-                                     headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            answer = json.loads(resp.read())
+        answer = post_json(f"{url}/v2/models/iris/infer", body)
         assert answer["outputs"][0]["data"] == [2]  # a virginica flower
 
 

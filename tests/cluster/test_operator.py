@@ -20,7 +20,7 @@ import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from modelpilot_dev.workloads import register_iris_model, service_url, wait_for
+from modelpilot_dev.workloads import post_json, register_iris_model, service_url, wait_for
 
 GROUP, VERSION, PLURAL = "modelpilot.io", "v1alpha1", "modelversions"
 
@@ -46,13 +46,8 @@ def _ready(custom: client.CustomObjectsApi, ns: str, name: str) -> dict[str, Any
 
 def _predict(core: client.CoreV1Api, namespace: str, service: str = "iris") -> Any:
     """One v2 prediction sent to the Service's ClusterIP (kube-proxy picks the pod)."""
-    body = json.dumps({"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP64",
-                                   "data": [5.1, 3.5, 1.4, 0.2]}]}).encode()
-    url = service_url(core.api_client, namespace, service)
-    req = urllib.request.Request(f"{url}/v2/models/iris/infer", data=body,
-                                 headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=10) as resp:
-        return json.loads(resp.read())
+    body = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP64", "data": [5.1, 3.5, 1.4, 0.2]}]}
+    return post_json(f"{service_url(core.api_client, namespace, service)}/v2/models/iris/infer", body)
 
 
 def _set_alias(tracking: str, alias: str, version: str) -> None:
@@ -244,10 +239,11 @@ def test_changing_the_version_rolls_over_with_no_moment_without_a_ready_pod(
     custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL,
                                            _mv("iris", {"name": "iris", "version": iris_version}, replicas=2))
     wait_for(lambda: _ready(custom, namespace, "iris"), 180, message="Ready on the first version")
+    url = service_url(core.api_client, namespace, "iris")
+    _predict(core, namespace)  # the Service answers (kube-proxy has programmed its endpoints) before the change
     custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "iris",
                                           {"spec": {"model": {"version": newer}}})
     samples = 0
-    url = service_url(core.api_client, namespace, "iris")
 
     def rolled() -> Any:
         nonlocal samples
