@@ -466,7 +466,12 @@ class Environment:
         net, comp = real["net"], real["component"]
         deadline = time.monotonic() + timeout
         proxy_url = next(c["health_url"] for c in state["components"] if c["name"] == "kube-proxy")
-        self._wait([comp, Component("kube-proxy", [], proxy_url, 0, pid=comp.pid)], deadline)
+        try:
+            self._wait([comp, Component("kube-proxy", [], proxy_url, 0, pid=comp.pid)], deadline)
+        except DevError as exc:
+            # containerd, kubelet and kube-proxy share the supervisor's pid: whichever of them ended it, its
+            # reason is in the supervisor's log and its own.
+            raise DevError(f"{exc}\n{self._node_logs()}") from None
         from kubernetes import client, config
 
         api = client.CoreV1Api(config.new_client_from_config(str(self.kubeconfig)))
@@ -479,8 +484,7 @@ class Environment:
             except Exception as exc:  # noqa: BLE001 - not registered yet
                 why = str(exc).splitlines()[0]
             if not _pid_alive(comp.pid or 0):
-                raise DevError(f"the real node exited during start-up.\n{self._log_tail('node')}\n"
-                               f"{self._log_tail('kubelet')}")
+                raise DevError(f"the real node exited during start-up.\n{self._node_logs()}")
             if time.monotonic() > deadline:
                 raise DevError(f"the real node {real['name']} did not become Ready ({why}).\n"
                                f"{self._log_tail('kubelet')}")
@@ -508,6 +512,11 @@ class Environment:
             time.sleep(0.5)
         self.say(f"  cluster DNS ready (CoreDNS, kube-dns {net.cluster_dns_ip})")
         self._await_gateway(state, api.api_client, deadline)
+
+    def _node_logs(self) -> str:
+        """The ends of the logs of the node's supervisor and of what it runs (why a node stopped)."""
+        return "\n".join(self._log_tail(name, lines) for name, lines in (
+            ("node", 10), ("containerd", 10), ("kubelet", 20), ("kube-proxy", 10)))
 
     def _apply_gateway(self, real: dict[str, Any], deadline: float) -> None:
         """NGINX Gateway Fabric on the real node: its CRDs, then its pod, GatewayClass, NginxProxy and Gateway."""

@@ -23,7 +23,8 @@ on this machine:
   (``nsenter --net``). It mounts private tmpfs over ``/run/containerd`` and ``/var/lib/cni`` (containerd
   1.6 keeps shim sockets and CNI results there) and runs containerd, kubelet and kube-proxy; if one dies,
   the supervisor stops the others and exits. When PID 1 exits the kernel kills every process left in
-  the namespace (shims, containers) and the mount namespace with every mount of the node (overlay
+  the namespace (shims, containers) and the mount namespace with every mount of the node (a tmpfs for its
+  unix sockets, ``NODE_RUN``, where the kubelet's root directory is bind-mounted, so socket paths stay short; overlay
   root filesystems, secret tmpfs, pod network namespaces) disappears with it. ``down`` therefore never
   needs to find or unmount anything.
 * **containerd** (Debian 1.6.20): own config/root/state under the environment home, CRI plugin with
@@ -70,6 +71,12 @@ KUBE_PROXY_METRICS_PORT = 10249
 CONTAINERD_METRICS_PORT = 10257
 CLUSTER_DOMAIN = "cluster.local"
 CNI_BIN_DIRS = ("/usr/lib/cni", "/opt/cni/bin")
+#: A private tmpfs in the node's mount namespace (every node has its own) for its unix sockets: a socket path is
+#: limited to 107 bytes, and the kubelet makes several under its root directory (pod-resources, device plugins),
+#: which under a long state directory (a pytest tmp path) failed with "bind: invalid argument". containerd's
+#: socket lives here; the kubelet's root directory (on disk under the state directory) is bind-mounted here.
+NODE_RUN = "/run/modelpilot-node"
+KUBELET_ROOT = f"{NODE_RUN}/kubelet"
 CNI_PLUGINS = ("bridge", "host-local", "portmap", "loopback")
 CGROUP_CONTROLLERS = ("cpu", "cpuacct", "cpuset", "memory", "pids", "devices", "freezer")
 
@@ -311,7 +318,7 @@ def write_configs(node_dir: Path, net: NodeNet, api_url: str, kubeconfigs: dict[
     cdir = node_dir / "containerd"
     (cdir / "root").mkdir(parents=True, exist_ok=True)
     (cdir / "state").mkdir(parents=True, exist_ok=True)
-    sock = node_dir / "containerd.sock"
+    sock = Path(NODE_RUN) / "containerd.sock"
     cni_conf = node_dir / "cni" / "net.d"
     cni_conf.mkdir(parents=True, exist_ok=True)
     bin_dir = cni_bin_dir() or CNI_BIN_DIRS[0]
@@ -464,9 +471,13 @@ def supervise(spec: dict[str, Any]) -> int:
     """Run containerd, import the images, then kubelet and kube-proxy; stop all when one dies or on SIGTERM."""
     node_dir = Path(spec["node_dir"])
     logs = Path(spec["logs"])
-    for path in ("/run/containerd", "/var/lib/cni"):
+    for path in ("/run/containerd", "/var/lib/cni", NODE_RUN):
         Path(path).mkdir(parents=True, exist_ok=True)
         subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=0755", "tmpfs", path], check=True)
+    kubelet_root = Path(spec["kubelet_dir"]) / "root"
+    kubelet_root.mkdir(parents=True, exist_ok=True)
+    Path(KUBELET_ROOT).mkdir()
+    subprocess.run(["mount", "--bind", str(kubelet_root), KUBELET_ROOT], check=True)
     if Path("/sys/fs/cgroup/cgroup.controllers").exists():  # cgroup v2 only
         Path("/sys/fs/cgroup", spec["cgroup"].lstrip("/")).mkdir(exist_ok=True)
     for ctrl in CGROUP_CONTROLLERS:  # cgroup v1 (hybrid here): the pods' parent in every hierarchy
@@ -526,7 +537,7 @@ def supervise(spec: dict[str, Any]) -> int:
     (node_dir / "images-imported").write_text("ok\n")
     kdir = spec["kubelet_dir"]
     start("kubelet", [spec["kubelet"], f"--config={kdir}/config.yaml", f"--kubeconfig={spec['kubelet_kubeconfig']}",
-                      f"--root-dir={kdir}/root", f"--cert-dir={kdir}/pki", f"--hostname-override={spec['node_name']}",
+                      f"--root-dir={KUBELET_ROOT}", f"--cert-dir={kdir}/pki", f"--hostname-override={spec['node_name']}",
                       f"--node-ip={spec['node_ip']}", "--node-labels=modelpilot.io/node=real", "--v=1"])
     start("kube-proxy", [spec["kube_proxy"], f"--config={spec['kube_proxy_config']}", "--v=1"])
     while True:

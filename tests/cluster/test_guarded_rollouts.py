@@ -279,10 +279,8 @@ def test_a_gateway_canary_is_an_httproute_with_exact_weights_pins_and_a_shadow_p
     import json
     import urllib.request
 
-    from modelpilot_dev.workloads import service_url
-
     gw = dev_env["node"]["gateway"]
-    gateway_url = service_url(api_client, gw["namespace"], gw["service"].split("/")[1])
+    gateway_url = gw["url"]  # the Gateway's ClusterIP
     mv = _mv("iris", {"name": "iris", "version": iris_version}, replicas=4, steps=[10, 100],
              stepIntervalSeconds=10, shadowSeconds=10, analysis={"enabled": False})
     mv["spec"]["routing"] = {"gatewayRef": {"name": gw["name"], "namespace": gw["namespace"]}}

@@ -1,4 +1,5 @@
-"""`modelpilot dev up | status | env | down` as a user runs them, on a second environment of its own."""
+"""`modelpilot dev up | status | env | down` as a user runs them, on a second environment of its own (with its
+own real node: its own network namespace, /30, pod /24 and Service /20 beside the session's)."""
 
 from __future__ import annotations
 
@@ -53,12 +54,18 @@ def test_up_is_idempotent_status_reports_a_dead_component_and_down_leaves_nothin
 
         healthy = _run("status", home=home)
         assert healthy.returncode == 0, healthy.stdout
-        os.killpg(pids["kwok"], signal.SIGKILL)
+        os.killpg(pids["prometheus"], signal.SIGKILL)
         broken = _run("status", home=home)
         assert broken.returncode == 1
-        assert any(line.startswith("BAD") and "kwok" in line for line in broken.stdout.splitlines())
+        assert any(line.startswith("BAD") and "prometheus" in line for line in broken.stdout.splitlines())
     finally:
         down = _run("down", home=home)
+    node = state["node"]
+    assert node["mode"] == "real"
+    # The node's network is gone with it: namespace, veth and the host's routes to its pod and Service ranges.
+    assert node["netns"] not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    routes = subprocess.run(["ip", "route"], capture_output=True, text=True).stdout
+    assert node["service_cidr"] not in routes and node["pod_cidr"] not in routes, routes
     assert down.returncode == 0, down.stderr
     assert not [name for name, pid in pids.items() if _alive(pid)]
     assert not [p for p in ports if port_bound(p)]

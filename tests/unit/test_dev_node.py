@@ -75,6 +75,9 @@ def test_configs_carry_the_quirks_of_this_machine_kind(tmp_path: Path) -> None:
     assert kubelet["failSwapOn"] is False and kubelet["cgroupRoot"] == net.cgroup
     assert kubelet["address"] == net.node_ip and kubelet["imageGCHighThresholdPercent"] == 100
     assert kubelet["containerRuntimeEndpoint"] == f"unix://{spec['socket']}"
+    # Unix socket paths are limited to 107 bytes: however long the state directory, the node's sockets live in its
+    # own short tmpfs (the kubelet's root directory is bind-mounted there by the supervisor).
+    assert spec["socket"].startswith(node.NODE_RUN + "/") and len(node.KUBELET_ROOT) + 40 < 107
     assert kubelet["authentication"]["anonymous"]["enabled"] is False
     assert kubelet["clusterDNS"] == [net.cluster_dns_ip] and kubelet["resolvConf"] == ""
     proxy = yaml.safe_load(Path(spec["kube_proxy_config"]).read_text())
