@@ -350,9 +350,26 @@ def test_what_the_crd_rejects_structurally_the_model_rejects() -> None:
         {**good, "serving": {"resources": {"requests": {"cpu": "lots"}}}},
         {**good, "podDisruptionBudget": {"minAvailable": "120%"}},
         {**good, "serving": {"imagePullPolicy": "Sometimes"}},
+        {**good, "routing": {"gatewayRef": {"name": "gw"}, "hostnames": ["10.0.0.1"]}},
     ]:
         with pytest.raises(ValidationError):
             api.ModelVersionSpec.model_validate(bad)
+
+
+def test_the_models_take_and_reject_the_hostnames_the_crds_do() -> None:
+    """``routing.hostnames`` of both kinds, against the hostnames ``test_crds`` runs through the CRDs' schema."""
+    from test_crds import BAD_HOSTNAMES, GOOD_HOSTNAMES
+
+    gateway = {"gatewayRef": {"name": "gw"}}
+    for routing in (api.Routing, api.ABTestRouting):
+        assert routing.model_validate(gateway).hostnames is None
+        assert routing.model_validate({**gateway, "hostnames": GOOD_HOSTNAMES}).hostnames == GOOD_HOSTNAMES
+        routing.model_validate({**gateway, "hostnames": [f"h{i}.example.com" for i in range(16)]})
+        with pytest.raises(ValidationError):
+            routing.model_validate({**gateway, "hostnames": [f"h{i}.example.com" for i in range(17)]})
+        for host in BAD_HOSTNAMES:
+            with pytest.raises(ValidationError):
+                routing.model_validate({**gateway, "hostnames": [host]})
 
 
 def test_models_read_camel_case_and_python_names_and_write_camel_case() -> None:

@@ -59,6 +59,8 @@ FIXED_FIELDS = {
         "spec.rollout.stepIntervalSeconds",
         "spec.rollout.progressDeadlineSeconds",
         "spec.rollout.analysis",
+        "spec.routing.gatewayRef.name",
+        "spec.routing.hostnames",
         "status.observedGeneration",
         "status.phase",
         "status.model.name",
@@ -83,6 +85,7 @@ FIXED_FIELDS = {
         "spec.variants[].shadow",
         "spec.routing.gatewayRef.name",
         "spec.routing.gatewayRef.namespace",
+        "spec.routing.hostnames",
         "spec.routing.headerPinning.header",
         "spec.routing.sticky.header",
         "spec.analysis",
@@ -498,6 +501,32 @@ def test_abtest_schema_details() -> None:
     assert field(schema, "spec.analysis").get("x-kubernetes-preserve-unknown-fields") is True
 
 
+#: Gateway API hostnames the routes accept, and what they reject (an IP address, a port, a trailing dot,
+#: upper case, a bare or inner wildcard, an empty label, a label starting or ending with '-', too long).
+GOOD_HOSTNAMES = ["iris.example.com", "*.example.com", "localhost", "a", "api-1.ml.example.com", "x1.io",
+                  "a" * 63 + ".b" + "." + "c" * 185]
+BAD_HOSTNAMES = ["10.0.0.1", "*.10", "1.2.3", "example.com.", "Example.com", "example.com:8080", "*", "*.*.com",
+                 "a.*.com", "a..com", "-a.com", "a-.com", "[::1]", "", "http://example.com", "a" * 250 + ".com"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_routing_hostnames_are_gateway_api_hostnames(kind: str) -> None:
+    """``spec.routing.hostnames`` is HTTPRoute's ``spec.hostnames``: at most 16 Gateway API hostnames."""
+    schema = root_schema(kind)
+    hostnames = field(schema, "spec.routing.hostnames")
+    assert hostnames["type"] == "array" and hostnames["maxItems"] == 16
+    assert "minItems" not in hostnames  # empty is allowed: the route then has no hostnames, as when absent
+    item = hostnames["items"]
+    assert (item["type"], item["minLength"], item["maxLength"]) == ("string", 1, 253)
+    for host in GOOD_HOSTNAMES:
+        assert not validate(host, item), host
+    for host in BAD_HOSTNAMES:
+        assert validate(host, item), host
+    routing = field(schema, "spec.routing")
+    assert not validate({"gatewayRef": {"name": "gw"}, "hostnames": [f"h{i}.example.com" for i in range(16)]}, routing)
+    assert validate({"gatewayRef": {"name": "gw"}, "hostnames": [f"h{i}.example.com" for i in range(17)]}, routing)
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_conditions_have_the_standard_shape(kind: str) -> None:
     conditions = field(root_schema(kind), "status.conditions")
@@ -536,6 +565,7 @@ def test_validator_catches_mistakes() -> None:
         {"model": {"name": "iris", "version": "3"}, "serving": {"batching": {"maxBatchSize": 5000}}},
         {"model": {"name": "iris", "version": "3"}, "serving": {"resources": {"requests": {"cpu": "lots"}}}},
         {"model": {"name": "iris", "version": "3"}, "podDisruptionBudget": {"minAvailable": "120%"}},
+        {"model": {"name": "iris", "version": "3"}, "routing": {"gatewayRef": {"name": "gw"}, "hostnames": ["10.0.0.1"]}},
     ]
     for spec in bad:
         assert validate({**base, "spec": spec}, schema), spec

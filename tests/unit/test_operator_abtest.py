@@ -47,6 +47,22 @@ def test_the_route_has_pinning_rules_weights_and_a_mirror_for_the_shadow() -> No
     assert route["metadata"]["ownerReferences"][0]["kind"] == "ABTest"
 
 
+def test_the_route_matches_the_hostnames_given_and_every_hostname_otherwise() -> None:
+    """Two experiments on one Gateway, each on its own hostnames: the route's spec.hostnames, in order. Without
+    hostnames (absent or empty) the field is left out, as before."""
+    vs = abtest.variants(TYPED)
+    assert "hostnames" not in abtest.build_httproute("iris", "ml", "uid", TYPED, vs, {"a": 90, "b": 10})["spec"]
+    hosts = {**SPEC, "routing": {**SPEC["routing"], "hostnames": ["iris.ml.example.com", "*.iris.example.com"]}}
+    typed = api.ABTestSpec.model_validate(hosts)
+    for style in MirrorStyle:
+        route = abtest.build_httproute("iris", "ml", "uid", typed, vs, {"a": 90, "b": 10}, style)
+        assert route["spec"]["hostnames"] == ["iris.ml.example.com", "*.iris.example.com"]
+        assert route["spec"]["rules"] == abtest.build_httproute("iris", "ml", "uid", TYPED, vs, {"a": 90, "b": 10},
+                                                                style)["spec"]["rules"]
+    empty = api.ABTestSpec.model_validate({**SPEC, "routing": {**SPEC["routing"], "hostnames": []}})
+    assert "hostnames" not in abtest.build_httproute("iris", "ml", "uid", empty, vs, {"a": 90, "b": 10})["spec"]
+
+
 def test_on_nginx_gateway_fabric_the_shadow_is_mirrored_through_a_snippets_filter() -> None:
     """NGF 1.6 answers a RequestMirror rule with 500: the shadow becomes an ExtensionRef to a SnippetsFilter
     owned and labelled like the route, with the shadow's Service a weight-0 backendRef (NGF's upstream)."""
@@ -184,6 +200,15 @@ def test_plan_with_a_gateway_routes_by_httproute_and_says_what_it_cannot() -> No
     assert [m["kind"] for m in p.apply] == ["Service", "HTTPRoute"] and p.members == {}
     assert _cond(p.status, "Ready") == ("False", "VariantsNotReady") and p.status["phase"] == "Pending"
     assert _cond(p.status, "RoutingLimited") == ("True", "Unsupported") and "session persistence" in p.message
+
+
+def test_plan_replica_ratio_says_hostnames_need_a_gateway() -> None:
+    spec = {**REPLICAS, "routing": {"hostnames": ["iris.example.com"]}}
+    p = _plan(_ab(spec), {"mv-a": _mv("mv-a"), "mv-b": _mv("mv-b")}, {}, T0, False)
+    assert [m["kind"] for m in p.apply] == ["Service"]
+    assert _cond(p.status, "RoutingLimited") == ("True", "Unsupported")
+    limited = next(c for c in p.status["conditions"] if c["type"] == "RoutingLimited")
+    assert "cannot honour hostnames" in limited["message"] and "spec.routing.gatewayRef" in limited["message"]
 
 
 def test_plan_declares_a_winner_once_and_keeps_figures_when_not_measured() -> None:

@@ -233,6 +233,22 @@ def test_on_nginx_gateway_fabric_the_shadow_phase_mirrors_through_a_snippets_fil
         assert builders.canary_mirrors(OWNER, MODEL, mirror, active, MirrorStyle.NGF_SNIPPETS).objects == ()
 
 
+def test_the_canary_route_matches_the_hostnames_given_and_every_hostname_otherwise() -> None:
+    """spec.routing.hostnames become the route's spec.hostnames, in every state of the route (plain, canary
+    steps, shadow phase, either mirror style); without them (absent or empty) the field is left out."""
+    hosted = typed({**FIELDS, "routing": {"gatewayRef": {"name": "public", "namespace": "gateway-system"},
+                                          "hostnames": ["iris.ml.example.com", "*.models.example.com"]}})
+    empty = typed({**FIELDS, "routing": {"gatewayRef": {"name": "public"}, "hostnames": []}})
+    for weight, mirror, active in ((0, False, False), (25, False, True), (0, True, True)):
+        for style in MirrorStyle:
+            route = builders.build_canary_route(OWNER, hosted, MODEL, weight, mirror, active, style)
+            assert route["spec"]["hostnames"] == ["iris.ml.example.com", "*.models.example.com"]
+            plain = builders.build_canary_route(OWNER, ROUTED, MODEL, weight, mirror, active, style)
+            assert "hostnames" not in plain["spec"] and plain["spec"]["rules"] == route["spec"]["rules"]
+            assert "hostnames" not in builders.build_canary_route(OWNER, empty, MODEL, weight, mirror, active,
+                                                                  style)["spec"]
+
+
 def test_mirror_style_and_filter_names() -> None:
     assert mirroring.style_of("gateway.nginx.org/nginx-gateway-controller") == MirrorStyle.NGF_SNIPPETS
     for other in ("gateway.envoyproxy.io/gatewayclass-controller", "", None):

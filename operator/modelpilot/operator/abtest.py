@@ -18,7 +18,8 @@ reconciler reads the body:
   (the variants' own Services), one rule per variant matching the pinning
   header, and a mirror per shadow variant on the default rule, in the form the
   Gateway implements (``mirroring``: a RequestMirror filter, or on NGINX Gateway
-  Fabric a SnippetsFilter ``<abtest>-mirror-<modelversion>`` the route references).
+  Fabric a SnippetsFilter ``<abtest>-mirror-<modelversion>`` the route references);
+  ``routing.hostnames``, when given, are the route's ``spec.hostnames``.
 """
 
 from __future__ import annotations
@@ -108,7 +109,7 @@ def mirrors(name: str, namespace: str, uid: str, vs: list[Variant], style: Mirro
 def build_httproute(name: str, namespace: str, uid: str, spec: api.ABTestSpec, vs: list[Variant],
                     weights: dict[str, int], style: MirrorStyle = MirrorStyle.REQUEST_MIRROR) -> dict[str, Any]:
     """HTTPRoute with weighted backendRefs, pinning rules and mirrors for shadow variants (in ``style``: the
-    SnippetsFilters it then references are ``mirrors(...).objects``)."""
+    SnippetsFilters it then references are ``mirrors(...).objects``), for ``routing.hostnames`` when given."""
     routing = spec.routing
     assert routing is not None and routing.gateway_ref is not None, "the Gateway provider needs routing.gatewayRef"
     gateway = routing.gateway_ref
@@ -136,10 +137,13 @@ def build_httproute(name: str, namespace: str, uid: str, spec: api.ABTestSpec, v
     default: dict[str, Any] = {"backendRefs": [ref(v, weights.get(v.name, 0)) for v in serving]}
     mirroring.add_to_rule(default, mirrors(name, namespace, uid, vs, style))
     rules.append(default)
+    route_spec: dict[str, Any] = {"parentRefs": [parent], "rules": rules}
+    if routing.hostnames:  # absent or empty: no hostnames, the route matches every hostname of the listener
+        route_spec["hostnames"] = list(routing.hostnames)
     return {
         "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
         "metadata": _route_meta(name, namespace, uid),
-        "spec": {"parentRefs": [parent], "rules": rules},
+        "spec": route_spec,
     }
 
 

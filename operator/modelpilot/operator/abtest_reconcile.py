@@ -229,7 +229,7 @@ def plan(body: dict[str, Any], spec: api.ABTestSpec, bodies: dict[str, dict[str,
         effective = abtest.effective_weights(vs, split)
         # An empty headerPinning (never from the API server, which writes the default header in) asks for nothing.
         unsupported = [k for k, part in (("headerPinning", routing.header_pinning), ("sticky", routing.sticky))
-                       if api.given(part)]
+                       if api.given(part)] + (["hostnames"] if routing.hostnames else [])
         if unsupported or any(v.shadow for v in vs):
             routing_msg = ("replica-ratio routing cannot honour " +
                            ", ".join(unsupported + (["shadow mirroring"] if any(v.shadow for v in vs) else [])) +

@@ -192,6 +192,14 @@ _HEADER = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$"
 _QUANTITY = (r"^\+?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)"
              r"|(\.[0-9]+))))?$")
 
+#: A Gateway API ``Hostname`` (HTTPRoute ``spec.hostnames[]``): a lowercase DNS name, optionally with a leading
+#: ``*.`` wildcard label; no port, no trailing dot. Its last label must hold a letter, so an IP address (which
+#: Gateway API forbids but its own pattern lets through) is rejected here too.
+_HOSTNAME = r"^(\*\.)?([a-z0-9]([-a-z0-9]*[a-z0-9])?\.)*([a-z0-9][-a-z0-9]*)?[a-z]([-a-z0-9]*[a-z0-9])?$"
+Hostname = Annotated[str, Field(min_length=1, max_length=253, pattern=_HOSTNAME)]
+#: At most this many ``routing.hostnames`` (Gateway API's own limit on an HTTPRoute).
+HOSTNAMES_LIMIT = 16
+
 #: A resource quantity (``500m``, ``2``, ``512Mi``).
 Quantity = Annotated[int, Field(ge=0)] | Annotated[str, Field(max_length=64, pattern=_QUANTITY)]
 #: A PodDisruptionBudget bound: a number of pods or ``"N%"``.
@@ -324,9 +332,11 @@ class PodDisruptionBudget(_Spec):
 
 
 class Routing(_Spec):
-    """``ModelVersion.spec.routing``: route through a Gateway (HTTPRoute ``<name>``)."""
+    """``ModelVersion.spec.routing``: route through a Gateway (HTTPRoute ``<name>``), for ``hostnames`` when
+    given (the route's ``spec.hostnames``; absent or empty: every hostname of the listener)."""
 
     gateway_ref: GatewayRef
+    hostnames: Annotated[list[Hostname], Field(max_length=HOSTNAMES_LIMIT)] | None = None
 
 
 class AnalysisCheck(_Spec):
@@ -532,9 +542,11 @@ class Sticky(_Spec):
 
 
 class ABTestRouting(_Spec):
-    """``ABTest.spec.routing``: the Gateway provider when ``gatewayRef`` is set, else replica ratio."""
+    """``ABTest.spec.routing``: the Gateway provider when ``gatewayRef`` is set, else replica ratio.
+    ``hostnames`` become the HTTPRoute's (Gateway provider only)."""
 
     gateway_ref: GatewayRef | None = None
+    hostnames: Annotated[list[Hostname], Field(max_length=HOSTNAMES_LIMIT)] | None = None
     header_pinning: HeaderPinning | None = None
     sticky: Sticky | None = None
 

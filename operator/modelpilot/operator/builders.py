@@ -308,7 +308,8 @@ def build_canary_route(owner: Owner, spec: api.ModelVersionSpec, model: Resolved
     ``canary_weight`` % to ``<name>-canary`` and the rest to ``<name>-stable``, exactly; with ``mirror`` (the
     shadow phase) live traffic is also copied to the canary, whose answers are dropped — in the form the
     Gateway implements (``style``; on NGINX Gateway Fabric the route references ``canary_mirrors(...).objects``).
-    While a canary runs, the header ``x-modelpilot-track: canary|stable`` pins a request to a track (QA)."""
+    While a canary runs, the header ``x-modelpilot-track: canary|stable`` pins a request to a track (QA). The
+    route matches ``spec.routing.hostnames`` when given (its ``spec.hostnames``), every hostname otherwise."""
     assert spec.routing is not None, "build_canary_route needs spec.routing"
     gateway = spec.routing.gateway_ref
     parent: dict[str, Any] = {"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": gateway.name}
@@ -332,8 +333,11 @@ def build_canary_route(owner: Owner, spec: api.ModelVersionSpec, model: Resolved
         default["backendRefs"].append(ref("canary", canary_weight))
     mirroring.add_to_rule(default, canary_mirrors(owner, model, mirror, canary_active, style))
     rules.append(default)
+    route_spec: dict[str, Any] = {"parentRefs": [parent], "rules": rules}
+    if spec.routing.hostnames:  # absent or empty: no hostnames, the route matches every hostname of the listener
+        route_spec["hostnames"] = list(spec.routing.hostnames)
     return {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
-            "metadata": _meta(owner, owner.name, model), "spec": {"parentRefs": [parent], "rules": rules}}
+            "metadata": _meta(owner, owner.name, model), "spec": route_spec}
 
 
 def build_hpa(owner: Owner, spec: api.ModelVersionSpec, model: ResolvedModel) -> Manifest | None:

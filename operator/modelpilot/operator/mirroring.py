@@ -89,9 +89,11 @@ def snippets_filter(route_meta: dict[str, Any], service: str, port: int = 80) ->
     """The SnippetsFilter copying each request of the rule that references it to ``service``.
 
     nginx's ``mirror`` in the rule's location sends a copy to an internal location that proxies to the
-    Service's upstream, which NGF names ``<namespace>_<service>_<port>``; the copy's answer is dropped. The
-    location's path names the route and Service, so two routes on one Gateway (one nginx server block) never
-    define the same location."""
+    Service's upstream, which NGF names ``<namespace>_<service>_<port>``; the copy's answer is dropped. NGF
+    writes one nginx server block per hostname (routes without ``hostnames`` share the listener's), and a rule's
+    ``http.server`` snippet goes into each block holding that rule's location, so the internal location sits
+    beside the location that mirrors to it. Its path names the route and Service, so two routes in one block
+    never define the same location."""
     route, namespace = route_meta["name"], route_meta["namespace"]
     name = filter_name(route, service)
     location = f"{_LOCATION_PREFIX}/{namespace}/{route}/{service}"
