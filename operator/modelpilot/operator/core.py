@@ -217,16 +217,20 @@ class OperatorCore:
         if type == "DELETED":
             self.reconciler.forget(namespace, name, str(meta.get("uid") or ""))
             self._deleted.set()
+        elif not gone:
+            self.reconciler.note(body)  # the newest copy a readiness refresh starts from
 
-    async def refresh(self, namespace: str, name: str, logger: Logger) -> None:
-        """Refresh a ModelVersion's readiness from its Deployment (and pods); an API error is one line."""
+    async def refresh(self, namespace: str, name: str, logger: Logger,
+                      deployment: dict[str, Any] | None = None) -> None:
+        """Refresh a ModelVersion's readiness from its Deployment (and pods); an API error is one line.
+        ``deployment``: its stable Deployment as an event delivered it (else it is read)."""
         self._busy_at = time.monotonic()
         self._busy_since_release += 1
         try:
             # The lock first: a refresh waiting for its ModelVersion's reconcile (a create's waits seconds for
             # its Service) must not hold a slot other ModelVersions' refreshes need meanwhile.
             async with self.reconciler.lock(namespace, name), self.readiness_slots:
-                result = await self.reconciler.refresh_readiness(namespace, name)
+                result = await self.reconciler.refresh_readiness(namespace, name, deployment)
             if result:
                 metrics.set_phase("ModelVersion", f"{namespace}/{name}", result.status.get("phase"))
         except KubeError as exc:

@@ -20,7 +20,6 @@ import kopf
 from modelpilot.operator import api, contract, metrics, rollout
 from modelpilot.operator.core import Logger, OperatorCore
 from modelpilot.operator.kube import Kube, KubeError
-from modelpilot.operator.contract import SELECTOR_LABEL
 from modelpilot.operator.reconcile import ACTION_FIELDS, Membership, memberships, pending_action
 from modelpilot.operator.settings import OperatorSettings
 
@@ -87,10 +86,12 @@ async def _startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: A
     settings.persistence.diffbase_storage = LeanDiffBaseStorage(prefix="modelpilot.io")
     settings.posting.level = logging.INFO
     settings.watching.server_timeout = 60
-    # Server-side label selectors: the operator is sent only the Deployments and pods it manages, not every
-    # one in the cluster (kopf's ``labels=`` filters on the handlers alone are applied after decoding).
-    for resource in ("deployments", "pods"):
-        settings.watching.label_selectors[resource] = f"{contract.MANAGED_BY_LABEL}={contract.MANAGED_BY}"
+    # A server-side label selector: the operator is sent only the Deployments it manages, not every one in the
+    # cluster (kopf's ``labels=`` filters on the handlers alone are applied after decoding). Pods are not
+    # watched: a ModelVersion whose Deployment is not available is re-checked by the ticker, which reads its
+    # pods then (``MODELPILOT_READINESS_RECHECK_SECONDS``); a pod watch delivered every serving pod's every
+    # change, ~6 events per pod, to find the few that explain a failure (benchmarks/README.md).
+    settings.watching.label_selectors["deployments"] = f"{contract.MANAGED_BY_LABEL}={contract.MANAGED_BY}"
     # kopf waits this long for the watch to deliver its own last patch before acting on an older event of the
     # object. Behind a burst of creates the default 5 s ran out, and kopf took our own status write (made
     # before its annotations) for a new object and ran the create handler again: ~50 % extra reconciles at 200.
@@ -149,26 +150,6 @@ async def action_requested(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     await _core(memo).measured_or_logged(body["metadata"]["namespace"], body["metadata"]["name"], refresh=False)
 
 
-def _pod_has_a_problem(body: kopf.Body, type: str | None, **_: Any) -> bool:
-    if type == "DELETED":
-        return False
-    for c in (body.get("status") or {}).get("containerStatuses") or []:
-        if not c.get("ready") and ((c.get("state") or {}).get("waiting") or c.get("lastState")):
-            return True
-    return False
-
-
-@kopf.on.event("", "v1", "pods", labels={**MANAGED, SELECTOR_LABEL: kopf.PRESENT}, when=_pod_has_a_problem)
-async def pod_changed(body: kopf.Body, logger: Logger, memo: kopf.Memo, **_: Any) -> None:
-    """A serving pod's container is failing (waiting, or restarted and not ready): refresh its ModelVersion.
-
-    A crash-looping pod changes no Deployment field, so without this no event would bring its reason
-    into status. An event handler, not a timer: kopf puts a finalizer on every resource a timer
-    runs for, and a finalizer blocks deletion while the operator is down.
-    """
-    await _core(memo).refresh(body["metadata"]["namespace"], body["metadata"]["labels"][SELECTOR_LABEL], logger)
-
-
 @kopf.on.event("apps", "v1", "deployments", labels=MANAGED)
 async def deployment_changed(body: kopf.Body, type: str, logger: Logger, memo: kopf.Memo, **_: Any) -> None:
     """A serving Deployment moved: refresh its ModelVersion's readiness in status.
@@ -185,9 +166,10 @@ async def deployment_changed(body: kopf.Body, type: str, logger: Logger, memo: k
     stable = type != "DELETED" and owner["name"] == body["metadata"]["name"]
     if stable and core.reconciler.readiness_unchanged(namespace, owner["name"], dict(body)):
         return  # the state readiness was last written from: nothing to refresh
-    # The refresh reads the Deployment afresh rather than trusting this event's copy: events can queue
-    # behind others, and an older copy judged a Ready ModelVersion not ready again.
-    await core.refresh(namespace, owner["name"], logger)
+    # The stable Deployment's copy is judged as delivered, unless readiness was last written from a newer copy
+    # of it (events can queue behind others, and an older copy once judged a Ready ModelVersion not ready
+    # again): refresh_readiness compares resourceVersions. A canary's event refreshes from a fresh read.
+    await core.refresh(namespace, owner["name"], logger, dict(body) if stable else None)
 
 
 # ---------------------------------------------------------------------------- ABTest

@@ -305,6 +305,17 @@ def observe(deployment: dict[str, Any] | None) -> dict[str, Any]:
             "message": f"rolling out: {updated}/{desired} replicas updated, {available} available, {total} running"}
 
 
+def resource_version(obj: dict[str, Any] | None) -> int | None:
+    """An object's ``metadata.resourceVersion`` as a number, to tell which of two copies of one object is newer;
+    None when absent or not a number. Kubernetes calls it opaque, but every apiserver backed by etcd writes the
+    etcd revision there, and each use here falls back to a read when it is not a number."""
+    value = ((obj or {}).get("metadata") or {}).get("resourceVersion")
+    try:
+        return int(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
 def _observed_key(deployment: dict[str, Any] | None) -> tuple[Any, ...]:
     """What readiness is judged on in a Deployment: its generation and the status counts and conditions."""
     if deployment is None:
@@ -503,6 +514,14 @@ class Reconciler:
         # Deployment event that shows the same state cannot change it, so it reads nothing (most events are
         # the controller's own bookkeeping). Only a hint — every write is judged on fresh reads.
         self._written: dict[tuple[str, str], tuple[Any, ...]] = {}
+        # ... and that Deployment's resourceVersion: an event that delivers an older copy (kopf queues an object's
+        # events while its handler runs) is not judged again, so it cannot undo a newer verdict.
+        self._written_rv: dict[tuple[str, str], int] = {}
+        # The newest copy of each ModelVersion known without asking: from its watch events (``note``) and the
+        # answers to this operator's own status writes. A readiness refresh starts from it instead of a GET (two
+        # per ModelVersion in a burst); its write is conditional on that copy's resourceVersion, so a stale copy
+        # costs one 409 and a read, never a wrong status.
+        self._bodies: dict[tuple[str, str], dict[str, Any]] = {}
         # One pooled client and version cache per (tracking URI, credentials), kept across reconciles.
         self.registries = Registries(registry_factory or (
             lambda uri, creds: Registry(uri, creds, timeout=settings.mlflow.timeout_seconds)))
@@ -564,12 +583,47 @@ class Reconciler:
         with self._locks_guard:
             self._locks.pop((namespace, name), None)
             self._written.pop((namespace, name), None)
+            self._written_rv.pop((namespace, name), None)
+            self._bodies.pop((namespace, name), None)
         if uid:
             self.kube.forget_owner(uid)
 
+    def note(self, body: dict[str, Any]) -> None:
+        """Keep ``body`` (a ModelVersion as a watch event or a write's answer delivered it) as its newest known
+        copy, unless a newer one is known already."""
+        meta = body.get("metadata") or {}
+        key = (str(meta.get("namespace", "")), str(meta.get("name", "")))
+        rv = resource_version(body)
+        with self._locks_guard:
+            known = self._bodies.get(key)
+            if rv is None:
+                self._bodies.pop(key, None)  # cannot be ordered: the next refresh reads
+            elif known is None or rv > (resource_version(known) or 0):
+                self._bodies[key] = body
+
+    def _known_body(self, namespace: str, name: str) -> dict[str, Any] | None:
+        with self._locks_guard:
+            return self._bodies.get((namespace, name))
+
+    def _unnote(self, namespace: str, name: str) -> None:
+        with self._locks_guard:
+            self._bodies.pop((namespace, name), None)
+
     def _remember(self, namespace: str, name: str, deployment: dict[str, Any] | None) -> None:
+        rv = resource_version(deployment)
         with self._locks_guard:
             self._written[(namespace, name)] = _observed_key(deployment)
+            if rv is None:
+                self._written_rv.pop((namespace, name), None)
+            else:
+                self._written_rv[(namespace, name)] = rv
+
+    def _older_than_written(self, namespace: str, name: str, deployment: dict[str, Any]) -> bool:
+        """True when readiness was last written from a newer copy of this Deployment than ``deployment``."""
+        rv = resource_version(deployment)
+        with self._locks_guard:
+            written = self._written_rv.get((namespace, name))
+        return rv is not None and written is not None and rv < written
 
     def readiness_unchanged(self, namespace: str, name: str, deployment: dict[str, Any]) -> bool:
         """True when this stable Deployment (as an event delivered it) shows the state the ModelVersion's
@@ -708,12 +762,19 @@ class Reconciler:
             new, events = readiness_status(base, generation, deployment, now, pods)
             out = {**base, **new}
             out["phase"] = rollout_phase(out)
-            if await self.kube.patch_status(namespace, name, out,
-                                      resource_version=fresh["metadata"].get("resourceVersion")):
+            answer = await self.kube.patch_status(namespace, name, out,
+                                                  resource_version=fresh["metadata"].get("resourceVersion"))
+            if answer:
                 self._remember(namespace, name, deployment)
+                self._note_answer(answer)
                 return out, events
-        await self.kube.patch_status(namespace, name, out)  # still contended: readiness was read just now anyway
+        self._note_answer(await self.kube.patch_status(namespace, name, out))  # still contended: read just now
         return out, events
+
+    def _note_answer(self, answer: Any) -> None:
+        """A status write's answer is the ModelVersion as it is now: the newest known copy."""
+        if isinstance(answer, dict) and answer.get("metadata"):
+            self.note(answer)
 
     async def pods_of(self, namespace: str, deployment: dict[str, Any] | None) -> list[dict[str, Any]] | None:
         """The pods of a serving Deployment that is not fully available (to say why); None otherwise."""
@@ -1038,30 +1099,46 @@ class Reconciler:
         return await self._unresolved(namespace, name, status, None, generation, now, InvalidSpec(message),
                                       keep=serving)
 
-    async def refresh_readiness(self, namespace: str, name: str) -> Result | None:
-        """Update the ModelVersion's readiness from its Deployment, read now, and, while it is not available,
-        its pods. Deployment and pod events call this (a crash-looping pod changes no Deployment field, so no
-        Deployment event would tell), and the ticker while a ModelVersion is not Ready.
+    async def refresh_readiness(self, namespace: str, name: str,
+                                deployment: dict[str, Any] | None = None) -> Result | None:
+        """Update the ModelVersion's readiness from its Deployment and, while it is not available, its pods.
+        Deployment events call this with the Deployment they delivered; the ticker, while a ModelVersion is not
+        Ready, without one (then it is read now; a crash-looping pod changes no Deployment field, so no
+        Deployment event would tell; pods are not watched).
 
-        The write lands only on the version read; on a conflict (kopf's own annotation patch, mostly) it reads
-        both again and retries. Dropping it was how a ModelVersion stayed not Ready for good: its Deployment
-        had settled, so no later event came (tests/cluster/test_cold_start.py)."""
-        for _ in range(5):
-            body = await self.kube.read_model_version(namespace, name)
+        It starts from the newest copy of the ModelVersion it knows (``note``), else reads it. An event's
+        Deployment older than the one readiness was last written from is not judged again (a newer verdict
+        stands; the newer events follow). The write lands only on the ModelVersion's version it started from;
+        on a conflict (kopf's own annotation patch, mostly) it reads the ModelVersion again and retries.
+        Dropping it was how a ModelVersion stayed not Ready for good: its Deployment had settled, so no later
+        event came (tests/cluster/test_cold_start.py)."""
+        if deployment is not None and resource_version(deployment) is None:
+            deployment = None  # cannot be ordered against what was written: read it
+        if deployment is not None and self._older_than_written(namespace, name, deployment):
+            return None
+        for attempt in range(5):
+            body = self._known_body(namespace, name) if attempt == 0 else None
+            if body is None:
+                body = await self.kube.read_model_version(namespace, name)
             if body is None:
                 return None
             status = dict(body.get("status") or {})
             if not status.get("model"):
                 return None  # not reconciled yet; the reconcile handler writes the first status
             generation = int(body["metadata"].get("generation") or 1)
-            deployment = await self.kube.read_deployment(namespace, name)
+            if deployment is None:
+                deployment = await self.kube.read_deployment(namespace, name)
             new, events = readiness_status(status, int(status.get("observedGeneration") or generation),
                                            deployment, now_iso(), await self.pods_of(namespace, deployment))
             new["phase"] = rollout_phase({**status, **new})
             changed = {k: v for k, v in new.items() if status.get(k) != v}
-            if changed and not await self.kube.patch_status(namespace, name, new,
-                                                      resource_version=body["metadata"].get("resourceVersion")):
-                continue  # written meanwhile: judge again on what is there now
+            if changed:
+                answer = await self.kube.patch_status(namespace, name, new,
+                                                      resource_version=body["metadata"].get("resourceVersion"))
+                if not answer:
+                    self._unnote(namespace, name)
+                    continue  # written meanwhile: judge again on what is there now
+                self._note_answer(answer)
             self._remember(namespace, name, deployment)
             return Result(status={**status, **new}, events=events, involved=body)
         return None  # still contended after 5 rounds: the ticker re-checks a ModelVersion that is not Ready

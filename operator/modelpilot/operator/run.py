@@ -188,16 +188,22 @@ def _ensure_peering(api: object, settings: OperatorSettings) -> None:
 class _OrjsonFirst:
     """``json.loads`` as kopf's watch stream calls it, decoded by orjson (the apiserver sends int64 and float64
     numbers, which orjson reads to the same values); anything orjson refuses (a NaN literal, say) is decoded
-    by the standard library as before."""
+    by the standard library as before. ``managedFields`` are dropped at once (``kube.without_managed_fields``):
+    kopf keeps queued events until their object's handlers ran, and in a burst that is thousands."""
 
     JSONDecodeError = json.JSONDecodeError
 
-    @staticmethod
-    def loads(text: str | bytes) -> Any:
+    def __init__(self) -> None:
+        from modelpilot.operator.kube import without_managed_fields
+
+        self._lean = without_managed_fields
+
+    def loads(self, text: str | bytes) -> Any:
         try:
-            return orjson.loads(text)
+            value = orjson.loads(text)
         except orjson.JSONDecodeError:
-            return json.loads(text)
+            value = json.loads(text)
+        return self._lean(value)
 
 
 def fast_watch_decoding() -> bool:

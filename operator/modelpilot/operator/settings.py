@@ -130,7 +130,7 @@ class KubernetesSettings(_Group):
     API, not threads: at 20 a burst of 200 creates waited ~10 s for a slot; at 1,000 a burst of 1,000 got
     slower than at 100–250 (kopf re-ran handlers it could not confirm in time; benchmarks/README.md)."""
     readiness_workers: int = Field(16, ge=1, validation_alias=_var("MODELPILOT_READINESS_WORKERS"))
-    """Readiness refreshes from Deployment and pod events in flight at once, apart from the reconciles so a
+    """Readiness refreshes from Deployment events and rechecks in flight at once, apart from the reconciles so a
     burst of creates never queues them (``MODELPILOT_READINESS_WORKERS``)."""
 
     @field_validator("namespaces", mode="before")
