@@ -73,6 +73,7 @@ class OperatorCore:
         self._deleted = threading.Event()  # something was deleted since memory was last released
         self._busy_at = time.monotonic()  # when a reconcile or refresh last ran
         self._busy_since_release = 0  # reconciles and refreshes since memory was last released
+        self._stopped = False
 
     @property
     def kube(self) -> Kube:
@@ -87,6 +88,11 @@ class OperatorCore:
         self.ticker.track("memory", "", "", MEMORY_TICK_SECONDS)
 
     async def stop(self) -> None:
+        """Stop periodic work, the threads and the API sessions. Run once: by kopf's cleanup handler, or by
+        ``run.operate`` when kopf's stop was cut short and that handler never ran."""
+        if self._stopped:
+            return
+        self._stopped = True
         with self._ticks_guard:
             self.loop = None  # no new periodic run starts; those waiting on the loop are cancelled
             for running in list(self._ticks):
