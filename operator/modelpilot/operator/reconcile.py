@@ -41,6 +41,7 @@ from pydantic import ValidationError
 from modelpilot.operator import abtest, analysis, api, builders, contract, diagnosis, metrics, rollout
 from modelpilot.operator.gateways import MirrorStyles
 from modelpilot.operator.kube import Kube, KubeError, KubeUnavailable
+from modelpilot.operator.logs import about
 from modelpilot.operator.mirroring import MirrorStyle
 from modelpilot.operator.prometheus import Prometheus, PrometheusError
 from modelpilot.operator.registry import (
@@ -57,6 +58,7 @@ from modelpilot.operator.registry import (
 from modelpilot.operator.settings import OperatorSettings
 
 ACTION_ANNOTATION = contract.ACTION_ANNOTATION
+_log = logging.getLogger(__name__)
 
 
 def now_iso() -> str:
@@ -419,19 +421,20 @@ def pending_action(value: str, ro: api.RolloutStatus, status: dict[str, Any]) ->
 ACTION_FIELDS = ("phase", "canaryVersion", "handledAction")
 
 
-def rollout_status(status: dict[str, Any]) -> api.RolloutStatus:
+def rollout_status(status: dict[str, Any], namespace: str = "", name: str = "") -> api.RolloutStatus:
     """``status.rollout`` as the planner takes it: parsed once, where a body enters a reconcile.
 
     The API server validated what it stores against the CRD, so this parses; should a field not (an object
     stored before the field was declared, written by hand), that field is left out and logged — the rest of
-    the state still resumes, and the field is not written back (a merge patch leaves it as stored)."""
+    the state still resumes, and the field is not written back (a merge patch leaves it as stored). The line
+    names the ModelVersion ``namespace/name``."""
     raw = status.get("rollout") or {}
     try:
         return api.RolloutStatus.model_validate(raw)
     except ValidationError as exc:
         bad = {str(e["loc"][0]) for e in exc.errors() if e["loc"]}
-        logging.getLogger(__name__).warning("status.rollout: ignoring fields that do not parse: %s",
-                                            spec_errors(exc, "status.rollout"))
+        about(_log, namespace, name).warning("status.rollout: ignoring fields that do not parse: %s",
+                                             spec_errors(exc, "status.rollout"))
         return api.RolloutStatus.model_validate({k: v for k, v in raw.items() if k not in bad})
 
 
@@ -617,7 +620,7 @@ class Reconciler:
         ref = model_ref(spec)
         events: list[Event] = []
         current = pinned(status, ref)  # the stable version, when it still answers the spec
-        ro = rollout_status(status)  # parsed once; written back (rollout_patch) only where it changes
+        ro = rollout_status(status, namespace, name)  # parsed once; written back (rollout_patch) only where it changes
         known_canary = pinned({"model": _model_dict(ro.canary_model)}, ref) if ro.canary_model else None
         # While a rollout is active its canary is the newest answer to the spec's reference: with an alias both
         # the pinned stable version and the canary answer it, and the canary is where the alias points. (Taking
@@ -727,7 +730,9 @@ class Reconciler:
         try:
             return await self.kube.list_pods(namespace, selector)
         except KubeError as exc:  # e.g. RBAC without pods: say less, but keep reconciling
-            logging.getLogger(__name__).warning("cannot tell why the pods are not ready: %s", exc)
+            # The stable Deployment is named after its ModelVersion.
+            about(_log, namespace, deployment["metadata"]["name"]).warning(
+                "cannot tell why the pods are not ready: %s", exc)
             return None
 
     # ------------------------------------------------------------------ canary
@@ -845,7 +850,7 @@ class Reconciler:
         canary_model = self._canary_model(ro, candidate)
         survivor = canary_model if decision.stable_model == "canary" else stable
         if decision.action in ("Promoted", "RolledBack", "Cancelled") and survivor.version != stable.version:
-            survivor = await self._with_signature(owner.namespace, spec, survivor)
+            survivor = await self._with_signature(owner, spec, survivor)
         await self._objects(owner, spec, status, survivor, member, stable_replicas=decision.stable_replicas,
                       canary=None if decision.canary_replicas is None else (canary_model, decision.canary_replicas),
                       route_weight=decision.route_weight or 0, mirror=decision.mirror)
@@ -855,7 +860,7 @@ class Reconciler:
                 status["previousModel"] = stable.as_status(signature=False)
                 status["model"] = survivor.as_status()
             if ro.kind != api.RolloutKind.UNDO and decision.action in ("Promoted", "RolledBack"):
-                events += await self._write_back(owner.namespace, spec, status, canary_model,
+                events += await self._write_back(owner, spec, status, canary_model,
                                            promoted=decision.action == "Promoted", reason=ro.reason or "",
                                            now=now_text)
         return events
@@ -897,12 +902,13 @@ class Reconciler:
                 pods = await self.kube.list_pods(owner.namespace, {builders.SELECTOR_LABEL: owner.name,
                                                               builders.TRACK_LABEL: "canary"})
             except KubeError as exc:  # e.g. RBAC without pods: health is then judged on the Deployment only
-                logging.getLogger(__name__).warning("cannot read the canary pods: %s", exc)
+                about(_log, owner.namespace, owner.name).warning("cannot read the canary pods: %s", exc)
                 pods = []
             health = pod_health(pods)
         return rollout.World(stable=tracks[0], canary=tracks[1], health=health)
 
-    async def _with_signature(self, namespace: str, spec: api.ModelVersionSpec, model: ResolvedModel) -> ResolvedModel:
+    async def _with_signature(self, owner: builders.Owner, spec: api.ModelVersionSpec,
+                              model: ResolvedModel) -> ResolvedModel:
         """The promoted version with its signature: a canary's copy in ``status.rollout`` has none (a status
         holds one signature), so it is read again from MLflow — best effort, the promotion does not wait on it."""
         if model.signature:
@@ -910,9 +916,10 @@ class Reconciler:
         try:
             # A copy that asks for this version (same registry and credentials); not validated again.
             pinned_spec = spec.model_copy(update={"model": api.ModelRef(name=model.name, version=model.version)})
-            full = await self.resolve(namespace, pinned_spec)
+            full = await self.resolve(owner.namespace, pinned_spec)
         except (RegistryError, SpecError) as exc:
-            logging.getLogger(__name__).warning("signature of %s version %s: %s", model.name, model.version, exc)
+            about(_log, owner.namespace, owner.name).warning("signature of %s version %s: %s", model.name,
+                                                             model.version, exc)
             return model
         return dataclasses.replace(model, signature=full.signature, signature_inputs=full.signature_inputs,
                                    signature_truncated=full.signature_truncated, flavor=model.flavor or full.flavor)
@@ -966,7 +973,7 @@ class Reconciler:
             metrics.observe_measurement(owner.namespace, owner.name, m)
         return analysis.overall(results, cfg.no_data), [m.as_status() for m in results]
 
-    async def _write_back(self, namespace: str, spec: api.ModelVersionSpec, status: dict[str, Any],
+    async def _write_back(self, owner: builders.Owner, spec: api.ModelVersionSpec, status: dict[str, Any],
                           model: ResolvedModel, promoted: bool, reason: str, now: str) -> list[Event]:
         """Opt-in registry write-back (``spec.rollout.writeBack``), with the same credentials Secret as
         resolution. Never fatal (the rollout decision stands), but never silent: the outcome is the
@@ -979,7 +986,7 @@ class Reconciler:
                 if promoted else f"tagged {model.name} version {model.version} modelpilot.rejected")
         generation = int(status.get("observedGeneration") or 1)
         try:
-            registry = await self.registry(namespace, spec)
+            registry = await self.registry(owner.namespace, spec)
             if promoted:
                 await self.off_loop(registry.set_alias, model.name, alias, model.version)
                 await self.off_loop(registry.set_tag, model.name, model.version, "modelpilot.promoted", "true")
@@ -991,7 +998,7 @@ class Reconciler:
                    if isinstance(exc, SpecError) else "RegistryNotFound" if isinstance(exc, RegistryNotFound)
                    else "RegistryUnavailable")
             message = f"registry write-back failed (wanted: {what}): {exc}"
-            logging.getLogger(__name__).warning("%s", message)
+            about(_log, owner.namespace, owner.name).warning("%s", message)
             status["conditions"] = set_condition(list(status.get("conditions") or []), "RegistryWriteBack", "False",
                                                  why, message, generation, now)
             return [Event("Warning", "RegistryWriteBackFailed", message)]
