@@ -296,8 +296,9 @@ def observe(deployment: dict[str, Any] | None) -> dict[str, Any]:
     progressing: dict[str, Any] = next((c for c in dstatus.get("conditions") or []
                                         if c.get("type") == "Progressing"), {})
     base = {"replicas": total, "readyReplicas": ready_replicas}
-    if progressing.get("reason") == "ProgressDeadlineExceeded":
-        return {**base, "phase": "Degraded", "ready": available >= desired > 0, "stalled": True,
+    if progressing.get("reason") == "ProgressDeadlineExceeded":  # Kubernetes gave up on it: Stalled
+        return {**base, "phase": "Degraded" if ready_replicas else "Failed", "ready": available >= desired > 0,
+                "stalled": True,
                 "reason": "ProgressDeadlineExceeded",
                 "message": progressing.get("message", "the Deployment did not progress before its deadline")}
     if current and updated == desired and available == desired and total == desired:
@@ -325,7 +326,9 @@ def readiness_status(status: dict[str, Any], generation: int,
 
     ``pods`` (listed only while the Deployment is not fully available) explain why: the first
     informative container problem becomes reason ``ServingFailed`` with the pod's message, phase
-    ``Failed`` (no replica ready) or ``Degraded``, and one Warning Event per distinct problem.
+    ``Degraded`` while a replica is ready, else ``Retrying`` while the kubelet restarts the pods
+    (``Reconciling=True``) and ``Failed`` once the Deployment's progress deadline has passed (``Stalled=True``),
+    and one Warning Event per distinct problem.
     """
     seen = observe(deployment)
     conditions = list(status.get("conditions") or [])
@@ -341,7 +344,7 @@ def readiness_status(status: dict[str, Any], generation: int,
         if same and problem.reason == "ImagePullBackOff":
             message = old_problem  # keep the pull error ErrImagePull reported; the back-off adds nothing
         seen.update(reason=diagnosis.REASON, message=message,
-                    phase="Degraded" if seen["readyReplicas"] else "Failed")
+                    phase="Degraded" if seen["readyReplicas"] else "Failed" if seen["stalled"] else "Retrying")
     conditions = set_condition(conditions, "Ready", "True" if seen["ready"] else "False", seen["reason"],
                                seen["message"], generation, now)
     conditions = set_condition(conditions, "Reconciling", "False" if seen["ready"] or seen["stalled"] else "True",
@@ -1010,7 +1013,9 @@ class Reconciler:
                           generation: int, now: str, exc: Exception, keep: bool) -> Result:
         """The registry could not answer, or the spec cannot work: say why, touch nothing that runs, ask for a
         retry — but for a spec that does not parse (``InvalidSpec``, ``ref`` None), which only a spec change
-        (a reconcile of its own) can fix."""
+        (a reconcile of its own) can fix. With nothing pinned, a retried failure is phase ``Resolving``
+        (``Reconciling=True``: MLflow may answer, the model may be registered, the Secret created); the spec that
+        does not parse is ``Failed`` (``Stalled=True``, ``Reconciling=False``)."""
         not_found = isinstance(exc, RegistryNotFound)
         invalid = isinstance(exc, InvalidSpec)
         reason = "ModelNotFound" if not_found else "SpecError" if isinstance(exc, SpecError) else "RegistryUnavailable"
@@ -1020,8 +1025,11 @@ class Reconciler:
         if not keep:
             # Nothing pinned for this spec: the resource is not Ready. What already runs stays untouched.
             conditions = set_condition(conditions, "Ready", "False", reason, message, generation, now)
-            conditions = set_condition(conditions, "Reconciling", "True", reason, message, generation, now)
-            status["phase"] = "Failed" if not_found or invalid else "Resolving"
+            conditions = set_condition(conditions, "Reconciling", "False" if invalid else "True", reason, message,
+                                       generation, now)
+            conditions = set_condition(conditions, "Stalled", "True" if invalid else "False", reason, message,
+                                       generation, now)
+            status["phase"] = "Failed" if invalid else "Resolving"
         old: dict[str, Any] = next((c for c in status.get("conditions") or [] if c.get("type") == "Resolved"), {})
         repeated = old.get("status") == "False" and old.get("reason") == reason  # a retry: said already
         if invalid:  # a spec edited into another unreadable one is news; a retry it is not
@@ -1035,8 +1043,8 @@ class Reconciler:
     async def _invalid_spec(self, namespace: str, name: str, status: dict[str, Any], generation: int, now: str,
                             message: str) -> Result:
         """A spec that does not parse: the ``SpecError`` path (``Resolved=False`` naming each field, one Warning
-        Event; ``Ready=False`` and phase ``Failed`` when nothing serves yet), nothing applied or deleted. Said
-        already for this generation (a rollout tick, an alias poll): nothing is written again."""
+        Event; ``Ready=False``, ``Stalled=True`` and phase ``Failed`` when nothing serves yet), nothing applied or
+        deleted. Said already for this generation (a rollout tick, an alias poll): nothing is written again."""
         old: dict[str, Any] = next((c for c in status.get("conditions") or [] if c.get("type") == "Resolved"), {})
         if (status.get("observedGeneration") == generation and old.get("status") == "False"
                 and old.get("reason") == "SpecError" and old.get("message") == message[:1000]):
