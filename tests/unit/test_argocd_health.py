@@ -179,12 +179,16 @@ def rolled_back() -> dict[str, Any]:
     return reconcile.rollout_patch(rollout.plan(r, TYPED, 4, back, T0 + 200).rollout)
 
 
-def unresolved_status(reason: str, message: str, phase: str, generation: int = 2) -> dict[str, Any]:
-    """Mirrors Reconciler._unresolved with nothing pinned yet (keep=False)."""
+def unresolved_status(reason: str, message: str, invalid: bool = False, generation: int = 2) -> dict[str, Any]:
+    """Mirrors Reconciler._unresolved with nothing pinned yet (keep=False): a retried failure is in progress,
+    a spec that does not parse (``invalid``) is stalled."""
     conditions = reconcile.set_condition([], "Resolved", "False", reason, message, generation, NOW)
     conditions = reconcile.set_condition(conditions, "Ready", "False", reason, message, generation, NOW)
-    conditions = reconcile.set_condition(conditions, "Reconciling", "True", reason, message, generation, NOW)
-    return {"phase": phase, "conditions": conditions, "observedGeneration": generation}
+    conditions = reconcile.set_condition(conditions, "Reconciling", "False" if invalid else "True", reason, message,
+                                         generation, NOW)
+    conditions = reconcile.set_condition(conditions, "Stalled", "True" if invalid else "False", reason, message,
+                                         generation, NOW)
+    return {"phase": "Failed" if invalid else "Resolving", "conditions": conditions, "observedGeneration": generation}
 
 
 # ----------------------------------------------------------------------------- ModelVersion
@@ -250,20 +254,31 @@ def test_model_version_after_the_spec_moved_past_a_rejected_version_is_healthy_a
     assert health(MV_HEALTH, model_version(s))[0] == "Healthy"
 
 
-def test_model_version_model_not_found_is_degraded() -> None:
-    s = unresolved_status("ModelNotFound", "registered model 'iris' has no alias 'champion'", "Failed")
-    status, message = health(MV_HEALTH, model_version(s))
-    assert (status, message) == ("Degraded", "registered model 'iris' has no alias 'champion'")
+def test_model_version_whose_model_is_not_found_yet_is_progressing() -> None:
+    """The operator keeps asking MLflow (the model may be registered after the resource): in progress."""
+    s = unresolved_status("ModelNotFound", "registered model 'iris' has no alias 'champion'")
+    assert health(MV_HEALTH, model_version(s)) == ("Progressing", "registered model 'iris' has no alias 'champion'")
 
 
 def test_model_version_waiting_for_the_registry_is_progressing() -> None:
-    s = unresolved_status("RegistryUnavailable", "MLflow at http://mlflow:5000 is unreachable", "Resolving")
+    s = unresolved_status("RegistryUnavailable", "MLflow at http://mlflow:5000 is unreachable")
     assert health(MV_HEALTH, model_version(s)) == ("Progressing", "MLflow at http://mlflow:5000 is unreachable")
+
+
+def test_model_version_whose_spec_cannot_be_read_is_degraded() -> None:
+    s = unresolved_status("SpecError", "spec.rollout.steps[0]: Input should be less than or equal to 100",
+                          invalid=True)
+    assert health(MV_HEALTH, model_version(s)) == ("Degraded",
+                                                   "spec.rollout.steps[0]: Input should be less than or equal to 100")
 
 
 def test_model_version_stalled_deployment_is_degraded() -> None:
     s = ready_status(deployment=_deployment(4, 0, progressing="ProgressDeadlineExceeded"))
-    assert s["phase"] == "Degraded"
+    assert s["phase"] == "Failed"  # nothing serves
+    status, message = health(MV_HEALTH, model_version(s))
+    assert status == "Degraded" and "ProgressDeadlineExceeded" in message
+    s = ready_status(deployment=_deployment(4, 2, progressing="ProgressDeadlineExceeded"))
+    assert s["phase"] == "Degraded"  # half of it serves
     status, message = health(MV_HEALTH, model_version(s))
     assert status == "Degraded" and "ProgressDeadlineExceeded" in message
 

@@ -109,6 +109,7 @@ MODELVERSION_PHASES = [
     "Ready",
     "Progressing",
     "Degraded",
+    "Retrying",
     "Failed",
     "RolledBack",
 ]

@@ -141,7 +141,7 @@ def test_a_failing_pod_makes_ready_false_serving_failed_with_one_event() -> None
     ready = _ready_condition(status)
     assert ready["status"] == "False" and ready["reason"] == "ServingFailed"
     assert ready["message"] == f"pod iris-7c9d-abcde: model server failed: {MISSING}"
-    assert status["phase"] == "Failed"
+    assert status["phase"] == "Retrying"  # the kubelet restarts it: not a dead end before the progress deadline
     conditions = {c["type"]: (c["status"], c["reason"]) for c in status["conditions"]}
     assert conditions == {"Ready": ("False", "ServingFailed"), "Reconciling": ("True", "ServingFailed"),
                           "Stalled": ("False", "ServingFailed")}
@@ -158,6 +158,24 @@ def test_a_failing_pod_makes_ready_false_serving_failed_with_one_event() -> None
     other = [_pod("iris-7c9d-abcde", state=_backoff(10), last=_crashed("the model failed its input example"))]
     status, events = reconcile.readiness_status(status, 1, _deployment(), "t3", other)
     assert [e.reason for e in events] == ["ServingFailed"] and "input example" in events[0].message
+
+
+def test_a_crash_loop_past_the_progress_deadline_is_failed_and_stalled() -> None:
+    """Retrying while the kubelet restarts the pods (Reconciling=True); once the Deployment's progress deadline
+    has passed Kubernetes has given up on it: Failed, Stalled=True, Reconciling=False, the pod's reason kept."""
+    pods = [_pod("iris-7c9d-abcde", state=_backoff(10), last=_crashed())]
+    status, _ = reconcile.readiness_status({}, 1, _deployment(), "t1", pods)
+    assert status["phase"] == "Retrying"
+    stalled = _deployment()
+    stalled["status"]["conditions"] = [{"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded",
+                                        "message": 'ReplicaSet "iris-7c9d" has timed out progressing.'}]
+    status, events = reconcile.readiness_status(status, 1, stalled, "t2", pods)
+    assert status["phase"] == "Failed"
+    conditions = {c["type"]: (c["status"], c["reason"]) for c in status["conditions"]}
+    assert conditions == {"Ready": ("False", "ServingFailed"), "Reconciling": ("False", "ServingFailed"),
+                          "Stalled": ("True", "ServingFailed")}
+    assert _ready_condition(status)["message"] == f"pod iris-7c9d-abcde: model server failed: {MISSING}"
+    assert [(e.type, e.reason) for e in events] == [("Warning", "ProgressDeadlineExceeded")]
 
 
 def test_once_pods_are_ready_the_condition_returns_to_normal() -> None:

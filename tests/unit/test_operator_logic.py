@@ -40,7 +40,10 @@ def test_readiness_follows_the_deployment() -> None:
     assert reconcile.observe(_deployment(2, 1, 2))["phase"] == "Deploying"
     assert reconcile.observe(_deployment(2, 2, 1))["ready"] is False  # old pods still serving
     assert reconcile.observe(_deployment(2, 2, 2, gen=3, observed=2))["ready"] is False  # not yet seen
+    # Past its progress deadline the Deployment is stalled: Failed when no pod serves, Degraded while some do.
     stalled = reconcile.observe(_deployment(2, 0, 1, progressing="ProgressDeadlineExceeded"))
+    assert stalled["stalled"] is True and stalled["phase"] == "Failed"
+    stalled = reconcile.observe(_deployment(2, 1, 1, progressing="ProgressDeadlineExceeded"))
     assert stalled["stalled"] is True and stalled["phase"] == "Degraded"
     assert reconcile.observe(None)["reason"] == "DeploymentMissing"
 

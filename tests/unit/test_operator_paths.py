@@ -226,6 +226,39 @@ def test_a_registry_failure_is_one_warning_however_often_it_is_retried() -> None
     assert again.retry and again.events == []
 
 
+def _phase_and_conditions(kube: FakeKube) -> tuple[str, dict[str, tuple[str, str]]]:
+    status = kube.body["status"]
+    return status["phase"], {c["type"]: (c["status"], c["reason"]) for c in status["conditions"]}
+
+
+def test_a_model_not_found_yet_is_resolving_not_failed_and_deploys_once_registered() -> None:
+    """The operator retries a model MLflow does not know (it may be registered after the resource): the phase
+    says it is still being worked on, in agreement with Reconciling=True, and no Stalled."""
+    versions: dict[str, str] = {}
+    kube = FakeKube(mv_body("1"))
+    rec = reconciler(kube, mlflow(versions))
+    result = run(kube, rec)
+    assert result.retry
+    assert _phase_and_conditions(kube) == ("Resolving", {
+        "Resolved": ("False", "ModelNotFound"), "Ready": ("False", "ModelNotFound"),
+        "Reconciling": ("True", "ModelNotFound"), "Stalled": ("False", "ModelNotFound")})
+    assert kube.objects == {}
+    versions["1"] = "run1"  # registered meanwhile: the next retry deploys it
+    result = run(kube, rec)
+    assert not result.retry and kube.body["status"]["phase"] == "Ready"
+    assert _phase_and_conditions(kube)[1]["Stalled"][0] == "False"
+
+
+def test_a_transient_registry_failure_is_resolving_not_failed() -> None:
+    kube = FakeKube(mv_body("1"))
+    rec = reconciler(kube, httpx.MockTransport(lambda request: httpx.Response(503, text="starting")))
+    result = run(kube, rec)
+    assert result.retry
+    assert _phase_and_conditions(kube) == ("Resolving", {
+        "Resolved": ("False", "RegistryUnavailable"), "Ready": ("False", "RegistryUnavailable"),
+        "Reconciling": ("True", "RegistryUnavailable"), "Stalled": ("False", "RegistryUnavailable")})
+
+
 def test_a_readiness_transition_written_meanwhile_is_not_posted_again() -> None:
     """A Deployment event's refresh wrote Ready=True (and posted Ready) after kopf read the body this
     reconcile starts from: the reconcile judges the transition against what was written, so no second Event."""
@@ -273,6 +306,9 @@ def test_a_spec_that_does_not_parse_is_a_spec_error_naming_the_field_not_an_exce
     assert "spec.rollout.steps[0]: Input should be greater than or equal to 1" in message
     assert "spec.rollout.canarySteps: Extra inputs are not permitted" in message
     assert _reason(kube, "Ready")[:2] == ("False", "SpecError") and kube.body["status"]["phase"] == "Failed"
+    # The one dead end of this path: nothing is retried, so kstatus reads Stalled, not in progress.
+    assert _reason(kube, "Stalled")[:2] == ("True", "SpecError")
+    assert _reason(kube, "Reconciling")[:2] == ("False", "SpecError")
     assert kube.body["status"]["observedGeneration"] == 1
 
     rec = reconciler(kube, mlflow({"1": "run1"}))

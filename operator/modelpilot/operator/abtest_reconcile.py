@@ -23,6 +23,7 @@ from pydantic import ValidationError
 
 from modelpilot.operator import abtest, analysis, api, mirroring
 from modelpilot.operator.kube import KubeError
+from modelpilot.operator.logs import about
 from modelpilot.operator.mirroring import MirrorStyle
 from modelpilot.operator.prometheus import Prometheus, PrometheusError
 from modelpilot.operator.reconcile import (
@@ -77,7 +78,7 @@ class ABTestReconciler:
         bodies = {v.model_version: await self.kube.read_model_version(namespace, v.model_version) for v in vs}
         complete = all(b is not None for b in bodies.values())
         # Prometheus is asked over a synchronous client: off the event loop.
-        figures = await self.models.off_loop(self._figures, namespace, vs, spec) if measure and complete else {}
+        figures = await self.models.off_loop(self._figures, namespace, name, vs, spec) if measure and complete else {}
         gateway = spec.routing.gateway_ref if spec.routing is not None else None
         # Asked only for a route that is rendered (cached per Gateway, shared with the ModelVersions).
         style = (await self.models.mirror_styles.of(gateway, namespace) if gateway is not None and complete
@@ -98,10 +99,11 @@ class ABTestReconciler:
                 # The membership just written, not the index's: its watch event may not have come yet.
                 await self.models.reconcile_latest(namespace, mv, member=member)
             except KubeError as exc:
-                log.warning("re-applying %s for ABTest %s: %s", mv, name, exc)
+                about(log, namespace, name).warning("re-applying ModelVersion %s: %s", mv, exc)
         return Result(status=decided.status, events=decided.events, retry=decided.retry, message=decided.message)
 
-    def _figures(self, namespace: str, vs: list[abtest.Variant], spec: api.ABTestSpec) -> dict[str, dict[str, Any]]:
+    def _figures(self, namespace: str, name: str, vs: list[abtest.Variant],
+                 spec: api.ABTestSpec) -> dict[str, dict[str, Any]]:
         """Each variant's figures over ``spec.analysis.interval`` from Prometheus; {} when it cannot tell."""
         if not self.settings.prometheus.url:
             return {}
@@ -127,7 +129,7 @@ class ABTestReconciler:
                     "_feedback": values["feedback"] or 0.0,
                 }
         except PrometheusError as exc:
-            log.warning("ABTest figures: %s", exc)
+            about(log, namespace, name).warning("ABTest figures: %s", exc)
             return {}
         finally:
             prom.close()

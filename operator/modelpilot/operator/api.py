@@ -47,7 +47,10 @@ __all__ = [
 
 
 class ModelVersionPhase(StrEnum):
-    """``ModelVersion.status.phase`` (an enum in the CRD: any other value is rejected)."""
+    """``ModelVersion.status.phase`` (an enum in the CRD: any other value is rejected). It agrees with the
+    kstatus conditions: a phase the operator (or the kubelet) is still working on or retrying — ``Resolving``,
+    ``Deploying``, ``Retrying``, ``Progressing`` — has ``Reconciling=True``; ``Failed`` is the one phase that
+    nothing changes without the user's action, and has ``Stalled=True``."""
 
     PENDING = "Pending"
     RESOLVING = "Resolving"
@@ -55,6 +58,7 @@ class ModelVersionPhase(StrEnum):
     READY = "Ready"
     PROGRESSING = "Progressing"
     DEGRADED = "Degraded"
+    RETRYING = "Retrying"
     FAILED = "Failed"
     ROLLED_BACK = "RolledBack"
 

@@ -22,6 +22,7 @@ from typing import Any
 from modelpilot.operator import metrics, rollout
 from modelpilot.operator.abtest_reconcile import ABTestReconciler
 from modelpilot.operator.kube import Kube, KubeError
+from modelpilot.operator.logs import about
 from modelpilot.operator.reconcile import Membership, Reconciler, Result
 from modelpilot.operator.settings import OperatorSettings
 from modelpilot.operator.ticker import Ticker
@@ -73,6 +74,7 @@ class OperatorCore:
         self._deleted = threading.Event()  # something was deleted since memory was last released
         self._busy_at = time.monotonic()  # when a reconcile or refresh last ran
         self._busy_since_release = 0  # reconciles and refreshes since memory was last released
+        self._stopped = False
 
     @property
     def kube(self) -> Kube:
@@ -87,6 +89,11 @@ class OperatorCore:
         self.ticker.track("memory", "", "", MEMORY_TICK_SECONDS)
 
     async def stop(self) -> None:
+        """Stop periodic work, the threads and the API sessions. Run once: by kopf's cleanup handler, or by
+        ``run.operate`` when kopf's stop was cut short and that handler never ran."""
+        if self._stopped:
+            return
+        self._stopped = True
         with self._ticks_guard:
             self.loop = None  # no new periodic run starts; those waiting on the loop are cancelled
             for running in list(self._ticks):
@@ -147,7 +154,7 @@ class OperatorCore:
             if body is None:
                 self.ticker.forget(kind, namespace, name)
                 return
-            await self.abtest_figures(body, log)
+            await self.abtest_figures(body)
             return
         if await self.measured_or_logged(namespace, name, refresh=(kind == "alias")) is None:
             self.ticker.forget(kind, namespace, name)
@@ -160,7 +167,7 @@ class OperatorCore:
             # them, and a canary's analysis must not wait on 250 creates.
             return await self.measured(namespace, name, refresh=refresh, bounded=False)
         except KubeError as exc:
-            log.warning("reconcile %s/%s: %s", namespace, name, exc)
+            about(log, namespace, name).warning("reconcile: %s", exc)
             return Result(status={}, retry=True, message=str(exc))
 
     async def measured(self, namespace: str, name: str, refresh: bool,
@@ -241,15 +248,15 @@ class OperatorCore:
 
     # ------------------------------------------------------------------ ABTest
 
-    async def abtest_figures(self, body: dict[str, Any], logger: Logger) -> None:
-        """Refresh each variant's live figures, the statistical comparison and readiness."""
+    async def abtest_figures(self, body: dict[str, Any]) -> None:
+        """Refresh each variant's live figures, the statistical comparison and readiness (the ticker's run)."""
+        namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
         try:
             result = await self.abtests.reconcile(dict(body), measure=True)
         except KubeError as exc:
-            logger.warning("ABTest figures: %s", exc)
+            about(log, namespace, name).warning("ABTest figures: %s", exc)
             return
-        metrics.set_phase("ABTest", f"{body['metadata']['namespace']}/{body['metadata']['name']}",
-                          result.status.get("phase"))
+        metrics.set_phase("ABTest", f"{namespace}/{name}", result.status.get("phase"))
         await self.post(body, result)
 
     def abtest_seen(self, body: dict[str, Any], type: str | None) -> None:

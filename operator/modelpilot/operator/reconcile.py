@@ -41,6 +41,7 @@ from pydantic import ValidationError
 from modelpilot.operator import abtest, analysis, api, builders, contract, diagnosis, metrics, rollout
 from modelpilot.operator.gateways import MirrorStyles
 from modelpilot.operator.kube import Kube, KubeError, KubeUnavailable
+from modelpilot.operator.logs import about
 from modelpilot.operator.mirroring import MirrorStyle
 from modelpilot.operator.prometheus import Prometheus, PrometheusError
 from modelpilot.operator.registry import (
@@ -57,6 +58,7 @@ from modelpilot.operator.registry import (
 from modelpilot.operator.settings import OperatorSettings
 
 ACTION_ANNOTATION = contract.ACTION_ANNOTATION
+_log = logging.getLogger(__name__)
 
 
 def now_iso() -> str:
@@ -294,8 +296,9 @@ def observe(deployment: dict[str, Any] | None) -> dict[str, Any]:
     progressing: dict[str, Any] = next((c for c in dstatus.get("conditions") or []
                                         if c.get("type") == "Progressing"), {})
     base = {"replicas": total, "readyReplicas": ready_replicas}
-    if progressing.get("reason") == "ProgressDeadlineExceeded":
-        return {**base, "phase": "Degraded", "ready": available >= desired > 0, "stalled": True,
+    if progressing.get("reason") == "ProgressDeadlineExceeded":  # Kubernetes gave up on it: Stalled
+        return {**base, "phase": "Degraded" if ready_replicas else "Failed", "ready": available >= desired > 0,
+                "stalled": True,
                 "reason": "ProgressDeadlineExceeded",
                 "message": progressing.get("message", "the Deployment did not progress before its deadline")}
     if current and updated == desired and available == desired and total == desired:
@@ -334,7 +337,9 @@ def readiness_status(status: dict[str, Any], generation: int,
 
     ``pods`` (listed only while the Deployment is not fully available) explain why: the first
     informative container problem becomes reason ``ServingFailed`` with the pod's message, phase
-    ``Failed`` (no replica ready) or ``Degraded``, and one Warning Event per distinct problem.
+    ``Degraded`` while a replica is ready, else ``Retrying`` while the kubelet restarts the pods
+    (``Reconciling=True``) and ``Failed`` once the Deployment's progress deadline has passed (``Stalled=True``),
+    and one Warning Event per distinct problem.
     """
     seen = observe(deployment)
     conditions = list(status.get("conditions") or [])
@@ -350,7 +355,7 @@ def readiness_status(status: dict[str, Any], generation: int,
         if same and problem.reason == "ImagePullBackOff":
             message = old_problem  # keep the pull error ErrImagePull reported; the back-off adds nothing
         seen.update(reason=diagnosis.REASON, message=message,
-                    phase="Degraded" if seen["readyReplicas"] else "Failed")
+                    phase="Degraded" if seen["readyReplicas"] else "Failed" if seen["stalled"] else "Retrying")
     conditions = set_condition(conditions, "Ready", "True" if seen["ready"] else "False", seen["reason"],
                                seen["message"], generation, now)
     conditions = set_condition(conditions, "Reconciling", "False" if seen["ready"] or seen["stalled"] else "True",
@@ -430,19 +435,20 @@ def pending_action(value: str, ro: api.RolloutStatus, status: dict[str, Any]) ->
 ACTION_FIELDS = ("phase", "canaryVersion", "handledAction")
 
 
-def rollout_status(status: dict[str, Any]) -> api.RolloutStatus:
+def rollout_status(status: dict[str, Any], namespace: str = "", name: str = "") -> api.RolloutStatus:
     """``status.rollout`` as the planner takes it: parsed once, where a body enters a reconcile.
 
     The API server validated what it stores against the CRD, so this parses; should a field not (an object
     stored before the field was declared, written by hand), that field is left out and logged — the rest of
-    the state still resumes, and the field is not written back (a merge patch leaves it as stored)."""
+    the state still resumes, and the field is not written back (a merge patch leaves it as stored). The line
+    names the ModelVersion ``namespace/name``."""
     raw = status.get("rollout") or {}
     try:
         return api.RolloutStatus.model_validate(raw)
     except ValidationError as exc:
         bad = {str(e["loc"][0]) for e in exc.errors() if e["loc"]}
-        logging.getLogger(__name__).warning("status.rollout: ignoring fields that do not parse: %s",
-                                            spec_errors(exc, "status.rollout"))
+        about(_log, namespace, name).warning("status.rollout: ignoring fields that do not parse: %s",
+                                             spec_errors(exc, "status.rollout"))
         return api.RolloutStatus.model_validate({k: v for k, v in raw.items() if k not in bad})
 
 
@@ -671,7 +677,7 @@ class Reconciler:
         ref = model_ref(spec)
         events: list[Event] = []
         current = pinned(status, ref)  # the stable version, when it still answers the spec
-        ro = rollout_status(status)  # parsed once; written back (rollout_patch) only where it changes
+        ro = rollout_status(status, namespace, name)  # parsed once; written back (rollout_patch) only where it changes
         known_canary = pinned({"model": _model_dict(ro.canary_model)}, ref) if ro.canary_model else None
         # While a rollout is active its canary is the newest answer to the spec's reference: with an alias both
         # the pinned stable version and the canary answer it, and the canary is where the alias points. (Taking
@@ -788,7 +794,9 @@ class Reconciler:
         try:
             return await self.kube.list_pods(namespace, selector)
         except KubeError as exc:  # e.g. RBAC without pods: say less, but keep reconciling
-            logging.getLogger(__name__).warning("cannot tell why the pods are not ready: %s", exc)
+            # The stable Deployment is named after its ModelVersion.
+            about(_log, namespace, deployment["metadata"]["name"]).warning(
+                "cannot tell why the pods are not ready: %s", exc)
             return None
 
     # ------------------------------------------------------------------ canary
@@ -906,7 +914,7 @@ class Reconciler:
         canary_model = self._canary_model(ro, candidate)
         survivor = canary_model if decision.stable_model == "canary" else stable
         if decision.action in ("Promoted", "RolledBack", "Cancelled") and survivor.version != stable.version:
-            survivor = await self._with_signature(owner.namespace, spec, survivor)
+            survivor = await self._with_signature(owner, spec, survivor)
         await self._objects(owner, spec, status, survivor, member, stable_replicas=decision.stable_replicas,
                       canary=None if decision.canary_replicas is None else (canary_model, decision.canary_replicas),
                       route_weight=decision.route_weight or 0, mirror=decision.mirror)
@@ -916,7 +924,7 @@ class Reconciler:
                 status["previousModel"] = stable.as_status(signature=False)
                 status["model"] = survivor.as_status()
             if ro.kind != api.RolloutKind.UNDO and decision.action in ("Promoted", "RolledBack"):
-                events += await self._write_back(owner.namespace, spec, status, canary_model,
+                events += await self._write_back(owner, spec, status, canary_model,
                                            promoted=decision.action == "Promoted", reason=ro.reason or "",
                                            now=now_text)
         return events
@@ -958,12 +966,13 @@ class Reconciler:
                 pods = await self.kube.list_pods(owner.namespace, {builders.SELECTOR_LABEL: owner.name,
                                                               builders.TRACK_LABEL: "canary"})
             except KubeError as exc:  # e.g. RBAC without pods: health is then judged on the Deployment only
-                logging.getLogger(__name__).warning("cannot read the canary pods: %s", exc)
+                about(_log, owner.namespace, owner.name).warning("cannot read the canary pods: %s", exc)
                 pods = []
             health = pod_health(pods)
         return rollout.World(stable=tracks[0], canary=tracks[1], health=health)
 
-    async def _with_signature(self, namespace: str, spec: api.ModelVersionSpec, model: ResolvedModel) -> ResolvedModel:
+    async def _with_signature(self, owner: builders.Owner, spec: api.ModelVersionSpec,
+                              model: ResolvedModel) -> ResolvedModel:
         """The promoted version with its signature: a canary's copy in ``status.rollout`` has none (a status
         holds one signature), so it is read again from MLflow — best effort, the promotion does not wait on it."""
         if model.signature:
@@ -971,9 +980,10 @@ class Reconciler:
         try:
             # A copy that asks for this version (same registry and credentials); not validated again.
             pinned_spec = spec.model_copy(update={"model": api.ModelRef(name=model.name, version=model.version)})
-            full = await self.resolve(namespace, pinned_spec)
+            full = await self.resolve(owner.namespace, pinned_spec)
         except (RegistryError, SpecError) as exc:
-            logging.getLogger(__name__).warning("signature of %s version %s: %s", model.name, model.version, exc)
+            about(_log, owner.namespace, owner.name).warning("signature of %s version %s: %s", model.name,
+                                                             model.version, exc)
             return model
         return dataclasses.replace(model, signature=full.signature, signature_inputs=full.signature_inputs,
                                    signature_truncated=full.signature_truncated, flavor=model.flavor or full.flavor)
@@ -1027,7 +1037,7 @@ class Reconciler:
             metrics.observe_measurement(owner.namespace, owner.name, m)
         return analysis.overall(results, cfg.no_data), [m.as_status() for m in results]
 
-    async def _write_back(self, namespace: str, spec: api.ModelVersionSpec, status: dict[str, Any],
+    async def _write_back(self, owner: builders.Owner, spec: api.ModelVersionSpec, status: dict[str, Any],
                           model: ResolvedModel, promoted: bool, reason: str, now: str) -> list[Event]:
         """Opt-in registry write-back (``spec.rollout.writeBack``), with the same credentials Secret as
         resolution. Never fatal (the rollout decision stands), but never silent: the outcome is the
@@ -1040,7 +1050,7 @@ class Reconciler:
                 if promoted else f"tagged {model.name} version {model.version} modelpilot.rejected")
         generation = int(status.get("observedGeneration") or 1)
         try:
-            registry = await self.registry(namespace, spec)
+            registry = await self.registry(owner.namespace, spec)
             if promoted:
                 await self.off_loop(registry.set_alias, model.name, alias, model.version)
                 await self.off_loop(registry.set_tag, model.name, model.version, "modelpilot.promoted", "true")
@@ -1052,7 +1062,7 @@ class Reconciler:
                    if isinstance(exc, SpecError) else "RegistryNotFound" if isinstance(exc, RegistryNotFound)
                    else "RegistryUnavailable")
             message = f"registry write-back failed (wanted: {what}): {exc}"
-            logging.getLogger(__name__).warning("%s", message)
+            about(_log, owner.namespace, owner.name).warning("%s", message)
             status["conditions"] = set_condition(list(status.get("conditions") or []), "RegistryWriteBack", "False",
                                                  why, message, generation, now)
             return [Event("Warning", "RegistryWriteBackFailed", message)]
@@ -1064,7 +1074,9 @@ class Reconciler:
                           generation: int, now: str, exc: Exception, keep: bool) -> Result:
         """The registry could not answer, or the spec cannot work: say why, touch nothing that runs, ask for a
         retry — but for a spec that does not parse (``InvalidSpec``, ``ref`` None), which only a spec change
-        (a reconcile of its own) can fix."""
+        (a reconcile of its own) can fix. With nothing pinned, a retried failure is phase ``Resolving``
+        (``Reconciling=True``: MLflow may answer, the model may be registered, the Secret created); the spec that
+        does not parse is ``Failed`` (``Stalled=True``, ``Reconciling=False``)."""
         not_found = isinstance(exc, RegistryNotFound)
         invalid = isinstance(exc, InvalidSpec)
         reason = "ModelNotFound" if not_found else "SpecError" if isinstance(exc, SpecError) else "RegistryUnavailable"
@@ -1074,8 +1086,11 @@ class Reconciler:
         if not keep:
             # Nothing pinned for this spec: the resource is not Ready. What already runs stays untouched.
             conditions = set_condition(conditions, "Ready", "False", reason, message, generation, now)
-            conditions = set_condition(conditions, "Reconciling", "True", reason, message, generation, now)
-            status["phase"] = "Failed" if not_found or invalid else "Resolving"
+            conditions = set_condition(conditions, "Reconciling", "False" if invalid else "True", reason, message,
+                                       generation, now)
+            conditions = set_condition(conditions, "Stalled", "True" if invalid else "False", reason, message,
+                                       generation, now)
+            status["phase"] = "Failed" if invalid else "Resolving"
         old: dict[str, Any] = next((c for c in status.get("conditions") or [] if c.get("type") == "Resolved"), {})
         repeated = old.get("status") == "False" and old.get("reason") == reason  # a retry: said already
         if invalid:  # a spec edited into another unreadable one is news; a retry it is not
@@ -1089,8 +1104,8 @@ class Reconciler:
     async def _invalid_spec(self, namespace: str, name: str, status: dict[str, Any], generation: int, now: str,
                             message: str) -> Result:
         """A spec that does not parse: the ``SpecError`` path (``Resolved=False`` naming each field, one Warning
-        Event; ``Ready=False`` and phase ``Failed`` when nothing serves yet), nothing applied or deleted. Said
-        already for this generation (a rollout tick, an alias poll): nothing is written again."""
+        Event; ``Ready=False``, ``Stalled=True`` and phase ``Failed`` when nothing serves yet), nothing applied or
+        deleted. Said already for this generation (a rollout tick, an alias poll): nothing is written again."""
         old: dict[str, Any] = next((c for c in status.get("conditions") or [] if c.get("type") == "Resolved"), {})
         if (status.get("observedGeneration") == generation and old.get("status") == "False"
                 and old.get("reason") == "SpecError" and old.get("message") == message[:1000]):

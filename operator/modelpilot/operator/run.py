@@ -17,6 +17,8 @@ from urllib.parse import urlparse
 
 import orjson
 
+log = logging.getLogger(__name__)
+
 if TYPE_CHECKING:  # the settings module is imported in main(), after argument parsing
     from modelpilot.operator.settings import OperatorSettings
 
@@ -111,16 +113,79 @@ def main(argv: list[str] | None = None) -> int:
                   f"{describe_transport_error(exc)}", file=sys.stderr)
             return 1
     fast_watch_decoding()
-    kopf.run(
-        memo=memo,
-        standalone=not settings.kubernetes.peering,
-        peering_name=settings.kubernetes.peering or None,
-        priority=priority,
-        clusterwide=not settings.kubernetes.namespaces,
-        namespaces=list(settings.kubernetes.namespaces),
-        liveness_endpoint=liveness[0] if liveness else None,
-    )
+    try:
+        asyncio.run(operate(
+            memo, STOP_SECONDS, configuration.host,
+            standalone=not settings.kubernetes.peering,
+            peering_name=settings.kubernetes.peering or None,
+            priority=priority,
+            clusterwide=not settings.kubernetes.namespaces,
+            namespaces=list(settings.kubernetes.namespaces),
+            liveness_endpoint=liveness[0] if liveness else None,
+        ))
+    except asyncio.CancelledError:  # as kopf.run: a cancelled operator is a stopped one
+        pass
     return 0
+
+
+#: How long kopf may take to stop after SIGTERM or SIGINT before what it still waits on is cancelled (seconds).
+#: kopf's own stop has no bound: with the apiserver gone it retried taking this replica out of the peering
+#: object for ~55 s (9 attempts), holding the metrics and liveness ports meanwhile, so a restart could not
+#: bind them. A healthy stop takes well under a second.
+STOP_SECONDS = 5.0
+
+
+async def operate(memo: Any, stop_seconds: float, api_host: str, **kopf_options: Any) -> None:
+    """Run kopf (``kopf.spawn_tasks`` + ``kopf.run_tasks``, what ``kopf.run`` does) until SIGTERM or SIGINT,
+    then stop it within ``stop_seconds``: kopf is asked to stop through its stop flag, and whatever it still
+    waits on after that — a request to an apiserver that does not answer, retried with kopf's back-off — is
+    cancelled, with one line saying so. A second signal cancels at once. The operator's own parts (ticker,
+    threads, API sessions) are stopped either way."""
+    import signal
+
+    import kopf
+    from kopf._cogs.structs.credentials import Vault  # kopf's own default, made here to be closed below
+
+    loop = asyncio.get_running_loop()
+    stop_flag: asyncio.Future[None] = loop.create_future()
+    vault = Vault()  # kopf's API sessions: its cleanup closes them, which a cancelled stop never reaches
+    existing = asyncio.all_tasks()  # this task among them: kopf cancels only what it spawned
+    tasks = await kopf.spawn_tasks(memo=memo, stop_flag=stop_flag, vault=vault, **kopf_options)
+    runner = asyncio.create_task(kopf.run_tasks(tasks, ignored=existing), name="modelpilot operator")
+    forced = False
+
+    def force() -> None:
+        nonlocal forced
+        if runner.done():
+            return
+        forced = True
+        log.warning("the operator did not stop within %g s: kopf is still waiting on the Kubernetes API at %s "
+                    "(e.g. to take this replica out of the peering object, whose record then expires on its "
+                    "own); cancelling what is left", stop_seconds, api_host)
+        runner.cancel()
+
+    def on_signal(sig: signal.Signals) -> None:
+        if stop_flag.done():
+            force()  # asked twice: at once
+            return
+        log.info("%s received: the operator is stopping (at most %g s)", sig.name, stop_seconds)
+        stop_flag.set_result(None)
+        loop.call_later(stop_seconds, force)
+
+    # spawn_tasks has just installed kopf's own handlers for these signals (unbounded); these replace them.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig)
+    try:
+        await runner
+    except asyncio.CancelledError:
+        if not forced:
+            raise
+    finally:
+        # kopf's cleanup handler stops the core once kopf's tasks are done; when they were cancelled it never
+        # ran (the core stops once, whoever asks first), nor did kopf close its sessions.
+        await memo.core.stop()
+        if forced:
+            await vault.close()
 
 
 def _liveness(flag: str | None, bind_address: str, liveness_port: int) -> tuple[str, str, int, str] | None:
