@@ -155,8 +155,12 @@ def service_url(api_client: Any, namespace: str, service: str, port: int | str =
     return f"http://{spec.cluster_ip}:{port}"
 
 
-def post_json(url: str, body: Any, timeout: float = 10.0, refused_for: float = 10.0) -> Any:
+def post_json(url: str, body: Any, timeout: float = 10.0, refused_for: float = 10.0,
+              headers: dict[str, str] | None = None) -> Any:
     """POST ``body`` as JSON to ``url`` and return the decoded answer (``urllib.error.HTTPError`` on non-2xx).
+
+    ``headers`` are sent too; a ``Host`` among them replaces the URL's (how a client reaches one hostname's
+    route on a Gateway by its IP).
 
     A refused connection is retried for up to ``refused_for`` seconds: right after a Service's first endpoint
     turns ready, kube-proxy may not have programmed it yet (it resyncs at most once a second), and a ClusterIP
@@ -166,7 +170,7 @@ def post_json(url: str, body: Any, timeout: float = 10.0, refused_for: float = 1
     deadline = time.monotonic() + refused_for
     data = json.dumps(body).encode()
     while True:
-        req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+        req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json", **(headers or {})})
         try:
             with urllib.request.urlopen(req, timeout=timeout) as resp:
                 return json.loads(resp.read())
