@@ -10,7 +10,9 @@ an HTTPRoute:
 * a header match ``x-modelpilot-track: canary`` sends every such request to the canary;
 * mirroring through a SnippetsFilter copies every request to a shadow whose answers never reach clients — as
   a hand-written route, and as the operator renders it for an ABTest's shadow variant (the operator running
-  against this environment, two ModelVersions' model servers on the real node).
+  against this environment, two ModelVersions' model servers on the real node);
+* ``spec.routing.hostnames``: two Gateway-routed ModelVersions on the shared Gateway, each with its own hostname,
+  answer only their own host's requests, and a third host gets 404.
 
 Backends: two one-replica Deployments of the serving image running a twenty-line ``http.server`` that answers
 its own name (``BACKEND``) — the smallest real thing that says who answered. The serving image is already on
@@ -334,6 +336,70 @@ def test_the_operator_mirrors_an_abtest_shadow_through_an_ngf_snippets_filter(re
         # The route goes first and is waited for: the echo routes after this test share the Gateway's "/".
         _kubectl(env, "-n", namespace, "delete", "abtest", "iris", "--ignore-not-found", check=False)
         _kubectl(env, "-n", namespace, "delete", "httproute", "iris", "--ignore-not-found", "--timeout=60s",
+                 check=False)
+        _kubectl(env, "delete", "namespace", namespace, "--wait=false", check=False)
+
+
+def test_two_model_versions_on_one_gateway_answer_only_their_own_hostnames(real_env: dict[str, Any],
+                                                                        operator: Any) -> None:
+    """``spec.routing.hostnames`` through the real Gateway: two Gateway-routed ModelVersions (two versions of one
+    model, so each answer names who gave it) on the shared ``gateway-system/public`` with different hostnames;
+    requests for ``a.example`` reach only the first, ``b.example`` only the second, and a third hostname matches
+    no route (404). Runs before the echo routes exist: their route has no hostnames and would match any host."""
+    from modelpilot_dev.workloads import register_iris_model
+
+    env, gw = real_env, real_env["node"]["gateway"]
+    operator_log = Path(operator.logpath)
+    tracking = env["exports"]["MLFLOW_TRACKING_URI"]
+    first, second = register_iris_model(tracking, "iris-hosts"), register_iris_model(tracking, "iris-hosts")
+    hosts = {"iris-host-a": ("a.example", first), "iris-host-b": ("b.example", second)}
+    namespace = f"host-{uuid.uuid4().hex[:6]}"
+    _kubectl(env, "create", "namespace", namespace)
+
+    def model_version(name: str) -> dict[str, Any]:
+        host, version = hosts[name]
+        return {"apiVersion": "modelpilot.io/v1alpha1", "kind": "ModelVersion",
+                "metadata": {"name": name, "namespace": namespace},
+                "spec": {"model": {"name": "iris-hosts", "version": version}, "replicas": 1,
+                         "registry": {"trackingUri": f"http://{env['node']['host_ip']}:{env['ports']['mlflow']}"},
+                         "serving": {"image": SERVE_IMAGE, "imagePullPolicy": "Never",
+                                     "nodeSelector": {"modelpilot.io/node": "real"}},
+                         "routing": {"gatewayRef": {"name": gw["name"], "namespace": gw["namespace"]},
+                                     "hostnames": [host]}}}
+
+    def why() -> str:
+        log = operator_log.read_text(errors="replace")[-2000:] if operator_log.exists() else "(no operator log)"
+        return _kubectl(env, "-n", namespace, "get", "pods,modelversions,httproutes", check=False).stdout + log
+
+    started = time.monotonic()
+    _kubectl(env, "apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List",
+                                                         "items": [model_version(n) for n in hosts]}))
+    path = "/v2/models/iris-hosts/infer"
+    try:
+        def served() -> bool:
+            for name, (host, _) in hosts.items():
+                route = _get(env, namespace, f"httproute/{name}") or {}
+                conditions = {c["type"]: c["status"] for p in (route.get("status") or {}).get("parents") or []
+                              for c in p.get("conditions") or []}
+                if route.get("spec", {}).get("hostnames") != [host] or conditions.get("Accepted") != "True":
+                    return False
+                if not _infer(gw["url"], path, 1, {"Host": host})["answers"]:
+                    return False
+            return True
+
+        _wait("both ModelVersions served through the Gateway on their hostnames", served, 300, why)
+        print(f"\n[gateway] two ModelVersions applied → served on their own hostnames in "
+              f"{time.monotonic() - started:.1f}s")
+        for name, (host, version) in hosts.items():
+            result = _infer(gw["url"], path, 50, {"Host": host})
+            print(f"[gateway] 50 requests for {host}: {result}")
+            assert result == {"answers": {version: 50}, "failures": {}}, (name, result)
+        other = _infer(gw["url"], path, 5, {"Host": "c.example"})
+        assert other == {"answers": {}, "failures": {"404": 5}}, other
+    finally:
+        # The routes go first and are waited for: later tests share the Gateway.
+        _kubectl(env, "-n", namespace, "delete", "modelversions", *hosts, "--ignore-not-found", check=False)
+        _kubectl(env, "-n", namespace, "wait", "--for=delete", *(f"httproute/{n}" for n in hosts), "--timeout=60s",
                  check=False)
         _kubectl(env, "delete", "namespace", namespace, "--wait=false", check=False)
 
