@@ -396,6 +396,11 @@ def test_two_model_versions_on_one_gateway_answer_only_their_own_hostnames(real_
             assert result == {"answers": {version: 50}, "failures": {}}, (name, result)
         other = _infer(gw["url"], path, 5, {"Host": "c.example"})
         assert other == {"answers": {}, "failures": {"404": 5}}, other
+        # register_iris_model logs explicit requirements: the serving image has every one, at its version.
+        request = urllib.request.Request(f"{gw['url']}/v2/models/iris-hosts", headers={"Host": "a.example"})
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            meta = json.load(resp)["parameters"]
+        assert meta["missing_requirements"] == [] and meta["mismatched_requirements"] == [], meta
     finally:
         # The routes go first and are waited for: later tests share the Gateway.
         _kubectl(env, "-n", namespace, "delete", "modelversions", *hosts, "--ignore-not-found", check=False)
