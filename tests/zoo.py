@@ -251,7 +251,13 @@ def build(kind: str, where: Path) -> ZooModel:
 
 
 def invocations_bodies(model: ZooModel, frame: Any = None) -> dict[str, Any]:
-    """Every MLflow scoring-protocol JSON format a client may send for `frame`, by format name."""
+    """Every MLflow scoring-protocol JSON format a client may send for `frame`, by format name.
+
+    For column models also `inputs_rows` / `instances_rows`: the rows without
+    column names, values in signature order (what a v2 `[rows, n]` tensor
+    carries). MLflow's own server refuses these for a model with named
+    columns; modelpilot reads them positionally, as v2 does.
+    """
     frame = model.rows if frame is None else frame
     bodies: dict[str, Any]
     if model.tensor:
@@ -265,6 +271,8 @@ def invocations_bodies(model: ZooModel, frame: Any = None) -> dict[str, Any]:
             "dataframe_records": {"dataframe_records": records},
             "instances": {"instances": records},
             "inputs": {"inputs": {c: _column(frame[c]) for c in frame.columns}},
+            "inputs_rows": {"inputs": _rows(frame)},
+            "instances_rows": {"instances": _rows(frame)},
         }
     if model.params is not None:
         bodies = {k: {**v, "params": model.params} for k, v in bodies.items()}

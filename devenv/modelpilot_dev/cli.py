@@ -12,6 +12,10 @@ import importlib.util
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from modelpilot_dev.environment import Environment
 
 
 def _dev(args: argparse.Namespace) -> int:
@@ -49,7 +53,7 @@ def _dev(args: argparse.Namespace) -> int:
         elif args.dev_command == "status":
             rows = env.status()
             if not rows:
-                print(f"no environment at {env.home}; run `modelpilot dev up`")
+                print(f"no environment at {env.home}; run `{env.command('up')}`")
                 return 1
             for row in rows:
                 mark = "ok " if row["healthy"] else "BAD"
@@ -63,7 +67,7 @@ def _dev(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_summary(env: object, state: dict) -> None:  # type: ignore[type-arg]
+def _print_summary(env: Environment, state: dict) -> None:  # type: ignore[type-arg]
     exports = state["exports"]
     print(f"modelpilot local environment at {state['home']}")
     print(f"  kube-apiserver  {state['ports']['apiserver'] and 'https://127.0.0.1:%d' % state['ports']['apiserver']}")
@@ -84,7 +88,7 @@ def _print_summary(env: object, state: dict) -> None:  # type: ignore[type-arg]
                   f"{gw['url']}")
     if "startup_seconds" in state:
         print(f"  started in      {state['startup_seconds']}s")
-    print(f'use it with:      eval "$(modelpilot dev env)"   (or: source {Path(state["home"]) / "env.sh"})')
+    print(f'use it with:      eval "$({env.command("env")})"   (or: source {Path(state["home"]) / "env.sh"})')
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -99,7 +103,15 @@ def parser(prog: str = "modelpilot-dev") -> argparse.ArgumentParser:
     home_help = "state directory (default $MODELPILOT_DEV_HOME or ~/.local/state/modelpilot/dev)"
     top.add_argument("--home", help=home_help)
     sub = top.add_subparsers(dest="dev_command", required=True)
-    up = sub.add_parser("up", help="start everything in the background (idempotent)")
+
+    def add(name: str, **kw: Any) -> argparse.ArgumentParser:
+        # SUPPRESS: `modelpilot-dev --home H up` and `modelpilot-dev up --home H` both work (the hints
+        # printed use the second form); the subcommand's --home, when given, wins.
+        command = sub.add_parser(name, **kw)
+        command.add_argument("--home", default=argparse.SUPPRESS, help=home_help)
+        return command
+
+    up = add("up", help="start everything in the background (idempotent)")
     up.add_argument("--no-build", action="store_true", help="fail instead of building missing binaries")
     node_default = os.environ.get("MODELPILOT_DEV_NODE", "real")
     up.add_argument("--node", choices=("real", "kwok"), default=node_default,
@@ -107,17 +119,15 @@ def parser(prog: str = "modelpilot-dev") -> argparse.ArgumentParser:
                          "NGINX Gateway Fabric; images built here from the Dockerfiles); 'kwok': simulated nodes "
                          "only, for scale benchmarks (pods are Ready at once, nothing runs); default "
                          f"$MODELPILOT_DEV_NODE or 'real' (now: {node_default})")
-    sub.add_parser("status", help="health of each component")
-    sub.add_parser("down", help="stop every process the environment started and delete its state")
-    sub.add_parser("env", help='print export lines: eval "$(modelpilot dev env)"')
-    build = sub.add_parser("build", help="build (or find) the control-plane binaries")
+    add("status", help="health of each component")
+    add("down", help="stop every process the environment started and delete its state")
+    add("env", help='print export lines: eval "$(modelpilot dev env)"')
+    build = add("build", help="build (or find) the control-plane binaries")
     build.add_argument("--node", choices=("real", "kwok"), default="real",
                        help="'real' (default) also builds kubelet, kube-proxy, CoreDNS, NGINX Gateway Fabric and the "
                             "container images")
-    demo = sub.add_parser("demo", help="the Quick start (`modelpilot demo`): environment up, register a model, "
+    demo = add("demo", help="the Quick start (`modelpilot demo`): environment up, register a model, "
                                        "serve it, predict")
-    # SUPPRESS: `modelpilot-dev --home H demo` and `modelpilot-dev demo --home H` both work.
-    demo.add_argument("--home", default=argparse.SUPPRESS, help="state directory of the environment")
     demo.add_argument("--down", action="store_true", help="stop the environment at the end")
     return top
 

@@ -106,9 +106,9 @@ def run(home: Path | None = None, keep: bool = True) -> int:
     ok = _guarded_canary_story(env, tracking, core, custom, version)
 
     print("\nDone. The environment keeps running; use it with:")
-    print('  eval "$(.venv/bin/modelpilot dev env)"; kubectl get modelversions,pods -n modelpilot-demo -o wide')
-    print("  .venv/bin/modelpilot dev status        # health of every component")
-    print("  .venv/bin/modelpilot dev down          # stop everything")
+    print(f'  eval "$(.venv/bin/{env.command("env")})"; kubectl get modelversions,pods -n modelpilot-demo -o wide')
+    print(f"  .venv/bin/{env.command('status')}        # health of every component")
+    print(f"  .venv/bin/{env.command('down')}          # stop everything")
     if not keep:
         env.down()
     if not ok:

@@ -22,6 +22,7 @@ import contextlib
 import json
 import os
 import shutil
+import shlex
 import signal
 import socket
 import ssl
@@ -120,6 +121,13 @@ class Environment:
         self.kubeconfig = self.home / "kubeconfig"
         self.logs = self.home / "logs"
 
+    def command(self, sub: str) -> str:
+        """``modelpilot dev SUB`` as a user must type it to reach this environment: with ``--home`` unless it
+        is the default one (a hint without it would act on another environment, or on none)."""
+        if self.home == default_home().resolve():
+            return f"modelpilot dev {sub}"
+        return f"modelpilot dev {sub} --home {shlex.quote(str(self.home))}"
+
     # ------------------------------------------------------------------ state
 
     def load_state(self) -> dict[str, Any] | None:
@@ -136,7 +144,7 @@ class Environment:
     def exports(self) -> dict[str, str]:
         state = self.load_state()
         if not state:
-            raise DevError(f"no environment at {self.home}; run `modelpilot dev up`")
+            raise DevError(f"no environment at {self.home}; run `{self.command('up')}`")
         return dict(state["exports"])
 
     # ------------------------------------------------------------------ health
@@ -682,7 +690,7 @@ class Environment:
     def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
         state = self.load_state()
         if not state:
-            raise DevError(f"no environment at {self.home}; run `modelpilot dev up`")
+            raise DevError(f"no environment at {self.home}; run `{self.command('up')}`")
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
         return subprocess.run([state["binaries"]["kubectl"], *args], env=env, input=input, text=True,
                               capture_output=True, check=check, timeout=120)
@@ -705,7 +713,7 @@ class Environment:
         """Run the operator as one more component (stopped by ``down``), against this environment."""
         state = self.load_state()
         if not state:
-            raise DevError(f"no environment at {self.home}; run `modelpilot dev up`")
+            raise DevError(f"no environment at {self.home}; run `{self.command('up')}`")
         existing = next((c for c in state["components"] if c["name"] == "operator"), None)
         if existing and _pid_alive(existing["pid"]):
             return

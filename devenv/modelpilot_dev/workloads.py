@@ -19,6 +19,18 @@ SERVING_IMAGE = "ghcr.io/modelpilot/modelpilot-serve:0.1.0"
 LARGE_FLOWER = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP64", "data": [6.7, 3.0, 5.2, 2.3]}]}
 
 
+def pinned(*distributions: str) -> list[str]:
+    """``name==version`` of each distribution as installed here, for a model's explicit ``pip_requirements``.
+
+    Without them MLflow infers a model's requirements from every package imported while it loads the model in
+    this process's environment — in the dev venv that records psutil, pytest, rich and more, which the serving
+    image lacks, so every serving pod warned about them. MLflow adds its own ``mlflow==`` line itself.
+    """
+    from importlib.metadata import version
+
+    return [f"{d}=={version(d)}" for d in distributions]
+
+
 def register_iris_model(tracking_uri: str, name: str = "iris") -> str:
     """Train a small scikit-learn classifier on iris, log it with an input example and register it.
 
@@ -42,6 +54,9 @@ def register_iris_model(tracking_uri: str, name: str = "iris") -> str:
             input_example=features.head(3),
             signature=infer_signature(features, model.predict(features)),
             registered_model_name=name,
+            # skops loads the skops format; pandas and numpy are what the model is scored on.
+            serialization_format=mlflow.sklearn.SERIALIZATION_FORMAT_SKOPS,
+            pip_requirements=pinned("scikit-learn", "skops", "pandas", "numpy"),
         )
     version = info.registered_model_version
     return str(version)
@@ -70,6 +85,7 @@ def register_faulty_model(tracking_uri: str, name: str = "iris", asset: str = "f
             input_example=features.head(3),
             signature=infer_signature(features, data.target),
             registered_model_name=name,
+            pip_requirements=pinned("pandas"),  # the code imports mlflow and pandas only
         )
     return str(info.registered_model_version)
 
@@ -139,8 +155,12 @@ def service_url(api_client: Any, namespace: str, service: str, port: int | str =
     return f"http://{spec.cluster_ip}:{port}"
 
 
-def post_json(url: str, body: Any, timeout: float = 10.0, refused_for: float = 10.0) -> Any:
+def post_json(url: str, body: Any, timeout: float = 10.0, refused_for: float = 10.0,
+              headers: dict[str, str] | None = None) -> Any:
     """POST ``body`` as JSON to ``url`` and return the decoded answer (``urllib.error.HTTPError`` on non-2xx).
+
+    ``headers`` are sent too; a ``Host`` among them replaces the URL's (how a client reaches one hostname's
+    route on a Gateway by its IP).
 
     A refused connection is retried for up to ``refused_for`` seconds: right after a Service's first endpoint
     turns ready, kube-proxy may not have programmed it yet (it resyncs at most once a second), and a ClusterIP
@@ -150,7 +170,7 @@ def post_json(url: str, body: Any, timeout: float = 10.0, refused_for: float = 1
     deadline = time.monotonic() + refused_for
     data = json.dumps(body).encode()
     while True:
-        req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+        req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json", **(headers or {})})
         try:
             with urllib.request.urlopen(req, timeout=timeout) as resp:
                 return json.loads(resp.read())

@@ -9,6 +9,10 @@ validation gate uses), and renders `{"predictions": ...}` the way
 Accepted: application/json with exactly one of dataframe_split,
 dataframe_records, instances, inputs (plus optional params); text/csv or
 application/csv with a header row. A missing content type is read as JSON.
+For a model whose signature names its columns, `inputs` or `instances` as
+rows without names (`[[5.1, 3.5, 1.4, 0.2]]`) are read as the signature's
+columns in order — as a v2 `[rows, n]` tensor is; MLflow's own server refuses
+them — and a row of another width is a 400 naming both widths.
 As in MLflow, the bare tokens NaN, Infinity and -Infinity (what Python's
 `json.dumps` writes) are accepted as numbers; `null` is a missing value.
 """

@@ -322,6 +322,9 @@ class ServedModel:
             raise BadRequest("'params' must be a JSON object")
         fmt = formats[0]
         value = payload[fmt]
+        rows = self._positional_rows(fmt, value)
+        if rows is not None:
+            fmt, value = "dataframe_split", rows
         names = _payload_columns(fmt, value)
         if names is not None and max_columns is not None and len(names) > max_columns:
             raise BadRequest(
@@ -358,6 +361,34 @@ class ServedModel:
             if checked is not None:
                 return MatrixInput(checked)
         return PyfuncInput(data, params)
+
+    def _positional_rows(self, fmt: str, value: Any) -> dict[str, Any] | None:
+        """Unnamed rows for a named-column model, as `dataframe_split` with the signature's names; else None.
+
+        `{"inputs": [[5.1, 3.5, 1.4, 0.2]]}` (or `instances`) names no
+        columns. MLflow's server turns it into a DataFrame with columns 0..n-1
+        and then refuses it ("Model is missing inputs [...]") for any model
+        whose signature names its columns, while a v2 `[rows, n]` tensor of
+        the same values is read as the columns in signature order. Reading the
+        rows the v2 way here keeps the two protocols in agreement; it only
+        accepts requests MLflow refuses, so no answer MLflow gives changes.
+        Only for signatures of scalar columns: with an array-typed column a
+        nested list is that column's value, and MLflow reads it so.
+        """
+        sig = self.signature
+        if fmt not in ("inputs", "instances") or sig is None or not sig.scalar_columns:
+            return None
+        if not isinstance(value, list) or not value or not all(isinstance(r, list) for r in value):
+            return None
+        names = list(sig.input_names)
+        for i, row in enumerate(value):
+            if len(row) != len(names):
+                raise BadRequest(
+                    f"{fmt!r} row {i} has {len(row)} values; rows without column names must have one value per "
+                    f"signature column in signature order ({len(names)}: {_few(names)}), or name the columns "
+                    "(dataframe_split, dataframe_records, or 'inputs' as an object of columns)"
+                )
+        return {"columns": names, "data": value}
 
     def from_csv(self, body: bytes) -> ModelInput:
         """A CSV document with a header row → model input."""

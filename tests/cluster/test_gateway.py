@@ -2,14 +2,17 @@
 
 ``modelpilot dev up --node real`` installs NGF with the GatewayClass ``modelpilot`` and the Gateway
 ``gateway-system/public``; on the session's environment (``real_env``: its node is real) this module proves, with
-requests sent through the Gateway's Service ClusterIP from inside the node's network namespace (where
-kube-proxy programs ClusterIPs), that nginx — not a test — enforces an HTTPRoute:
+requests sent from this host to the Gateway's Service ClusterIP (the host routes the environment's Service range
+to the node, whose kube-proxy balances it, as for any client in the cluster), that nginx — not a test — enforces
+an HTTPRoute:
 
 * a 90/10 weighted rule splits 2,000 requests 90/10 within ±5 points;
 * a header match ``x-modelpilot-track: canary`` sends every such request to the canary;
 * mirroring through a SnippetsFilter copies every request to a shadow whose answers never reach clients — as
   a hand-written route, and as the operator renders it for an ABTest's shadow variant (the operator running
-  against this environment, two ModelVersions' model servers on the real node).
+  against this environment, two ModelVersions' model servers on the real node);
+* ``spec.routing.hostnames``: two Gateway-routed ModelVersions on the shared Gateway, each with its own hostname,
+  answer only their own host's requests, and a third host gets 404.
 
 Backends: two one-replica Deployments of the serving image running a twenty-line ``http.server`` that answers
 its own name (``BACKEND``) — the smallest real thing that says who answered. The serving image is already on
@@ -22,9 +25,8 @@ Run it alone with ``.venv/bin/python -m pytest tests/cluster/test_gateway.py -v 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
+import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -33,6 +35,7 @@ from typing import Any
 
 import pytest
 import realnode
+from modelpilot_dev.workloads import LARGE_FLOWER, post_json
 
 pytestmark = pytest.mark.cluster
 
@@ -77,7 +80,7 @@ http.server.ThreadingHTTPServer(("0.0.0.0", 8080), Handler).serve_forever()
 """
 
 
-_kubectl, _in_node = realnode.kubectl, realnode.in_node  # shared with the other real-node tests
+_kubectl = realnode.kubectl  # shared with the other real-node tests
 
 
 def _backend(name: str) -> list[dict[str, Any]]:
@@ -131,34 +134,27 @@ def _route_accepted(env: dict[str, Any], namespace: str) -> tuple[bool, str]:
     return ok, json.dumps(parents)
 
 
-#: Sent inside the node's network namespace: COUNT requests on one keep-alive connection to the Gateway's
-#: ClusterIP, answers counted per backend (nginx draws every request anew: split_clients on $request_id).
-TRAFFIC = r"""
-import http.client, json, sys
-host, count, headers = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3])
-answers, failures = {}, {}
-conn = http.client.HTTPConnection(host, 80, timeout=10)
-for i in range(count):
-    try:
-        conn.request("GET", f"/predict?i={i}", headers=headers)
-        resp = conn.getresponse()
-        body = resp.read()
-        if resp.status == 200:
-            name = json.loads(body)["backend"]
+def _send(url: str, count: int, headers: dict[str, str] | None = None, *, path: str = "/predict",
+          body: Any = None, key: str = "backend") -> dict[str, Any]:
+    """COUNT requests from this host to the Gateway at ``url`` (its ClusterIP), answers counted by ``key`` of each
+    JSON answer (an echo backend's name, a model server's ``model_version``), failures by status or error. A new
+    connection each: nginx draws every request anew anyway (split_clients on $request_id)."""
+    answers: dict[str, int] = {}
+    failures: dict[str, int] = {}
+    for _ in range(count):
+        try:
+            name = str(post_json(url + path, {} if body is None else body, headers=headers)[key])
             answers[name] = answers.get(name, 0) + 1
-        else:
-            failures[str(resp.status)] = failures.get(str(resp.status), 0) + 1
-    except (OSError, http.client.HTTPException) as exc:
-        failures[type(exc).__name__] = failures.get(type(exc).__name__, 0) + 1
-        conn.close()
-        conn = http.client.HTTPConnection(host, 80, timeout=10)
-print(json.dumps({"answers": answers, "failures": failures}))
-"""
+        except urllib.error.HTTPError as exc:
+            failures[str(exc.code)] = failures.get(str(exc.code), 0) + 1
+        except (OSError, ValueError, KeyError) as exc:
+            failures[type(exc).__name__] = failures.get(type(exc).__name__, 0) + 1
+    return {"answers": answers, "failures": failures}
 
 
-def _send(env: dict[str, Any], cluster_ip: str, count: int, headers: dict[str, str] | None = None) -> dict[str, Any]:
-    code = f"import sys; sys.argv = ['traffic', {cluster_ip!r}, '{count}', {json.dumps(json.dumps(headers or {}))}]\n"
-    return dict(json.loads(_in_node(env, code + TRAFFIC)))
+def _infer(url: str, path: str, count: int, headers: dict[str, str] | None = None) -> dict[str, Any]:
+    """COUNT v2 inference requests (one large flower) through the Gateway, answers counted by model version."""
+    return _send(url, count, headers, path=path, body=LARGE_FLOWER, key="model_version")
 
 
 @pytest.fixture(scope="module")
@@ -188,7 +184,7 @@ def echo_route(real_env: dict[str, Any]) -> Iterator[dict[str, Any]]:
             time.sleep(0.5)
         # Accepted is written before nginx is reloaded: wait until the Gateway answers from a backend.
         while True:
-            probe = _send(env, gw["cluster_ip"], 1)
+            probe = _send(gw["url"], 1)
             if probe["answers"]:
                 break
             assert time.monotonic() < deadline, f"the Gateway does not route to the backends yet: {probe}"
@@ -219,37 +215,6 @@ def test_dev_up_installed_a_programmed_gateway(real_env: dict[str, Any]) -> None
 
 
 # --------------------------------------------------------------------------- the operator's mirroring on NGF
-
-#: Sent inside the node's network namespace: COUNT inference requests through the Gateway's ClusterIP, the
-#: answers counted by the model version that gave them.
-INFER = r"""
-import http.client, json, sys
-host, path, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
-body = json.dumps({"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP64", "data": [6.7, 3.0, 5.2, 2.3]}]})
-answers, failures = {}, {}
-conn = http.client.HTTPConnection(host, 80, timeout=10)
-for i in range(count):
-    try:
-        conn.request("POST", path, body=body, headers={"Content-Type": "application/json"})
-        resp = conn.getresponse()
-        data = resp.read()
-        if resp.status == 200:
-            version = str(json.loads(data).get("model_version"))
-            answers[version] = answers.get(version, 0) + 1
-        else:
-            failures[str(resp.status)] = failures.get(str(resp.status), 0) + 1
-    except (OSError, http.client.HTTPException, ValueError) as exc:
-        failures[type(exc).__name__] = failures.get(type(exc).__name__, 0) + 1
-        conn.close()
-        conn = http.client.HTTPConnection(host, 80, timeout=10)
-print(json.dumps({"answers": answers, "failures": failures}))
-"""
-
-
-def _infer(env: dict[str, Any], cluster_ip: str, path: str, count: int) -> dict[str, Any]:
-    code = f"import sys; sys.argv = ['infer', {cluster_ip!r}, {path!r}, '{count}']\n"
-    return dict(json.loads(_in_node(env, code + INFER)))
-
 
 def _served(env: dict[str, Any], namespace: str, mv: str) -> int:
     """Inference requests one ModelVersion's pod answered: ``modelpilot_requests_total`` on its /metrics, asked
@@ -343,14 +308,14 @@ def test_the_operator_mirrors_an_abtest_shadow_through_an_ngf_snippets_filter(re
         path = "/v2/models/iris-mirror/infer"
         _wait("the HTTPRoute Accepted by NGF", accepted, 60,
               lambda: json.dumps((_get(env, namespace, "httproute/iris") or {}).get("status")))
-        _wait("the Gateway answering from the primary", lambda: _infer(env, gw["cluster_ip"], path, 1)["answers"],
-              60, lambda: json.dumps(_infer(env, gw["cluster_ip"], path, 1)))
+        _wait("the Gateway answering from the primary", lambda: _infer(gw["url"], path, 1)["answers"],
+              60, lambda: json.dumps(_infer(gw["url"], path, 1)))
         print(f"\n[gateway] ModelVersions, ABTest applied → routed and mirrored through NGF in "
               f"{time.monotonic() - started:.1f}s")
         time.sleep(1)  # the probes' copies reach the shadow too: count from here
         before = _served(env, namespace, "iris-s"), _served(env, namespace, "iris-a")
         count = 100
-        result = _infer(env, gw["cluster_ip"], path, count)
+        result = _infer(gw["url"], path, count)
         print(f"[gateway] {count} inference requests through the operator's route: clients got {result}")
         assert not result["failures"] and result["answers"] == {primary: count}, result
         _wait("every copy at the shadow", lambda: _served(env, namespace, "iris-s") - before[0] >= count, 15,
@@ -375,9 +340,78 @@ def test_the_operator_mirrors_an_abtest_shadow_through_an_ngf_snippets_filter(re
         _kubectl(env, "delete", "namespace", namespace, "--wait=false", check=False)
 
 
+def test_two_model_versions_on_one_gateway_answer_only_their_own_hostnames(real_env: dict[str, Any],
+                                                                        operator: Any) -> None:
+    """``spec.routing.hostnames`` through the real Gateway: two Gateway-routed ModelVersions (two versions of one
+    model, so each answer names who gave it) on the shared ``gateway-system/public`` with different hostnames;
+    requests for ``a.example`` reach only the first, ``b.example`` only the second, and a third hostname matches
+    no route (404). Runs before the echo routes exist: their route has no hostnames and would match any host."""
+    from modelpilot_dev.workloads import register_iris_model
+
+    env, gw = real_env, real_env["node"]["gateway"]
+    operator_log = Path(operator.logpath)
+    tracking = env["exports"]["MLFLOW_TRACKING_URI"]
+    first, second = register_iris_model(tracking, "iris-hosts"), register_iris_model(tracking, "iris-hosts")
+    hosts = {"iris-host-a": ("a.example", first), "iris-host-b": ("b.example", second)}
+    namespace = f"host-{uuid.uuid4().hex[:6]}"
+    _kubectl(env, "create", "namespace", namespace)
+
+    def model_version(name: str) -> dict[str, Any]:
+        host, version = hosts[name]
+        return {"apiVersion": "modelpilot.io/v1alpha1", "kind": "ModelVersion",
+                "metadata": {"name": name, "namespace": namespace},
+                "spec": {"model": {"name": "iris-hosts", "version": version}, "replicas": 1,
+                         "registry": {"trackingUri": f"http://{env['node']['host_ip']}:{env['ports']['mlflow']}"},
+                         "serving": {"image": SERVE_IMAGE, "imagePullPolicy": "Never",
+                                     "nodeSelector": {"modelpilot.io/node": "real"}},
+                         "routing": {"gatewayRef": {"name": gw["name"], "namespace": gw["namespace"]},
+                                     "hostnames": [host]}}}
+
+    def why() -> str:
+        log = operator_log.read_text(errors="replace")[-2000:] if operator_log.exists() else "(no operator log)"
+        return _kubectl(env, "-n", namespace, "get", "pods,modelversions,httproutes", check=False).stdout + log
+
+    started = time.monotonic()
+    _kubectl(env, "apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List",
+                                                         "items": [model_version(n) for n in hosts]}))
+    path = "/v2/models/iris-hosts/infer"
+    try:
+        def served() -> bool:
+            for name, (host, _) in hosts.items():
+                route = _get(env, namespace, f"httproute/{name}") or {}
+                conditions = {c["type"]: c["status"] for p in (route.get("status") or {}).get("parents") or []
+                              for c in p.get("conditions") or []}
+                if route.get("spec", {}).get("hostnames") != [host] or conditions.get("Accepted") != "True":
+                    return False
+                if not _infer(gw["url"], path, 1, {"Host": host})["answers"]:
+                    return False
+            return True
+
+        _wait("both ModelVersions served through the Gateway on their hostnames", served, 300, why)
+        print(f"\n[gateway] two ModelVersions applied → served on their own hostnames in "
+              f"{time.monotonic() - started:.1f}s")
+        for name, (host, version) in hosts.items():
+            result = _infer(gw["url"], path, 50, {"Host": host})
+            print(f"[gateway] 50 requests for {host}: {result}")
+            assert result == {"answers": {version: 50}, "failures": {}}, (name, result)
+        other = _infer(gw["url"], path, 5, {"Host": "c.example"})
+        assert other == {"answers": {}, "failures": {"404": 5}}, other
+        # register_iris_model logs explicit requirements: the serving image has every one, at its version.
+        request = urllib.request.Request(f"{gw['url']}/v2/models/iris-hosts", headers={"Host": "a.example"})
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            meta = json.load(resp)["parameters"]
+        assert meta["missing_requirements"] == [] and meta["mismatched_requirements"] == [], meta
+    finally:
+        # The routes go first and are waited for: later tests share the Gateway.
+        _kubectl(env, "-n", namespace, "delete", "modelversions", *hosts, "--ignore-not-found", check=False)
+        _kubectl(env, "-n", namespace, "wait", "--for=delete", *(f"httproute/{n}" for n in hosts), "--timeout=60s",
+                 check=False)
+        _kubectl(env, "delete", "namespace", namespace, "--wait=false", check=False)
+
+
 def test_weights_are_enforced_by_nginx(real_env: dict[str, Any], echo_route: dict[str, Any]) -> None:
     started = time.monotonic()
-    result = _send(real_env, echo_route["gateway"]["cluster_ip"], REQUESTS)
+    result = _send(echo_route["gateway"]["url"], REQUESTS)
     took = time.monotonic() - started
     answers = result["answers"]
     print(f"\n[gateway] {REQUESTS} requests through the Gateway's ClusterIP in {took:.1f}s: {answers}, "
@@ -390,11 +424,11 @@ def test_weights_are_enforced_by_nginx(real_env: dict[str, Any], echo_route: dic
 
 
 def test_the_header_pins_every_request_to_the_canary(real_env: dict[str, Any], echo_route: dict[str, Any]) -> None:
-    result = _send(real_env, echo_route["gateway"]["cluster_ip"], 200, {HEADER: "canary"})
+    result = _send(echo_route["gateway"]["url"], 200, {HEADER: "canary"})
     print(f"\n[gateway] 200 requests with {HEADER}: canary: {result['answers']}")
     assert result["answers"] == {"canary": 200} and not result["failures"], result
     # Another value of the header is no pin: it falls through to the weighted rule.
-    other = _send(real_env, echo_route["gateway"]["cluster_ip"], 50, {HEADER: "stable"})
+    other = _send(echo_route["gateway"]["url"], 50, {HEADER: "stable"})
     assert sum(other["answers"].values()) == 50 and not other["failures"], other
 
 
@@ -467,14 +501,14 @@ def test_a_shadow_gets_a_copy_of_every_request_and_clients_only_the_primary_answ
         found = json.loads(_kubectl(env, "-n", namespace, "get", "httproute", "echo-mirror", "-o", "json").stdout)
         conditions = {c["type"]: c for p in (found.get("status") or {}).get("parents") or []
                       for c in p.get("conditions") or []}
-        probe = _send(env, gw["cluster_ip"], 1, {"Host": host})
+        probe = _send(gw["url"], 1, {"Host": host})
         if conditions.get("Accepted", {}).get("status") == "True" and probe["answers"]:
             break
         assert time.monotonic() < deadline, f"the mirroring route is not served: {conditions} {probe}"
         time.sleep(0.5)
     time.sleep(1)  # the probes' copies reach the shadow too: count from here
     before = _requests_seen(env, namespace, "shadow")
-    result = _send(env, gw["cluster_ip"], 200, {"Host": host})
+    result = _send(gw["url"], 200, {"Host": host})
     print(f"\n[gateway] 200 requests on the mirroring route: clients got {result['answers']}")
     assert not result["failures"], result
     assert set(result["answers"]) <= {"stable", "canary"} and sum(result["answers"].values()) == 200, result
