@@ -914,6 +914,23 @@ def test_a_deployment_event_is_judged_as_delivered_from_the_newest_known_model_v
     assert reconcile_ready(kube.body["status"]) == "True" and kube.reads == []
 
 
+def test_the_readiness_view_of_a_deployment_judges_as_the_whole_deployment() -> None:
+    """A reconcile keeps only the readiness view of its Deployment's apply answer (no pod template) while its other
+    objects are applied: readiness, the pods' selector and the copy's order must read the same from it."""
+    kube = _Answering(mv_body("1"))
+    rec = reconciler(kube, mlflow({"1": "run1"}))
+    run(kube, rec)
+    for available in (False, True):
+        kube.available = available
+        full = kube.deployment_now(NAME)
+        assert full is not None and full["spec"]["template"]
+        view = reconcile.readiness_view(full)
+        assert "template" not in view["spec"] and view["spec"]["selector"] == full["spec"]["selector"]
+        assert reconcile.observe(view) == reconcile.observe(full)
+        assert reconcile._observed_key(view) == reconcile._observed_key(full)  # noqa: SLF001
+        assert reconcile.resource_version(view) == reconcile.resource_version(full) == 100
+
+
 def test_an_older_copy_of_the_deployment_never_undoes_a_newer_verdict() -> None:
     """kopf queues an object's events while its handler runs, so an event can deliver a Deployment older than the
     one readiness was last written from: it is not judged again (no Ready flap, no Event)."""

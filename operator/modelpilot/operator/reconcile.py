@@ -308,6 +308,19 @@ def observe(deployment: dict[str, Any] | None) -> dict[str, Any]:
             "message": f"rolling out: {updated}/{desired} replicas updated, {available} available, {total} running"}
 
 
+def readiness_view(deployment: dict[str, Any]) -> dict[str, Any]:
+    """The part of a Deployment its ModelVersion's readiness is judged on (``observe``, ``pods_of``, which copy
+    is newer): metadata, ``spec.replicas`` and ``spec.selector``, and status — not the pod template. A reconcile
+    keeps its stable Deployment's apply answer while the rest of its objects are applied, seconds in a burst
+    (a Service waits for the ClusterIP allocator): hundreds of full copies were most of the operator's peak."""
+    meta, spec = deployment.get("metadata") or {}, deployment.get("spec") or {}
+    return {"apiVersion": deployment.get("apiVersion"), "kind": deployment.get("kind"),
+            "metadata": {k: meta[k] for k in ("name", "namespace", "uid", "generation", "resourceVersion",
+                                              "labels", "ownerReferences") if k in meta},
+            "spec": {k: spec[k] for k in ("replicas", "selector") if k in spec},
+            "status": deployment.get("status") or {}}
+
+
 def resource_version(obj: dict[str, Any] | None) -> int | None:
     """An object's ``metadata.resourceVersion`` as a number, to tell which of two copies of one object is newer;
     None when absent or not a number. Kubernetes calls it opaque, but every apiserver backed by etcd writes the
@@ -832,8 +845,10 @@ class Reconciler:
                 continue
             answer = await self.kube.apply(what)
             if what["kind"] == "Deployment" and what["metadata"]["name"] == owner.name:
-                applied = answer if isinstance(answer, dict) and answer.get("kind") == "Deployment" else None
+                applied = readiness_view(answer) if isinstance(answer, dict) and answer.get("kind") == "Deployment" \
+                    else None
                 applied_at = time.monotonic()
+            del answer  # not kept while the next object's apply is awaited
         if applied is not None and not observe(applied)["ready"] \
                 and time.monotonic() - applied_at > STALE_APPLY_SECONDS:
             # The objects applied after it took a while (a burst of Services waits on the apiserver's
