@@ -345,6 +345,10 @@ def build_project_image(dockerfile: str, name: str, say: Progress) -> str:
     return built
 
 
+#: Archives kept per image name, the current one included (each of the serving image's is ~750 MB).
+KEPT_ARCHIVES = 3
+
+
 def archive(name: str, say: Progress) -> Path:
     """The image as an OCI archive, saved again only when the image changed."""
     ident = image_id(name)
@@ -355,9 +359,13 @@ def archive(name: str, say: Progress) -> Path:
     if path.exists():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
-    for old in path.parent.glob(f"{safe}-*.tar"):
-        old.unlink()
-    tmp = path.with_suffix(".tmp")
+    # Older archives of this image go, but not the newest few: another checkout on the machine (a worktree, a CI
+    # clone) builds its own image of the same name, and an environment of it imports its archive when it starts
+    # (deleting all but the current one made two checkouts' environments fail each other's start-ups).
+    older = sorted(path.parent.glob(f"{safe}-*.tar"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in older[KEPT_ARCHIVES - 1:]:
+        old.unlink(missing_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")  # two checkouts may save the same image at once
     tmp.unlink(missing_ok=True)
     # Uncompressed: gzip of ~750 MB was most of the save (10 s instead of 16–29 s), and containerd
     # unpacks an uncompressed layer as fast as it decompresses and unpacks a gzipped one.

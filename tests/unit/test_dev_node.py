@@ -138,3 +138,35 @@ def test_dockerignore_keeps_local_state_out_of_the_build_context() -> None:
     ignored = (root / ".dockerignore").read_text().split()
     for entry in (".venv", ".git", "**/__pycache__"):
         assert entry in ignored
+
+
+def test_saving_an_image_archive_keeps_the_newest_older_ones_for_other_checkouts(tmp_path: Path,
+                                                                                  monkeypatch: Any) -> None:
+    """Two checkouts on one machine (a worktree, a CI clone) build the serving image under one name with different
+    contents; each environment imports its own archive when it starts. Saving one archive deleted every other, so
+    the other checkout's next start-up failed ("ctr: open …tar: no such file"). Now the newest few stay. podman
+    is replaced at its boundary (image id and ``save``): the pruning is what is tested."""
+    import os
+    import time
+
+    from modelpilot_dev import images
+
+    monkeypatch.setattr(images, "images_dir", lambda: tmp_path)
+    saved: list[str] = []
+
+    def fake_save(args: list[str], say: Any, label: str, **kw: Any) -> None:
+        out = Path(args[args.index("-o") + 1])
+        out.write_bytes(b"oci")
+        saved.append(out.name)
+
+    monkeypatch.setattr(images, "_run", fake_save)
+    name = "ghcr.io/modelpilot/modelpilot-serve:0.1.0"
+    for i, ident in enumerate(["a" * 16, "b" * 16, "c" * 16, "d" * 16]):
+        monkeypatch.setattr(images, "image_id", lambda _name, ident=ident: ident + "0" * 48)
+        path = images.archive(name, lambda _msg: None)
+        os.utime(path, (time.time() + i, time.time() + i))  # saved one after the other
+        assert path.read_bytes() == b"oci" and not list(tmp_path.glob("archives/*.tmp"))
+    left = sorted(p.name.rsplit("-", 1)[1] for p in (tmp_path / "archives").glob("*.tar"))
+    assert left == ["bbbbbbbbbbbbbbbb.tar", "cccccccccccccccc.tar", "dddddddddddddddd.tar"], left
+    # The current image's archive is reused, not saved again.
+    assert images.archive(name, lambda _msg: None).name.endswith("dddddddddddddddd.tar") and len(saved) == 4
