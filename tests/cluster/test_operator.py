@@ -111,9 +111,9 @@ def test_an_unknown_model_is_not_ready_with_the_registry_message_and_nothing_is_
     body = wait_for(failed, 60, message="Ready=False reason ModelNotFound")
     assert _condition(body, "Ready")["status"] == "False"
     assert "ghost-model" in _condition(body, "Ready")["message"]
-    # Retried (the model may be registered later): in progress, not a dead end.
-    assert body["status"]["phase"] == "Resolving"
-    assert _condition(body, "Reconciling")["status"] == "True" and _condition(body, "Stalled")["status"] == "False"
+    # Someone has to register it or fix the spec: Stalled (kstatus Failed) — still retried with back-off.
+    assert body["status"]["phase"] == "Failed"
+    assert _condition(body, "Reconciling")["status"] == "False" and _condition(body, "Stalled")["status"] == "True"
     with pytest.raises(ApiException) as missing:
         apps.read_namespaced_deployment("ghost", namespace)
     assert missing.value.status == 404

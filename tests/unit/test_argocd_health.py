@@ -180,15 +180,17 @@ def rolled_back() -> dict[str, Any]:
 
 
 def unresolved_status(reason: str, message: str, invalid: bool = False, generation: int = 2) -> dict[str, Any]:
-    """Mirrors Reconciler._unresolved with nothing pinned yet (keep=False): a retried failure is in progress,
-    a spec that does not parse (``invalid``) is stalled."""
+    """Mirrors Reconciler._unresolved with nothing pinned yet (keep=False): an unreachable registry is in
+    progress; a model MLflow does not have, an unusable Secret or a spec that does not parse (``invalid``) is
+    stalled."""
+    stalled = invalid or reason != "RegistryUnavailable"
     conditions = reconcile.set_condition([], "Resolved", "False", reason, message, generation, NOW)
     conditions = reconcile.set_condition(conditions, "Ready", "False", reason, message, generation, NOW)
-    conditions = reconcile.set_condition(conditions, "Reconciling", "False" if invalid else "True", reason, message,
+    conditions = reconcile.set_condition(conditions, "Reconciling", "False" if stalled else "True", reason, message,
                                          generation, NOW)
-    conditions = reconcile.set_condition(conditions, "Stalled", "True" if invalid else "False", reason, message,
+    conditions = reconcile.set_condition(conditions, "Stalled", "True" if stalled else "False", reason, message,
                                          generation, NOW)
-    return {"phase": "Failed" if invalid else "Resolving", "conditions": conditions, "observedGeneration": generation}
+    return {"phase": "Failed" if stalled else "Resolving", "conditions": conditions, "observedGeneration": generation}
 
 
 # ----------------------------------------------------------------------------- ModelVersion
@@ -254,10 +256,11 @@ def test_model_version_after_the_spec_moved_past_a_rejected_version_is_healthy_a
     assert health(MV_HEALTH, model_version(s))[0] == "Healthy"
 
 
-def test_model_version_whose_model_is_not_found_yet_is_progressing() -> None:
-    """The operator keeps asking MLflow (the model may be registered after the resource): in progress."""
+def test_model_version_whose_model_is_not_found_is_degraded() -> None:
+    """Someone has to register the version or fix the spec (the operator still retries in the background): a
+    sync reports it at once instead of waiting for a Progressing that never ends."""
     s = unresolved_status("ModelNotFound", "registered model 'iris' has no alias 'champion'")
-    assert health(MV_HEALTH, model_version(s)) == ("Progressing", "registered model 'iris' has no alias 'champion'")
+    assert health(MV_HEALTH, model_version(s)) == ("Degraded", "registered model 'iris' has no alias 'champion'")
 
 
 def test_model_version_waiting_for_the_registry_is_progressing() -> None:

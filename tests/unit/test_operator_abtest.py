@@ -321,3 +321,28 @@ def test_an_abtest_spec_that_does_not_parse_is_a_spec_error_naming_the_field_not
     asyncio.run(memo.core.stop())
     assert _cond(kube.body["status"], "Ready") == ("False", "SpecError") and kube.applied == []
     assert asyncio.run(handlers.abtest_routes(body=kopf.Body(copy.deepcopy(kube.body)))) == {}
+
+
+def test_a_reconcile_decides_on_the_abtest_as_it_is_now_not_on_the_body_it_was_handed() -> None:
+    """The ticker's figures refresh read the ABTest, then waited seconds for Prometheus while the spec was edited
+    and reconciled: applying its old route afterwards put a deleted mirror back (tests/cluster/test_gateway.py).
+    Each reconcile re-reads the ABTest under its own lock, so a stale body routes nothing."""
+    import asyncio
+
+    old = _ab(copy.deepcopy(REPLICAS))
+    new = copy.deepcopy(old)
+    new["spec"]["variants"][0]["weight"], new["spec"]["variants"][1]["weight"] = 90, 10
+    kube = _Kube(new)  # what the API has now
+    reconciler = abtest_reconcile.ABTestReconciler(_Models(kube))  # type: ignore[arg-type]
+    asyncio.run(reconciler.reconcile(copy.deepcopy(old), measure=False))  # handed the stale body
+    assert kube.body["status"]["split"] == "a=80,b=20", kube.body["status"]  # 90/10 over the replicas, not 75/25
+    # Gone meanwhile: nothing applied, nothing written.
+    kube.applied.clear()
+    writes = kube.status_writes
+
+    async def gone(namespace: str, name: str) -> None:
+        return None
+
+    kube.read_abtest = gone  # type: ignore[method-assign,assignment]
+    asyncio.run(reconciler.reconcile(copy.deepcopy(new), measure=False))
+    assert kube.applied == [] and kube.status_writes == writes

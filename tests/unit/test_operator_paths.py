@@ -231,17 +231,18 @@ def _phase_and_conditions(kube: FakeKube) -> tuple[str, dict[str, tuple[str, str
     return status["phase"], {c["type"]: (c["status"], c["reason"]) for c in status["conditions"]}
 
 
-def test_a_model_not_found_yet_is_resolving_not_failed_and_deploys_once_registered() -> None:
-    """The operator retries a model MLflow does not know (it may be registered after the resource): the phase
-    says it is still being worked on, in agreement with Reconciling=True, and no Stalled."""
+def test_a_model_not_found_is_stalled_for_someone_to_act_yet_retried_and_deploys_once_registered() -> None:
+    """A model version MLflow does not have waits for someone (register it, or fix the spec): Failed with
+    Stalled=True and Reconciling=False, so kstatus, Argo CD and Flux report it instead of waiting — and the
+    operator still retries with back-off, so registering it later deploys it without an edit."""
     versions: dict[str, str] = {}
     kube = FakeKube(mv_body("1"))
     rec = reconciler(kube, mlflow(versions))
     result = run(kube, rec)
     assert result.retry
-    assert _phase_and_conditions(kube) == ("Resolving", {
+    assert _phase_and_conditions(kube) == ("Failed", {
         "Resolved": ("False", "ModelNotFound"), "Ready": ("False", "ModelNotFound"),
-        "Reconciling": ("True", "ModelNotFound"), "Stalled": ("False", "ModelNotFound")})
+        "Reconciling": ("False", "ModelNotFound"), "Stalled": ("True", "ModelNotFound")})
     assert kube.objects == {}
     versions["1"] = "run1"  # registered meanwhile: the next retry deploys it
     result = run(kube, rec)

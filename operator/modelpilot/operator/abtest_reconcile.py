@@ -13,6 +13,7 @@ stays a dict). One that does not parse is ``Ready=False`` with reason
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import dataclasses
 import logging
@@ -59,8 +60,27 @@ class ABTestReconciler:
         self.models = models
         self.kube = models.kube
         self.settings = models.settings
+        # One reconcile at a time per ABTest (the spec handler and the ticker's figures), each on a fresh read:
+        # a figures refresh that read the spec before an edit and applied its route after the edit's reconcile
+        # put the old route back (found by tests/cluster/test_gateway.py: a shadow made a serving variant kept
+        # its mirror filter, whose SnippetsFilter the newer reconcile had deleted). Not the ModelVersions'
+        # locks: an ABTest and a ModelVersion may share a name, and this one re-reconciles ModelVersions.
+        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
 
     async def reconcile(self, body: dict[str, Any], measure: bool = True) -> Result:
+        """Reconcile the ABTest as it is now: ``body`` names it (and is the answer when it is gone); it is read
+        again under its lock and ``reconcile_read`` decides on that."""
+        meta = body["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
+        lock = self._locks.setdefault((namespace, name), asyncio.Lock())
+        async with lock:
+            fresh = await self.kube.read_abtest(namespace, name)
+            if fresh is None or (fresh.get("metadata") or {}).get("deletionTimestamp"):
+                self._locks.pop((namespace, name), None)
+                return Result(status=dict(body.get("status") or {}))
+            return await self.reconcile_read(fresh, measure)
+
+    async def reconcile_read(self, body: dict[str, Any], measure: bool = True) -> Result:
         """Observe (the variants' ModelVersions, their figures when ``measure``), ``plan``, act (apply the
         routing, write status, re-reconcile the variants whose replicas changed)."""
         meta = body["metadata"]

@@ -50,7 +50,7 @@ class ModelVersionPhase(StrEnum):
     """``ModelVersion.status.phase`` (an enum in the CRD: any other value is rejected). It agrees with the
     kstatus conditions: a phase the operator (or the kubelet) is still working on or retrying — ``Resolving``,
     ``Deploying``, ``Retrying``, ``Progressing`` — has ``Reconciling=True``; ``Failed`` is the one phase that
-    nothing changes without the user's action, and has ``Stalled=True``."""
+    waits for someone's action (a version to register, a spec or Secret to fix), and has ``Stalled=True``."""
 
     PENDING = "Pending"
     RESOLVING = "Resolving"

@@ -1089,11 +1089,15 @@ class Reconciler:
                           generation: int, now: str, exc: Exception, keep: bool) -> Result:
         """The registry could not answer, or the spec cannot work: say why, touch nothing that runs, ask for a
         retry — but for a spec that does not parse (``InvalidSpec``, ``ref`` None), which only a spec change
-        (a reconcile of its own) can fix. With nothing pinned, a retried failure is phase ``Resolving``
-        (``Reconciling=True``: MLflow may answer, the model may be registered, the Secret created); the spec that
-        does not parse is ``Failed`` (``Stalled=True``, ``Reconciling=False``)."""
+        (a reconcile of its own) can fix. With nothing pinned, the phase says who must act (kstatus): MLflow
+        unreachable or failing is ``Resolving`` (``Reconciling=True``: it comes back by itself); a model or
+        version MLflow does not have, a credentials Secret missing or incomplete, or a spec that does not parse
+        is ``Failed`` (``Stalled=True``, ``Reconciling=False``: someone has to register the version, fix the
+        spec or create the Secret — so Argo CD and Flux report it instead of waiting). All but the last are still
+        retried with back-off, so registering the version later recovers it without an edit."""
         not_found = isinstance(exc, RegistryNotFound)
         invalid = isinstance(exc, InvalidSpec)
+        stalled = not_found or isinstance(exc, SpecError)  # InvalidSpec included
         reason = "ModelNotFound" if not_found else "SpecError" if isinstance(exc, SpecError) else "RegistryUnavailable"
         message = str(exc)
         conditions = set_condition(list(status.get("conditions") or []), "Resolved", "False", reason, message,
@@ -1101,11 +1105,11 @@ class Reconciler:
         if not keep:
             # Nothing pinned for this spec: the resource is not Ready. What already runs stays untouched.
             conditions = set_condition(conditions, "Ready", "False", reason, message, generation, now)
-            conditions = set_condition(conditions, "Reconciling", "False" if invalid else "True", reason, message,
+            conditions = set_condition(conditions, "Reconciling", "False" if stalled else "True", reason, message,
                                        generation, now)
-            conditions = set_condition(conditions, "Stalled", "True" if invalid else "False", reason, message,
+            conditions = set_condition(conditions, "Stalled", "True" if stalled else "False", reason, message,
                                        generation, now)
-            status["phase"] = "Failed" if invalid else "Resolving"
+            status["phase"] = "Failed" if stalled else "Resolving"
         old: dict[str, Any] = next((c for c in status.get("conditions") or [] if c.get("type") == "Resolved"), {})
         repeated = old.get("status") == "False" and old.get("reason") == reason  # a retry: said already
         if invalid:  # a spec edited into another unreadable one is news; a retry it is not
