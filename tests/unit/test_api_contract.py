@@ -620,7 +620,7 @@ def test_what_the_abtest_reconciler_writes_parses() -> None:
         kube = Kube(present)
         body = {"apiVersion": contract.API_VERSION, "kind": contract.ABTEST_KIND,
                 "metadata": {"name": "iris-ab", "namespace": "ml", "uid": "u", "generation": 1}, "spec": spec}
-        asyncio.run(ABTestReconciler(Models(kube)).reconcile(copy.deepcopy(body), measure=False))  # type: ignore[arg-type]
+        asyncio.run(ABTestReconciler(Models(kube)).reconcile_read(copy.deepcopy(body), measure=False))  # type: ignore[arg-type]
         parsed = api.ABTest.model_validate({**body, "status": kube.status})
         phases.add(parsed.status.phase)
         if len(present) > 1:

@@ -54,6 +54,9 @@ def tracking(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     monkeypatch.chdir(tmp_path)
     previous = mlflow.get_tracking_uri()
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    # mlflow.set_tracking_uri also sets this variable for child processes: restored (or removed) afterwards, or
+    # a later test's operator settings read a tracking URI that is not http(s).
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     yield uri
     mlflow.set_tracking_uri(previous)
 
