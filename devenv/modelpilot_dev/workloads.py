@@ -167,7 +167,9 @@ def post_json(url: str, body: Any, timeout: float = 10.0, refused_for: float = 1
     without a programmed endpoint refuses connections. Any other error is raised at once."""
     import urllib.error
 
-    deadline = time.monotonic() + refused_for
+    # One timed-out attempt still leaves the retry budget: a connection to a ClusterIP whose rules kube-proxy is
+    # rewriting can also time out instead of being refused (seen once in CI right after Ready).
+    deadline = time.monotonic() + refused_for + timeout
     data = json.dumps(body).encode()
     while True:
         req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json", **(headers or {})})
@@ -177,7 +179,7 @@ def post_json(url: str, body: Any, timeout: float = 10.0, refused_for: float = 1
         except urllib.error.HTTPError:
             raise
         except urllib.error.URLError as exc:
-            if not isinstance(exc.reason, ConnectionRefusedError) or time.monotonic() > deadline:
+            if not isinstance(exc.reason, (ConnectionRefusedError, TimeoutError)) or time.monotonic() > deadline:
                 raise
         time.sleep(0.2)
 
