@@ -19,8 +19,8 @@ A fixed scenario that prints its numbers (it asserts nothing):
    least "all Ready" can be on this machine, whatever the operator does. The namespace is deleted before
    round 1;
 5. runs R rounds (``--rounds``, default 3). A round creates N ModelVersions as fast as possible in one
-   namespace and records, per ModelVersion, create call returned → Deployment appeared (a Deployment
-   watch) and → ``Ready=True`` (a ModelVersion watch); waits until all are Ready and the writes stop;
+   namespace and records, per ModelVersion, create call returned → Deployment appeared and → Deployment
+   available (a Deployment watch) and → ``Ready=True`` (a ModelVersion watch); waits until all are Ready and the writes stop;
    deletes all N and times until every ModelVersion, Deployment and pod is gone (garbage collection);
    waits until the operator is idle plus ``--settle`` seconds and samples its RSS. Per round: the
    latency percentiles, first create → all Ready, operator CPU seconds (whole round, deletion
@@ -244,6 +244,7 @@ class Tracker:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.dep_added: dict[str, float] = {}
+        self.dep_available: dict[str, float] = {}  # first seen with every replica available
         self.dep_deleted: dict[str, float] = {}
         self.mv_ready: dict[str, float] = {}
         self.mv_resolved: dict[str, float] = {}
@@ -260,6 +261,9 @@ class Tracker:
                 self.dep_deleted.setdefault(name, t)
             else:
                 self.dep_added.setdefault(name, t)
+                spec, status = obj.get("spec") or {}, obj.get("status") or {}
+                if int(status.get("availableReplicas") or 0) >= int(spec.get("replicas") or 1):
+                    self.dep_available.setdefault(name, t)
 
     def on_model_version(self, kind: str, obj: dict[str, Any], t: float) -> None:
         meta, status = obj["metadata"], obj.get("status") or {}
@@ -679,6 +683,12 @@ def run_round(args: argparse.Namespace, b: Bench, r: int, delete: bool, rss_idle
     rr["load_at_ready"] = loadavg()
     with tracker.lock:
         dep_lat = [tracker.dep_added[k] - created[k] for k in created if k in tracker.dep_added]
+        avail_lat = [tracker.dep_available[k] - created[k] for k in created if k in tracker.dep_available]
+        # What the operator adds after the control plane: its Deployment available → Ready=True written.
+        avail_to_ready = [tracker.mv_ready[k] - tracker.dep_available[k] for k in created
+                          if k in tracker.mv_ready and k in tracker.dep_available]
+        last_avail = max((tracker.dep_available[k] for k in created if k in tracker.dep_available),
+                         default=math.nan)
         ready_lat = [tracker.mv_ready[k] - created[k] for k in created if k in tracker.mv_ready]
         pinned_lat = [tracker.mv_resolved[k] - created[k] for k in created if k in tracker.mv_resolved]
         pinned_to_ready = [tracker.mv_ready[k] - tracker.mv_resolved[k] for k in created
@@ -695,6 +705,11 @@ def run_round(args: argparse.Namespace, b: Bench, r: int, delete: bool, rss_idle
         pinned_max=max(pinned_lat, default=math.nan),
         gap_p50=percentile(pinned_to_ready, 50), gap_p95=percentile(pinned_to_ready, 95),
         gap_max=max(pinned_to_ready, default=math.nan),
+        avail_p50=percentile(avail_lat, 50), avail_p95=percentile(avail_lat, 95),
+        avail_max=max(avail_lat, default=math.nan),
+        lag_p50=percentile(avail_to_ready, 50), lag_p95=percentile(avail_to_ready, 95),
+        lag_max=max(avail_to_ready, default=math.nan),
+        all_available_s=last_avail - t_start,
         all_deployments_s=last_dep - t_start, all_ready_s=(last_ready - t_start) if done else t_end - t_start,
     )
     rr["throughput"] = len(ready_lat) / rr["all_ready_s"] if rr["all_ready_s"] > 0 else math.nan
@@ -978,9 +993,12 @@ def report(args: argparse.Namespace, results: dict[str, Any]) -> None:
         row("create → Deployment  p50 / p95 / max", lambda rr: triple(rr, "dep")),
         row("create → status.model pinned  p50 / p95 / max", lambda rr: triple(rr, "pinned")),
         row("pinned → Ready=True  p50 / p95 / max", lambda rr: triple(rr, "gap")),
+        row("create → Deployment available  p50 / p95 / max", lambda rr: triple(rr, "avail")),
+        row("Deployment available → Ready=True  p50 / p95 / max", lambda rr: triple(rr, "lag")),
         row("create → Ready=True  p50 / p95 / max", lambda rr: triple(rr, "ready")),
         row("Deployments seen / Ready", lambda rr: f"{rr['deployments']}/{n} / {rr['ready']}/{n}"),
         row("first create → all Deployments", lambda rr: fmt(rr["all_deployments_s"])),
+        row("first create → all Deployments available", lambda rr: fmt(rr.get("all_available_s", math.nan))),
         row("first create → all Ready", lambda rr: fmt(rr["all_ready_s"]) + ("" if rr["all_ready"] else " TIMED OUT")),
         row("throughput (Ready MVs / s)", lambda rr: fmt(rr["throughput"], "MV/s", 1)),
         row("MV writes seen per MV  p50 / max", lambda rr: f"{fmt(rr['writes_p50'], '', 0)} / {rr['writes_max']}"),

@@ -758,7 +758,7 @@ class Environment:
         while any(port_bound(p) for p in ports) and time.monotonic() < deadline:
             time.sleep(0.2)
         still = [p for p in ports if port_bound(p)]
-        if state.get("node"):
+        if (state.get("node") or {}).get("mode") == "real":  # a kwok environment has no network of its own
             from modelpilot_dev import node as realnode
 
             for item in realnode.teardown_network(state["node"]):

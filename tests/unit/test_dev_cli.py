@@ -74,3 +74,23 @@ def test_hints_for_the_default_home_stay_short(
     cli._print_summary(Environment(None), state)
     assert 'eval "$(modelpilot dev env)"' in capsys.readouterr().out
     assert Environment(tmp_path).command("down") == "modelpilot dev down"
+
+
+def test_down_stops_a_kwok_environment_without_touching_any_network(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`dev down` of a `--node kwok` environment (the operator benchmark's) raised KeyError: 'ident' — it took
+    the node entry for a real node's network — and left its home behind. A real node's network is torn down;
+    a kwok environment has none to tear down."""
+    from modelpilot_dev import node as realnode
+
+    torn: list[object] = []
+    monkeypatch.setattr(realnode, "teardown_network", lambda net: torn.append(net) or [])
+    home = tmp_path / "kwok-env"
+    home.mkdir()
+    (home / "state.json").write_text(json.dumps({**_state(home), "node": {"mode": "kwok"}}))
+    Environment(home=home, progress=lambda _: None).down()
+    assert torn == [] and not home.exists()
+    home.mkdir()
+    real = {"mode": "real", "ident": "abcd1234", "index": 1}
+    (home / "state.json").write_text(json.dumps({**_state(home), "node": real}))
+    Environment(home=home, progress=lambda _: None).down()
+    assert torn == [real] and not home.exists()

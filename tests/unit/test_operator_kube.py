@@ -256,3 +256,38 @@ def test_gateway_reads_answer_none_when_absent_and_raise_when_refused(down: Kube
     assert refused.value.status == 403 and "GatewayClass nginx" in str(refused.value)
     assert not asyncio.run(down.delete_owned("SnippetsFilter", "ml", "iris-mirror-iris-s", "u"))
     assert paths[-1] == ("GET", "/apis/gateway.nginx.org/v1alpha1/namespaces/ml/snippetsfilters/iris-mirror-iris-s")
+
+
+def test_service_applies_wait_their_turn_without_holding_back_other_kinds(down: Kube) -> None:
+    """A burst of creates sends a Service apply per ModelVersion; the apiserver allocates their ClusterIPs one at
+    a time, so only ``SERVICE_APPLIES`` are sent at once (the rest wait without a connection), while Deployment
+    applies pass at once. The apiserver is faked at the adapter's request boundary (``Kube._request``) as a slow
+    allocator."""
+    from modelpilot.operator import kube as kube_module
+
+    in_flight = {"Service": 0, "Deployment": 0}
+    most = {"Service": 0, "Deployment": 0}
+
+    async def request(method: str, path: str, **_: Any) -> tuple[int, bytes]:
+        kind = "Service" if "/services/" in path else "Deployment"
+        in_flight[kind] += 1
+        most[kind] = max(most[kind], in_flight[kind])
+        await asyncio.sleep(0.02 if kind == "Service" else 0.001)
+        in_flight[kind] -= 1
+        return 200, json.dumps({"kind": kind}).encode()
+
+    down._request = request  # type: ignore[method-assign]  # noqa: SLF001 — the boundary under test
+
+    def manifest(kind: str, i: int) -> dict[str, Any]:
+        return {"apiVersion": "v1" if kind == "Service" else "apps/v1", "kind": kind,
+                "metadata": {"name": f"mv-{i}", "namespace": "ml"}}
+
+    async def main() -> None:
+        n = 3 * kube_module.SERVICE_APPLIES
+        answers = await asyncio.gather(*(down.apply(manifest(kind, i)) for i in range(n)
+                                         for kind in ("Service", "Deployment")))
+        assert [a["kind"] for a in answers] == ["Service", "Deployment"] * n
+
+    asyncio.run(main())
+    assert most["Service"] == kube_module.SERVICE_APPLIES
+    assert most["Deployment"] == 3 * kube_module.SERVICE_APPLIES  # not gated

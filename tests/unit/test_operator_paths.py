@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+import logging
 from typing import Any
 
 import httpx
@@ -971,6 +972,102 @@ def test_a_stale_known_copy_of_the_model_version_costs_a_read_not_a_wrong_status
     assert kube.reads == ["ModelVersion"] and reconcile_ready(kube.body["status"]) == "True"
     rec.forget(NS, NAME)  # gone: nothing known about it is kept
     assert rec._known_body(NS, NAME) is None  # noqa: SLF001
+
+
+
+def test_one_lock_per_model_version_while_in_use_and_none_kept_after() -> None:
+    """Reconciles and refreshes of one ModelVersion run one at a time (they share its lock while any of them holds
+    or awaits it); other ModelVersions do not wait; no lock is kept once nobody uses it."""
+    locks = reconcile.KeyedLocks()
+    order: list[tuple[str, str, int]] = []
+
+    async def one(name: str, i: int) -> None:
+        async with locks(NS, name):
+            order.append(("in", name, i))
+            await asyncio.sleep(0.01)
+            order.append(("out", name, i))
+
+    async def main() -> None:
+        await asyncio.gather(*(one("a", i) for i in range(3)), one("b", 0))
+
+    asyncio.run(main())
+    a = [step for step in order if step[1] == "a"]
+    assert a == [("in", "a", 0), ("out", "a", 0), ("in", "a", 1), ("out", "a", 1), ("in", "a", 2), ("out", "a", 2)]
+    assert order.index(("in", "b", 0)) < order.index(("out", "a", 0))  # b did not wait for a
+    assert len(locks) == 0
+
+
+def test_an_event_after_the_deletion_leaves_nothing_behind() -> None:
+    """The garbage collector deletes a ModelVersion's Deployment after the ModelVersion: that event refreshes a
+    ModelVersion that is gone. Nothing of it may stay (a lock per deleted ModelVersion stayed, found by counting
+    what pinned the operator's memory after 200 creates and deletions)."""
+    from modelpilot.operator.core import OperatorCore
+
+    class Gone(FakeKube):
+        async def read_model_version(self, namespace: str, name: str) -> dict[str, Any] | None:
+            return None
+
+    kube = Gone(mv_body("1"))
+    core = OperatorCore(OperatorSettings.of(mlflow={"tracking_uri": "http://mlflow:5000"}), kube)  # type: ignore[arg-type]
+    body = {**mv_body("1"), "status": {"model": {"name": "iris", "version": "1"}}}
+    body["metadata"]["resourceVersion"] = "7"
+    core.seen(body, "MODIFIED")
+    assert core.reconciler._known_body(NS, NAME) is not None  # noqa: SLF001
+    core.seen(body, "DELETED")
+    asyncio.run(core.refresh(NS, NAME, logging.getLogger("test"), None))  # the late Deployment event
+    assert core.reconciler._known_body(NS, NAME) is None  # noqa: SLF001
+    assert len(core.reconciler.lock) == 0
+    assert ("readiness", NS, NAME) not in core.ticker.tracked()
+
+
+
+def test_deployment_events_behind_a_held_lock_are_not_held_and_the_newest_copy_is_judged_once() -> None:
+    """While a reconcile holds a ModelVersion's lock (a create's waits seconds for its Service), its Deployment's
+    events return at once instead of queueing whole bodies behind it; when the lock frees, one refresh judges the
+    newest copy they delivered (an older one arriving late does not replace it; an event that asks for a read
+    wins over any copy)."""
+    from modelpilot.operator.core import OperatorCore
+
+    kube = _Answering(mv_body("1"))
+    core = OperatorCore(OperatorSettings.of(mlflow={"tracking_uri": "http://mlflow:5000"}), kube)  # type: ignore[arg-type]
+    rec = core.reconciler
+    rec.registries = reconciler(kube, mlflow({"1": "run1"})).registries
+    judged: list[dict[str, Any] | None] = []
+    real = rec.refresh_readiness
+
+    async def spy(namespace: str, name: str, deployment: dict[str, Any] | None = None) -> reconcile.Result | None:
+        judged.append(deployment)
+        return await real(namespace, name, deployment)
+
+    rec.refresh_readiness = spy  # type: ignore[method-assign]
+
+    def copy_at(rv: int) -> dict[str, Any]:
+        kube.available, kube.deployment_rv = True, rv
+        dep = kube.deployment_now(NAME)
+        assert dep is not None
+        return dep
+
+    async def main() -> None:
+        await rec.reconcile(kube.body_now())
+        async with rec.lock(NS, NAME):  # a reconcile holds the lock
+            for rv in (101, 103, 102):  # the handler's calls: none waits
+                core.request_refresh(NS, NAME, copy_at(rv))
+            await asyncio.sleep(0.05)
+            assert judged == [] and len(core._refreshers) == 1  # noqa: SLF001 — one waits, none ran
+        while core._refreshers:  # noqa: SLF001
+            await asyncio.sleep(0.01)
+        assert [reconcile.resource_version(d) for d in judged] == [103]
+        assert reconcile_ready(kube.body["status"]) == "True"
+        async with rec.lock(NS, NAME):
+            core.request_refresh(NS, NAME, copy_at(104))
+            core.request_refresh(NS, NAME, None)  # a canary's event: read it
+            core.request_refresh(NS, NAME, copy_at(105))
+        while core._refreshers:  # noqa: SLF001
+            await asyncio.sleep(0.01)
+        assert judged[1:] == [None] and "Deployment" in kube.reads
+        assert not core._refresh_due  # noqa: SLF001 — nothing left waiting
+
+    asyncio.run(main())
 
 
 def reconcile_ready(status: dict[str, Any]) -> str:

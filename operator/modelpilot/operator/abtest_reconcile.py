@@ -13,7 +13,6 @@ stays a dict). One that does not parse is ``Ready=False`` with reason
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import dataclasses
 import logging
@@ -29,6 +28,7 @@ from modelpilot.operator.mirroring import MirrorStyle
 from modelpilot.operator.prometheus import Prometheus, PrometheusError
 from modelpilot.operator.reconcile import (
     Event,
+    KeyedLocks,
     Membership,
     Reconciler,
     Result,
@@ -65,18 +65,16 @@ class ABTestReconciler:
         # put the old route back (found by tests/cluster/test_gateway.py: a shadow made a serving variant kept
         # its mirror filter, whose SnippetsFilter the newer reconcile had deleted). Not the ModelVersions'
         # locks: an ABTest and a ModelVersion may share a name, and this one re-reconciles ModelVersions.
-        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self._lock = KeyedLocks()
 
     async def reconcile(self, body: dict[str, Any], measure: bool = True) -> Result:
         """Reconcile the ABTest as it is now: ``body`` names it (and is the answer when it is gone); it is read
         again under its lock and ``reconcile_read`` decides on that."""
         meta = body["metadata"]
         namespace, name = meta["namespace"], meta["name"]
-        lock = self._locks.setdefault((namespace, name), asyncio.Lock())
-        async with lock:
+        async with self._lock(namespace, name):
             fresh = await self.kube.read_abtest(namespace, name)
             if fresh is None or (fresh.get("metadata") or {}).get("deletionTimestamp"):
-                self._locks.pop((namespace, name), None)
                 return Result(status=dict(body.get("status") or {}))
             return await self.reconcile_read(fresh, measure)
 

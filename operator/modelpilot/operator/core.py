@@ -23,7 +23,7 @@ from modelpilot.operator import metrics, rollout
 from modelpilot.operator.abtest_reconcile import ABTestReconciler
 from modelpilot.operator.kube import Kube, KubeError
 from modelpilot.operator.logs import about
-from modelpilot.operator.reconcile import Membership, Reconciler, Result
+from modelpilot.operator.reconcile import Membership, Reconciler, Result, readiness_view, resource_version
 from modelpilot.operator.settings import OperatorSettings
 from modelpilot.operator.ticker import Ticker
 
@@ -75,6 +75,11 @@ class OperatorCore:
         self._busy_at = time.monotonic()  # when a reconcile or refresh last ran
         self._busy_since_release = 0  # reconciles and refreshes since memory was last released
         self._stopped = False
+        # Deployment events waiting for their ModelVersion's refresh: the newest Deployment to judge per
+        # ModelVersion (None: read it then). One refresh waits per ModelVersion and judges the newest copy
+        # when its turn comes; the events themselves are not held (see ``request_refresh``).
+        self._refresh_due: dict[tuple[str, str], dict[str, Any] | None] = {}
+        self._refreshers: set[asyncio.Task[None]] = set()
 
     @property
     def kube(self) -> Kube:
@@ -94,6 +99,8 @@ class OperatorCore:
         if self._stopped:
             return
         self._stopped = True
+        for task in list(self._refreshers):
+            task.cancel()
         with self._ticks_guard:
             self.loop = None  # no new periodic run starts; those waiting on the loop are cancelled
             for running in list(self._ticks):
@@ -227,16 +234,55 @@ class OperatorCore:
         elif not gone:
             self.reconciler.note(body)  # the newest copy a readiness refresh starts from
 
+    def request_refresh(self, namespace: str, name: str, deployment: dict[str, Any] | None = None) -> None:
+        """Have a ModelVersion's readiness refreshed from ``deployment`` (its stable Deployment as an event
+        delivered it; None: read it then) as soon as its lock is free, without waiting for that here.
+
+        A Deployment event used to wait for the refresh, and the refresh for its ModelVersion's lock, which a
+        create's reconcile holds for seconds while its Service waits at the apiserver's ClusterIP allocator.
+        Meanwhile kopf queued each Deployment's further events (~4 per Deployment), whole bodies, behind the
+        waiting one: ~800 Deployment bodies at once at 200 creates, most of the operator's peak memory, which
+        the allocator then kept (benchmarks/README.md). Now each event only leaves the newest copy here and
+        returns; at most one refresh waits per ModelVersion, and it judges the newest copy when its turn comes
+        (``refresh_readiness`` still skips one older than the copy last judged)."""
+        key = (namespace, name)
+        if deployment is not None:
+            # What readiness is judged on, not the pod template: up to one copy per ModelVersion waits here.
+            deployment = readiness_view(deployment) if resource_version(deployment) is not None else None
+        if key in self._refresh_due:  # a refresh is waiting already: it judges the newer of the two copies
+            known = self._refresh_due[key]
+            if known is not None and (deployment is None or
+                                      (resource_version(deployment) or 0) > (resource_version(known) or 0)):
+                self._refresh_due[key] = deployment  # None wins: a read is newer than any copy
+            return
+        self._refresh_due[key] = deployment
+        # The refresh logs through the module's logger, not the event's: kopf's binds the event's whole body,
+        # which a waiting refresh would keep alive.
+        task = asyncio.get_running_loop().create_task(self._refresh_due_one(namespace, name))
+        self._refreshers.add(task)
+        task.add_done_callback(self._refreshed)
+
+    def _refreshed(self, task: asyncio.Task[None]) -> None:
+        self._refreshers.discard(task)
+        if not task.cancelled() and task.exception() is not None:  # a bug, not an API error: say so
+            log.error("readiness refresh failed", exc_info=task.exception())
+
+    async def _refresh_due_one(self, namespace: str, name: str) -> None:
+        await self.refresh(namespace, name, about(log, namespace, name), due=True)
+
     async def refresh(self, namespace: str, name: str, logger: Logger,
-                      deployment: dict[str, Any] | None = None) -> None:
+                      deployment: dict[str, Any] | None = None, *, due: bool = False) -> None:
         """Refresh a ModelVersion's readiness from its Deployment (and pods); an API error is one line.
-        ``deployment``: its stable Deployment as an event delivered it (else it is read)."""
+        ``deployment``: its stable Deployment as an event delivered it (else it is read); ``due``: judge the
+        copy ``request_refresh`` left instead."""
         self._busy_at = time.monotonic()
         self._busy_since_release += 1
         try:
             # The lock first: a refresh waiting for its ModelVersion's reconcile (a create's waits seconds for
             # its Service) must not hold a slot other ModelVersions' refreshes need meanwhile.
             async with self.reconciler.lock(namespace, name), self.readiness_slots:
+                if due:  # the newest copy the events left (``request_refresh``); later ones queue a new refresh
+                    deployment = self._refresh_due.pop((namespace, name), None)
                 result = await self.reconciler.refresh_readiness(namespace, name, deployment)
             if result:
                 metrics.set_phase("ModelVersion", f"{namespace}/{name}", result.status.get("phase"))

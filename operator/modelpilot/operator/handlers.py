@@ -151,7 +151,7 @@ async def action_requested(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
 
 
 @kopf.on.event("apps", "v1", "deployments", labels=MANAGED)
-async def deployment_changed(body: kopf.Body, type: str, logger: Logger, memo: kopf.Memo, **_: Any) -> None:
+async def deployment_changed(body: kopf.Body, type: str, memo: kopf.Memo, **_: Any) -> None:
     """A serving Deployment moved: refresh its ModelVersion's readiness in status.
 
     Bounded by its own slots (``MODELPILOT_READINESS_WORKERS``), not the reconciles': behind a burst of creates a
@@ -169,7 +169,8 @@ async def deployment_changed(body: kopf.Body, type: str, logger: Logger, memo: k
     # The stable Deployment's copy is judged as delivered, unless readiness was last written from a newer copy
     # of it (events can queue behind others, and an older copy once judged a Ready ModelVersion not ready
     # again): refresh_readiness compares resourceVersions. A canary's event refreshes from a fresh read.
-    await core.refresh(namespace, owner["name"], logger, dict(body) if stable else None)
+    # Not awaited: the event is not held while the ModelVersion's reconcile holds its lock (see request_refresh).
+    core.request_refresh(namespace, owner["name"], dict(body) if stable else None)
 
 
 # ---------------------------------------------------------------------------- ABTest

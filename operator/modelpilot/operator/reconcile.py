@@ -29,6 +29,7 @@ import dataclasses
 import functools
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -518,6 +519,34 @@ def rollout_phase(status: dict[str, Any]) -> str:
 # ---------------------------------------------------------------------------- the reconciler
 
 
+class KeyedLocks:
+    """One ``asyncio.Lock`` per key (``(namespace, name)``), held only while someone uses or awaits it.
+
+    The map keeps its locks weakly: a lock lives as long as a coroutine holds it or waits for it (the
+    ``async with`` keeps it referenced), then its entry goes. Kept strongly, a lock outlived its resource
+    whenever an event for it came after the deletion (the garbage collector's Deployment deletions refresh
+    their ModelVersion's readiness after it is gone) — one lock and key per ModelVersion ever deleted, and a
+    high-water mark the allocator kept after every burst (benchmarks/README.md). Callable from any thread.
+    """
+
+    def __init__(self) -> None:
+        self._locks: weakref.WeakValueDictionary[tuple[str, str], asyncio.Lock] = weakref.WeakValueDictionary()
+        self._guard = threading.Lock()
+
+    def __call__(self, namespace: str, name: str) -> asyncio.Lock:
+        """The lock of ``namespace/name``: the same object for every caller while any of them holds it."""
+        with self._guard:
+            lock = self._locks.get((namespace, name))
+            if lock is None:
+                lock = self._locks[(namespace, name)] = asyncio.Lock()
+            return lock
+
+    def __len__(self) -> int:
+        """Locks in use or awaited now."""
+        with self._guard:
+            return len(self._locks)
+
+
 class Reconciler:
     """Reconciles ModelVersions with one settings object, one Kubernetes adapter and a registry factory."""
 
@@ -527,8 +556,8 @@ class Reconciler:
         # One reconcile at a time per ModelVersion, whichever path asks (kopf handlers, the ticker, an ABTest):
         # with each one reading the resource afresh inside the lock, no reconcile decides on a status another
         # one has already moved past (a stale one could redo a canary step).
-        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
-        self._locks_guard = threading.Lock()
+        self.lock = KeyedLocks()
+        self._locks_guard = threading.Lock()  # the maps below
         # The stable Deployment's observed state behind the readiness last written for each ModelVersion: a
         # Deployment event that shows the same state cannot change it, so it reads nothing (most events are
         # the controller's own bookkeeping). Only a hint — every write is judged on fresh reads.
@@ -593,14 +622,10 @@ class Reconciler:
         hit = registry.resolve_cached(ref)
         return hit if hit is not None else await self.off_loop(registry.resolve, ref)
 
-    def lock(self, namespace: str, name: str) -> asyncio.Lock:
-        with self._locks_guard:
-            return self._locks.setdefault((namespace, name), asyncio.Lock())
-
     def forget(self, namespace: str, name: str, uid: str = "") -> None:
-        """A ModelVersion is gone: drop its lock and what the adapter knew about its objects (by its ``uid``)."""
+        """A ModelVersion is gone: drop what is known about it and what the adapter knew about its objects (by
+        its ``uid``). Its lock goes by itself once nobody holds it (``KeyedLocks``)."""
         with self._locks_guard:
-            self._locks.pop((namespace, name), None)
             self._written.pop((namespace, name), None)
             self._written_rv.pop((namespace, name), None)
             self._bodies.pop((namespace, name), None)
@@ -839,12 +864,20 @@ class Reconciler:
                                   had_gateway_route=bool(status.get("gatewayRoute")), **kwargs)
         applied: dict[str, Any] | None = None
         applied_at = 0.0
-        for verb, what in objects.steps:
+        # Each manifest is let go once applied: a create's Deployment manifest was held while its Service waited
+        # seconds at the ClusterIP allocator, for 200 creates at once (benchmarks/README.md).
+        steps, gateway_route = list(objects.steps), objects.gateway_route
+        del objects
+        steps.reverse()
+        while steps:
+            verb, what = steps.pop()
             if verb == "delete":
                 await self.kube.delete_owned(what[0], owner.namespace, what[1], owner.uid)
                 continue
+            stable = what["kind"] == "Deployment" and what["metadata"]["name"] == owner.name
             answer = await self.kube.apply(what)
-            if what["kind"] == "Deployment" and what["metadata"]["name"] == owner.name:
+            del what
+            if stable:
                 applied = readiness_view(answer) if isinstance(answer, dict) and answer.get("kind") == "Deployment" \
                     else None
                 applied_at = time.monotonic()
@@ -855,8 +888,8 @@ class Reconciler:
             # ClusterIP allocator, one at a time): the Deployment has moved on since its apply answered, so
             # readiness is judged on a fresh read — one write instead of a second refresh round after it.
             applied = await self.kube.read_deployment(owner.namespace, owner.name)
-        if objects.gateway_route != KEEP:
-            status["gatewayRoute"] = objects.gateway_route
+        if gateway_route != KEEP:
+            status["gatewayRoute"] = gateway_route
         return applied
 
     async def _canary(self, owner: builders.Owner, spec: api.ModelVersionSpec, status: dict[str, Any],
