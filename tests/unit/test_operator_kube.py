@@ -207,6 +207,32 @@ def test_idle_connections_are_released_only_when_no_request_is_under_way(down: K
     asyncio.run(scenario())
 
 
+def test_releasing_idle_connections_empties_the_url_caches_that_name_gone_objects(down: Kube) -> None:
+    import urllib.parse
+    import sys
+
+    import yarl
+
+    def cached() -> int:
+        caches = [v for m in (sys.modules["yarl._url"], sys.modules["yarl._parse"]) for v in vars(m).values()
+                  if hasattr(v, "cache_info")] + [urllib.parse.urlsplit]
+        return sum(c.cache_info().currsize for c in caches)
+
+    async def scenario() -> None:
+        for i in range(20):  # what a burst leaves: URLs naming objects, parsed by aiohttp and the stdlib
+            yarl.URL(f"https://127.0.0.1:6443/apis/apps/v1/namespaces/ml/deployments/mv-{i}?fieldManager=x")
+            urllib.parse.urlsplit(f"https://127.0.0.1:6443/api/v1/namespaces/ml/services/mv-{i}")
+        assert cached() >= 40
+        down._in_flight = 1  # noqa: SLF001 — a request under way keeps the session, not the caches
+        assert not await down.release_idle_connections()
+        assert cached() == 0
+        down._in_flight = 0  # noqa: SLF001
+        yarl.URL("https://127.0.0.1:6443/api/v1/namespaces/ml/pods")  # and they fill again as before
+        assert cached() >= 1
+
+    asyncio.run(scenario())
+
+
 def test_kubeconfig_credentials_that_expire_are_refreshed_and_the_file_is_never_written(tmp_path: Any) -> None:
     from modelpilot.operator import run
 

@@ -23,9 +23,11 @@ import functools
 import logging
 import os
 import socket
+import sys
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
 from typing import Any, TypeVar, cast
+import urllib.parse
 from urllib.parse import quote
 
 import aiohttp
@@ -53,6 +55,25 @@ _CUSTOM = f"/apis/{GROUP}/{VERSION}"
 # apply patches. Small JSON bodies (status, Events) go as dicts, serialised by the client.
 _APPLY = "application/apply-patch+yaml; charset=utf-8"
 _MERGE = "application/merge-patch+json"
+
+
+
+def clear_url_caches() -> None:
+    """Empty the URL-parsing caches of aiohttp's URL library (yarl) and of ``urllib.parse``, once a burst is over.
+
+    Both keep the last 128 URLs parsed (yarl: whole ``URL`` objects with their derived parts), and every
+    apiserver request URL names its object: after 200 creates and deletions they hold URLs of objects that are
+    gone, allocated late in the burst, and each live one keeps a 1 MiB arena of Python's small-object allocator
+    from being returned (benchmarks/README.md). yarl's public ``cache_clear`` covers its host caches only, so every
+    ``functools.lru_cache`` in its parsing modules (and in ``urllib.parse``) is cleared; a cache a later yarl
+    renames is simply not found.
+    The caches refill on the next requests; nothing but speed depends on them."""
+    # yarl's looked up, not imported: private modules of a dependency, so a yarl that moves them costs only this
+    # trim. ``urllib.parse.clear_cache`` does the same for the stdlib's two caches, but is not typed.
+    for module in (sys.modules.get("yarl._url"), sys.modules.get("yarl._parse"), urllib.parse):
+        for value in list(vars(module).values()) if module is not None else ():
+            if callable(getattr(value, "cache_clear", None)) and hasattr(value, "cache_info"):
+                value.cache_clear()
 
 
 class KubeError(Exception):
@@ -157,7 +178,9 @@ class Kube:
 
     async def release_idle_connections(self) -> bool:
         """Close the session and its pooled connections when no request is under way (the next request opens a
-        new one): after a burst they hold megabytes of TLS buffers for nothing. True if it was closed."""
+        new one): after a burst they hold megabytes of TLS buffers for nothing. True if it was closed. The URL
+        caches go either way (``clear_url_caches``)."""
+        clear_url_caches()
         if self._api is None or self._in_flight:
             return False
         api, self._api = self._api, None
