@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import ipaddress
 import os
 import shutil
 import shlex
@@ -375,7 +376,8 @@ class Environment:
         prom_dir = h / "prometheus"
         prom_dir.mkdir()
         (prom_dir / "prometheus.yml").write_text(
-            prometheus_config(f"https://127.0.0.1:{ports['apiserver']}", keys)
+            prometheus_config(f"https://127.0.0.1:{ports['apiserver']}", keys,
+                              simulated_pods=POD_CIDR if real is None else None)
         )
         prometheus = Component(
             "prometheus",
@@ -838,10 +840,25 @@ _POD_LABELS: list[dict[str, Any]] = [
 ]
 
 
-def prometheus_config(api_url: str, keys: pki.Pki, scrape_interval: str = "5s") -> str:
+def _octet_regex(cidr: str) -> str:
+    """A regex for the IPv4 addresses of an octet-aligned network, e.g. ``10.244.0.0/16`` → ``10\\.244\\..+``
+    (Prometheus relabelling matches regexes, not networks). Raises ``ValueError`` for any other prefix length."""
+    net = ipaddress.IPv4Network(cidr)
+    if net.prefixlen % 8 or not 8 <= net.prefixlen <= 24:
+        raise ValueError(f"{cidr}: only /8, /16 and /24 networks are supported here")
+    fixed = str(net.network_address).split(".")[: net.prefixlen // 8]
+    return "\\.".join(fixed) + "\\..+"
+
+
+def prometheus_config(api_url: str, keys: pki.Pki, scrape_interval: str = "5s",
+                      simulated_pods: str | None = None) -> str:
     """Scrape pods annotated ``prometheus.io/scrape`` the ordinary way, as in Prometheus' own Kubernetes example:
     Kubernetes service discovery, the pod IP (the host routes the real node's pod range to it) and the
-    ``prometheus.io/port`` annotation. No address annotation, no relabelling trick."""
+    ``prometheus.io/port`` annotation. No address annotation, no relabelling trick.
+
+    ``simulated_pods``: the pod network of kwok's simulated pods (a kwok environment), whose addresses exist
+    nowhere: their targets are dropped. Scraped, each would be a connection attempt every ``scrape_interval``
+    sent out of the machine by its default route."""
     tls = {"ca_file": str(keys.ca_crt), "cert_file": str(keys.client_crt("admin")),
            "key_file": str(keys.client_key("admin"))}
     conf = {
@@ -852,6 +869,8 @@ def prometheus_config(api_url: str, keys: pki.Pki, scrape_interval: str = "5s") 
             "relabel_configs": [
                 {"source_labels": ["__meta_kubernetes_pod_annotation_prometheus_io_scrape"],
                  "regex": "true", "action": "keep"},
+                *([{"source_labels": ["__meta_kubernetes_pod_ip"], "regex": _octet_regex(simulated_pods),
+                    "action": "drop"}] if simulated_pods else []),
                 {"source_labels": ["__address__", "__meta_kubernetes_pod_annotation_prometheus_io_port"],
                  "regex": "([^:]+)(?::\\d+)?;(\\d+)", "replacement": "$1:$2", "target_label": "__address__"},
                 *_POD_LABELS,

@@ -109,6 +109,26 @@ def test_prometheus_scrapes_pods_by_ordinary_kubernetes_discovery(tmp_path: Path
     assert os.stat(keys.client_key("admin")).st_mode & 0o077 == 0
 
 
+def test_a_kwok_environment_never_scrapes_its_simulated_pods(tmp_path: Path) -> None:
+    """kwok's pods have addresses that exist nowhere: scraped, each was a connection attempt every 5 s sent out of
+    the machine by its default route. A kwok environment drops them; a real node's pods are scraped."""
+    import re
+
+    from modelpilot_dev.environment import POD_CIDR
+
+    keys = pki.ensure(tmp_path / "pki")
+    (job,) = yaml.safe_load(prometheus_config("https://127.0.0.1:6443", keys, simulated_pods=POD_CIDR))[
+        "scrape_configs"]
+    (drop,) = [r for r in job["relabel_configs"] if r.get("action") == "drop"]
+    assert drop["source_labels"] == ["__meta_kubernetes_pod_ip"]
+    assert re.fullmatch(drop["regex"], "10.244.3.7") and not re.fullmatch(drop["regex"], "10.246.3.7")
+    assert not re.fullmatch(drop["regex"], "10.2441.3.7") and not re.fullmatch(drop["regex"], "110.244.3.7")
+    (real,) = yaml.safe_load(prometheus_config("https://127.0.0.1:6443", keys))["scrape_configs"]
+    assert not [r for r in real["relabel_configs"] if r.get("action") == "drop"]
+    with pytest.raises(ValueError, match="/20"):
+        prometheus_config("https://127.0.0.1:6443", keys, simulated_pods="10.244.0.0/20")
+
+
 def test_ngf_is_built_as_the_main_module_with_its_version_stamped_then_cached(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
