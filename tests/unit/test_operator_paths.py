@@ -916,62 +916,6 @@ def test_a_deployment_event_is_judged_as_delivered_from_the_newest_known_model_v
     assert reconcile_ready(kube.body["status"]) == "True" and kube.reads == []
 
 
-def test_an_event_that_only_moves_a_rollout_along_waits_for_a_later_write_transitions_do_not(
-        monkeypatch: Any) -> None:
-    """In a burst of creates each Deployment's step from "none running" to "running, not available" cost a status
-    write, a pod LIST and the write's own watch event, for a message and counts. Within PROGRESS_WRITE_SECONDS of
-    the last write such a step is left to the next write or the re-check; becoming available, a rolling update
-    of a Ready ModelVersion and anything after the interval are written at once."""
-    listed: list[dict[str, str]] = []
-
-    class Listing(_Answering):
-        avail = 0  # of the 2 replicas
-
-        def deployment_now(self, name: str) -> dict[str, Any] | None:
-            dep = super().deployment_now(name)
-            if dep is not None:
-                dep["status"].update(availableReplicas=self.avail, readyReplicas=self.avail)
-            return dep
-
-        async def list_pods(self, namespace: str, match_labels: dict[str, str]) -> list[dict[str, Any]]:
-            listed.append(match_labels)
-            return []
-
-    kube = Listing(mv_body("1"))  # 2 replicas
-    rec = reconciler(kube, mlflow({"1": "run1"}))
-    run(kube, rec)
-    assert _reason(kube, "Ready") == ("False", "RollingOut", "rolling out: 2/2 replicas updated, 0 available, 2 running")
-    writes, listed[:] = kube.status_writes, []
-
-    def deployment(available: int, rv: int) -> dict[str, Any]:
-        kube.avail, kube.deployment_rv = available, rv
-        dep = kube.deployment_now(NAME)
-        assert dep is not None
-        return dep
-
-    # One of two replicas available: progress only, written just now — no write, no pod LIST, not remembered.
-    assert asyncio.run(rec.refresh_readiness(NS, NAME, deployment(1, 101))) is None
-    assert kube.status_writes == writes and listed == []
-    assert not rec.readiness_unchanged(NS, NAME, deployment(1, 101))
-    # The re-check (no event copy: it reads) is not held back: it writes the progress and looks at the pods.
-    asyncio.run(rec.refresh_readiness(NS, NAME))
-    assert kube.status_writes == writes + 1 and listed
-    assert kube.body["status"]["readyReplicas"] == 1
-    # After the interval an event's progress is written too.
-    monkeypatch.setattr(reconcile, "PROGRESS_WRITE_SECONDS", 0.0)
-    result = asyncio.run(rec.refresh_readiness(NS, NAME, deployment(0, 103)))
-    assert result is not None and kube.body["status"]["readyReplicas"] == 0
-    monkeypatch.setattr(reconcile, "PROGRESS_WRITE_SECONDS", 5.0)
-    # Becoming available is a transition: written at once, with its Event.
-    result = asyncio.run(rec.refresh_readiness(NS, NAME, deployment(2, 104)))
-    assert result is not None and [e.reason for e in result.events] == ["Ready"]
-    assert reconcile_ready(kube.body["status"]) == "True"
-    # So is a rolling update of a Ready ModelVersion, right after that write.
-    result = asyncio.run(rec.refresh_readiness(NS, NAME, deployment(1, 105)))
-    assert result is not None and [e.reason for e in result.events] == ["RollingOut"]
-    assert reconcile_ready(kube.body["status"]) == "False"
-
-
 def test_the_readiness_view_of_a_deployment_judges_as_the_whole_deployment() -> None:
     """A reconcile keeps only the readiness view of its Deployment's apply answer (no pod template) while its other
     objects are applied: readiness, the pods' selector and the copy's order must read the same from it."""

@@ -195,9 +195,6 @@ T = TypeVar("T")
 
 #: The alias write-back sets when ``spec.rollout.writeBack.promoteAlias`` is not given (the CRD has no default).
 DEFAULT_PROMOTE_ALIAS = "champion"
-#: How soon after a ModelVersion's last readiness write an event that only moves its rollout along (counts and
-#: message; Ready stays False for the same reason) is written again (seconds). Transitions are written at once.
-PROGRESS_WRITE_SECONDS = 5.0
 #: How old the stable Deployment's apply answer may be to judge readiness on; older and not ready: read again.
 STALE_APPLY_SECONDS = 1.0
 
@@ -573,8 +570,6 @@ class Reconciler:
         # per ModelVersion in a burst); its write is conditional on that copy's resourceVersion, so a stale copy
         # costs one 409 and a read, never a wrong status.
         self._bodies: dict[tuple[str, str], dict[str, Any]] = {}
-        # When readiness was last written for each ModelVersion (monotonic seconds): see ``_progress_only``.
-        self._written_at: dict[tuple[str, str], float] = {}
         # One pooled client and version cache per (tracking URI, credentials), kept across reconciles.
         self.registries = Registries(registry_factory or (
             lambda uri, creds: Registry(uri, creds, timeout=settings.mlflow.timeout_seconds)))
@@ -634,7 +629,6 @@ class Reconciler:
             self._written.pop((namespace, name), None)
             self._written_rv.pop((namespace, name), None)
             self._bodies.pop((namespace, name), None)
-            self._written_at.pop((namespace, name), None)
         if uid:
             self.kube.forget_owner(uid)
 
@@ -659,11 +653,9 @@ class Reconciler:
         with self._locks_guard:
             self._bodies.pop((namespace, name), None)
 
-    def _remember(self, namespace: str, name: str, deployment: dict[str, Any] | None, *, wrote: bool) -> None:
+    def _remember(self, namespace: str, name: str, deployment: dict[str, Any] | None) -> None:
         rv = resource_version(deployment)
         with self._locks_guard:
-            if wrote:
-                self._written_at[(namespace, name)] = time.monotonic()
             self._written[(namespace, name)] = _observed_key(deployment)
             if rv is None:
                 self._written_rv.pop((namespace, name), None)
@@ -676,27 +668,6 @@ class Reconciler:
         with self._locks_guard:
             written = self._written_rv.get((namespace, name))
         return rv is not None and written is not None and rv < written
-
-    def _progress_only(self, namespace: str, name: str, deployment: dict[str, Any]) -> bool:
-        """True when ``deployment`` (an event's copy) only moves along a rollout that the ModelVersion's status
-        already reports as under way (``Ready=False``, reason ``RollingOut``), and readiness was written less than
-        ``PROGRESS_WRITE_SECONDS`` ago. Such an event changes counts and a message, no condition's status or
-        reason: it is not written (nor its pods listed) — in a burst of creates that was a status write, a pod
-        LIST and the watch event of the write, per ModelVersion, for the apiserver and the operator alike.
-        Available, stalled or a newly failing pod are written at once: the first two show in the Deployment, and
-        the readiness re-check (every ``schedule.readiness_recheck_seconds``, not throttled) lists the pods of a
-        ModelVersion that is not Ready."""
-        seen = observe(deployment)
-        if seen["ready"] or seen["stalled"]:
-            return False
-        body = self._known_body(namespace, name)
-        ready = next((c for c in ((body or {}).get("status") or {}).get("conditions") or []
-                      if c.get("type") == "Ready"), None)
-        if ready is None or ready.get("status") != "False" or ready.get("reason") != "RollingOut":
-            return False
-        with self._locks_guard:
-            written_at = self._written_at.get((namespace, name))
-        return written_at is not None and time.monotonic() - written_at < PROGRESS_WRITE_SECONDS
 
     def readiness_unchanged(self, namespace: str, name: str, deployment: dict[str, Any]) -> bool:
         """True when this stable Deployment (as an event delivered it) shows the state the ModelVersion's
@@ -838,7 +809,7 @@ class Reconciler:
             answer = await self.kube.patch_status(namespace, name, out,
                                                   resource_version=fresh["metadata"].get("resourceVersion"))
             if answer:
-                self._remember(namespace, name, deployment, wrote=True)
+                self._remember(namespace, name, deployment)
                 self._note_answer(answer)
                 return out, events
         self._note_answer(await self.kube.patch_status(namespace, name, out))  # still contended: read just now
@@ -1212,8 +1183,6 @@ class Reconciler:
             deployment = None  # cannot be ordered against what was written: read it
         if deployment is not None and self._older_than_written(namespace, name, deployment):
             return None
-        if deployment is not None and self._progress_only(namespace, name, deployment):
-            return None  # the next event or the re-check writes it (not remembered: judged again then)
         for attempt in range(5):
             body = self._known_body(namespace, name) if attempt == 0 else None
             if body is None:
@@ -1237,6 +1206,6 @@ class Reconciler:
                     self._unnote(namespace, name)
                     continue  # written meanwhile: judge again on what is there now
                 self._note_answer(answer)
-            self._remember(namespace, name, deployment, wrote=bool(changed))
+            self._remember(namespace, name, deployment)
             return Result(status={**status, **new}, events=events, involved=body)
         return None  # still contended after 5 rounds: the ticker re-checks a ModelVersion that is not Ready
