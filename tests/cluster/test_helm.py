@@ -81,7 +81,7 @@ def test_helm_install_runs_the_operator_under_its_own_service_account(
 
     wait_for(ready, 180, 1.0, "the ModelVersion Ready, reconciled by the helm-installed operator")
     log = _run(dev_env, dev_env["binaries"]["kubectl"], "logs", "-n", SYSTEM, pod.metadata.name).stdout
-    assert "reconcile_model_version" in log, log[-3000:]
+    assert "reconciled generation" in log, log[-3000:]
     # No RBAC refusal of the operator's own identity (other Forbidden answers, e.g. posting an Event
     # into a namespace being deleted, are not about permissions).
     assert f'User "system:serviceaccount:{SYSTEM}:{account}" cannot' not in log

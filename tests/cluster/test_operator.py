@@ -228,7 +228,7 @@ def test_a_second_replica_with_lower_priority_stands_by(
                                                _mv("iris", {"name": "iris", "version": iris_version}))
         wait_for(lambda: _ready(custom, namespace, "iris"), 180, message="Ready")
         text = logpath.read_text()
-        assert "reconcile_model_version" not in text, text[-2000:]
+        assert "reconciled generation" not in text, text[-2000:]
     finally:
         standby.terminate()
         standby.wait(timeout=20)

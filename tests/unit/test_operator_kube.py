@@ -74,12 +74,18 @@ def test_the_handler_backs_off_with_one_line(down: Kube, caplog: pytest.LogCaptu
     logger = logging.getLogger("test")
 
     async def scenario() -> None:
-        # The create/update handler: a kopf TemporaryError with exponential back-off (kopf logs it as one line).
-        with pytest.raises(kopf.TemporaryError) as excinfo:
-            await handlers.reconcile_model_version(body=BODY, retry=2, memo=memo)  # type: ignore[arg-type]
-        assert excinfo.value.delay == 40.0
-        assert "Kubernetes API" in str(excinfo.value) and "unreachable" in str(excinfo.value)
-        assert excinfo.value.__cause__ is None and excinfo.value.__suppress_context__
+        # The watch-event handler: no exception reaches kopf; one warning line, and the ticker retries with
+        # exponential back-off (10, 20, 40 s … per failure in a row) until a reconcile succeeds.
+        with caplog.at_level(logging.WARNING):
+            await handlers.model_version_event(body=kopf.Body(BODY), type="ADDED", memo=memo)
+            first = [r for r in caplog.records if r.levelno >= logging.WARNING]
+            assert len(first) == 1 and "Kubernetes API" in first[0].getMessage(), first
+            assert "unreachable" in first[0].getMessage() and first[0].exc_info is None
+            assert memo.core.ticker.interval("retry", "ml", "iris") == 10.0
+            for _ in range(2):
+                await memo.core.tick("retry", "ml", "iris")
+            assert memo.core.ticker.interval("retry", "ml", "iris") == 40.0
+        caplog.clear()
         # A periodic run (canary tick) and a readiness refresh: no exception escapes, one warning line each,
         # without a traceback.
         with caplog.at_level(logging.WARNING):

@@ -15,6 +15,7 @@ import logging
 from typing import Any
 
 import httpx
+import pytest
 
 from modelpilot.operator import abtest, api, reconcile
 from modelpilot.operator.kube import KubeError
@@ -300,8 +301,9 @@ def test_a_spec_that_does_not_parse_is_a_spec_error_naming_the_field_not_an_exce
     kube = FakeKube(body)
     settings = OperatorSettings.of(mlflow={"tracking_uri": "http://mlflow:5000"})
     memo = handlers.configure(settings, kube)  # type: ignore[arg-type]
-    asyncio.run(handlers.reconcile_model_version(body=kopf.Body(kube.body_now()), retry=0, memo=memo))
+    asyncio.run(handlers.model_version_event(body=kopf.Body(kube.body_now()), type="ADDED", memo=memo))
     asyncio.run(memo.core.stop())
+    assert not memo.core.ticker.interval("retry", NS, NAME)  # only a new spec can fix it: nothing retried
     assert kube.objects == {}  # nothing applied (and nothing deleted)
     status, reason, message = _reason(kube, "Resolved")
     assert (status, reason) == ("False", "SpecError")
@@ -1238,5 +1240,114 @@ def test_periodic_runs_are_not_queued_behind_a_burst_of_reconciles() -> None:
         result = await asyncio.wait_for(core.measured_or_logged(NS, NAME, refresh=False), 5)
         assert result is not None and not result.retry
         await core.stop()
+
+    asyncio.run(scenario())
+
+
+# --------------------------------------------------------------------------- level-triggered watch events
+
+
+def _event_core(kube: FakeKube, transport: httpx.MockTransport) -> tuple[Any, list[str]]:
+    """kopf's memo with the operator's core, the fake API and a fake MLflow; and the list of reconciles run."""
+    from modelpilot.operator import handlers
+
+    memo = handlers.configure(OperatorSettings.of(mlflow={"tracking_uri": "http://mlflow:5000"}), kube)  # type: ignore[arg-type]
+    memo.core.reconciler = reconciler(kube, transport)
+    runs: list[str] = []
+    real = memo.core.reconciler.reconcile_latest
+
+    async def counted(namespace: str, name: str, **kw: Any) -> Any:
+        runs.append(name)
+        return await real(namespace, name, **kw)
+
+    memo.core.reconciler.reconcile_latest = counted
+    return memo, runs
+
+
+def test_watch_events_reconcile_a_spec_not_yet_observed_and_resume_each_model_version_once(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """ModelVersions are level-triggered (no kopf create/update/resume handlers, no annotation written on them):
+    an event is acted on when its spec's generation is not yet in ``status.observedGeneration``, or on the
+    first listing after a (re)start — whatever events were missed in between."""
+    import kopf
+
+    from modelpilot.operator import handlers
+
+    kube = FakeKube(mv_body("1"))
+    transport = mlflow({"1": "run-1", "2": "run-2"})
+    memo, runs = _event_core(kube, transport)
+
+    def new_spec(version: str) -> None:
+        kube.body["spec"]["model"]["version"] = version
+        kube.body["metadata"]["generation"] += 1
+
+    async def scenario() -> None:
+        async def event(type: str | None, core: Any = memo) -> None:
+            await handlers.model_version_event(body=kopf.Body(kube.body_now()), type=type, memo=core)
+
+        with caplog.at_level(logging.INFO, logger="modelpilot.operator.core"):
+            await event("ADDED")  # new: the CRD's default observedGeneration 0 is not generation 1
+        assert runs == [NAME] and kube.body["status"]["observedGeneration"] == 1
+        said = [r.getMessage() for r in caplog.records if "reconciled" in r.getMessage()]
+        assert said == [f"[{NS}/{NAME}] reconciled generation 1: phase Ready"], said
+        await event("MODIFIED")  # its own status write coming back
+        await event(None)  # kopf re-lists at every watch restart: reconciled already in this process
+        assert len(runs) == 1
+        new_spec("2")
+        await event("MODIFIED")
+        assert len(runs) == 2 and kube.body["status"]["model"]["version"] == "2"
+        new_spec("1")  # that event was missed: the next listing shows the new generation
+        await event(None)
+        assert len(runs) == 3 and kube.body["status"]["model"]["version"] == "1"
+        assert kube.body["status"]["observedGeneration"] == 3
+        # A restarted operator resumes each ModelVersion once (its rendering may have changed), on its first
+        # listing; later listings of the same, unchanged object do nothing.
+        restarted, again = _event_core(kube, transport)
+        await event(None, restarted)
+        await event(None, restarted)
+        await event("MODIFIED", restarted)
+        assert again == [NAME]
+        # Being deleted, or gone: nothing to reconcile, even with a spec not observed.
+        new_spec("2")
+        kube.body["metadata"]["deletionTimestamp"] = "2026-12-01T00:00:00Z"
+        await event("MODIFIED", restarted)
+        await event("DELETED", restarted)
+        assert again == [NAME]
+        for core in (memo.core, restarted.core):
+            await core.stop()
+
+    asyncio.run(scenario())
+
+
+def test_a_failed_reconcile_is_retried_by_the_ticker_until_it_succeeds() -> None:
+    """No kopf retry exists for a watch event: an unreachable registry is retried on the ticker with back-off
+    (10 s, then doubling), and the retry is forgotten once a reconcile succeeded."""
+    import kopf
+
+    from modelpilot.operator import handlers
+
+    kube = FakeKube(mv_body("1"))
+    healthy = mlflow({"1": "run-1"})
+    down = {"now": True}
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        if down["now"]:  # the registry's outage, injected at the HTTP boundary
+            return httpx.Response(503, text="upstream unavailable")
+        return healthy.handle_request(request)
+
+    memo, runs = _event_core(kube, httpx.MockTransport(handle))
+
+    async def scenario() -> None:
+        await handlers.model_version_event(body=kopf.Body(kube.body_now()), type="ADDED", memo=memo)
+        assert memo.core.ticker.interval("retry", NS, NAME) == 10.0
+        assert _reason(kube, "Resolved")[0] == "False"
+        await memo.core.tick("retry", NS, NAME)  # still down: the next one waits twice as long
+        assert memo.core.ticker.interval("retry", NS, NAME) == 20.0
+        down["now"] = False
+        await memo.core.tick("retry", NS, NAME)
+        assert memo.core.ticker.interval("retry", NS, NAME) is None  # succeeded: no more retries
+        assert _reason(kube, "Resolved")[0] == "True" and len(runs) == 3
+        assert ("Deployment", NAME) in kube.objects
+        await memo.core.stop()
 
     asyncio.run(scenario())

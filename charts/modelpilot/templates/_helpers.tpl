@@ -68,7 +68,7 @@ No wildcards, no pods, no pods/exec; Secrets are `get` only (the credentials Sec
 ModelVersion names; RBAC cannot restrict by a name chosen at run time).
 */}}
 {{- define "modelpilot.namespacedRules" -}}
-# ModelVersions and ABTests: watch, kopf's progress annotations (patch), status.
+# ModelVersions and ABTests: watch, kopf's progress annotations on ABTests (patch), status.
 - apiGroups: ["modelpilot.io"]
   resources: ["modelversions", "abtests"]
   verbs: ["get", "list", "watch", "patch", "update"]

@@ -80,6 +80,10 @@ class OperatorCore:
         # when its turn comes; the events themselves are not held (see ``request_refresh``).
         self._refresh_due: dict[tuple[str, str], dict[str, Any] | None] = {}
         self._refreshers: set[asyncio.Task[None]] = set()
+        # ModelVersions (uid) reconciled since this process started: kopf re-lists every watch restart (each
+        # ``server_timeout``), and an unchanged one is reconciled only on the first listing (a resume).
+        self._resumed: set[str] = set()
+        self._retries: dict[tuple[str, str], int] = {}  # failed reconciles in a row, per ModelVersion
 
     @property
     def kube(self) -> Kube:
@@ -138,9 +142,9 @@ class OperatorCore:
     # ------------------------------------------------------------------ ModelVersion
 
     async def tick(self, kind: str, namespace: str, name: str) -> None:
-        """One periodic run: re-evaluate an active rollout, ask MLflow where a followed alias points, refresh
-        an ABTest's figures, or release memory. Each reads the resource afresh; one gone meanwhile is
-        forgotten."""
+        """One periodic run: re-evaluate an active rollout, ask MLflow where a followed alias points, retry a
+        failed reconcile, re-check readiness, refresh an ABTest's figures, or release memory. Each reads the
+        resource afresh; one gone meanwhile is forgotten."""
         if kind == "memory":
             burst = self._deleted.is_set() or self._busy_since_release >= MEMORY_BURST
             if burst and time.monotonic() - self._busy_at >= MEMORY_QUIET_SECONDS:
@@ -163,7 +167,10 @@ class OperatorCore:
                 return
             await self.abtest_figures(body)
             return
-        if await self.measured_or_logged(namespace, name, refresh=(kind == "alias")) is None:
+        result = await self.measured_or_logged(namespace, name, refresh=(kind == "alias"))
+        if kind == "retry":
+            self._retry_if_failed(namespace, name, result)
+        if result is None:
             self.ticker.forget(kind, namespace, name)
 
     async def measured_or_logged(self, namespace: str, name: str, refresh: bool) -> Result | None:
@@ -230,9 +237,56 @@ class OperatorCore:
             self.ticker.forget("readiness", namespace, name)
         if type == "DELETED":
             self.reconciler.forget(namespace, name, str(meta.get("uid") or ""))
+            self._resumed.discard(str(meta.get("uid") or ""))
+            if self._retries.pop((namespace, name), None) is not None:
+                self.ticker.forget("retry", namespace, name)
             self._deleted.set()
         elif not gone:
             self.reconciler.note(body)  # the newest copy a readiness refresh starts from
+
+    def wants_reconcile(self, body: dict[str, Any], type: str | None) -> bool:
+        """Whether a watch event calls for a reconcile: a spec this operator has not observed yet
+        (``metadata.generation`` ≠ ``status.observedGeneration``; the CRD defaults the latter to 0, so a new
+        ModelVersion qualifies), or the first listing of one since this process started (``type`` None: it is
+        resumed, so objects an older operator rendered differently are brought in line). Not when it is being
+        deleted, and not for the listings kopf repeats at every watch restart."""
+        meta = body.get("metadata") or {}
+        if type == "DELETED" or meta.get("deletionTimestamp"):
+            return False
+        observed = (body.get("status") or {}).get("observedGeneration")
+        if observed != meta.get("generation"):
+            return True
+        return type is None and str(meta.get("uid") or "") not in self._resumed
+
+    async def reconcile_seen(self, body: dict[str, Any]) -> None:
+        """Reconcile a ModelVersion a watch event delivered (``body``); a failure (an API error, an unreachable
+        registry) is one warning line, and the ticker retries it after ``backoff`` — doubling per failure in a
+        row — until one succeeds, whatever events come meanwhile."""
+        meta = body["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
+        self._resumed.add(str(meta.get("uid") or ""))
+        try:
+            result = await self.measured(namespace, name, refresh=False, seen=body)
+        except KubeError as exc:  # classified (KubeUnavailable when the apiserver cannot be reached)
+            about(log, namespace, name).warning("reconcile: %s", exc)
+            result = Result(status={}, retry=True, message=str(exc))
+        else:
+            if result is not None:  # one line per reconcile a watch event started (kopf's own said as much)
+                about(log, namespace, name).info("reconciled generation %s: phase %s%s", meta.get("generation"),
+                                                 result.status.get("phase") or "unchanged",
+                                                 f", retrying ({result.message})" if result.retry else "")
+        self._retry_if_failed(namespace, name, result)
+
+    def _retry_if_failed(self, namespace: str, name: str, result: Result | None) -> None:
+        """Track a failed reconcile's retry on the ticker (kind ``retry``), or forget it once one succeeded."""
+        key = (namespace, name)
+        if result is None or not result.retry:
+            if self._retries.pop(key, None) is not None:
+                self.ticker.forget("retry", namespace, name)
+            return
+        failed = self._retries.get(key, 0)
+        self._retries[key] = failed + 1
+        self.ticker.track("retry", namespace, name, self.backoff(failed))
 
     def request_refresh(self, namespace: str, name: str, deployment: dict[str, Any] | None = None) -> None:
         """Have a ModelVersion's readiness refreshed from ``deployment`` (its stable Deployment as an event

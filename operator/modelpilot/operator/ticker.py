@@ -18,7 +18,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 log = logging.getLogger(__name__)
 
-#: (work kind, namespace, name): "rollout", "alias" (ModelVersions) or "abtest".
+#: (work kind, namespace, name): "rollout", "alias", "readiness", "retry" (ModelVersions), "abtest", or
+#: "memory" (the process's own, with empty namespace and name).
 Key = tuple[str, str, str]
 Work = Callable[[str, str, str], None]
 
@@ -63,6 +64,12 @@ class Ticker:
     def forget(self, kind: str, namespace: str, name: str) -> None:
         with self._lock:
             self._due.pop((kind, namespace, name), None)
+
+    def interval(self, kind: str, namespace: str, name: str) -> float | None:
+        """Seconds between this resource's ticks (None: not tracked)."""
+        with self._lock:
+            current = self._due.get((kind, namespace, name))
+        return current[1] if current is not None else None
 
     def tracked(self) -> set[Key]:
         with self._lock:
