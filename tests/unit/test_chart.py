@@ -182,7 +182,7 @@ FRAMEWORK = _g("apiextensions.k8s.io", ["customresourcedefinitions"], ["get", "l
 # The mirror style of a route's Gateway (gateways.MirrorStyles): read by name, cluster-wide in both scopes.
 GATEWAY_READS = _g("gateway.networking.k8s.io", ["gateways", "gatewayclasses"], ["get"])
 NAMESPACED = (
-    _g("modelpilot.io", ["modelversions", "abtests"], ["get", "list", "watch", "patch", "update"])
+    _g("modelpilot.io", ["modelversions", "abtests"], ["get", "list", "watch"])
     | _g("modelpilot.io", ["modelversions/status", "abtests/status"], ["patch", "update"])
     | _g("apps", ["deployments"], ["get", "list", "watch", "create", "patch", "update", "delete"])
     | _g("", ["services"], ["get", "list", "watch", "create", "patch", "update", "delete"])

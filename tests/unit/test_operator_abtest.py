@@ -310,16 +310,31 @@ def test_an_abtest_spec_that_does_not_parse_is_a_spec_error_naming_the_field_not
     again = asyncio.run(reconciler.reconcile(copy.deepcopy(kube.body), measure=True))
     assert again.events == [] and kube.status_writes == writes
 
-    # Through kopf's handlers: no exception (so no kopf retry), and the operator's index leaves it out.
+    # Through the watch-event handler: no exception, and the operator's index leaves it out.
     import kopf
 
     from modelpilot.operator import handlers
 
     kube = _Kube(body)
     memo = handlers.configure(models.settings, kube)  # type: ignore[arg-type]
-    asyncio.run(handlers.reconcile_abtest(body=kopf.Body(copy.deepcopy(kube.body)), retry=0, memo=memo))
-    asyncio.run(memo.core.stop())
+    asyncio.run(handlers.abtest_event(body=kopf.Body(copy.deepcopy(kube.body)), type="ADDED", memo=memo))
     assert _cond(kube.body["status"], "Ready") == ("False", "SpecError") and kube.applied == []
+    # Its own status write coming back, and kopf's re-listing: the generation is observed, nothing to do.
+    runs: list[bool] = []
+    real = memo.core.abtests.reconcile
+
+    async def counted(body: dict[str, Any], measure: bool) -> Any:
+        runs.append(measure)
+        return await real(body, measure=measure)
+
+    memo.core.abtests.reconcile = counted
+    for type in ("MODIFIED", None):
+        asyncio.run(handlers.abtest_event(body=kopf.Body(copy.deepcopy(kube.body)), type=type, memo=memo))
+    assert runs == []
+    kube.body["metadata"]["generation"] += 1  # a new spec (still invalid): reconciled again
+    asyncio.run(handlers.abtest_event(body=kopf.Body(copy.deepcopy(kube.body)), type="MODIFIED", memo=memo))
+    asyncio.run(memo.core.stop())
+    assert runs == [False]
     assert asyncio.run(handlers.abtest_routes(body=kopf.Body(copy.deepcopy(kube.body)))) == {}
 
 

@@ -826,28 +826,6 @@ def test_a_deployment_event_showing_the_state_readiness_was_written_from_reads_n
     assert not rec.readiness_unchanged(NS, NAME, dep)
 
 
-def test_the_lean_diff_base_is_kopfs_own_essence() -> None:
-    """The operator's diff-base skips deep-copying status and managedFields; what kopf compares must be the
-    same essence kopf builds itself, or spec changes would be missed (or invented)."""
-    import kopf
-
-    from modelpilot.operator.handlers import LeanDiffBaseStorage
-
-    body = mv_body("3", rollout={"steps": [10, 100]})
-    body["metadata"].update(
-        labels={"team": "ml"}, resourceVersion="42",
-        annotations={"note": "kept", "modelpilot.io/last-handled-configuration": "{}",
-                     "kubectl.kubernetes.io/last-applied-configuration": "{}", "modelpilot.io/rollout-action": "promote"},
-        managedFields=[{"manager": "modelpilot", "operation": "Update", "fieldsV1": {"f:status": {"f:phase": {}}}}])
-    body["status"] = {"phase": "Ready", "conditions": [{"type": "Ready", "status": "True"}], "model": {"version": "3"}}
-    ours = LeanDiffBaseStorage(prefix="modelpilot.io").build(body=kopf.Body(body))
-    theirs = kopf.AnnotationsDiffBaseStorage(prefix="modelpilot.io").build(body=kopf.Body(body))
-    assert ours == theirs and ours["spec"]["model"]["version"] == "3"
-    fields = ["status.phase"]
-    assert (LeanDiffBaseStorage(prefix="modelpilot.io").build(body=kopf.Body(body), extra_fields=fields)
-            == kopf.AnnotationsDiffBaseStorage(prefix="modelpilot.io").build(body=kopf.Body(body), extra_fields=fields))
-
-
 class _Settling(FakeKube):
     """A Deployment that is not available until ``available`` is set (as right after it is applied)."""
 

@@ -68,10 +68,10 @@ No wildcards, no pods, no pods/exec; Secrets are `get` only (the credentials Sec
 ModelVersion names; RBAC cannot restrict by a name chosen at run time).
 */}}
 {{- define "modelpilot.namespacedRules" -}}
-# ModelVersions and ABTests: watch, kopf's progress annotations on ABTests (patch), status.
+# ModelVersions and ABTests: read and watch; the operator writes only their status (no annotation, no spec).
 - apiGroups: ["modelpilot.io"]
   resources: ["modelversions", "abtests"]
-  verbs: ["get", "list", "watch", "patch", "update"]
+  verbs: ["get", "list", "watch"]
 - apiGroups: ["modelpilot.io"]
   resources: ["modelversions/status", "abtests/status"]
   verbs: ["patch", "update"]

@@ -277,6 +277,29 @@ class OperatorCore:
                                                  f", retrying ({result.message})" if result.retry else "")
         self._retry_if_failed(namespace, name, result)
 
+    async def reconcile_abtest_seen(self, body: dict[str, Any]) -> None:
+        """Reconcile an ABTest a watch event delivered (``body``), with its metrics, Events and one log line. A
+        failure is one warning line; the ticker's periodic run of the ABTest (a whole reconcile, tracked by
+        ``abtest_seen``) retries it."""
+        meta = body["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
+        self._resumed.add(str(meta.get("uid") or ""))
+        started = time.monotonic()
+        try:
+            result = await self.abtests.reconcile(body, measure=False)
+        except KubeError as exc:
+            metrics.RECONCILES.labels(kind="ABTest", result="error").inc()
+            about(log, namespace, name).warning("ABTest reconcile: %s", exc)
+            return
+        finally:
+            metrics.RECONCILE_SECONDS.labels(kind="ABTest").observe(time.monotonic() - started)
+        metrics.RECONCILES.labels(kind="ABTest", result="retry" if result.retry else "success").inc()
+        metrics.set_phase("ABTest", f"{namespace}/{name}", result.status.get("phase"))
+        about(log, namespace, name).info("reconciled ABTest generation %s: phase %s%s", meta.get("generation"),
+                                         result.status.get("phase") or "unchanged",
+                                         f", retrying ({result.message})" if result.retry else "")
+        await self.post(body, result)
+
     def _retry_if_failed(self, namespace: str, name: str, result: Result | None) -> None:
         """Track a failed reconcile's retry on the ticker (kind ``retry``), or forget it once one succeeded."""
         key = (namespace, name)
@@ -364,6 +387,8 @@ class OperatorCore:
         ``MODELPILOT_ABTEST_REFRESH_SECONDS``."""
         meta = body.get("metadata") or {}
         namespace, name = meta.get("namespace", ""), meta.get("name", "")
+        if type == "DELETED":
+            self._resumed.discard(str(meta.get("uid") or ""))
         if type == "DELETED" or meta.get("deletionTimestamp"):
             self.ticker.forget("abtest", namespace, name)
         else:

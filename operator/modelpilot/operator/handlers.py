@@ -1,11 +1,12 @@
 """kopf handlers: translate Kubernetes events into reconcile calls. Nothing else lives here.
 
-Layer 1 of the operator. A ModelVersion is reconciled from its watch events,
-level-triggered (``model_version_event``); a registry or API failure is retried
-by the ticker with exponential back-off (capped at 5 minutes, so a broken MLflow
-causes no retry storm). ABTests use kopf's create/update/resume handlers, where
-a failure is a ``TemporaryError`` with the same back-off. Everything the operator
-knows about a failure is already in the resource's status and Events. The
+Layer 1 of the operator. ModelVersions and ABTests are reconciled from their
+watch events, level-triggered (``model_version_event``, ``abtest_event``): no
+kopf create/update/resume handler, so kopf writes no annotation on them. A
+registry or API failure is retried by the ticker, for a ModelVersion with
+exponential back-off (capped at 5 minutes, so a broken MLflow causes no retry
+storm). Everything the operator knows about a failure is already in the
+resource's status and Events. The
 process's state (``core.OperatorCore``) reaches each handler through kopf's
 ``memo``: nothing here is a module global.
 """
@@ -13,9 +14,8 @@ process's state (``core.OperatorCore``) reaches each handler through kopf's
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any
 
 import kopf
 
@@ -40,22 +40,6 @@ def _core(memo: kopf.Memo) -> OperatorCore:
     """The process's core (kopf hands each resource a shallow copy of the memo: the core is shared)."""
     core: OperatorCore = memo.core
     return core
-
-
-class LeanDiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
-    """kopf's annotation diff-base, built without deep-copying what it throws away.
-
-    kopf extracts each event's "essence" (spec, labels, annotations) by deep-copying the whole body and then
-    dropping ``status`` and ``metadata``; with every writer's ``managedFields`` in it, that copy was a third
-    of the operator's CPU at 200 ModelVersions (benchmarks/README.md). The same essence comes from a body
-    without those two, so they are left out before kopf copies."""
-
-    def build(self, *, body: kopf.Body, extra_fields: Any = None) -> kopf.BodyEssence:
-        if extra_fields:  # a handler on status fields needs them: kopf's own way
-            return super().build(body=body, extra_fields=extra_fields)
-        lean = {k: v for k, v in body.items() if k != "status"}
-        lean["metadata"] = {k: v for k, v in body.get("metadata", {}).items() if k != "managedFields"}
-        return super().build(body=kopf.Body(cast(kopf.RawBody, lean)), extra_fields=extra_fields)
 
 
 @kopf.on.cleanup()
@@ -83,9 +67,8 @@ def _member_of(index: kopf.Index[tuple[str, str], Membership]) -> Callable[[str,
 @kopf.on.startup()
 async def _startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: Any) -> None:
     core = _core(memo)
-    # Progress in annotations only: status belongs to modelpilot's own fields.
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="modelpilot.io")
-    settings.persistence.diffbase_storage = LeanDiffBaseStorage(prefix="modelpilot.io")
+    # No kopf create/update/resume handler exists (both kinds are level-triggered from watch events), so kopf
+    # keeps no progress or diff-base annotation on any resource.
     settings.posting.level = logging.INFO
     settings.watching.server_timeout = 60
     # A server-side label selector: the operator is sent only the Deployments it manages, not every one in the
@@ -94,10 +77,6 @@ async def _startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: A
     # pods then (``MODELPILOT_READINESS_RECHECK_SECONDS``); a pod watch delivered every serving pod's every
     # change, ~6 events per pod, to find the few that explain a failure (benchmarks/README.md).
     settings.watching.label_selectors["deployments"] = f"{contract.MANAGED_BY_LABEL}={contract.MANAGED_BY}"
-    # kopf waits this long for the watch to deliver its own last patch before acting on an older event of the
-    # object. Behind a burst of creates the default 5 s ran out, and kopf took our own status write (made
-    # before its annotations) for a new object and ran the create handler again: ~50 % extra reconciles at 200.
-    settings.persistence.consistency_timeout = 30.0
     # Every handler is a coroutine on kopf's event loop (the API adapter is asynchronous): kopf's thread pool
     # only runs what is left synchronous, i.e. nothing of ours. Concurrency is bounded by the core's slots.
     # The index object is live (kopf passes the same one to every handler, named after the index function),
@@ -172,32 +151,17 @@ async def deployment_changed(body: kopf.Body, type: str, memo: kopf.Memo, **_: A
 
 # ---------------------------------------------------------------------------- ABTest
 
-@kopf.on.resume(GROUP, VERSION, "abtests")
-@kopf.on.create(GROUP, VERSION, "abtests")
-@kopf.on.update(GROUP, VERSION, "abtests", field="spec")
-async def reconcile_abtest(body: kopf.Body, retry: int, memo: kopf.Memo, **_: Any) -> None:
-    core = _core(memo)
-    started = time.monotonic()
-    try:
-        result = await core.abtests.reconcile(dict(body), measure=False)
-    except KubeError as exc:
-        metrics.RECONCILES.labels(kind="ABTest", result="error").inc()
-        raise kopf.TemporaryError(f"Kubernetes API: {exc}", delay=core.backoff(retry)) from None
-    finally:
-        metrics.RECONCILE_SECONDS.labels(kind="ABTest").observe(time.monotonic() - started)
-    metrics.RECONCILES.labels(kind="ABTest", result="retry" if result.retry else "success").inc()
-    metrics.set_phase("ABTest", f"{body['metadata']['namespace']}/{body['metadata']['name']}",
-                      result.status.get("phase"))
-    await core.post(body, result)
-    if result.retry:
-        raise kopf.TemporaryError(result.message, delay=core.backoff(retry))
-
-
 @kopf.on.event(GROUP, VERSION, "abtests")
-async def abtest_seen(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> None:
-    _core(memo).abtest_seen(dict(body), type)
-
-
-@kopf.on.delete(GROUP, VERSION, "abtests", optional=True)
-async def forget_abtest(body: kopf.Body, **_: Any) -> None:
-    metrics.set_phase("ABTest", f"{body['metadata']['namespace']}/{body['metadata']['name']}", None)
+async def abtest_event(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> None:
+    """Every watch event of an ABTest: keep the ticker's list current, and reconcile when the event shows a spec
+    not yet observed, or on the first listing since this process started — level-triggered, as ModelVersions
+    are (``model_version_event``). A failed reconcile is retried by the ticker's periodic run of the ABTest
+    (every ``MODELPILOT_ABTEST_REFRESH_SECONDS``), itself a whole reconcile."""
+    core = _core(memo)
+    seen = dict(body)
+    core.abtest_seen(seen, type)
+    if type == "DELETED":
+        metrics.set_phase("ABTest", f"{body['metadata']['namespace']}/{body['metadata']['name']}", None)
+        return
+    if core.wants_reconcile(seen, type):
+        await core.reconcile_abtest_seen(seen)
