@@ -323,3 +323,23 @@ def test_service_applies_wait_their_turn_without_holding_back_other_kinds(down: 
     asyncio.run(main())
     assert most["Service"] == kube_module.SERVICE_APPLIES
     assert most["Deployment"] == 3 * kube_module.SERVICE_APPLIES  # not gated
+
+
+def test_the_http_clients_own_failure_mid_request_is_classified_and_counted_out(down: Kube) -> None:
+    """aiohttp 3.14 once raised ``AttributeError`` from inside ``ClientResponse.start`` in a burst (seen in the
+    benchmark): the API could not be asked, so it is a ``KubeUnavailable`` — retried — not an exception the
+    caller takes for its own bug. Injected at the client's boundary (``ApiClient.call_api``)."""
+
+    class Broken:
+        async def call_api(self, *args: Any, **kwargs: Any) -> Any:
+            raise AttributeError("'NoneType' object has no attribute 'getall'")
+
+        async def close(self) -> None:
+            pass
+
+    down._api = Broken()  # type: ignore[assignment]  # noqa: SLF001 — the boundary under test
+
+    with pytest.raises(KubeUnavailable) as excinfo:
+        asyncio.run(down.read_model_version("ml", "iris"))
+    assert "HTTP client failed (AttributeError" in str(excinfo.value), excinfo.value
+    assert down._in_flight == 0  # noqa: SLF001 — counted out, so idle connections can still be released

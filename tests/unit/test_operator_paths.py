@@ -1329,3 +1329,36 @@ def test_a_failed_reconcile_is_retried_by_the_ticker_until_it_succeeds() -> None
         await memo.core.stop()
 
     asyncio.run(scenario())
+
+
+def test_an_unexpected_failure_of_an_event_reconcile_is_logged_and_retried(caplog: pytest.LogCaptureFixture) -> None:
+    """kopf logs and drops an exception from a watch-event handler, so nothing would ever retry that
+    ModelVersion: any failure (here a bug, injected) is logged with its traceback and retried by the ticker."""
+    import kopf
+
+    from modelpilot.operator import handlers
+
+    kube = FakeKube(mv_body("1"))
+    memo, runs = _event_core(kube, mlflow({"1": "run-1"}))
+    real = memo.core.reconciler.reconcile_latest
+    failures = [RuntimeError("a bug")]
+
+    async def failing_once(namespace: str, name: str, **kw: Any) -> Any:
+        if failures:
+            raise failures.pop()
+        return await real(namespace, name, **kw)
+
+    memo.core.reconciler.reconcile_latest = failing_once
+
+    async def scenario() -> None:
+        with caplog.at_level(logging.ERROR):
+            await handlers.model_version_event(body=kopf.Body(kube.body_now()), type="ADDED", memo=memo)
+        assert memo.core.ticker.interval("retry", NS, NAME) == 10.0
+        errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+        assert len(errors) == 1 and errors[0].exc_info is not None and "retrying" in errors[0].getMessage()
+        await memo.core.tick("retry", NS, NAME)
+        assert memo.core.ticker.interval("retry", NS, NAME) is None
+        assert kube.body["status"]["observedGeneration"] == 1 and ("Deployment", NAME) in kube.objects
+        await memo.core.stop()
+
+    asyncio.run(scenario())

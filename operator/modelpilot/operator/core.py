@@ -270,6 +270,10 @@ class OperatorCore:
         except KubeError as exc:  # classified (KubeUnavailable when the apiserver cannot be reached)
             about(log, namespace, name).warning("reconcile: %s", exc)
             result = Result(status={}, retry=True, message=str(exc))
+        except Exception as exc:  # noqa: BLE001 - a bug must not leave the ModelVersion unreconciled for good
+            # kopf would log and drop an event handler's exception: nothing would ever retry it.
+            about(log, namespace, name).exception("reconcile failed; retrying")
+            result = Result(status={}, retry=True, message=f"{type(exc).__name__}: {exc}")
         else:
             if result is not None:  # one line per reconcile a watch event started (kopf's own said as much)
                 about(log, namespace, name).info("reconciled generation %s: phase %s%s", meta.get("generation"),
@@ -290,6 +294,10 @@ class OperatorCore:
         except KubeError as exc:
             metrics.RECONCILES.labels(kind="ABTest", result="error").inc()
             about(log, namespace, name).warning("ABTest reconcile: %s", exc)
+            return
+        except Exception:  # noqa: BLE001 - logged with its traceback; the ABTest's periodic run retries it
+            metrics.RECONCILES.labels(kind="ABTest", result="error").inc()
+            about(log, namespace, name).exception("ABTest reconcile failed; its periodic run retries it")
             return
         finally:
             metrics.RECONCILE_SECONDS.labels(kind="ABTest").observe(time.monotonic() - started)

@@ -208,6 +208,14 @@ class Kube:
                 return int(response.status), await response.read()
             finally:
                 response.release()
+        except TRANSPORT_ERRORS:
+            raise  # classified by the caller (``_classified``)
+        except Exception as exc:
+            # The HTTP client's own failure in the middle of a request (seen: aiohttp 3.14 raising AttributeError
+            # from ``ClientResponse.start`` in a burst): the API could not be asked, so it is retried like any
+            # transport failure instead of escaping as a bug of the caller.
+            raise KubeUnavailable(f"the Kubernetes API at {self.host}: the HTTP client failed "
+                                  f"({type(exc).__name__}: {exc})") from exc
         finally:
             self._in_flight -= 1
 
