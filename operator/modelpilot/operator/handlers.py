@@ -6,9 +6,8 @@ kopf create/update/resume handler, so kopf writes no annotation on them. A
 registry or API failure is retried by the ticker, for a ModelVersion with
 exponential back-off (capped at 5 minutes, so a broken MLflow causes no retry
 storm). Everything the operator knows about a failure is already in the
-resource's status and Events. The
-process's state (``core.OperatorCore``) reaches each handler through kopf's
-``memo``: nothing here is a module global.
+resource's status and Events. The process's state (``core.OperatorCore``)
+reaches each handler through kopf's ``memo``: nothing here is a module global.
 """
 
 from __future__ import annotations
@@ -20,8 +19,8 @@ from typing import Any
 import kopf
 
 from modelpilot.operator import api, contract, metrics, rollout
-from modelpilot.operator.core import Logger, OperatorCore
-from modelpilot.operator.kube import Kube, KubeError
+from modelpilot.operator.core import OperatorCore
+from modelpilot.operator.kube import Kube
 from modelpilot.operator.reconcile import ACTION_FIELDS, Membership, memberships, pending_action
 from modelpilot.operator.settings import OperatorSettings
 
