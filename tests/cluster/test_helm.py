@@ -99,7 +99,8 @@ def test_helm_install_runs_the_operator_under_its_own_service_account(
     ("create", "pods/exec", None, "no"),
     ("delete", "nodes", None, "no"),
     ("create", "clusterrolebindings.rbac.authorization.k8s.io", None, "no"),
-    ("patch", "modelversions.modelpilot.io", None, "yes"),
+    ("patch", "modelversions.modelpilot.io", None, "no"),  # only status is written: no annotation, no spec
+    ("patch", "abtests.modelpilot.io/status", None, "yes"),
     ("*", "*", None, "no"),
 ])
 def test_the_chart_rbac_allows_what_the_operator_needs_and_nothing_else(
@@ -108,7 +109,10 @@ def test_the_chart_rbac_allows_what_the_operator_needs_and_nothing_else(
 ) -> None:
     (pod,) = [p for p in core.list_namespaced_pod(SYSTEM).items if p.metadata.deletion_timestamp is None]
     subject = f"system:serviceaccount:{SYSTEM}:{pod.spec.service_account_name}"
-    args = [dev_env["binaries"]["kubectl"], "auth", "can-i", verb, resource, "--as", subject]
+    # "TYPE/NAME" would name an object; the status subresource is asked for with --subresource.
+    kind, _, subresource = resource.partition("/")
+    args = [dev_env["binaries"]["kubectl"], "auth", "can-i", verb, kind, "--as", subject]
+    args += ["--subresource", subresource] if subresource else []
     args += ["-n", namespace_arg] if namespace_arg else ["-A"]
     proc = _run(dev_env, *args, check=False)
     assert proc.stdout.strip() == expected, (verb, resource, proc.stdout, proc.stderr)
