@@ -248,7 +248,7 @@ class Tracker:
         self.dep_deleted: dict[str, float] = {}
         self.mv_ready: dict[str, float] = {}
         self.mv_resolved: dict[str, float] = {}
-        self.mv_writes: Counter[str] = Counter()  # MODIFIED events per ModelVersion (status + kopf annotations)
+        self.mv_writes: Counter[str] = Counter()  # MODIFIED events per ModelVersion (its status writes)
         self.mv_not_ready_after_ready: Counter[str] = Counter()
         self.mv_deleted: dict[str, float] = {}
         self.last_mv_event = 0.0
@@ -714,7 +714,7 @@ def run_round(args: argparse.Namespace, b: Bench, r: int, delete: bool, rss_idle
     )
     rr["throughput"] = len(ready_lat) / rr["all_ready_s"] if rr["all_ready_s"] > 0 else math.nan
 
-    # Writes keep coming after Ready (readiness refreshes, kopf annotations)? Wait until quiet for 3 s.
+    # Writes keep coming after Ready (readiness refreshes)? Wait until quiet for 3 s.
     wait_until(lambda: time.monotonic() - tracker.last_mv_event > 3.0, 30)
     with tracker.lock:
         rr["quiet_after_s"] = tracker.last_mv_event - t_start

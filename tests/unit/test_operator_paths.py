@@ -1229,7 +1229,8 @@ def _event_core(kube: FakeKube, transport: httpx.MockTransport) -> tuple[Any, li
     """kopf's memo with the operator's core, the fake API and a fake MLflow; and the list of reconciles run."""
     from modelpilot.operator import handlers
 
-    memo = handlers.configure(OperatorSettings.of(mlflow={"tracking_uri": "http://mlflow:5000"}), kube)  # type: ignore[arg-type]
+    settings = OperatorSettings.of(mlflow={"tracking_uri": "http://mlflow:5000"})
+    memo = handlers.configure(settings, kube)  # type: ignore[arg-type]
     memo.core.reconciler = reconciler(kube, transport)
     runs: list[str] = []
     real = memo.core.reconciler.reconcile_latest
