@@ -52,6 +52,14 @@ def release_memory() -> None:
         pass
 
 
+def _said_reconciled(namespace: str, name: str, what: str, generation: Any, result: Result) -> None:
+    """One INFO line per reconcile a watch event started (kopf's own handlers said as much before), e.g.
+    ``[ml/iris] reconciled generation 2: phase Ready``; ``what``: "" or "ABTest "."""
+    about(log, namespace, name).info("reconciled %sgeneration %s: phase %s%s", what, generation,
+                                     result.status.get("phase") or "unchanged",
+                                     f", retrying ({result.message})" if result.retry else "")
+
+
 class OperatorCore:
     """What the handlers and the ticker share: one settings object, one API adapter, the reconcilers."""
 
@@ -275,10 +283,8 @@ class OperatorCore:
             about(log, namespace, name).exception("reconcile failed; retrying")
             result = Result(status={}, retry=True, message=f"{type(exc).__name__}: {exc}")
         else:
-            if result is not None:  # one line per reconcile a watch event started (kopf's own said as much)
-                about(log, namespace, name).info("reconciled generation %s: phase %s%s", meta.get("generation"),
-                                                 result.status.get("phase") or "unchanged",
-                                                 f", retrying ({result.message})" if result.retry else "")
+            if result is not None:
+                _said_reconciled(namespace, name, "", meta.get("generation"), result)
         self._retry_if_failed(namespace, name, result)
 
     async def reconcile_abtest_seen(self, body: dict[str, Any]) -> None:
@@ -303,9 +309,7 @@ class OperatorCore:
             metrics.RECONCILE_SECONDS.labels(kind="ABTest").observe(time.monotonic() - started)
         metrics.RECONCILES.labels(kind="ABTest", result="retry" if result.retry else "success").inc()
         metrics.set_phase("ABTest", f"{namespace}/{name}", result.status.get("phase"))
-        about(log, namespace, name).info("reconciled ABTest generation %s: phase %s%s", meta.get("generation"),
-                                         result.status.get("phase") or "unchanged",
-                                         f", retrying ({result.message})" if result.retry else "")
+        _said_reconciled(namespace, name, "ABTest ", meta.get("generation"), result)
         await self.post(body, result)
 
     def _retry_if_failed(self, namespace: str, name: str, result: Result | None) -> None:
