@@ -88,8 +88,9 @@ class OperatorCore:
         # when its turn comes; the events themselves are not held (see ``request_refresh``).
         self._refresh_due: dict[tuple[str, str], dict[str, Any] | None] = {}
         self._refreshers: set[asyncio.Task[None]] = set()
-        # ModelVersions (uid) reconciled since this process started: kopf re-lists every watch restart (each
-        # ``server_timeout``), and an unchanged one is reconciled only on the first listing (a resume).
+        # ModelVersions (uid) reconciled since this process started: kopf lists them again whenever its watch
+        # must start over (410 Gone after a long disconnection, a failed stream), and an unchanged one is
+        # reconciled only on the first listing (a resume).
         self._resumed: set[str] = set()
         self._retries: dict[tuple[str, str], int] = {}  # failed reconciles in a row, per ModelVersion
 
@@ -257,7 +258,7 @@ class OperatorCore:
         (``metadata.generation`` ≠ ``status.observedGeneration``; the CRD defaults the latter to 0, so a new
         ModelVersion qualifies), or the first listing of one since this process started (``type`` None: it is
         resumed, so objects an older operator rendered differently are brought in line). Not when it is being
-        deleted, and not for the listings kopf repeats at every watch restart."""
+        deleted, and not for the listings kopf repeats when its watch starts over."""
         meta = body.get("metadata") or {}
         if type == "DELETED" or meta.get("deletionTimestamp"):
             return False
