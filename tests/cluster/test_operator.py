@@ -450,6 +450,45 @@ def test_companions_follow_the_spec_both_ways_every_time(
     custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "iris")
 
 
+def test_a_serving_deployment_deleted_or_scaled_by_hand_is_put_back(
+    operator: Any, dev_env: dict[str, Any], custom: Any, core: Any, apps: Any, namespace: str, iris_version: str
+) -> None:
+    """The operator converges from any state: ``kubectl scale`` and ``kubectl delete`` on the Deployment a
+    ModelVersion owns change nothing in the ModelVersion, yet what its spec asks for comes back, and the model
+    answers through its Service again."""
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL,
+                                           _mv("iris", {"name": "iris", "version": iris_version}, replicas=1))
+    wait_for(lambda: _ready(custom, namespace, "iris"), 180, message="the ModelVersion Ready")
+    env = {**os.environ, "KUBECONFIG": dev_env["exports"]["KUBECONFIG"]}
+    kubectl = dev_env["binaries"]["kubectl"]
+    subprocess.run([kubectl, "scale", "-n", namespace, "deployment/iris", "--replicas=3"], env=env, check=True,
+                   capture_output=True, timeout=60)
+    wait_for(lambda: apps.read_namespaced_deployment("iris", namespace).spec.replicas == 1, 60,
+             message="spec.replicas put back to the ModelVersion's 1")
+    uid = apps.read_namespaced_deployment("iris", namespace).metadata.uid
+    subprocess.run([kubectl, "delete", "-n", namespace, "deployment/iris", "--wait=false"], env=env, check=True,
+                   capture_output=True, timeout=60)
+
+    def recreated() -> bool:
+        try:
+            return bool(apps.read_namespaced_deployment("iris", namespace).metadata.uid != uid)
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise
+
+    wait_for(recreated, 60, message="the Deployment created again")
+    wait_for(lambda: _ready(custom, namespace, "iris"), 180, message="the ModelVersion Ready again")
+
+    def answer() -> Any:
+        try:
+            return _predict(core, namespace)
+        except OSError:  # the Service's endpoints may trail the new pod's readiness by a moment
+            return None
+
+    assert wait_for(answer, 60, message="an answer through the Service")["outputs"][0]["data"] == [0]
+
+
 class _ApiserverProxy:
     """A TCP forwarder in front of the apiserver. ``cut`` stops listening and closes every connection: to the
     process behind it the apiserver is gone (connections refused), while the session's apiserver — which the

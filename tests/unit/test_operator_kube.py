@@ -343,3 +343,45 @@ def test_the_http_clients_own_failure_mid_request_is_classified_and_counted_out(
         asyncio.run(down.read_model_version("ml", "iris"))
     assert "HTTP client failed (AttributeError" in str(excinfo.value), excinfo.value
     assert down._in_flight == 0  # noqa: SLF001 — counted out, so idle connections can still be released
+
+
+def test_a_deployment_spec_changed_by_someone_else_is_told_from_the_operators_own_applies(down: Kube) -> None:
+    """``changed_by_others``: a Deployment's watch event shows a ``metadata.generation`` newer than this process's
+    last apply of it answered (``kubectl scale``) — but not the event of an apply still under way (its event can
+    come before its answer), nor a Deployment this process never applied. The apiserver is faked at the
+    adapter's request boundary (``Kube._request``), bumping the generation on every apply as it does."""
+    generation = {"now": 0}
+    answer_now = asyncio.Event()
+
+    async def request(method: str, path: str, **_: Any) -> tuple[int, bytes]:
+        assert method == "PATCH"
+        generation["now"] += 1
+        seen = generation["now"]
+        await answer_now.wait()
+        return 200, json.dumps({"kind": "Deployment",
+                                "metadata": {"name": "iris", "namespace": "ml", "generation": seen}}).encode()
+
+    down._request = request  # type: ignore[method-assign]  # noqa: SLF001 — the boundary under test
+    manifest = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "iris", "namespace": "ml"}}
+
+    def event(generation: int) -> dict[str, Any]:
+        return {"metadata": {"name": "iris", "namespace": "ml", "generation": generation}}
+
+    async def main() -> None:
+        assert not down.changed_by_others(event(7))  # never applied by this process: not judged
+        answer_now.set()
+        await down.apply(manifest)  # answered generation 1
+        assert not down.changed_by_others(event(1))  # the controllers' status updates
+        assert down.changed_by_others(event(2))  # kubectl scale
+        answer_now.clear()
+        applying = asyncio.create_task(down.apply(manifest))  # the operator's own change, generation 2
+        await asyncio.sleep(0.01)
+        assert not down.changed_by_others(event(2))  # its event before its answer: not someone else's
+        answer_now.set()
+        await applying
+        assert not down.changed_by_others(event(2)) and down.changed_by_others(event(3))
+        down.forget_deployment("ml", "iris")  # deleted: nothing known, nothing kept
+        assert not down.changed_by_others(event(3))
+        assert not down._applying and not down._applied_generations  # noqa: SLF001 — bounded
+
+    asyncio.run(main())

@@ -951,7 +951,7 @@ def test_a_stale_known_copy_of_the_model_version_costs_a_read_not_a_wrong_status
     assert result is not None and [e.reason for e in result.events] == ["Ready"]
     assert kube.reads == ["ModelVersion"] and reconcile_ready(kube.body["status"]) == "True"
     rec.forget(NS, NAME)  # gone: nothing known about it is kept
-    assert rec._known_body(NS, NAME) is None  # noqa: SLF001
+    assert rec.known_body(NS, NAME) is None
 
 
 
@@ -992,10 +992,10 @@ def test_an_event_after_the_deletion_leaves_nothing_behind() -> None:
     body = {**mv_body("1"), "status": {"model": {"name": "iris", "version": "1"}}}
     body["metadata"]["resourceVersion"] = "7"
     core.seen(body, "MODIFIED")
-    assert core.reconciler._known_body(NS, NAME) is not None  # noqa: SLF001
+    assert core.reconciler.known_body(NS, NAME) is not None
     core.seen(body, "DELETED")
     asyncio.run(core.refresh(NS, NAME, logging.getLogger("test"), None))  # the late Deployment event
-    assert core.reconciler._known_body(NS, NAME) is None  # noqa: SLF001
+    assert core.reconciler.known_body(NS, NAME) is None
     assert len(core.reconciler.lock) == 0
     assert ("readiness", NS, NAME) not in core.ticker.tracked()
 
@@ -1360,6 +1360,77 @@ def test_an_unexpected_failure_of_an_event_reconcile_is_logged_and_retried(caplo
         await memo.core.tick("retry", NS, NAME)
         assert memo.core.ticker.interval("retry", NS, NAME) is None
         assert kube.body["status"]["observedGeneration"] == 1 and ("Deployment", NAME) in kube.objects
+        await memo.core.stop()
+
+    asyncio.run(scenario())
+
+
+class _Tampered(FakeKube):
+    """The fake API, plus what the adapter tells of Deployments: whether one's spec was changed by someone else
+    (set by the test, as ``Kube.changed_by_others`` reads generations) and which ones it deleted itself."""
+
+    def __init__(self, body: dict[str, Any]) -> None:
+        super().__init__(body)
+        self.tampered = False
+        self.deleted_here: set[str] = set()
+
+    def changed_by_others(self, deployment: dict[str, Any]) -> bool:
+        return self.tampered
+
+    def known_absent(self, kind: str, namespace: str, name: str) -> bool:
+        return name in self.deleted_here
+
+    def forget_deployment(self, namespace: str, name: str) -> None:
+        pass
+
+
+def test_a_deployment_deleted_or_changed_by_someone_else_is_put_back() -> None:
+    """Level-triggered for the owned objects too: ``kubectl delete deployment`` or ``kubectl scale`` on a serving
+    Deployment leaves the ModelVersion's spec as it was, so no ModelVersion event comes; the Deployment's own
+    event has the ModelVersion reconciled, which applies what its spec asks for again. Not when the Deployment
+    goes because its ModelVersion was deleted (the garbage collector), nor for a canary this operator deleted."""
+    import kopf
+
+    from modelpilot.operator import handlers
+
+    kube = _Tampered(mv_body("1"))
+    memo, runs = _event_core(kube, mlflow({"1": "run-1"}))
+
+    async def settle() -> None:
+        while memo.core._refreshers:  # noqa: SLF001 - the reconciles the events asked for, run to the end
+            await asyncio.gather(*list(memo.core._refreshers))  # noqa: SLF001
+
+    async def deployment_event(type: str, deployment: dict[str, Any]) -> None:
+        await handlers.deployment_changed(body=kopf.Body(deployment), type=type, memo=memo)
+        await settle()
+
+    async def scenario() -> None:
+        await handlers.model_version_event(body=kopf.Body(kube.body_now()), type="ADDED", memo=memo)
+        assert runs == [NAME]
+        deployment = kube.deployment_now(NAME)
+        assert deployment is not None and deployment["metadata"]["ownerReferences"][0]["kind"] == "ModelVersion"
+        # kubectl delete deployment iris
+        del kube.objects[("Deployment", NAME)]
+        await deployment_event("DELETED", deployment)
+        assert runs == [NAME, NAME] and kube.deployment_now(NAME) is not None
+        # The controller's own status updates: nothing to put back (readiness is refreshed, no reconcile).
+        await deployment_event("MODIFIED", kube.deployment_now(NAME) or {})
+        assert len(runs) == 2
+        # kubectl scale deployment iris --replicas=5: a spec generation this operator did not apply
+        kube.tampered = True
+        await deployment_event("MODIFIED", kube.deployment_now(NAME) or {})
+        kube.tampered = False
+        assert len(runs) == 3 and kube.order[-1][0] == "apply"
+        # A canary Deployment this operator deleted itself (a promotion): nothing to put back.
+        canary = copy.deepcopy(deployment)
+        canary["metadata"]["name"] = f"{NAME}-canary"
+        kube.deleted_here.add(f"{NAME}-canary")
+        await deployment_event("DELETED", canary)
+        assert len(runs) == 3
+        # The ModelVersion is deleted; the garbage collector deletes its Deployment after it.
+        await handlers.model_version_event(body=kopf.Body(kube.body_now()), type="DELETED", memo=memo)
+        await deployment_event("DELETED", deployment)
+        assert len(runs) == 3
         await memo.core.stop()
 
     asyncio.run(scenario())

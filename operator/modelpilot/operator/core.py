@@ -88,6 +88,7 @@ class OperatorCore:
         # when its turn comes; the events themselves are not held (see ``request_refresh``).
         self._refresh_due: dict[tuple[str, str], dict[str, Any] | None] = {}
         self._refreshers: set[asyncio.Task[None]] = set()
+        self._reconcile_due: set[tuple[str, str]] = set()  # ModelVersions whose owned objects someone else changed
         # ModelVersions (uid) reconciled since this process started: kopf lists them again whenever its watch
         # must start over (410 Gone after a long disconnection, a failed stream), and an unchanged one is
         # reconciled only on the first listing (a resume).
@@ -351,6 +352,29 @@ class OperatorCore:
         task = asyncio.get_running_loop().create_task(self._refresh_due_one(namespace, name))
         self._refreshers.add(task)
         task.add_done_callback(self._refreshed)
+
+    def request_reconcile(self, namespace: str, name: str) -> None:
+        """Have a ModelVersion reconciled as soon as its lock is free, without waiting for that here: one of its
+        Deployments was deleted or its spec changed by someone else (``kubectl delete deployment``, ``kubectl
+        scale``), and the reconcile puts back what its spec asks for. Level-triggered: its own spec did not
+        change, so no ModelVersion event would. One waits per ModelVersion; a failure is retried by the ticker."""
+        key = (namespace, name)
+        if key in self._reconcile_due:
+            return
+        self._reconcile_due.add(key)
+        task = asyncio.get_running_loop().create_task(self._reconcile_due_one(namespace, name))
+        self._refreshers.add(task)
+        task.add_done_callback(self._refreshed)
+
+    async def _reconcile_due_one(self, namespace: str, name: str) -> None:
+        self._reconcile_due.discard((namespace, name))  # a change seen from now on asks for another one
+        about(log, namespace, name).info("an owned Deployment was deleted or changed by someone else: reconciling")
+        self._retry_if_failed(namespace, name, await self.measured_or_logged(namespace, name, refresh=False))
+
+    def lives(self, namespace: str, name: str) -> bool:
+        """Whether a ModelVersion exists, as its watch events last showed it (one being deleted may still read
+        True: its reconcile reads it afresh and does nothing then)."""
+        return self.reconciler.known_body(namespace, name) is not None
 
     def _refreshed(self, task: asyncio.Task[None]) -> None:
         self._refreshers.discard(task)

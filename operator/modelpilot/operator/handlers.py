@@ -127,7 +127,9 @@ async def action_requested(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
 
 @kopf.on.event("apps", "v1", "deployments", labels=MANAGED)
 async def deployment_changed(body: kopf.Body, type: str, memo: kopf.Memo, **_: Any) -> None:
-    """A serving Deployment moved: refresh its ModelVersion's readiness in status.
+    """A serving Deployment moved: refresh its ModelVersion's readiness in status. One deleted, or whose spec
+    someone else changed (``kubectl delete deployment``, ``kubectl scale``, or a label edit that takes it out of
+    the watch), has its ModelVersion reconciled, which puts back what the spec asks for.
 
     Bounded by its own slots (``MODELPILOT_READINESS_WORKERS``), not the reconciles': behind a burst of creates a
     shared pool queued every readiness refresh for tens of seconds, so Deployments were available long before
@@ -138,6 +140,16 @@ async def deployment_changed(body: kopf.Body, type: str, memo: kopf.Memo, **_: A
         return
     core = _core(memo)
     namespace = body["metadata"]["namespace"]
+    kube = core.reconciler.kube
+    if type == "DELETED":
+        kube.forget_deployment(namespace, body["metadata"]["name"])
+        # Not after the ModelVersion's own deletion (the garbage collector's: it is no longer known then), nor a
+        # canary Deployment this operator deleted itself (a promotion or rollback).
+        if core.lives(namespace, owner["name"]) and \
+                not kube.known_absent("Deployment", namespace, body["metadata"]["name"]):
+            core.request_reconcile(namespace, owner["name"])
+    elif kube.changed_by_others(dict(body)):
+        core.request_reconcile(namespace, owner["name"])
     stable = type != "DELETED" and owner["name"] == body["metadata"]["name"]
     if stable and core.reconciler.readiness_unchanged(namespace, owner["name"], dict(body)):
         return  # the state readiness was last written from: nothing to refresh

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import collections
 import contextlib
 import functools
 import logging
@@ -166,6 +167,11 @@ class Kube:
         # forget is O(1) (a set scanned per apply cost ~1.5 s of CPU per 1,000 creates).
         self._absent: dict[tuple[str, str, str], str] = {}
         self._absent_by_owner: dict[str, set[tuple[str, str, str]]] = {}
+        # Each Deployment's ``metadata.generation`` as this operator's last apply left it, and the Deployments
+        # being applied now: a watch event showing a newer generation than the last apply left, and no apply
+        # under way, is a change someone else made to the spec (``kubectl scale``, ``kubectl edit``).
+        self._applied_generations: dict[tuple[str, str], int] = {}
+        self._applying: collections.Counter[tuple[str, str]] = collections.Counter()
 
     async def close(self) -> None:
         if self._token_refresh is not None:
@@ -257,16 +263,49 @@ class Kube:
         object as the API answered (status included)."""
         kind, meta = manifest["kind"], manifest["metadata"]
         self._unmark_absent((kind, meta["namespace"], meta["name"]))
-        async with self._service_applies if kind == "Service" else contextlib.nullcontext():
-            status, data = await self._request(
-                "PATCH", self._path(kind, meta["namespace"], meta["name"]),
-                query=[("fieldManager", self.field_manager), ("force", "true")],
-                body=orjson.dumps(manifest), content_type=_APPLY)
-        if status == 404 and b"the server could not find the requested resource" in data:
-            raise KubeError(f"the cluster does not serve {_KINDS[kind][0]} {kind} (are its CRDs installed?)", 404)
-        if status >= 300:
-            raise self._refused(f"apply {kind} {meta['name']}", status, data)
-        return _json(data)
+        key = (meta["namespace"], meta["name"])
+        if kind == "Deployment":
+            self._applying[key] += 1
+        try:
+            async with self._service_applies if kind == "Service" else contextlib.nullcontext():
+                status, data = await self._request(
+                    "PATCH", self._path(kind, meta["namespace"], meta["name"]),
+                    query=[("fieldManager", self.field_manager), ("force", "true")],
+                    body=orjson.dumps(manifest), content_type=_APPLY)
+            if status == 404 and b"the server could not find the requested resource" in data:
+                raise KubeError(f"the cluster does not serve {_KINDS[kind][0]} {kind} (are its CRDs installed?)",
+                                404)
+            if status >= 300:
+                raise self._refused(f"apply {kind} {meta['name']}", status, data)
+            answer = _json(data)
+            if kind == "Deployment" and isinstance((answer.get("metadata") or {}).get("generation"), int):
+                self._applied_generations[key] = answer["metadata"]["generation"]
+            return answer
+        finally:
+            if kind == "Deployment":
+                self._applying[key] -= 1
+                if self._applying[key] <= 0:
+                    del self._applying[key]
+
+    def changed_by_others(self, deployment: dict[str, Any]) -> bool:
+        """Whether a Deployment, as a watch event delivered it, carries a spec this operator did not apply: its
+        ``metadata.generation`` is newer than what this process's last apply of it answered, and no apply of it
+        is under way (the event of an apply can come before its answer). False when this process has not
+        applied it yet (a restarted operator re-applies every ModelVersion's objects on its first listing)."""
+        meta = deployment.get("metadata") or {}
+        key = (str(meta.get("namespace", "")), str(meta.get("name", "")))
+        if key in self._applying:
+            return False
+        applied, generation = self._applied_generations.get(key), meta.get("generation")
+        return applied is not None and isinstance(generation, int) and generation > applied
+
+    def known_absent(self, kind: str, namespace: str, name: str) -> bool:
+        """Whether this process knows the object is absent (it deleted it, or a read answered 404)."""
+        return (kind, namespace, name) in self._absent
+
+    def forget_deployment(self, namespace: str, name: str) -> None:
+        """A Deployment is gone: drop the generation its last apply left (bounds the memory)."""
+        self._applied_generations.pop((namespace, name), None)
 
     @_classified
     async def delete_owned(self, kind: str, namespace: str, name: str, owner_uid: str) -> bool:

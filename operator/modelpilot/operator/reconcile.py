@@ -645,7 +645,8 @@ class Reconciler:
             elif known is None or rv > (resource_version(known) or 0):
                 self._bodies[key] = body
 
-    def _known_body(self, namespace: str, name: str) -> dict[str, Any] | None:
+    def known_body(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The newest copy of a ModelVersion known without asking (``note``); None once it is gone."""
         with self._locks_guard:
             return self._bodies.get((namespace, name))
 
@@ -1184,7 +1185,7 @@ class Reconciler:
         if deployment is not None and self._older_than_written(namespace, name, deployment):
             return None
         for attempt in range(5):
-            body = self._known_body(namespace, name) if attempt == 0 else None
+            body = self.known_body(namespace, name) if attempt == 0 else None
             if body is None:
                 body = await self.kube.read_model_version(namespace, name)
             if body is None:
