@@ -361,3 +361,20 @@ def test_a_reconcile_decides_on_the_abtest_as_it_is_now_not_on_the_body_it_was_h
     kube.read_abtest = gone  # type: ignore[method-assign,assignment]
     asyncio.run(reconciler.reconcile(copy.deepcopy(new), measure=False))
     assert kube.applied == [] and kube.status_writes == writes
+
+
+def test_a_problem_that_persists_is_one_warning_until_it_changes() -> None:
+    """The ABTest's periodic run re-plans a missing variant (or refused routing) every time; its Warning Event is
+    posted when the problem starts or changes, not on every run (one Event per transition)."""
+    missing = _plan(_ab(REPLICAS), {"mv-a": _mv("mv-a"), "mv-b": None}, {}, T0, measure=False)
+    assert [e.reason for e in abtest_reconcile.warnings_not_said(missing.events, {})] == ["ModelVersionMissing"]
+    again = _plan(_ab(REPLICAS, missing.status), {"mv-a": _mv("mv-a"), "mv-b": None}, {}, T1, measure=False)
+    assert abtest_reconcile.warnings_not_said(again.events, missing.status) == []
+    both = _plan(_ab(REPLICAS, missing.status), {"mv-a": None, "mv-b": None}, {}, T1, measure=False)
+    assert [e.reason for e in abtest_reconcile.warnings_not_said(both.events, missing.status)] == \
+        ["ModelVersionMissing"]  # another problem: said
+    routed = _plan(_ab(REPLICAS), {"mv-a": _mv("mv-a"), "mv-b": _mv("mv-b")}, {}, T0, False)
+    refused = abtest_reconcile.routing_failed(routed, "apply Service exp: 403 forbidden", 1, T0)
+    assert [e.reason for e in abtest_reconcile.warnings_not_said(refused.events, routed.status)] == ["RoutingFailed"]
+    still = abtest_reconcile.routing_failed(routed, "apply Service exp: 403 forbidden", 1, T1)
+    assert abtest_reconcile.warnings_not_said(still.events, refused.status) == []

@@ -118,7 +118,8 @@ class ABTestReconciler:
                 await self.models.reconcile_latest(namespace, mv, member=member)
             except KubeError as exc:
                 about(log, namespace, name).warning("re-applying ModelVersion %s: %s", mv, exc)
-        return Result(status=decided.status, events=decided.events, retry=decided.retry, message=decided.message)
+        return Result(status=decided.status, events=warnings_not_said(decided.events, body.get("status") or {}),
+                      retry=decided.retry, message=decided.message)
 
     def _figures(self, namespace: str, name: str, vs: list[abtest.Variant],
                  spec: api.ABTestSpec) -> dict[str, dict[str, Any]]:
@@ -334,6 +335,18 @@ def invalid_spec(body: dict[str, Any], message: str, now: str) -> ABTestPlan:
     status.update(observedGeneration=generation, phase=api.ABTestPhase.FAILED.value)
     events = [] if said else [Event("Warning", "SpecError", f"the spec cannot be read: {message}")]
     return ABTestPlan(apply=[], status=status, events=events, message=message)
+
+
+def warnings_not_said(events: list[Event], previous: dict[str, Any]) -> list[Event]:
+    """``events`` less each Warning that the ABTest's status (``previous``, as read before this run) already
+    says: ``Ready=False`` with the same reason and message. A problem that persists (a variant's ModelVersion
+    missing, routing the API refuses) is re-planned on every periodic run; its Warning is posted once, when it
+    starts or changes — one Event per transition, as for ModelVersions."""
+    ready: dict[str, Any] = next((c for c in previous.get("conditions") or [] if c.get("type") == "Ready"), {})
+    if ready.get("status") != "False":
+        return events
+    return [e for e in events if not (e.type == "Warning" and e.reason == ready.get("reason")
+                                      and ready.get("message") in (e.message, e.message[:1000]))]
 
 
 def routing_failed(decided: ABTestPlan, error: str, generation: int, now: str) -> ABTestPlan:
