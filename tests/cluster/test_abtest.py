@@ -77,6 +77,17 @@ def test_replica_ratio_routes_by_weight_and_a_zero_percent_variant_gets_no_pods(
 
     wait_for(b_drained, 120, 1.0, "the 0 % variant to have no pods")
 
+    # Deleting the ABTest gives each variant back its own replicas (2), out of the ABTest's pods.
+    custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, "abtests", "iris")
+
+    def on_their_own() -> bool:
+        labelled = core.list_namespaced_pod(namespace, label_selector="modelpilot.io/abtest=iris").items
+        per_mv = Counter(p.metadata.labels["modelpilot.io/modelversion"]
+                         for p in _ready_pods(core, namespace, "modelpilot.io/modelversion"))
+        return not labelled and per_mv == {"iris-a": 2, "iris-b": 2}
+
+    wait_for(on_their_own, 180, 1.0, "each variant serving its own 2 replicas with no ABTest label")
+
 
 def test_a_variant_rolling_out_a_canary_stays_in_its_abtest(
     operator: Any, dev_env: dict[str, Any], custom: Any, core: Any, namespace: str, iris_version: str

@@ -378,3 +378,15 @@ def test_a_problem_that_persists_is_one_warning_until_it_changes() -> None:
     assert [e.reason for e in abtest_reconcile.warnings_not_said(refused.events, routed.status)] == ["RoutingFailed"]
     still = abtest_reconcile.routing_failed(routed, "apply Service exp: 403 forbidden", 1, T1)
     assert abtest_reconcile.warnings_not_said(still.events, refused.status) == []
+
+
+def test_variants_the_spec_drops_are_named_once_for_a_reconcile_of_their_own() -> None:
+    """A variant taken out of an ABTest's spec keeps the ABTest's pod label and replica share until its
+    ModelVersion is reconciled again: the reconciler names it from the status before and after the run."""
+    p = _plan(_ab(REPLICAS), {"mv-a": _mv("mv-a"), "mv-b": _mv("mv-b")}, {}, T0, measure=False)
+    spec = {"variants": [{"name": "a", "modelVersion": "mv-a", "weight": 50},
+                         {"name": "c", "modelVersion": "mv-c", "weight": 50}]}
+    respec = _plan(_ab(spec, p.status, generation=2), {"mv-a": _mv("mv-a"), "mv-c": _mv("mv-c")}, {}, T1, False)
+    assert abtest_reconcile.dropped_variants(_ab(spec, p.status, generation=2), respec.status) == ["mv-b"]
+    assert abtest_reconcile.dropped_variants(_ab(spec, respec.status, generation=2), respec.status) == []
+    assert abtest_reconcile.dropped_variants(_ab(REPLICAS), p.status) == []  # the first run drops nothing

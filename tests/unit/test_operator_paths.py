@@ -1434,3 +1434,29 @@ def test_a_deployment_deleted_or_changed_by_someone_else_is_put_back() -> None:
         await memo.core.stop()
 
     asyncio.run(scenario())
+
+
+def test_the_variants_of_a_deleted_abtest_are_reconciled_out_of_it() -> None:
+    """Deleting an ABTest garbage-collects its Service, but its variants' Deployments still carry its pod label
+    and the replica share it assigned: each variant's ModelVersion is reconciled (its membership looked up
+    afresh), so a later ABTest of the same name does not find stale pods, and each serves its own replicas."""
+    import kopf
+
+    from modelpilot.operator import handlers
+
+    kube = FakeKube(mv_body("1"))
+    memo, runs = _event_core(kube, mlflow({"1": "run-1"}))
+    test = {"apiVersion": "modelpilot.io/v1alpha1", "kind": "ABTest",
+            "metadata": {"name": "exp", "namespace": NS, "uid": "ab-1", "generation": 1},
+            "spec": {"variants": [{"name": "a", "modelVersion": "mv-a", "weight": 50},
+                                  {"name": "b", "modelVersion": "mv-b", "weight": 50}]},
+            "status": {"observedGeneration": 1}}
+
+    async def scenario() -> None:
+        await handlers.abtest_event(body=kopf.Body(test), type="DELETED", memo=memo)
+        while memo.core._refreshers:  # noqa: SLF001 - the reconciles the deletion asked for, run to the end
+            await asyncio.gather(*list(memo.core._refreshers))  # noqa: SLF001
+        await memo.core.stop()
+
+    asyncio.run(scenario())
+    assert sorted(runs) == ["mv-a", "mv-b"]

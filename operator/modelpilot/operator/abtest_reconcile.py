@@ -118,6 +118,13 @@ class ABTestReconciler:
                 await self.models.reconcile_latest(namespace, mv, member=member)
             except KubeError as exc:
                 about(log, namespace, name).warning("re-applying ModelVersion %s: %s", mv, exc)
+        # Variants the spec no longer has still carry this ABTest's pod label and replica share: reconciled once
+        # with their membership as the index has it now (the status just written no longer names them).
+        for mv in dropped_variants(body, decided.status):
+            try:
+                await self.models.reconcile_latest(namespace, mv)
+            except KubeError as exc:
+                about(log, namespace, name).warning("re-applying ModelVersion %s (no longer a variant): %s", mv, exc)
         return Result(status=decided.status, events=warnings_not_said(decided.events, body.get("status") or {}),
                       retry=decided.retry, message=decided.message)
 
@@ -335,6 +342,15 @@ def invalid_spec(body: dict[str, Any], message: str, now: str) -> ABTestPlan:
     status.update(observedGeneration=generation, phase=api.ABTestPhase.FAILED.value)
     events = [] if said else [Event("Warning", "SpecError", f"the spec cannot be read: {message}")]
     return ABTestPlan(apply=[], status=status, events=events, message=message)
+
+
+def dropped_variants(body: dict[str, Any], status: dict[str, Any]) -> list[str]:
+    """ModelVersions the ABTest's status named as variants before this run (``body``) and ``status`` (after it)
+    no longer names, sorted."""
+    def named(s: dict[str, Any]) -> set[str]:
+        return {str(v["modelVersion"]) for v in s.get("variants") or [] if v.get("modelVersion")}
+
+    return sorted(named(body.get("status") or {}) - named(status))
 
 
 def warnings_not_said(events: list[Event], previous: dict[str, Any]) -> list[Event]:

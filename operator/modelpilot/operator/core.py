@@ -23,7 +23,8 @@ from modelpilot.operator import metrics, rollout
 from modelpilot.operator.abtest_reconcile import ABTestReconciler
 from modelpilot.operator.kube import Kube, KubeError
 from modelpilot.operator.logs import about
-from modelpilot.operator.reconcile import Membership, Reconciler, Result, readiness_view, resource_version
+from modelpilot.operator.reconcile import (Membership, Reconciler, Result, memberships, readiness_view,
+                                          resource_version)
 from modelpilot.operator.settings import OperatorSettings
 from modelpilot.operator.ticker import Ticker
 
@@ -353,22 +354,23 @@ class OperatorCore:
         self._refreshers.add(task)
         task.add_done_callback(self._refreshed)
 
-    def request_reconcile(self, namespace: str, name: str) -> None:
-        """Have a ModelVersion reconciled as soon as its lock is free, without waiting for that here: one of its
-        Deployments was deleted or its spec changed by someone else (``kubectl delete deployment``, ``kubectl
-        scale``), and the reconcile puts back what its spec asks for. Level-triggered: its own spec did not
-        change, so no ModelVersion event would. One waits per ModelVersion; a failure is retried by the ticker."""
+    def request_reconcile(self, namespace: str, name: str, why: str) -> None:
+        """Have a ModelVersion reconciled as soon as its lock is free, without waiting for that here, when
+        something other than its spec changed what it should have: one of its Deployments was deleted or its spec
+        changed by someone else (``kubectl delete deployment``, ``kubectl scale``), or the ABTest it was a variant
+        of is gone. Level-triggered: its own spec did not change, so no ModelVersion event would. ``why`` is
+        logged. One waits per ModelVersion; a failure is retried by the ticker."""
         key = (namespace, name)
         if key in self._reconcile_due:
             return
         self._reconcile_due.add(key)
-        task = asyncio.get_running_loop().create_task(self._reconcile_due_one(namespace, name))
+        task = asyncio.get_running_loop().create_task(self._reconcile_due_one(namespace, name, why))
         self._refreshers.add(task)
         task.add_done_callback(self._refreshed)
 
-    async def _reconcile_due_one(self, namespace: str, name: str) -> None:
+    async def _reconcile_due_one(self, namespace: str, name: str, why: str) -> None:
         self._reconcile_due.discard((namespace, name))  # a change seen from now on asks for another one
-        about(log, namespace, name).info("an owned Deployment was deleted or changed by someone else: reconciling")
+        about(log, namespace, name).info("%s: reconciling", why)
         self._retry_if_failed(namespace, name, await self.measured_or_logged(namespace, name, refresh=False))
 
     def lives(self, namespace: str, name: str) -> bool:
@@ -418,6 +420,14 @@ class OperatorCore:
             return
         metrics.set_phase("ABTest", f"{namespace}/{name}", result.status.get("phase"))
         await self.post(body, result)
+
+    def abtest_gone(self, body: dict[str, Any]) -> None:
+        """An ABTest was deleted: its variants' ModelVersions still carry its pod label and the replica share it
+        assigned; each is reconciled as it now stands (in no ABTest, or in another one)."""
+        meta = body.get("metadata") or {}
+        namespace = str(meta.get("namespace", ""))
+        for model_version in sorted(memberships(body)):
+            self.request_reconcile(namespace, model_version, f"ABTest {meta.get('name')} was deleted")
 
     def abtest_seen(self, body: dict[str, Any], type: str | None) -> None:
         """Keep the ticker's list of ABTests current: figures refresh every

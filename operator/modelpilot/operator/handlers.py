@@ -147,9 +147,9 @@ async def deployment_changed(body: kopf.Body, type: str, memo: kopf.Memo, **_: A
         # canary Deployment this operator deleted itself (a promotion or rollback).
         if core.lives(namespace, owner["name"]) and \
                 not kube.known_absent("Deployment", namespace, body["metadata"]["name"]):
-            core.request_reconcile(namespace, owner["name"])
+            core.request_reconcile(namespace, owner["name"], "its Deployment was deleted")
     elif kube.changed_by_others(dict(body)):
-        core.request_reconcile(namespace, owner["name"])
+        core.request_reconcile(namespace, owner["name"], "its Deployment's spec was changed by someone else")
     stable = type != "DELETED" and owner["name"] == body["metadata"]["name"]
     if stable and core.reconciler.readiness_unchanged(namespace, owner["name"], dict(body)):
         return  # the state readiness was last written from: nothing to refresh
@@ -173,6 +173,7 @@ async def abtest_event(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: 
     core.abtest_seen(seen, type)
     if type == "DELETED":
         metrics.set_phase("ABTest", f"{body['metadata']['namespace']}/{body['metadata']['name']}", None)
+        core.abtest_gone(seen)
         return
     if core.wants_reconcile(seen, type):
         await core.reconcile_abtest_seen(seen)
