@@ -94,7 +94,7 @@ def test_cluster_mode_renders_the_operator(helm: Any) -> None:
     (c,) = pod["containers"]
     assert c["image"] == "ghcr.io/modelpilot/modelpilot-operator:0.1.0"
     assert c["command"] == ["modelpilot", "operator", "--liveness", "http://0.0.0.0:8081/healthz"]
-    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": 8081}
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "healthz"}
     assert {"name": "metrics", "containerPort": 8080, "protocol": "TCP"} in c["ports"]
     sc = c["securityContext"]
     assert sc["runAsNonRoot"] is True and sc["runAsUser"] == 10001 and sc["readOnlyRootFilesystem"] is True
@@ -116,6 +116,8 @@ def test_values_reach_the_operator_settings(helm: Any) -> None:
                            "servingImage.tag": "dev", "mlflow.trackingUri": "http://mlflow.mlflow:5000",
                            "prometheus.url": "http://prometheus.monitoring:9090", "replicas": 2,
                            "config.aliasPollSeconds": 12, "config.rolloutTickSeconds": 2.5,
+                           "config.registryTimeoutSeconds": 3, "config.prometheusTimeoutSeconds": 4.5,
+                           "livenessPort": 9181,
                            "extraEnv": [{"name": "MODELPILOT_PRIORITY", "value": "7"}],
                            "nodeSelector": {"kubernetes.io/os": "linux"},
                            "tolerations": [{"key": "ml", "operator": "Exists"}]})
@@ -137,6 +139,11 @@ def test_values_reach_the_operator_settings(helm: Any) -> None:
     settings = OperatorSettings.from_env({k: v for k, v in env.items() if v is not None})
     assert settings.kubernetes.peering == "modelpilot" and settings.schedule.alias_poll_seconds == 12.0
     assert settings.serving_image == "registry.local/serve:dev"
+    assert settings.mlflow.timeout_seconds == 3.0 and settings.prometheus.timeout_seconds == 4.5
+    container = pod["containers"][0]
+    assert container["command"][-1] == "http://0.0.0.0:9181/healthz"
+    assert {p["name"]: p["containerPort"] for p in container["ports"]}["healthz"] == 9181
+    assert container["livenessProbe"]["httpGet"]["port"] == "healthz"
 
 
 def test_namespace_mode_renders_a_role_per_watched_namespace(helm: Any) -> None:
