@@ -390,3 +390,27 @@ def test_variants_the_spec_drops_are_named_once_for_a_reconcile_of_their_own() -
     assert abtest_reconcile.dropped_variants(_ab(spec, p.status, generation=2), respec.status) == ["mv-b"]
     assert abtest_reconcile.dropped_variants(_ab(spec, respec.status, generation=2), respec.status) == []
     assert abtest_reconcile.dropped_variants(_ab(REPLICAS), p.status) == []  # the first run drops nothing
+
+
+def test_the_events_of_a_variants_reconcile_are_posted_against_its_model_version() -> None:
+    """An ABTest that changes a variant's replica share reconciles its ModelVersion; that reconcile's Events (a
+    share that makes it NotReady, then Ready) are posted against the ModelVersion, not dropped."""
+    import asyncio
+
+    from modelpilot.operator.reconcile import Event, Result
+
+    class Models(_Models):
+        async def reconcile_latest(self, namespace: str, name: str, **_: Any) -> Any:
+            self.reconciled.append(name)
+            return Result(status={}, events=[Event("Normal", "Ready", f"{name} serves")]), _mv(name)
+
+    kube = _Kube(_ab(REPLICAS))
+    reconciler = abtest_reconcile.ABTestReconciler(Models(kube))  # type: ignore[arg-type]
+    posted: list[tuple[str, str]] = []
+
+    async def post(body: dict[str, Any], result: Any) -> None:
+        posted.extend((body["metadata"]["name"], e.reason) for e in result.events)
+
+    reconciler.post_variant = post
+    asyncio.run(reconciler.reconcile(copy.deepcopy(kube.body), measure=False))
+    assert sorted(posted) == [("mv-a", "Ready"), ("mv-b", "Ready")]

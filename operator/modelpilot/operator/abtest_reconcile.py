@@ -17,6 +17,7 @@ import copy
 import dataclasses
 import logging
 from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from pydantic import ValidationError
@@ -66,6 +67,9 @@ class ABTestReconciler:
         # its mirror filter, whose SnippetsFilter the newer reconcile had deleted). Not the ModelVersions'
         # locks: an ABTest and a ModelVersion may share a name, and this one re-reconciles ModelVersions.
         self._lock = KeyedLocks()
+        # Posts a variant's reconcile result (its Events: a replica change can make it NotReady, then Ready) against
+        # the ModelVersion it read; wired by the operator's core, left None by tools and tests that post nothing.
+        self.post_variant: Callable[[dict[str, Any], Result], Awaitable[None]] | None = None
 
     async def reconcile(self, body: dict[str, Any], measure: bool = True) -> Result:
         """Reconcile the ABTest as it is now: ``body`` names it (and is the answer when it is gone); it is read
@@ -115,18 +119,22 @@ class ABTestReconciler:
         for mv, member in decided.members.items():
             try:
                 # The membership just written, not the index's: its watch event may not have come yet.
-                await self.models.reconcile_latest(namespace, mv, member=member)
+                await self._posted(await self.models.reconcile_latest(namespace, mv, member=member))
             except KubeError as exc:
                 about(log, namespace, name).warning("re-applying ModelVersion %s: %s", mv, exc)
         # Variants the spec no longer has still carry this ABTest's pod label and replica share: reconciled once
         # with their membership as the index has it now (the status just written no longer names them).
         for mv in dropped_variants(body, decided.status):
             try:
-                await self.models.reconcile_latest(namespace, mv)
+                await self._posted(await self.models.reconcile_latest(namespace, mv))
             except KubeError as exc:
                 about(log, namespace, name).warning("re-applying ModelVersion %s (no longer a variant): %s", mv, exc)
         return Result(status=decided.status, events=warnings_not_said(decided.events, body.get("status") or {}),
                       retry=decided.retry, message=decided.message)
+
+    async def _posted(self, done: tuple[Result, dict[str, Any]] | None) -> None:
+        if done is not None and self.post_variant is not None:
+            await self.post_variant(done[1], done[0])
 
     def _figures(self, namespace: str, name: str, vs: list[abtest.Variant],
                  spec: api.ABTestSpec) -> dict[str, dict[str, Any]]:

@@ -68,6 +68,7 @@ class OperatorCore:
         self.settings = settings
         self.reconciler = Reconciler(settings, kube)
         self.abtests = ABTestReconciler(self.reconciler)
+        self.abtests.post_variant = self.post
         # Periodic work (rollout ticks, alias polls, ABTest figures) runs on the ticker, not on kopf timers:
         # a timer puts a finalizer on each resource, which blocks its deletion while the operator is down.
         self.ticker = Ticker(self._tick_from_thread)
