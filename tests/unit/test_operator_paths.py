@@ -1460,3 +1460,24 @@ def test_the_variants_of_a_deleted_abtest_are_reconciled_out_of_it() -> None:
 
     asyncio.run(scenario())
     assert sorted(runs) == ["mv-a", "mv-b"]
+
+
+def test_prometheus_is_asked_through_one_pooled_client() -> None:
+    """Every canary analysis and ABTest comparison queries through the reconciler's one Prometheus client (a
+    client per analysis round opened a connection per round); without a URL it is a ``PrometheusError`` naming
+    the variable, and closing the reconciler closes it."""
+    from modelpilot.operator.prometheus import PrometheusError
+
+    kube = FakeKube(mv_body("1"))
+    rec = Reconciler(OperatorSettings.of(mlflow={"tracking_uri": "http://mlflow:5000"},
+                                         prometheus={"url": "http://prometheus:9090", "timeout_seconds": 3}),
+                     kube)  # type: ignore[arg-type]
+    first = rec.prometheus()
+    assert rec.prometheus() is first and first.client.timeout.read == 3
+    rec.close()
+    assert first.client.is_closed and rec.prometheus() is not first
+    rec.close()
+    bare = Reconciler(OperatorSettings.of(mlflow={"tracking_uri": "http://mlflow:5000"}), kube)  # type: ignore[arg-type]
+    with pytest.raises(PrometheusError, match="MODELPILOT_PROMETHEUS_URL"):
+        bare.prometheus()
+    bare.close()

@@ -26,7 +26,7 @@ from modelpilot.operator import abtest, analysis, api, mirroring
 from modelpilot.operator.kube import KubeError
 from modelpilot.operator.logs import about
 from modelpilot.operator.mirroring import MirrorStyle
-from modelpilot.operator.prometheus import Prometheus, PrometheusError
+from modelpilot.operator.prometheus import PrometheusError
 from modelpilot.operator.reconcile import (
     Event,
     KeyedLocks,
@@ -144,7 +144,7 @@ class ABTestReconciler:
         # spec.analysis is free-form in the CRD (and the model): its defaults are the operator's.
         interval = str((spec.analysis or {}).get("interval", "5m"))
         try:
-            prom = Prometheus(self.settings.prometheus.url, timeout=self.settings.prometheus.timeout_seconds)
+            prom = self.models.prometheus()
         except PrometheusError:
             return {}
         out: dict[str, dict[str, Any]] = {}
@@ -165,8 +165,6 @@ class ABTestReconciler:
         except PrometheusError as exc:
             about(log, namespace, name).warning("ABTest figures: %s", exc)
             return {}
-        finally:
-            prom.close()
         return out
 
 

@@ -123,7 +123,7 @@ class OperatorCore:
                 running.cancel()
         self.ticker.stop()
         self.reconciler.blocking.shutdown(wait=False, cancel_futures=True)
-        self.reconciler.registries.close()
+        self.reconciler.close()
         await self.kube.close()
 
     def _tick_from_thread(self, kind: str, namespace: str, name: str) -> None:

@@ -582,6 +582,25 @@ class Reconciler:
         # The form each Gateway mirrors in (its class's controller), cached per Gateway: asked only when a
         # route is rendered, shared with the ABTest reconciler.
         self.mirror_styles = MirrorStyles(kube)
+        self._prometheus: Prometheus | None = None  # one pooled client, made on first use (``prometheus``)
+
+    def prometheus(self) -> Prometheus:
+        """The one pooled Prometheus client (``MODELPILOT_PROMETHEUS_URL``, ``MODELPILOT_PROMETHEUS_TIMEOUT_SECONDS``)
+        every canary analysis and ABTest comparison queries through, made on first use; raises
+        ``PrometheusError`` when no URL is set. Callable from any thread (the queries run on ``blocking``)."""
+        with self._locks_guard:
+            if self._prometheus is None:
+                self._prometheus = Prometheus(self.settings.prometheus.url,
+                                              timeout=self.settings.prometheus.timeout_seconds)
+            return self._prometheus
+
+    def close(self) -> None:
+        """Close the pooled clients (MLflow's and Prometheus')."""
+        self.registries.close()
+        with self._locks_guard:
+            prom, self._prometheus = self._prometheus, None
+        if prom is not None:
+            prom.close()
 
     async def off_loop(self, fn: Callable[..., T], *args: Any) -> T:
         """``fn(*args)`` on the reconciler's own threads (a blocking HTTP call), awaited."""
@@ -1068,20 +1087,17 @@ class Reconciler:
             return "Inconclusive", [{"check": "spec", "verdict": "Error", "value": None, "baseline": None,
                                      "threshold": "", "samples": None, "query": "", "message": str(exc)}]
         try:
-            prom = Prometheus(self.settings.prometheus.url, timeout=self.settings.prometheus.timeout_seconds)
+            prom = self.prometheus()
         except PrometheusError as exc:
             return "Inconclusive", [{"check": "prometheus", "verdict": "Error", "value": None, "baseline": None,
                                      "threshold": "", "samples": None, "query": "", "message": str(exc)}]
         stable_idle = (ro.weight or 0) >= 100
         started = ro.started_at.timestamp() if ro.started_at else None
-        try:
-            results = analysis.measure(
-                prom.scalar, cfg, analysis.Target(owner.namespace, owner.name, candidate.version),
-                analysis.Target(owner.namespace, owner.name, stable.version), step_seconds=step_seconds,
-                stored_baselines=dict(ro.baselines or {}) if stable_idle else None,
-                baseline_query=(lambda q: prom.scalar(q, at=started)) if stable_idle and started else None)
-        finally:
-            prom.close()
+        results = analysis.measure(
+            prom.scalar, cfg, analysis.Target(owner.namespace, owner.name, candidate.version),
+            analysis.Target(owner.namespace, owner.name, stable.version), step_seconds=step_seconds,
+            stored_baselines=dict(ro.baselines or {}) if stable_idle else None,
+            baseline_query=(lambda q: prom.scalar(q, at=started)) if stable_idle and started else None)
         for m in results:
             metrics.observe_measurement(owner.namespace, owner.name, m)
         return analysis.overall(results, cfg.no_data), [m.as_status() for m in results]
