@@ -1481,3 +1481,32 @@ def test_prometheus_is_asked_through_one_pooled_client() -> None:
     with pytest.raises(PrometheusError, match="MODELPILOT_PROMETHEUS_URL"):
         bare.prometheus()
     bare.close()
+
+
+def test_each_operator_core_counts_in_its_own_metrics_and_the_phase_gauge_follows_every_move() -> None:
+    """No module holds the operator's metrics: each core (kopf's memo) has its own registry, so two operators in
+    one process (or two tests) never share counts; the by-phase gauge follows each resource's moves and its
+    deletion."""
+    from modelpilot.operator.core import OperatorCore
+
+    settings = OperatorSettings.of(mlflow={"tracking_uri": "http://mlflow:5000"})
+    one = OperatorCore(settings, FakeKube(mv_body("1")))  # type: ignore[arg-type]
+    two = OperatorCore(settings, FakeKube(mv_body("1")))  # type: ignore[arg-type]
+    assert one.metrics is not two.metrics and one.reconciler.metrics is one.metrics
+
+    def count(core: Any, phase: str) -> float | None:
+        value = core.metrics.registry.get_sample_value("modelpilot_operator_resources",
+                                                       {"kind": "ModelVersion", "phase": phase})
+        return None if value is None else float(value)
+
+    one.metrics.set_phase("ModelVersion", "ml/a", "Deploying")
+    one.metrics.set_phase("ModelVersion", "ml/b", "Deploying")
+    one.metrics.set_phase("ModelVersion", "ml/a", "Ready")
+    one.metrics.set_phase("ModelVersion", "ml/a", "Ready")  # unchanged: nothing moves
+    assert (count(one, "Deploying"), count(one, "Ready")) == (1.0, 1.0)
+    one.metrics.set_phase("ModelVersion", "ml/b", None)  # deleted
+    one.metrics.set_phase("ModelVersion", "ml/gone", None)  # never seen: nothing to forget
+    assert (count(one, "Deploying"), count(one, "Ready")) == (0.0, 1.0)
+    assert count(two, "Ready") is None  # the other core counted nothing
+    asyncio.run(one.stop())
+    asyncio.run(two.stop())

@@ -19,10 +19,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from modelpilot.operator import metrics, rollout
+from modelpilot.operator import rollout
 from modelpilot.operator.abtest_reconcile import ABTestReconciler
 from modelpilot.operator.kube import Kube, KubeError
 from modelpilot.operator.logs import about
+from modelpilot.operator.metrics import OperatorMetrics
 from modelpilot.operator.reconcile import (Membership, Reconciler, Result, memberships, readiness_view,
                                           resource_version)
 from modelpilot.operator.settings import OperatorSettings
@@ -64,9 +65,10 @@ def _said_reconciled(namespace: str, name: str, what: str, generation: Any, resu
 class OperatorCore:
     """What the handlers and the ticker share: one settings object, one API adapter, the reconcilers."""
 
-    def __init__(self, settings: OperatorSettings, kube: Kube) -> None:
+    def __init__(self, settings: OperatorSettings, kube: Kube, metrics: OperatorMetrics | None = None) -> None:
         self.settings = settings
-        self.reconciler = Reconciler(settings, kube)
+        self.metrics = metrics or OperatorMetrics()  # what ``MODELPILOT_METRICS_PORT`` serves (``run``)
+        self.reconciler = Reconciler(settings, kube, metrics=self.metrics)
         self.abtests = ABTestReconciler(self.reconciler)
         self.abtests.post_variant = self.post
         # Periodic work (rollout ticks, alias polls, ABTest figures) runs on the ticker, not on kopf timers:
@@ -207,19 +209,19 @@ class OperatorCore:
             async with self.reconcile_slots if bounded else contextlib.nullcontext():
                 done = await self.reconciler.reconcile_latest(namespace, name, refresh=refresh, seen=seen)
         except KubeError:
-            metrics.RECONCILES.labels(kind="ModelVersion", result="error").inc()
+            self.metrics.reconciles.labels(kind="ModelVersion", result="error").inc()
             raise
         finally:
-            metrics.RECONCILE_SECONDS.labels(kind="ModelVersion").observe(time.monotonic() - started)
+            self.metrics.reconcile_seconds.labels(kind="ModelVersion").observe(time.monotonic() - started)
         if done is None:
             return None
         result, body = done
-        metrics.RECONCILES.labels(kind="ModelVersion", result="retry" if result.retry else "success").inc()
+        self.metrics.reconciles.labels(kind="ModelVersion", result="retry" if result.retry else "success").inc()
         if result.retry:
             reason = next((c.get("reason") for c in result.status.get("conditions") or []
                            if c.get("type") == "Resolved" and c.get("status") == "False"), "Unknown")
-            metrics.REGISTRY_ERRORS.labels(reason=reason).inc()
-        metrics.set_phase("ModelVersion", f"{namespace}/{name}", result.status.get("phase"))
+            self.metrics.registry_errors.labels(reason=reason).inc()
+        self.metrics.set_phase("ModelVersion", f"{namespace}/{name}", result.status.get("phase"))
         await self.post(body, result)
         return result
 
@@ -302,17 +304,17 @@ class OperatorCore:
         try:
             result = await self.abtests.reconcile(body, measure=False)
         except KubeError as exc:
-            metrics.RECONCILES.labels(kind="ABTest", result="error").inc()
+            self.metrics.reconciles.labels(kind="ABTest", result="error").inc()
             about(log, namespace, name).warning("ABTest reconcile: %s", exc)
             return
         except Exception:  # noqa: BLE001 - logged with its traceback; the ABTest's periodic run retries it
-            metrics.RECONCILES.labels(kind="ABTest", result="error").inc()
+            self.metrics.reconciles.labels(kind="ABTest", result="error").inc()
             about(log, namespace, name).exception("ABTest reconcile failed; its periodic run retries it")
             return
         finally:
-            metrics.RECONCILE_SECONDS.labels(kind="ABTest").observe(time.monotonic() - started)
-        metrics.RECONCILES.labels(kind="ABTest", result="retry" if result.retry else "success").inc()
-        metrics.set_phase("ABTest", f"{namespace}/{name}", result.status.get("phase"))
+            self.metrics.reconcile_seconds.labels(kind="ABTest").observe(time.monotonic() - started)
+        self.metrics.reconciles.labels(kind="ABTest", result="retry" if result.retry else "success").inc()
+        self.metrics.set_phase("ABTest", f"{namespace}/{name}", result.status.get("phase"))
         _said_reconciled(namespace, name, "ABTest ", meta.get("generation"), result)
         await self.post(body, result)
 
@@ -402,7 +404,7 @@ class OperatorCore:
                     deployment = self._refresh_due.pop((namespace, name), None)
                 result = await self.reconciler.refresh_readiness(namespace, name, deployment)
             if result:
-                metrics.set_phase("ModelVersion", f"{namespace}/{name}", result.status.get("phase"))
+                self.metrics.set_phase("ModelVersion", f"{namespace}/{name}", result.status.get("phase"))
         except KubeError as exc:
             logger.warning("readiness of %s/%s: %s", namespace, name, exc)
             return
@@ -419,7 +421,7 @@ class OperatorCore:
         except KubeError as exc:
             about(log, namespace, name).warning("ABTest figures: %s", exc)
             return
-        metrics.set_phase("ABTest", f"{namespace}/{name}", result.status.get("phase"))
+        self.metrics.set_phase("ABTest", f"{namespace}/{name}", result.status.get("phase"))
         await self.post(body, result)
 
     def abtest_gone(self, body: dict[str, Any]) -> None:

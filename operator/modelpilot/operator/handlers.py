@@ -18,9 +18,10 @@ from typing import Any
 
 import kopf
 
-from modelpilot.operator import api, contract, metrics, rollout
+from modelpilot.operator import api, contract, rollout
 from modelpilot.operator.core import OperatorCore
 from modelpilot.operator.kube import Kube
+from modelpilot.operator.metrics import OperatorMetrics
 from modelpilot.operator.reconcile import ACTION_FIELDS, Membership, memberships, pending_action
 from modelpilot.operator.settings import OperatorSettings
 
@@ -28,10 +29,11 @@ GROUP, VERSION, PLURAL = contract.GROUP, contract.VERSION, contract.MODELVERSION
 MANAGED = {contract.MANAGED_BY_LABEL: contract.MANAGED_BY}
 
 
-def configure(settings: OperatorSettings, kube: Kube) -> kopf.Memo:
-    """The memo to run kopf with: it carries the one ``OperatorCore`` of this process to every handler."""
+def configure(settings: OperatorSettings, kube: Kube, metrics: OperatorMetrics | None = None) -> kopf.Memo:
+    """The memo to run kopf with: it carries the one ``OperatorCore`` of this process (with ``metrics``, the ones
+    its endpoint serves) to every handler."""
     memo = kopf.Memo()
-    memo.core = OperatorCore(settings, kube)
+    memo.core = OperatorCore(settings, kube, metrics)
     return memo
 
 
@@ -98,7 +100,7 @@ async def model_version_event(body: kopf.Body, type: str | None, memo: kopf.Memo
     seen = dict(body)
     core.seen(seen, type)
     if type == "DELETED":  # nothing to clean up (owner references do that); only the phase gauge forgets it
-        metrics.set_phase("ModelVersion", f"{body['metadata']['namespace']}/{body['metadata']['name']}", None)
+        core.metrics.set_phase("ModelVersion", f"{body['metadata']['namespace']}/{body['metadata']['name']}", None)
         return
     if core.wants_reconcile(seen, type):
         await core.reconcile_seen(seen)
@@ -172,7 +174,7 @@ async def abtest_event(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: 
     seen = dict(body)
     core.abtest_seen(seen, type)
     if type == "DELETED":
-        metrics.set_phase("ABTest", f"{body['metadata']['namespace']}/{body['metadata']['name']}", None)
+        core.metrics.set_phase("ABTest", f"{body['metadata']['namespace']}/{body['metadata']['name']}", None)
         core.abtest_gone(seen)
         return
     if core.wants_reconcile(seen, type):

@@ -1,7 +1,8 @@
-"""The operator's own Prometheus metrics: reconciles, errors, durations, resources by phase.
+"""The operator's own Prometheus metrics: reconciles, errors, durations, resources by phase, rollouts, analyses.
 
-A small adapter used by the handlers; its own registry (not the global one)
-so tests and several operators in one process never collide.
+An adapter of the operator. Each ``OperatorMetrics`` has a registry of its own (not prometheus_client's global
+one) and is held by one operator core (kopf's memo): tests and several operators in one process never share
+counts, and no module holds state.
 """
 
 from __future__ import annotations
@@ -12,67 +13,71 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 
 from modelpilot.operator import api
 
-REGISTRY = CollectorRegistry()
 
-RECONCILES = Counter("modelpilot_operator_reconciles", "Reconciles by kind and result (success, retry, error).",
-                     ["kind", "result"], registry=REGISTRY)
-RECONCILE_SECONDS = Histogram("modelpilot_operator_reconcile_duration_seconds", "Duration of one reconcile.",
-                              ["kind"], registry=REGISTRY,
-                              buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
-REGISTRY_ERRORS = Counter("modelpilot_operator_registry_errors", "MLflow registry failures by reason.",
-                          ["reason"], registry=REGISTRY)
-RESOURCES = Gauge("modelpilot_operator_resources", "Resources this operator watches, by kind and phase.",
-                  ["kind", "phase"], registry=REGISTRY)
+class OperatorMetrics:
+    """The metrics of one operator process, served on ``MODELPILOT_METRICS_PORT`` (``serve``)."""
 
-ROLLBACKS = Counter("modelpilot_operator_rollbacks", "Canary rollouts rolled back, by ModelVersion.",
-                    ["namespace", "name"], registry=REGISTRY)
-PROMOTIONS = Counter("modelpilot_operator_promotions", "Canary rollouts promoted, by ModelVersion.",
-                     ["namespace", "name"], registry=REGISTRY)
-ROLLOUT_WEIGHT = Gauge("modelpilot_operator_rollout_weight", "Traffic share (%) the canary currently gets.",
-                       ["namespace", "name"], registry=REGISTRY)
-ANALYSIS_VALUE = Gauge("modelpilot_operator_analysis_value", "Last measured value of each analysis check.",
-                       ["namespace", "name", "check", "arm"], registry=REGISTRY)
-ANALYSIS_VERDICTS = Counter("modelpilot_operator_analysis_verdicts", "Analysis measurements by check and verdict.",
-                            ["namespace", "name", "check", "verdict"], registry=REGISTRY)
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        registry = self.registry
+        self.reconciles = Counter("modelpilot_operator_reconciles",
+                                  "Reconciles by kind and result (success, retry, error).", ["kind", "result"],
+                                  registry=registry)
+        self.reconcile_seconds = Histogram("modelpilot_operator_reconcile_duration_seconds",
+                                           "Duration of one reconcile.", ["kind"], registry=registry,
+                                           buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+        self.registry_errors = Counter("modelpilot_operator_registry_errors", "MLflow registry failures by reason.",
+                                       ["reason"], registry=registry)
+        self.resources = Gauge("modelpilot_operator_resources", "Resources this operator watches, by kind and phase.",
+                               ["kind", "phase"], registry=registry)
+        self.rollbacks = Counter("modelpilot_operator_rollbacks", "Canary rollouts rolled back, by ModelVersion.",
+                                 ["namespace", "name"], registry=registry)
+        self.promotions = Counter("modelpilot_operator_promotions", "Canary rollouts promoted, by ModelVersion.",
+                                  ["namespace", "name"], registry=registry)
+        self.rollout_weight = Gauge("modelpilot_operator_rollout_weight", "Traffic share (%) the canary currently gets.",
+                                    ["namespace", "name"], registry=registry)
+        self.analysis_value = Gauge("modelpilot_operator_analysis_value", "Last measured value of each analysis check.",
+                                    ["namespace", "name", "check", "arm"], registry=registry)
+        self.analysis_verdicts = Counter("modelpilot_operator_analysis_verdicts",
+                                         "Analysis measurements by check and verdict.",
+                                         ["namespace", "name", "check", "verdict"], registry=registry)
+        self._phases: dict[tuple[str, str], str] = {}  # (kind, "namespace/name") → phase
+        self._counts: dict[tuple[str, str], int] = {}  # (kind, phase) → resources in it
+        self._lock = threading.Lock()
 
-_phases: dict[tuple[str, str], str] = {}
-_lock = threading.Lock()
+    def set_phase(self, kind: str, key: str, phase: str | None) -> None:
+        """Record one resource's phase (``None`` when it is gone) and move the by-phase gauge (O(1))."""
+        with self._lock:
+            old = self._phases.pop((kind, key), None) if phase is None else self._phases.get((kind, key))
+            if old == phase:
+                return
+            if phase is not None:
+                self._phases[(kind, key)] = phase
+            if old is not None:
+                self._counts[(kind, old)] -= 1
+                self.resources.labels(kind=kind, phase=old).set(self._counts[(kind, old)])
+            if phase is not None:
+                self._counts[(kind, phase)] = self._counts.get((kind, phase), 0) + 1
+                self.resources.labels(kind=kind, phase=phase).set(self._counts[(kind, phase)])
 
-
-def set_phase(kind: str, key: str, phase: str | None) -> None:
-    """Record one resource's phase (``None`` when it is gone) and refresh the by-phase gauge."""
-    with _lock:
-        if phase is None:
-            _phases.pop((kind, key), None)
+    def observe_rollout(self, namespace: str, name: str, action: str, rollout: api.RolloutStatus) -> None:
+        if action == "RollBack":
+            self.rollbacks.labels(namespace, name).inc()
+            self.rollout_weight.labels(namespace, name).set(0)
+        elif action == "Promote":
+            self.promotions.labels(namespace, name).inc()
+            self.rollout_weight.labels(namespace, name).set(0)
         else:
-            _phases[(kind, key)] = phase
-        counts: dict[tuple[str, str], int] = {}
-        for (k, _), p in _phases.items():
-            counts[(k, p)] = counts.get((k, p), 0) + 1
-        RESOURCES.clear()
-        for (k, p), n in counts.items():
-            RESOURCES.labels(kind=k, phase=p).set(n)
+            weight = rollout.effective_weight if rollout.effective_weight is not None else rollout.weight
+            self.rollout_weight.labels(namespace, name).set(float(weight or 0))
 
+    def observe_measurement(self, namespace: str, name: str, m: object) -> None:
+        check, verdict = getattr(m, "check"), getattr(m, "verdict")
+        self.analysis_verdicts.labels(namespace, name, check, verdict).inc()
+        for arm, value in (("candidate", getattr(m, "value")), ("baseline", getattr(m, "baseline"))):
+            if value is not None:
+                self.analysis_value.labels(namespace, name, check, arm).set(float(value))
 
-def serve(port: int, address: str = "0.0.0.0") -> None:
-    start_http_server(port, addr=address, registry=REGISTRY)
-
-
-def observe_rollout(namespace: str, name: str, action: str, rollout: api.RolloutStatus) -> None:
-    if action == "RollBack":
-        ROLLBACKS.labels(namespace, name).inc()
-        ROLLOUT_WEIGHT.labels(namespace, name).set(0)
-    elif action == "Promote":
-        PROMOTIONS.labels(namespace, name).inc()
-        ROLLOUT_WEIGHT.labels(namespace, name).set(0)
-    else:
-        weight = rollout.effective_weight if rollout.effective_weight is not None else rollout.weight
-        ROLLOUT_WEIGHT.labels(namespace, name).set(float(weight or 0))
-
-
-def observe_measurement(namespace: str, name: str, m: object) -> None:
-    check, verdict = getattr(m, "check"), getattr(m, "verdict")
-    ANALYSIS_VERDICTS.labels(namespace, name, check, verdict).inc()
-    for arm, value in (("candidate", getattr(m, "value")), ("baseline", getattr(m, "baseline"))):
-        if value is not None:
-            ANALYSIS_VALUE.labels(namespace, name, check, arm).set(float(value))
+    def serve(self, port: int, address: str = "0.0.0.0") -> None:
+        """Serve ``/metrics`` on ``address:port`` from a daemon thread (``OSError`` when the port is taken)."""
+        start_http_server(port, addr=address, registry=self.registry)

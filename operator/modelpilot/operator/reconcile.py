@@ -39,10 +39,11 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import ValidationError
 
-from modelpilot.operator import abtest, analysis, api, builders, contract, diagnosis, metrics, rollout
+from modelpilot.operator import abtest, analysis, api, builders, contract, diagnosis, rollout
 from modelpilot.operator.gateways import MirrorStyles
 from modelpilot.operator.kube import Kube, KubeError, KubeUnavailable
 from modelpilot.operator.logs import about
+from modelpilot.operator.metrics import OperatorMetrics
 from modelpilot.operator.mirroring import MirrorStyle
 from modelpilot.operator.prometheus import Prometheus, PrometheusError
 from modelpilot.operator.registry import (
@@ -550,9 +551,11 @@ class KeyedLocks:
 class Reconciler:
     """Reconciles ModelVersions with one settings object, one Kubernetes adapter and a registry factory."""
 
-    def __init__(self, settings: OperatorSettings, kube: Kube, registry_factory: RegistryFactory | None = None):
+    def __init__(self, settings: OperatorSettings, kube: Kube, registry_factory: RegistryFactory | None = None,
+                 metrics: OperatorMetrics | None = None):
         self.settings = settings
         self.kube = kube
+        self.metrics = metrics or OperatorMetrics()  # rollout and analysis figures (the core's, when it made this)
         # One reconcile at a time per ModelVersion, whichever path asks (kopf handlers, the ticker, an ABTest):
         # with each one reading the resource afresh inside the lock, no reconcile decides on a status another
         # one has already moved past (a stale one could redo a canary step).
@@ -978,7 +981,7 @@ class Reconciler:
         if decision.warning:
             events.append(Event("Warning", "WeightNotHonoured", decision.warning))
         status["rollout"] = rollout_patch(ro, stored)  # fields the decision no longer sets are removed
-        metrics.observe_rollout(owner.namespace, owner.name, decision.action, ro)
+        self.metrics.observe_rollout(owner.namespace, owner.name, decision.action, ro)
         canary_model = self._canary_model(ro, candidate)
         survivor = canary_model if decision.stable_model == "canary" else stable
         if decision.action in ("Promoted", "RolledBack", "Cancelled") and survivor.version != stable.version:
@@ -1099,7 +1102,7 @@ class Reconciler:
             stored_baselines=dict(ro.baselines or {}) if stable_idle else None,
             baseline_query=(lambda q: prom.scalar(q, at=started)) if stable_idle and started else None)
         for m in results:
-            metrics.observe_measurement(owner.namespace, owner.name, m)
+            self.metrics.observe_measurement(owner.namespace, owner.name, m)
         return analysis.overall(results, cfg.no_data), [m.as_status() for m in results]
 
     async def _write_back(self, owner: builders.Owner, spec: api.ModelVersionSpec, status: dict[str, Any],

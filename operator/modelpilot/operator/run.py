@@ -53,9 +53,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {name}: cannot listen on {host}:{port}: {problem}; choose a free port "
                   "(MODELPILOT_LIVENESS_PORT=0 disables the liveness endpoint)", file=sys.stderr)
             return 2
-    if settings.endpoints.metrics_port:
-        from modelpilot.operator import metrics
+    from modelpilot.operator.metrics import OperatorMetrics
 
+    metrics = OperatorMetrics()  # served here, counted by the core the memo carries
+    if settings.endpoints.metrics_port:
         try:
             metrics.serve(settings.endpoints.metrics_port, settings.endpoints.bind_address)
         except OSError as exc:
@@ -94,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     # for Events, ABTests and periodic work), so none waits on the pool behind a burst of slow Service applies.
     connections = settings.kubernetes.workers + settings.kubernetes.readiness_workers + 32
     memo = handlers.configure(settings, Kube(async_configuration, settings.kubernetes.field_manager,
-                                             connections=connections, token_loader=token_loader))
+                                             connections=connections, token_loader=token_loader), metrics)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     # urllib3 logs each connection retry as a warning; the failure that follows is classified (KubeUnavailable)
