@@ -93,6 +93,7 @@ class OperatorCore:
         self._refresh_due: dict[tuple[str, str], dict[str, Any] | None] = {}
         self._refreshers: set[asyncio.Task[None]] = set()
         self._reconcile_due: set[tuple[str, str]] = set()  # ModelVersions whose owned objects someone else changed
+        self._live: set[tuple[str, str]] = set()  # ModelVersions that exist, as their watch events show (``lives``)
         # ModelVersions (uid) reconciled since this process started: kopf lists them again whenever its watch
         # must start over (410 Gone after a long disconnection, a failed stream), and an unchanged one is
         # reconciled only on the first listing (a resume).
@@ -250,12 +251,15 @@ class OperatorCore:
         else:
             self.ticker.forget("readiness", namespace, name)
         if type == "DELETED":
+            self._live.discard((namespace, name))
             self.reconciler.forget(namespace, name, str(meta.get("uid") or ""))
             self._resumed.discard(str(meta.get("uid") or ""))
             if self._retries.pop((namespace, name), None) is not None:
                 self.ticker.forget("retry", namespace, name)
             self._deleted.set()
-        elif not gone:
+        else:
+            self._live.add((namespace, name))
+        if not gone:
             self.reconciler.note(body)  # the newest copy a readiness refresh starts from
 
     def wants_reconcile(self, body: dict[str, Any], type: str | None) -> bool:
@@ -379,7 +383,7 @@ class OperatorCore:
     def lives(self, namespace: str, name: str) -> bool:
         """Whether a ModelVersion exists, as its watch events last showed it (one being deleted may still read
         True: its reconcile reads it afresh and does nothing then)."""
-        return self.reconciler.known_body(namespace, name) is not None
+        return (namespace, name) in self._live
 
     def _refreshed(self, task: asyncio.Task[None]) -> None:
         self._refreshers.discard(task)
