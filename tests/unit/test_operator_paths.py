@@ -1477,7 +1477,8 @@ def test_prometheus_is_asked_through_one_pooled_client() -> None:
     rec.close()
     assert first.client.is_closed and rec.prometheus() is not first
     rec.close()
-    bare = Reconciler(OperatorSettings.of(mlflow={"tracking_uri": "http://mlflow:5000"}), kube)  # type: ignore[arg-type]
+    bare = Reconciler(OperatorSettings.of(mlflow={"tracking_uri": "http://mlflow:5000"}),
+                      kube)  # type: ignore[arg-type]
     with pytest.raises(PrometheusError, match="MODELPILOT_PROMETHEUS_URL"):
         bare.prometheus()
     bare.close()

@@ -16,8 +16,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
-from dataclasses import dataclass, field
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import ValidationError

@@ -34,8 +34,9 @@ class OperatorMetrics:
                                  ["namespace", "name"], registry=registry)
         self.promotions = Counter("modelpilot_operator_promotions", "Canary rollouts promoted, by ModelVersion.",
                                   ["namespace", "name"], registry=registry)
-        self.rollout_weight = Gauge("modelpilot_operator_rollout_weight", "Traffic share (%) the canary currently gets.",
-                                    ["namespace", "name"], registry=registry)
+        self.rollout_weight = Gauge("modelpilot_operator_rollout_weight",
+                                    "Traffic share (%) the canary currently gets.", ["namespace", "name"],
+                                    registry=registry)
         self.analysis_value = Gauge("modelpilot_operator_analysis_value", "Last measured value of each analysis check.",
                                     ["namespace", "name", "check", "arm"], registry=registry)
         self.analysis_verdicts = Counter("modelpilot_operator_analysis_verdicts",
