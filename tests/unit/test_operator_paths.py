@@ -1509,5 +1509,15 @@ def test_each_operator_core_counts_in_its_own_metrics_and_the_phase_gauge_follow
     one.metrics.set_phase("ModelVersion", "ml/gone", None)  # never seen: nothing to forget
     assert (count(one, "Deploying"), count(one, "Ready")) == (0.0, 1.0)
     assert count(two, "Ready") is None  # the other core counted nothing
+    # A deleted ModelVersion's rollout and analysis series go with it (no series per ModelVersion ever deleted).
+    one.metrics.observe_rollout("ml", "a", "RollBack", api.RolloutStatus())
+    one.metrics.observe_rollout("ml", "b", "Promote", api.RolloutStatus())
+    get = one.metrics.registry.get_sample_value
+    assert get("modelpilot_operator_rollbacks_total", {"namespace": "ml", "name": "a"}) == 1.0
+    one.metrics.forget("ml", "a")
+    one.metrics.forget("ml", "never")
+    assert get("modelpilot_operator_rollbacks_total", {"namespace": "ml", "name": "a"}) is None
+    assert get("modelpilot_operator_rollout_weight", {"namespace": "ml", "name": "a"}) is None
+    assert get("modelpilot_operator_promotions_total", {"namespace": "ml", "name": "b"}) == 1.0
     asyncio.run(one.stop())
     asyncio.run(two.stop())

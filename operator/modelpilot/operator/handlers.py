@@ -99,8 +99,9 @@ async def model_version_event(body: kopf.Body, type: str | None, memo: kopf.Memo
     core = _core(memo)
     seen = dict(body)
     core.seen(seen, type)
-    if type == "DELETED":  # nothing to clean up (owner references do that); only the phase gauge forgets it
+    if type == "DELETED":  # nothing to clean up (owner references do that); only its metrics series go
         core.metrics.set_phase("ModelVersion", f"{body['metadata']['namespace']}/{body['metadata']['name']}", None)
+        core.metrics.forget(body["metadata"]["namespace"], body["metadata"]["name"])
         return
     if core.wants_reconcile(seen, type):
         await core.reconcile_seen(seen)

@@ -8,6 +8,7 @@ counts, and no module holds state.
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
@@ -42,6 +43,9 @@ class OperatorMetrics:
         self.analysis_verdicts = Counter("modelpilot_operator_analysis_verdicts",
                                          "Analysis measurements by check and verdict.",
                                          ["namespace", "name", "check", "verdict"], registry=registry)
+        # The series labelled with each ModelVersion (namespace, name): removed when it is deleted (``forget``), so a
+        # long-running operator does not keep every deleted ModelVersion's rollout and analysis series.
+        self._series: dict[tuple[str, str], set[tuple[Counter | Gauge, tuple[str, ...]]]] = {}
         self._phases: dict[tuple[str, str], str] = {}  # (kind, "namespace/name") → phase
         self._counts: dict[tuple[str, str], int] = {}  # (kind, phase) → resources in it
         self._lock = threading.Lock()
@@ -61,23 +65,40 @@ class OperatorMetrics:
                 self._counts[(kind, phase)] = self._counts.get((kind, phase), 0) + 1
                 self.resources.labels(kind=kind, phase=phase).set(self._counts[(kind, phase)])
 
+    def _of(self, metric: Counter | Gauge, namespace: str, name: str, *more: str) -> Any:
+        """``metric``'s child for a ModelVersion's labels, remembered for ``forget``."""
+        labels = (namespace, name, *more)
+        with self._lock:
+            self._series.setdefault((namespace, name), set()).add((metric, labels))
+        return metric.labels(*labels)
+
     def observe_rollout(self, namespace: str, name: str, action: str, rollout: api.RolloutStatus) -> None:
         if action == "RollBack":
-            self.rollbacks.labels(namespace, name).inc()
-            self.rollout_weight.labels(namespace, name).set(0)
+            self._of(self.rollbacks, namespace, name).inc()
+            self._of(self.rollout_weight, namespace, name).set(0)
         elif action == "Promote":
-            self.promotions.labels(namespace, name).inc()
-            self.rollout_weight.labels(namespace, name).set(0)
+            self._of(self.promotions, namespace, name).inc()
+            self._of(self.rollout_weight, namespace, name).set(0)
         else:
             weight = rollout.effective_weight if rollout.effective_weight is not None else rollout.weight
-            self.rollout_weight.labels(namespace, name).set(float(weight or 0))
+            self._of(self.rollout_weight, namespace, name).set(float(weight or 0))
 
     def observe_measurement(self, namespace: str, name: str, m: object) -> None:
         check, verdict = getattr(m, "check"), getattr(m, "verdict")
-        self.analysis_verdicts.labels(namespace, name, check, verdict).inc()
+        self._of(self.analysis_verdicts, namespace, name, check, verdict).inc()
         for arm, value in (("candidate", getattr(m, "value")), ("baseline", getattr(m, "baseline"))):
             if value is not None:
-                self.analysis_value.labels(namespace, name, check, arm).set(float(value))
+                self._of(self.analysis_value, namespace, name, check, arm).set(float(value))
+
+    def forget(self, namespace: str, name: str) -> None:
+        """A ModelVersion was deleted: remove the series labelled with it (as kube-state-metrics does)."""
+        with self._lock:
+            series = self._series.pop((namespace, name), set())
+        for metric, labels in series:
+            try:
+                metric.remove(*labels)
+            except KeyError:
+                pass
 
     def serve(self, port: int, address: str = "0.0.0.0") -> None:
         """Serve ``/metrics`` on ``address:port`` from a daemon thread (``OSError`` when the port is taken)."""
