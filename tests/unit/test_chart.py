@@ -144,6 +144,9 @@ def test_values_reach_the_operator_settings(helm: Any) -> None:
     assert container["command"][-1] == "http://0.0.0.0:9181/healthz"
     assert {p["name"]: p["containerPort"] for p in container["ports"]}["healthz"] == 9181
     assert container["livenessProbe"]["httpGet"]["port"] == "healthz"
+    clash = helm("template", RELEASE, str(CHART), "--namespace", NAMESPACE,
+                 *_set_args({"livenessPort": 8080, "metrics.port": 8080}), check=False)
+    assert clash.returncode != 0 and "livenessPort and metrics.port are both 8080" in clash.stderr
 
 
 def test_namespace_mode_renders_a_role_per_watched_namespace(helm: Any) -> None:

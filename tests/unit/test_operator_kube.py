@@ -385,3 +385,26 @@ def test_a_deployment_spec_changed_by_someone_else_is_told_from_the_operators_ow
         assert not down._applying and not down._applied_generations  # noqa: SLF001 — bounded
 
     asyncio.run(main())
+
+
+def test_an_object_is_known_absent_before_its_delete_is_answered(down: Kube) -> None:
+    """The watch event of this operator's own DELETE can come before the DELETE's answer: the object already
+    reads as known absent (its own deletion, nothing to put back) while the request is under way, and no longer
+    if the API refused it. The apiserver is faked at the adapter's request boundary (``Kube._request``)."""
+    seen_during: list[bool] = []
+    answer = {"status": 200}
+
+    async def request(method: str, path: str, **_: Any) -> tuple[int, bytes]:
+        if method == "GET":
+            return 200, json.dumps({"metadata": {"name": "iris-canary", "ownerReferences": [{"uid": "u"}]}}).encode()
+        seen_during.append(down.known_absent("Deployment", "ml", "iris-canary"))
+        return answer["status"], b'{"kind": "Status", "message": "refused"}'
+
+    down._request = request  # type: ignore[method-assign]  # noqa: SLF001 — the boundary under test
+    assert asyncio.run(down.delete_owned("Deployment", "ml", "iris-canary", "u"))
+    assert seen_during == [True] and down.known_absent("Deployment", "ml", "iris-canary")
+    down._unmark_absent(("Deployment", "ml", "iris-canary"))  # noqa: SLF001 — as an apply of it would
+    answer["status"] = 403
+    with pytest.raises(KubeError):
+        asyncio.run(down.delete_owned("Deployment", "ml", "iris-canary", "u"))
+    assert seen_during == [True, True] and not down.known_absent("Deployment", "ml", "iris-canary")

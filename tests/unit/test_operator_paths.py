@@ -1421,16 +1421,48 @@ def test_a_deployment_deleted_or_changed_by_someone_else_is_put_back() -> None:
         await deployment_event("MODIFIED", kube.deployment_now(NAME) or {})
         kube.tampered = False
         assert len(runs) == 3 and kube.order[-1][0] == "apply"
+        # Asked again while its reconcile runs (another change came after its read): one more run, not one per
+        # event; asked twice while queued: still one.
+        gate = asyncio.Event()
+        inner = memo.core.reconciler.reconcile_latest
+
+        async def gated(namespace: str, name: str, **kw: Any) -> Any:
+            await gate.wait()  # the reconcile is under way (its lock taken, its read to come)
+            return await inner(namespace, name, **kw)
+
+        memo.core.reconciler.reconcile_latest = gated
+        memo.core.request_reconcile(NS, NAME, "test")
+        memo.core.request_reconcile(NS, NAME, "test")  # before it started: the same run covers it
+        await asyncio.sleep(0.01)
+        memo.core.request_reconcile(NS, NAME, "test")  # while it runs: once more after it
+        await asyncio.sleep(0.01)
+        memo.core.request_reconcile(NS, NAME, "test")  # still while it runs: the same one more, not another
+        gate.set()
+        await settle()
+        memo.core.reconciler.reconcile_latest = inner
+        assert len(runs) == 5
+        # An autoscaled ModelVersion's Deployment is scaled by its HPA: not put back (no fight with the HPA).
+        autoscaled = kube.body_now()
+        autoscaled["spec"]["autoscaling"] = {"enabled": True, "minReplicas": 1, "maxReplicas": 3}
+        memo.core.reconciler.note({**autoscaled, "metadata": {**autoscaled["metadata"], "resourceVersion": "999"}})
+        kube.tampered = True
+        await deployment_event("MODIFIED", kube.deployment_now(NAME) or {})
+        kube.tampered = False
+        assert len(runs) == 5
         # A canary Deployment this operator deleted itself (a promotion): nothing to put back.
         canary = copy.deepcopy(deployment)
         canary["metadata"]["name"] = f"{NAME}-canary"
         kube.deleted_here.add(f"{NAME}-canary")
         await deployment_event("DELETED", canary)
-        assert len(runs) == 3
+        assert len(runs) == 5
         # The ModelVersion is deleted; the garbage collector deletes its Deployment after it.
         await handlers.model_version_event(body=kopf.Body(kube.body_now()), type="DELETED", memo=memo)
         await deployment_event("DELETED", deployment)
-        assert len(runs) == 3
+        assert len(runs) == 5
+        # A reconcile that finishes after the deletion does not count the deleted ModelVersion again.
+        await memo.core.measured_or_logged(NS, NAME, refresh=False)
+        assert memo.core.metrics.registry.get_sample_value(
+            "modelpilot_operator_resources", {"kind": "ModelVersion", "phase": "Ready"}) == 0.0
         await memo.core.stop()
 
     asyncio.run(scenario())

@@ -70,6 +70,9 @@ class ABTestReconciler:
         # Posts a variant's reconcile result (its Events: a replica change can make it NotReady, then Ready) against
         # the ModelVersion it read; wired by the operator's core, left None by tools and tests that post nothing.
         self.post_variant: Callable[[dict[str, Any], Result], Awaitable[None]] | None = None
+        # Has a ModelVersion reconciled on its own, retried until it succeeds (``OperatorCore.request_reconcile``:
+        # namespace, name, why); wired by the core. Without it (tools, tests) the reconcile runs here, once.
+        self.request_reconcile: Callable[[str, str, str], None] | None = None
 
     async def reconcile(self, body: dict[str, Any], measure: bool = True) -> Result:
         """Reconcile the ABTest as it is now: ``body`` names it (and is the answer when it is gone); it is read
@@ -122,9 +125,13 @@ class ABTestReconciler:
                 await self._posted(await self.models.reconcile_latest(namespace, mv, member=member))
             except KubeError as exc:
                 about(log, namespace, name).warning("re-applying ModelVersion %s: %s", mv, exc)
-        # Variants the spec no longer has still carry this ABTest's pod label and replica share: reconciled once
-        # with their membership as the index has it now (the status just written no longer names them).
+        # Variants the spec no longer has still carry this ABTest's pod label and replica share: each is reconciled
+        # with its membership as the index has it now, and retried until that succeeds (the status just written no
+        # longer names them, so no later run of this ABTest would).
         for mv in dropped_variants(body, decided.status):
+            if self.request_reconcile is not None:
+                self.request_reconcile(namespace, mv, f"no longer a variant of ABTest {name}")
+                continue
             try:
                 await self._posted(await self.models.reconcile_latest(namespace, mv))
             except KubeError as exc:

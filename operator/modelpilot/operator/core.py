@@ -71,6 +71,7 @@ class OperatorCore:
         self.reconciler = Reconciler(settings, kube, metrics=self.metrics)
         self.abtests = ABTestReconciler(self.reconciler)
         self.abtests.post_variant = self.post
+        self.abtests.request_reconcile = self.request_reconcile
         # Periodic work (rollout ticks, alias polls, ABTest figures) runs on the ticker, not on kopf timers:
         # a timer puts a finalizer on each resource, which blocks its deletion while the operator is down.
         self.ticker = Ticker(self._tick_from_thread)
@@ -92,7 +93,9 @@ class OperatorCore:
         # when its turn comes; the events themselves are not held (see ``request_refresh``).
         self._refresh_due: dict[tuple[str, str], dict[str, Any] | None] = {}
         self._refreshers: set[asyncio.Task[None]] = set()
-        self._reconcile_due: set[tuple[str, str]] = set()  # ModelVersions whose owned objects someone else changed
+        # ModelVersions to reconcile because something else than their spec changed (``request_reconcile``) →
+        # whether it was asked again while its reconcile runs.
+        self._reconcile_due: dict[tuple[str, str], bool] = {}
         self._live: set[tuple[str, str]] = set()  # ModelVersions that exist, as their watch events show (``lives``)
         # ModelVersions (uid) reconciled since this process started: kopf lists them again whenever its watch
         # must start over (410 Gone after a long disconnection, a failed stream), and an unchanged one is
@@ -222,9 +225,18 @@ class OperatorCore:
             reason = next((c.get("reason") for c in result.status.get("conditions") or []
                            if c.get("type") == "Resolved" and c.get("status") == "False"), "Unknown")
             self.metrics.registry_errors.labels(reason=reason).inc()
-        self.metrics.set_phase("ModelVersion", f"{namespace}/{name}", result.status.get("phase"))
+        self._phase_of(namespace, name, result.status.get("phase"))
         await self.post(body, result)
         return result
+
+    def _phase_of(self, namespace: str, name: str, phase: str | None) -> None:
+        """Count a ModelVersion's phase after a reconcile or refresh — unless it was deleted while that ran: then
+        its series go (a late count would keep a deleted ModelVersion in the gauge for good)."""
+        if self.lives(namespace, name):
+            self.metrics.set_phase("ModelVersion", f"{namespace}/{name}", phase)
+        else:
+            self.metrics.set_phase("ModelVersion", f"{namespace}/{name}", None)
+            self.metrics.forget(namespace, name)
 
     def seen(self, body: dict[str, Any], type: str | None) -> None:
         """Keep the ticker's list current from a ModelVersion watch event: an active rollout is re-evaluated
@@ -281,10 +293,14 @@ class OperatorCore:
         registry) is one warning line, and the ticker retries it after ``backoff`` — doubling per failure in a
         row — until one succeeds, whatever events come meanwhile."""
         meta = body["metadata"]
-        namespace, name = meta["namespace"], meta["name"]
         self._resumed.add(str(meta.get("uid") or ""))
+        await self._reconcile_retried(meta["namespace"], meta["name"], body)
+
+    async def _reconcile_retried(self, namespace: str, name: str, seen: dict[str, Any] | None = None) -> None:
+        """Reconcile a ModelVersion (``seen``: the body a watch event delivered, else it is read) with one log
+        line; a failure — an API error, an unreachable registry, or a bug — is retried by the ticker."""
         try:
-            result = await self.measured(namespace, name, refresh=False, seen=body)
+            result = await self.measured(namespace, name, refresh=False, seen=seen)
         except KubeError as exc:  # classified (KubeUnavailable when the apiserver cannot be reached)
             about(log, namespace, name).warning("reconcile: %s", exc)
             result = Result(status={}, retry=True, message=str(exc))
@@ -294,7 +310,8 @@ class OperatorCore:
             result = Result(status={}, retry=True, message=f"{type(exc).__name__}: {exc}")
         else:
             if result is not None:
-                _said_reconciled(namespace, name, "", meta.get("generation"), result)
+                _said_reconciled(namespace, name, "", result.status.get("observedGeneration")
+                                 or (seen or {}).get("metadata", {}).get("generation"), result)
         self._retry_if_failed(namespace, name, result)
 
     async def reconcile_abtest_seen(self, body: dict[str, Any]) -> None:
@@ -368,17 +385,31 @@ class OperatorCore:
         of is gone. Level-triggered: its own spec did not change, so no ModelVersion event would. ``why`` is
         logged. One waits per ModelVersion; a failure is retried by the ticker."""
         key = (namespace, name)
-        if key in self._reconcile_due:
+        if key in self._reconcile_due:  # one is queued or running: it runs once more if asked meanwhile
+            self._reconcile_due[key] = True
             return
-        self._reconcile_due.add(key)
+        self._reconcile_due[key] = False
         task = asyncio.get_running_loop().create_task(self._reconcile_due_one(namespace, name, why))
         self._refreshers.add(task)
         task.add_done_callback(self._refreshed)
 
     async def _reconcile_due_one(self, namespace: str, name: str, why: str) -> None:
-        self._reconcile_due.discard((namespace, name))  # a change seen from now on asks for another one
-        about(log, namespace, name).info("%s: reconciling", why)
-        self._retry_if_failed(namespace, name, await self.measured_or_logged(namespace, name, refresh=False))
+        key = (namespace, name)
+        try:
+            again = True
+            while again:
+                self._reconcile_due[key] = False
+                about(log, namespace, name).info("%s: reconciling", why)
+                await self._reconcile_retried(namespace, name)
+                again = self._reconcile_due[key]  # asked again while it ran: the change may have come after its read
+        finally:
+            self._reconcile_due.pop(key, None)
+
+    def autoscaled(self, namespace: str, name: str) -> bool:
+        """Whether a ModelVersion's spec turns autoscaling on (its Deployment's replicas are its HPA's to change),
+        as its watch events last showed it."""
+        body = self.reconciler.known_body(namespace, name) or {}
+        return bool(((body.get("spec") or {}).get("autoscaling") or {}).get("enabled"))
 
     def lives(self, namespace: str, name: str) -> bool:
         """Whether a ModelVersion exists, as its watch events last showed it (one being deleted may still read
@@ -408,7 +439,7 @@ class OperatorCore:
                     deployment = self._refresh_due.pop((namespace, name), None)
                 result = await self.reconciler.refresh_readiness(namespace, name, deployment)
             if result:
-                self.metrics.set_phase("ModelVersion", f"{namespace}/{name}", result.status.get("phase"))
+                self._phase_of(namespace, name, result.status.get("phase"))
         except KubeError as exc:
             logger.warning("readiness of %s/%s: %s", namespace, name, exc)
             return

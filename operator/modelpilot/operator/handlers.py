@@ -26,7 +26,6 @@ from modelpilot.operator.reconcile import ACTION_FIELDS, Membership, memberships
 from modelpilot.operator.settings import OperatorSettings
 
 GROUP, VERSION, PLURAL = contract.GROUP, contract.VERSION, contract.MODELVERSION_PLURAL
-MANAGED = {contract.MANAGED_BY_LABEL: contract.MANAGED_BY}
 
 
 def configure(settings: OperatorSettings, kube: Kube, metrics: OperatorMetrics | None = None) -> kopf.Memo:
@@ -128,11 +127,15 @@ async def action_requested(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     await _core(memo).measured_or_logged(body["metadata"]["namespace"], body["metadata"]["name"], refresh=False)
 
 
-@kopf.on.event("apps", "v1", "deployments", labels=MANAGED)
+@kopf.on.event("apps", "v1", "deployments")
 async def deployment_changed(body: kopf.Body, type: str, memo: kopf.Memo, **_: Any) -> None:
     """A serving Deployment moved: refresh its ModelVersion's readiness in status. One deleted, or whose spec
     someone else changed (``kubectl delete deployment``, ``kubectl scale``, or a label edit that takes it out of
-    the watch), has its ModelVersion reconciled, which puts back what the spec asks for.
+    the watch: the API sends that as DELETED), has its ModelVersion reconciled, which puts back what the spec
+    asks for — except a spec change of an autoscaled one (its HorizontalPodAutoscaler scales it).
+
+    The watch is server-side selected on the managed-by label (``_startup``); no kopf ``labels=`` filter here,
+    which would drop the DELETED event of a Deployment whose label was edited away.
 
     Bounded by its own slots (``MODELPILOT_READINESS_WORKERS``), not the reconciles': behind a burst of creates a
     shared pool queued every readiness refresh for tens of seconds, so Deployments were available long before
@@ -151,7 +154,7 @@ async def deployment_changed(body: kopf.Body, type: str, memo: kopf.Memo, **_: A
         if core.lives(namespace, owner["name"]) and \
                 not kube.known_absent("Deployment", namespace, body["metadata"]["name"]):
             core.request_reconcile(namespace, owner["name"], "its Deployment was deleted")
-    elif kube.changed_by_others(dict(body)):
+    elif kube.changed_by_others(dict(body)) and not core.autoscaled(namespace, owner["name"]):
         core.request_reconcile(namespace, owner["name"], "its Deployment's spec was changed by someone else")
     stable = type != "DELETED" and owner["name"] == body["metadata"]["name"]
     if stable and core.reconciler.readiness_unchanged(namespace, owner["name"], dict(body)):

@@ -322,10 +322,17 @@ class Kube:
         owners = (_json(data).get("metadata") or {}).get("ownerReferences") or []
         if not any(o.get("uid") == owner_uid for o in owners):
             return False
-        status, data = await self._request("DELETE", path)
-        if status >= 300 and status != 404:
-            raise self._refused(f"delete {kind} {name}", status, data)
+        # Known absent before the DELETE is sent: its watch event can come before the answer, and must read as
+        # this operator's own deletion (``known_absent``), not someone else's.
         self.assume_absent(kind, namespace, name, owner_uid)
+        try:
+            status, data = await self._request("DELETE", path)
+        except BaseException:
+            self._unmark_absent((kind, namespace, name))
+            raise
+        if status >= 300 and status != 404:
+            self._unmark_absent((kind, namespace, name))
+            raise self._refused(f"delete {kind} {name}", status, data)
         return True
 
     def assume_absent(self, kind: str, namespace: str, name: str, owner_uid: str) -> None:
