@@ -71,7 +71,7 @@ class ABTestReconciler:
         # the ModelVersion it read; wired by the operator's core, left None by tools and tests that post nothing.
         self.post_variant: Callable[[dict[str, Any], Result], Awaitable[None]] | None = None
         # Has a ModelVersion reconciled on its own, retried until it succeeds (``OperatorCore.request_reconcile``:
-        # namespace, name, why); wired by the core. Without it (tools, tests) the reconcile runs here, once.
+        # namespace, name, why); wired by the core, left None by tools and tests that reconcile no ModelVersion.
         self.request_reconcile: Callable[[str, str, str], None] | None = None
 
     async def reconcile(self, body: dict[str, Any], measure: bool = True) -> Result:
@@ -128,14 +128,9 @@ class ABTestReconciler:
         # Variants the spec no longer has still carry this ABTest's pod label and replica share: each is reconciled
         # with its membership as the index has it now, and retried until that succeeds (the status just written no
         # longer names them, so no later run of this ABTest would).
-        for mv in dropped_variants(body, decided.status):
-            if self.request_reconcile is not None:
+        if self.request_reconcile is not None:
+            for mv in dropped_variants(body, decided.status):
                 self.request_reconcile(namespace, mv, f"no longer a variant of ABTest {name}")
-                continue
-            try:
-                await self._posted(await self.models.reconcile_latest(namespace, mv))
-            except KubeError as exc:
-                about(log, namespace, name).warning("re-applying ModelVersion %s (no longer a variant): %s", mv, exc)
         return Result(status=decided.status, events=warnings_not_said(decided.events, body.get("status") or {}),
                       retry=decided.retry, message=decided.message)
 

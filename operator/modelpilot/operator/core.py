@@ -235,8 +235,12 @@ class OperatorCore:
         if self.lives(namespace, name):
             self.metrics.set_phase("ModelVersion", f"{namespace}/{name}", phase)
         else:
-            self.metrics.set_phase("ModelVersion", f"{namespace}/{name}", None)
-            self.metrics.forget(namespace, name)
+            self.metrics_gone(namespace, name)
+
+    def metrics_gone(self, namespace: str, name: str) -> None:
+        """A ModelVersion is deleted: out of the phase gauge, and its rollout and analysis series removed."""
+        self.metrics.set_phase("ModelVersion", f"{namespace}/{name}", None)
+        self.metrics.forget(namespace, name)
 
     def seen(self, body: dict[str, Any], type: str | None) -> None:
         """Keep the ticker's list current from a ModelVersion watch event: an active rollout is re-evaluated

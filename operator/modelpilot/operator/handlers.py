@@ -99,8 +99,7 @@ async def model_version_event(body: kopf.Body, type: str | None, memo: kopf.Memo
     seen = dict(body)
     core.seen(seen, type)
     if type == "DELETED":  # nothing to clean up (owner references do that); only its metrics series go
-        core.metrics.set_phase("ModelVersion", f"{body['metadata']['namespace']}/{body['metadata']['name']}", None)
-        core.metrics.forget(body["metadata"]["namespace"], body["metadata"]["name"])
+        core.metrics_gone(body["metadata"]["namespace"], body["metadata"]["name"])
         return
     if core.wants_reconcile(seen, type):
         await core.reconcile_seen(seen)
