@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 import yaml
 
-from modelpilot.operator import abtest, api, reconcile, rollout
+from modelpilot.operator import abtest, api, plan, rollout
 
 ROOT = Path(__file__).resolve().parents[2]
 CHECKS = ROOT / "charts" / "modelpilot" / "argocd"
@@ -131,12 +131,12 @@ def model_version(status: dict[str, Any] | None, generation: int = 2) -> dict[st
 def ready_status(generation: int = 2, deployment: dict[str, Any] | None = None) -> dict[str, Any]:
     """What reconcile() writes once the stable Deployment serves: Resolved + readiness conditions + phase."""
     status: dict[str, Any] = {"model": dict(STABLE, resolvedAt=NOW), "observedGeneration": generation}
-    status["conditions"] = reconcile.set_condition([], "Resolved", "True", "Resolved",
+    status["conditions"] = plan.set_condition([], "Resolved", "True", "Resolved",
                                                    "iris@champion is version 3", generation, NOW)
-    new, _ = reconcile.readiness_status(status, generation,
+    new, _ = plan.readiness_status(status, generation,
                                         deployment if deployment is not None else _deployment(4, 4), NOW)
     status.update(new)
-    status["phase"] = reconcile.rollout_phase(status)
+    status["phase"] = plan.rollout_phase(status)
     return status
 
 
@@ -144,7 +144,7 @@ def with_rollout(status: dict[str, Any], ro: dict[str, Any]) -> dict[str, Any]:
     """``status`` as readiness left it (no rollout yet), then the rollout and the phase reconcile() derives."""
     status = copy.deepcopy(status)
     status["rollout"] = ro
-    status["phase"] = reconcile.rollout_phase(status)
+    status["phase"] = plan.rollout_phase(status)
     return status
 
 
@@ -158,13 +158,13 @@ def settled(r: api.RolloutStatus, spec: api.ModelVersionSpec, verdict: str | Non
 
 
 def canary_at_step_two() -> dict[str, Any]:
-    """``status.rollout`` as written (``reconcile.rollout_patch``) at step two."""
+    """``status.rollout`` as written (``plan.rollout_patch``) at step two."""
     started = rollout.start(STABLE_MODEL, CANARY_MODEL, TYPED, T0).rollout
     started = rollout.plan(started, TYPED, 4, settled(started, TYPED), T0).rollout
     advanced = rollout.plan(started, TYPED, 4, settled(started, TYPED, verdict="Pass"), T0 + 61).rollout
     assert advanced.step == 1 and advanced.weight == 25
     stable, canary, _ = rollout.targets(advanced, 4, rollout.settings(TYPED))
-    return {**reconcile.rollout_patch(advanced), "effectiveWeight": rollout.effective_weight(stable, canary)}
+    return {**plan.rollout_patch(advanced), "effectiveWeight": rollout.effective_weight(stable, canary)}
 
 
 def rolled_back() -> dict[str, Any]:
@@ -176,7 +176,7 @@ def rolled_back() -> dict[str, Any]:
         r = rollout.plan(r, TYPED, 4, settled(r, TYPED, verdict="Fail", measurements=FAIL), at).rollout
     assert r.phase == "RollingBack"
     back = rollout.World(stable=rollout.Track(4, 4, True, "3", True), canary=rollout.Track(1, 1, True, "4", True))
-    return reconcile.rollout_patch(rollout.plan(r, TYPED, 4, back, T0 + 200).rollout)
+    return plan.rollout_patch(rollout.plan(r, TYPED, 4, back, T0 + 200).rollout)
 
 
 def unresolved_status(reason: str, message: str, invalid: bool = False, generation: int = 2) -> dict[str, Any]:
@@ -184,11 +184,11 @@ def unresolved_status(reason: str, message: str, invalid: bool = False, generati
     progress; a model MLflow does not have, an unusable Secret or a spec that does not parse (``invalid``) is
     stalled."""
     stalled = invalid or reason != "RegistryUnavailable"
-    conditions = reconcile.set_condition([], "Resolved", "False", reason, message, generation, NOW)
-    conditions = reconcile.set_condition(conditions, "Ready", "False", reason, message, generation, NOW)
-    conditions = reconcile.set_condition(conditions, "Reconciling", "False" if stalled else "True", reason, message,
+    conditions = plan.set_condition([], "Resolved", "False", reason, message, generation, NOW)
+    conditions = plan.set_condition(conditions, "Ready", "False", reason, message, generation, NOW)
+    conditions = plan.set_condition(conditions, "Reconciling", "False" if stalled else "True", reason, message,
                                          generation, NOW)
-    conditions = reconcile.set_condition(conditions, "Stalled", "True" if stalled else "False", reason, message,
+    conditions = plan.set_condition(conditions, "Stalled", "True" if stalled else "False", reason, message,
                                          generation, NOW)
     return {"phase": "Failed" if stalled else "Resolving", "conditions": conditions, "observedGeneration": generation}
 
@@ -204,7 +204,7 @@ def test_model_version_ready_is_healthy() -> None:
 
 def test_model_version_still_serving_while_the_registry_is_down_is_healthy_with_a_note() -> None:
     s = ready_status()
-    s["conditions"] = reconcile.set_condition(s["conditions"], "Resolved", "False", "RegistryUnavailable",
+    s["conditions"] = plan.set_condition(s["conditions"], "Resolved", "False", "RegistryUnavailable",
                                               "MLflow at http://mlflow:5000 is unreachable", 2, NOW)
     status, message = health(MV_HEALTH, model_version(s))
     assert status == "Healthy"
@@ -229,7 +229,7 @@ def test_model_version_paused_canary_is_suspended() -> None:
     at_two = api.RolloutStatus.model_validate(canary_at_step_two())
     paused = rollout.plan(at_two, TYPED, 4, settled(at_two, TYPED, action="pause"), T0 + 70).rollout
     assert paused.phase == "Paused"
-    status, message = health(MV_HEALTH, model_version(with_rollout(ready_status(), reconcile.rollout_patch(paused))))
+    status, message = health(MV_HEALTH, model_version(with_rollout(ready_status(), plan.rollout_patch(paused))))
     assert status == "Suspended"
     assert message.startswith("Canary rollout paused: canary version 4 against stable 3 at 25%, step 2 of 4")
 
@@ -316,8 +316,8 @@ def ab_test(status: dict[str, Any] | None, generation: int = 1) -> dict[str, Any
 def ab_status(ready: str, reason: str, message: str, *, winner: str = "", phase: str = "Running",
               limited: str = "") -> dict[str, Any]:
     """Mirrors ABTestReconciler.reconcile's status (conditions, split text, winner, phase)."""
-    conditions = reconcile.set_condition([], "Ready", ready, reason, message, 1, NOW)
-    conditions = reconcile.set_condition(conditions, "RoutingLimited", "True" if limited else "False",
+    conditions = plan.set_condition([], "Ready", ready, reason, message, 1, NOW)
+    conditions = plan.set_condition(conditions, "RoutingLimited", "True" if limited else "False",
                                          "Unsupported" if limited else "None",
                                          limited or "all requested routing features are applied", 1, NOW)
     status: dict[str, Any] = {"conditions": conditions, "observedGeneration": 1, "phase": phase,

@@ -12,7 +12,7 @@ import sys
 from rollout_world import settled
 
 from modelpilot import kubectl
-from modelpilot.operator import api, reconcile, rollout
+from modelpilot.operator import api, plan, rollout
 
 T0 = 1_800_000_000.0
 SPEC = {"model": {"name": "iris", "version": "3"}, "replicas": 4,
@@ -39,7 +39,7 @@ def test_the_view_shows_versions_step_weights_checks_and_history() -> None:
                      "threshold": "maxRatio=1.5, slack=0.05", "samples": 120.0, "message": "within threshold"}]
     r = rollout.plan(r, TYPED, 4, settled(r, TYPED, verdict="Pass", measurements=measurements, stable_version="2",
                                          canary_version="3"), T0 + 31).rollout
-    text = kubectl.render(_body(reconcile.rollout_patch(r)), now=T0 + 40)  # status.rollout as written
+    text = kubectl.render(_body(plan.rollout_patch(r)), now=T0 + 40)  # status.rollout as written
     assert "Serving:       version 2 (run r2), 4/4 ready" in text
     assert "Rollout:       Progressing (canary of version 3 against 2)" in text
     assert "Step:        2 of 3 (25% → 50% → 100%)" in text

@@ -11,7 +11,7 @@ import pytest
 
 from modelpilot.operator import abtest, abtest_reconcile, api
 from modelpilot.operator.mirroring import MirrorStyle
-from modelpilot.operator.reconcile import Membership
+from modelpilot.operator.plan import Membership
 
 SPEC = {"variants": [{"name": "a", "modelVersion": "iris-a", "weight": 90},
                      {"name": "b", "modelVersion": "iris-b", "weight": 10},
@@ -397,7 +397,8 @@ def test_the_events_of_a_variants_reconcile_are_posted_against_its_model_version
     share that makes it NotReady, then Ready) are posted against the ModelVersion, not dropped."""
     import asyncio
 
-    from modelpilot.operator.reconcile import Event, Result
+    from modelpilot.operator.plan import Event
+    from modelpilot.operator.reconcile import Result
 
     class Models(_Models):
         async def reconcile_latest(self, namespace: str, name: str, **_: Any) -> Any:

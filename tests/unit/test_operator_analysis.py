@@ -12,7 +12,7 @@ from collections.abc import Callable
 import pytest
 from pydantic import ValidationError
 
-from modelpilot.operator import analysis, api, reconcile
+from modelpilot.operator import analysis, api, plan
 from modelpilot.operator.analysis import Settings, Target
 from modelpilot.operator.prometheus import PrometheusError
 
@@ -106,7 +106,7 @@ def test_analysis_spec_errors_name_the_field(spec: dict, field: str) -> None:  #
     try:
         parsed = api.Analysis.model_validate(spec)
     except ValidationError as exc:
-        message = reconcile.spec_errors(exc, root="spec.rollout.analysis")
+        message = plan.spec_errors(exc, root="spec.rollout.analysis")
         assert message.startswith(f"spec.rollout.analysis.{field}: "), message
         return
     with pytest.raises(analysis.AnalysisSpecError, match=field):

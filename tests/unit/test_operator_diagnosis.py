@@ -6,7 +6,7 @@ from typing import Any
 
 from rollout_world import not_ready, spec_of
 
-from modelpilot.operator import api, diagnosis, reconcile, rollout
+from modelpilot.operator import api, diagnosis, plan, rollout
 
 MISSING = ("the model needs packages this serving image does not have: modelpilot-missing-dependency==1.0 "
            "(install them into the image, or log the model with requirements the image has)")
@@ -137,7 +137,7 @@ def test_two_problems_are_the_same_on_another_pod_but_not_with_another_message()
 
 def test_a_failing_pod_makes_ready_false_serving_failed_with_one_event() -> None:
     pods = [_pod("iris-7c9d-abcde", state=_backoff(10), last=_crashed())]
-    status, events = reconcile.readiness_status({}, 1, _deployment(), "t1", pods)
+    status, events = plan.readiness_status({}, 1, _deployment(), "t1", pods)
     ready = _ready_condition(status)
     assert ready["status"] == "False" and ready["reason"] == "ServingFailed"
     assert ready["message"] == f"pod iris-7c9d-abcde: model server failed: {MISSING}"
@@ -151,12 +151,12 @@ def test_a_failing_pod_makes_ready_false_serving_failed_with_one_event() -> None
     # The next reconciles (the container restarting, crash-looping, another pod) post nothing new.
     for again in ([_pod("iris-7c9d-abcde", state={"running": {}}, last=_crashed())],
                   [_pod("iris-7c9d-fghij", state=_backoff(80), last=_crashed())]):
-        status, events = reconcile.readiness_status(status, 1, _deployment(), "t2", again)
+        status, events = plan.readiness_status(status, 1, _deployment(), "t2", again)
         assert events == [] and _ready_condition(status)["reason"] == "ServingFailed"
         assert _ready_condition(status)["lastTransitionTime"] == "t1"
     # A different problem is a new Event.
     other = [_pod("iris-7c9d-abcde", state=_backoff(10), last=_crashed("the model failed its input example"))]
-    status, events = reconcile.readiness_status(status, 1, _deployment(), "t3", other)
+    status, events = plan.readiness_status(status, 1, _deployment(), "t3", other)
     assert [e.reason for e in events] == ["ServingFailed"] and "input example" in events[0].message
 
 
@@ -164,12 +164,12 @@ def test_a_crash_loop_past_the_progress_deadline_is_failed_and_stalled() -> None
     """Retrying while the kubelet restarts the pods (Reconciling=True); once the Deployment's progress deadline
     has passed Kubernetes has given up on it: Failed, Stalled=True, Reconciling=False, the pod's reason kept."""
     pods = [_pod("iris-7c9d-abcde", state=_backoff(10), last=_crashed())]
-    status, _ = reconcile.readiness_status({}, 1, _deployment(), "t1", pods)
+    status, _ = plan.readiness_status({}, 1, _deployment(), "t1", pods)
     assert status["phase"] == "Retrying"
     stalled = _deployment()
     stalled["status"]["conditions"] = [{"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded",
                                         "message": 'ReplicaSet "iris-7c9d" has timed out progressing.'}]
-    status, events = reconcile.readiness_status(status, 1, stalled, "t2", pods)
+    status, events = plan.readiness_status(status, 1, stalled, "t2", pods)
     assert status["phase"] == "Failed"
     conditions = {c["type"]: (c["status"], c["reason"]) for c in status["conditions"]}
     assert conditions == {"Ready": ("False", "ServingFailed"), "Reconciling": ("False", "ServingFailed"),
@@ -180,20 +180,20 @@ def test_a_crash_loop_past_the_progress_deadline_is_failed_and_stalled() -> None
 
 def test_once_pods_are_ready_the_condition_returns_to_normal() -> None:
     failing = [_pod("iris-a", state=_backoff(10), last=_crashed())]
-    status, _ = reconcile.readiness_status({}, 1, _deployment(), "t1", failing)
-    status, events = reconcile.readiness_status(status, 1, _deployment(available=1, ready=1), "t2", None)
+    status, _ = plan.readiness_status({}, 1, _deployment(), "t1", failing)
+    status, events = plan.readiness_status(status, 1, _deployment(available=1, ready=1), "t2", None)
     ready = _ready_condition(status)
     assert (ready["status"], ready["reason"]) == ("True", "Available") and status["phase"] == "Ready"
     assert [e.reason for e in events] == ["Ready"]
     # Pods are ignored while the Deployment is available (the reconciler does not even list them).
-    status, events = reconcile.readiness_status(status, 1, _deployment(available=1, ready=1), "t3", failing)
+    status, events = plan.readiness_status(status, 1, _deployment(available=1, ready=1), "t3", failing)
     assert _ready_condition(status)["reason"] == "Available" and events == []
 
 
 def test_a_rollout_whose_new_pods_fail_while_old_ones_serve_is_degraded() -> None:
     dep = _deployment(replicas=2, available=2, ready=2)
     dep["status"]["updatedReplicas"] = 1
-    status, _ = reconcile.readiness_status({}, 1, dep, "t", [_pod("iris-new", state=_backoff(10),
+    status, _ = plan.readiness_status({}, 1, dep, "t", [_pod("iris-new", state=_backoff(10),
                                                                       last=_crashed())])
     assert status["phase"] == "Degraded" and _ready_condition(status)["reason"] == "ServingFailed"
 
@@ -201,10 +201,10 @@ def test_a_rollout_whose_new_pods_fail_while_old_ones_serve_is_degraded() -> Non
 def test_the_image_pull_error_stays_while_the_kubelet_backs_off() -> None:
     err = [_pod("p", state={"waiting": {"reason": "ErrImagePull", "message": "manifest unknown"}})]
     backoff = [_pod("p", state={"waiting": {"reason": "ImagePullBackOff", "message": "Back-off pulling image"}})]
-    status, events = reconcile.readiness_status({}, 1, _deployment(), "t1", err)
+    status, events = plan.readiness_status({}, 1, _deployment(), "t1", err)
     assert len(events) == 1
     for pods in (backoff, err, backoff):
-        status, events = reconcile.readiness_status(status, 1, _deployment(), "t2", pods)
+        status, events = plan.readiness_status(status, 1, _deployment(), "t2", pods)
         assert events == [] and "manifest unknown" in _ready_condition(status)["message"]
 
 
@@ -212,11 +212,11 @@ def test_the_progress_deadline_keeps_the_pod_reason_and_posts_its_event_once() -
     dep = _deployment()
     dep["status"]["conditions"] = [{"type": "Progressing", "reason": "ProgressDeadlineExceeded", "message": "late"}]
     pods = [_pod("p", state=_backoff(10), last=_crashed())]
-    status, events = reconcile.readiness_status({}, 1, dep, "t1", pods)
+    status, events = plan.readiness_status({}, 1, dep, "t1", pods)
     assert sorted(e.reason for e in events) == ["ProgressDeadlineExceeded", "ServingFailed"]
     stalled = next(c for c in status["conditions"] if c["type"] == "Stalled")
     assert stalled["status"] == "True" and "modelpilot-missing-dependency" in stalled["message"]
-    status, events = reconcile.readiness_status(status, 1, dep, "t2", pods)
+    status, events = plan.readiness_status(status, 1, dep, "t2", pods)
     assert events == []
 
 
@@ -235,8 +235,8 @@ def test_the_canary_problem_is_recorded_in_the_rollout_once() -> None:
     assert found is not None
     problem = found.message
     ro = api.RolloutStatus(phase=api.RolloutPhase.PROGRESSING)
-    events = reconcile.Reconciler._canary_problem(ro, "2", problem)
+    events = plan.canary_problem(ro, "2", problem)
     assert ro.canary_problem == problem
     assert [e.reason for e in events] == ["ServingFailed"] and events[0].message.startswith("canary version 2: ")
-    assert reconcile.Reconciler._canary_problem(ro, "2", problem) == []
-    assert reconcile.Reconciler._canary_problem(ro, "2", "") == [] and ro.canary_problem is None
+    assert plan.canary_problem(ro, "2", problem) == []
+    assert plan.canary_problem(ro, "2", "") == [] and ro.canary_problem is None

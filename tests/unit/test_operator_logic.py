@@ -5,26 +5,26 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from modelpilot.operator import reconcile
+from modelpilot.operator import plan, reconcile
 from modelpilot.operator.registry import ModelRef, Registry, RegistryNotFound, RegistryUnavailable
 from modelpilot.operator.settings import OperatorSettings, SettingsError
 
 
 def test_condition_keeps_its_transition_time_while_status_is_unchanged() -> None:
-    first = reconcile.set_condition([], "Ready", "False", "RollingOut", "0/1", 1, "t1")
-    same = reconcile.set_condition(first, "Ready", "False", "RollingOut", "0/1 still", 2, "t2")
-    flipped = reconcile.set_condition(same, "Ready", "True", "Available", "1/1", 2, "t3")
+    first = plan.set_condition([], "Ready", "False", "RollingOut", "0/1", 1, "t1")
+    same = plan.set_condition(first, "Ready", "False", "RollingOut", "0/1 still", 2, "t2")
+    flipped = plan.set_condition(same, "Ready", "True", "Available", "1/1", 2, "t3")
     assert same[0]["lastTransitionTime"] == "t1" and same[0]["observedGeneration"] == 2
     assert flipped[0]["lastTransitionTime"] == "t3" and len(flipped) == 1
 
 
 def test_pinned_version_is_kept_until_the_reference_changes() -> None:
     status = {"model": {"name": "iris", "version": "3", "alias": "champion", "runId": "r"}}
-    assert reconcile.pinned(status, ModelRef("iris", alias="champion")).version == "3"  # type: ignore[union-attr]
-    assert reconcile.pinned(status, ModelRef("iris", alias="challenger")) is None
-    assert reconcile.pinned(status, ModelRef("iris", version="4")) is None
-    assert reconcile.pinned(status, ModelRef("other", alias="champion")) is None
-    assert reconcile.pinned({}, ModelRef("iris", version="3")) is None
+    assert plan.pinned(status, ModelRef("iris", alias="champion")).version == "3"  # type: ignore[union-attr]
+    assert plan.pinned(status, ModelRef("iris", alias="challenger")) is None
+    assert plan.pinned(status, ModelRef("iris", version="4")) is None
+    assert plan.pinned(status, ModelRef("other", alias="champion")) is None
+    assert plan.pinned({}, ModelRef("iris", version="3")) is None
 
 
 def _deployment(replicas: int, available: int, updated: int, gen: int = 2, observed: int = 2,
@@ -36,26 +36,26 @@ def _deployment(replicas: int, available: int, updated: int, gen: int = 2, obser
 
 
 def test_readiness_follows_the_deployment() -> None:
-    assert reconcile.observe(_deployment(2, 2, 2))["ready"] is True
-    assert reconcile.observe(_deployment(2, 1, 2))["phase"] == "Deploying"
-    assert reconcile.observe(_deployment(2, 2, 1))["ready"] is False  # old pods still serving
-    assert reconcile.observe(_deployment(2, 2, 2, gen=3, observed=2))["ready"] is False  # not yet seen
+    assert plan.observe(_deployment(2, 2, 2))["ready"] is True
+    assert plan.observe(_deployment(2, 1, 2))["phase"] == "Deploying"
+    assert plan.observe(_deployment(2, 2, 1))["ready"] is False  # old pods still serving
+    assert plan.observe(_deployment(2, 2, 2, gen=3, observed=2))["ready"] is False  # not yet seen
     # Past its progress deadline the Deployment is stalled: Failed when no pod serves, Degraded while some do.
-    stalled = reconcile.observe(_deployment(2, 0, 1, progressing="ProgressDeadlineExceeded"))
+    stalled = plan.observe(_deployment(2, 0, 1, progressing="ProgressDeadlineExceeded"))
     assert stalled["stalled"] is True and stalled["phase"] == "Failed"
-    stalled = reconcile.observe(_deployment(2, 1, 1, progressing="ProgressDeadlineExceeded"))
+    stalled = plan.observe(_deployment(2, 1, 1, progressing="ProgressDeadlineExceeded"))
     assert stalled["stalled"] is True and stalled["phase"] == "Degraded"
-    assert reconcile.observe(None)["reason"] == "DeploymentMissing"
+    assert plan.observe(None)["reason"] == "DeploymentMissing"
 
 
 def test_readiness_transitions_post_events_once() -> None:
-    status, events = reconcile.readiness_status({}, 1, _deployment(1, 1, 1, 1, 1), "t")
+    status, events = plan.readiness_status({}, 1, _deployment(1, 1, 1, 1, 1), "t")
     assert [e.reason for e in events] == ["Ready"]
-    again, events = reconcile.readiness_status(status, 1, _deployment(1, 1, 1, 1, 1), "t2")
+    again, events = plan.readiness_status(status, 1, _deployment(1, 1, 1, 1, 1), "t2")
     assert events == []
     kinds = {c["type"]: c["status"] for c in again["conditions"]}
     assert kinds == {"Ready": "True", "Reconciling": "False", "Stalled": "False"}
-    _, events = reconcile.readiness_status(again, 1, _deployment(1, 0, 1, 1, 1), "t3")
+    _, events = plan.readiness_status(again, 1, _deployment(1, 0, 1, 1, 1), "t3")
     assert [e.reason for e in events] == ["NotReady"]
 
 
@@ -138,12 +138,12 @@ def test_a_canary_reads_reconciling_until_promoted_or_rolled_back() -> None:
                                                 "rollout": {"steps": [50, 100]}})
     started = rollout.start(api.ModelStatus(name="iris", version="1"), api.ModelStatus(name="iris", version="2"),
                             spec, 1_800_000_000.0).rollout
-    ro = reconcile.rollout_patch(started)  # status.rollout as written
-    status, _ = reconcile.readiness_status({}, 1, ready, "t0")
+    ro = plan.rollout_patch(started)  # status.rollout as written
+    status, _ = plan.readiness_status({}, 1, ready, "t0")
     assert _kstatus({**status, "observedGeneration": 1}) == "Current"
     for phase, reason in (("Progressing", "CanaryRollingOut"), ("Paused", "CanaryPaused")):
         during = {**status, "observedGeneration": 1, "rollout": {**ro, "phase": phase, "effectiveWeight": 50}}
-        new, events = reconcile.readiness_status(during, 1, ready, "t1")
+        new, events = plan.readiness_status(during, 1, ready, "t1")
         kinds = {c["type"]: c for c in new["conditions"]}
         assert kinds["Ready"]["status"] == "True"  # the stable version serves
         assert kinds["Reconciling"]["status"] == "True" and kinds["Reconciling"]["reason"] == reason
@@ -153,7 +153,7 @@ def test_a_canary_reads_reconciling_until_promoted_or_rolled_back() -> None:
         during = {**during, **new}
     for phase in ("Promoted", "RolledBack"):
         after = {**during, "rollout": {**ro, "phase": phase}}
-        new, _ = reconcile.readiness_status(after, 1, ready, "t2")
+        new, _ = plan.readiness_status(after, 1, ready, "t2")
         kinds = {c["type"]: c for c in new["conditions"]}
         assert kinds["Reconciling"]["status"] == "False" and kinds["Reconciling"]["reason"] == "Available"
         assert _kstatus({**after, **new}) == "Current"
@@ -190,11 +190,11 @@ def test_the_rollout_status_is_parsed_once_and_written_back_as_a_merge_patch() -
     ro = reconcile.rollout_status({"rollout": stored})
     assert ro.phase is api.RolloutPhase.PROGRESSING and ro.history and ro.history[0].effective_weight is None
     assert ro.step_started_at and ro.step_started_at.timestamp() == contract.parse_time("2026-01-05T10:00:00Z")
-    assert reconcile.rollout_patch(ro) == stored
+    assert plan.rollout_patch(ro) == stored
     fresh = api.RolloutStatus(phase=api.RolloutPhase.PROMOTED)
-    assert reconcile.rollout_patch(fresh, stored) == {"phase": "Promoted", "stepStartedAt": None, "reason": None,
+    assert plan.rollout_patch(fresh, stored) == {"phase": "Promoted", "stepStartedAt": None, "reason": None,
                                                       "history": None, "fromANewerOperator": None}
-    assert reconcile.rollout_patch(reconcile.rollout_status({})) == {}
+    assert plan.rollout_patch(reconcile.rollout_status({})) == {}
     odd = reconcile.rollout_status({"rollout": {"phase": "Progressing", "step": "two", "weight": 10}})
     assert odd.phase == "Progressing" and odd.weight == 10 and "step" not in odd.model_fields_set
 

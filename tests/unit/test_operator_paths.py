@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from modelpilot.operator import abtest, api, reconcile
+from modelpilot.operator import abtest, api, plan, reconcile
 from modelpilot.operator.kube import KubeError
 from modelpilot.operator.reconcile import Reconciler
 from modelpilot.operator.registry import Credentials, Registry
@@ -195,26 +195,26 @@ def _dep(replicas: int, available: int, updated: int) -> dict[str, Any]:
 
 
 def test_an_ordinary_rolling_update_posts_normal_events_only() -> None:
-    ready, _ = reconcile.readiness_status({}, 1, _dep(2, 2, 2), "t0")
+    ready, _ = plan.readiness_status({}, 1, _dep(2, 2, 2), "t0")
     # New pods starting while the old ones still serve: not a Warning, and one Event for the transition.
-    rolling, events = reconcile.readiness_status(ready, 2, _dep(2, 2, 1), "t1")
+    rolling, events = plan.readiness_status(ready, 2, _dep(2, 2, 1), "t1")
     assert [(e.type, e.reason) for e in events] == [("Normal", "RollingOut")]
     assert rolling["phase"] == "Deploying"
-    _, events = reconcile.readiness_status(rolling, 2, _dep(2, 2, 1), "t2")
+    _, events = plan.readiness_status(rolling, 2, _dep(2, 2, 1), "t2")
     assert events == []  # still rolling: no further Event
-    _, events = reconcile.readiness_status(rolling, 2, _dep(2, 2, 2), "t3")
+    _, events = plan.readiness_status(rolling, 2, _dep(2, 2, 2), "t3")
     assert [(e.type, e.reason) for e in events] == [("Normal", "Ready")]
     # Nothing serves any more: that is a Warning.
-    _, events = reconcile.readiness_status(ready, 2, _dep(2, 0, 2), "t4")
+    _, events = plan.readiness_status(ready, 2, _dep(2, 0, 2), "t4")
     assert [(e.type, e.reason) for e in events] == [("Warning", "NotReady")]
 
 
 def test_a_failing_pod_during_a_rolling_update_is_one_warning() -> None:
-    ready, _ = reconcile.readiness_status({}, 1, _dep(2, 2, 2), "t0")
+    ready, _ = plan.readiness_status({}, 1, _dep(2, 2, 2), "t0")
     crashed = {"metadata": {"name": "iris-new"}, "status": {"containerStatuses": [{
         "name": "server", "ready": False, "restartCount": 1, "state": {"waiting": {"reason": "CrashLoopBackOff"}},
         "lastState": {"terminated": {"exitCode": 1, "reason": "Error", "message": "model server failed: boom"}}}]}}
-    new, events = reconcile.readiness_status(ready, 2, _dep(2, 2, 1), "t1", [crashed])
+    new, events = plan.readiness_status(ready, 2, _dep(2, 2, 1), "t1", [crashed])
     assert [(e.type, e.reason) for e in events] == [("Warning", "ServingFailed")]
     assert new["phase"] == "Degraded"
 
@@ -908,7 +908,7 @@ def test_the_readiness_view_of_a_deployment_judges_as_the_whole_deployment() -> 
         assert full is not None and full["spec"]["template"]
         view = reconcile.readiness_view(full)
         assert "template" not in view["spec"] and view["spec"]["selector"] == full["spec"]["selector"]
-        assert reconcile.observe(view) == reconcile.observe(full)
+        assert plan.observe(view) == plan.observe(full)
         assert reconcile._observed_key(view) == reconcile._observed_key(full)  # noqa: SLF001
         assert reconcile.resource_version(view) == reconcile.resource_version(full) == 100
 
@@ -1085,7 +1085,7 @@ def _model(version: str) -> Any:
                          source="s", flavor="sklearn", signature="", resolved_at="t")
 
 
-def _summary(objects: reconcile.Objects) -> list[tuple[str, str, str]]:
+def _summary(objects: plan.Objects) -> list[tuple[str, str, str]]:
     return [(verb, what["kind"], what["metadata"]["name"]) if verb == "apply" else (verb, *what)
             for verb, what in objects.steps]
 
@@ -1096,16 +1096,16 @@ def test_the_owned_objects_of_every_path_come_from_one_pure_plan() -> None:
     owner = builders.Owner(name=NAME, namespace=NS, uid=UID)
     fields = mv_body("2")["spec"]
     spec = api.ModelVersionSpec.model_validate(fields)  # as reconcile() hands it down
-    plain = reconcile.desired_objects(owner, spec, _model("1"), None, "http://mlflow", "img",
+    plain = plan.desired_objects(owner, spec, _model("1"), None, "http://mlflow", "img",
                                       had_gateway_route=False)
     assert _summary(plain) == [("delete", "Deployment", f"{NAME}-canary"), ("apply", "Deployment", NAME),
                                ("apply", "Service", NAME), ("delete", "HorizontalPodAutoscaler", NAME),
                                ("delete", "PodDisruptionBudget", NAME)]
-    assert plain.gateway_route == reconcile.KEEP
+    assert plain.gateway_route == plan.KEEP
     # A canary step behind a Gateway, for an ABTest member: canary first, both tracks labelled, exact weight.
-    member = reconcile.Membership("exp", None, False)
+    member = plan.Membership("exp", None, False)
     gated = api.ModelVersionSpec.model_validate({**fields, "routing": {"gatewayRef": {"name": "gw"}}})
-    step = reconcile.desired_objects(owner, gated, _model("1"), member, "http://mlflow", "img",
+    step = plan.desired_objects(owner, gated, _model("1"), member, "http://mlflow", "img",
                                      had_gateway_route=True, stable_replicas=2, canary=(_model("2"), 1),
                                      route_weight=20)
     summary = _summary(step)
@@ -1120,7 +1120,7 @@ def test_the_owned_objects_of_every_path_come_from_one_pure_plan() -> None:
     weights = [(b["name"], b["weight"]) for b in route["spec"]["rules"][-1]["backendRefs"]]
     assert weights == [(f"{NAME}-stable", 80), (f"{NAME}-canary", 20)] and step.gateway_route == NAME
     # The Gateway dropped from the spec: its route and Services go, and status forgets the route.
-    dropped = reconcile.desired_objects(owner, spec, _model("2"), None, "http://mlflow", "img",
+    dropped = plan.desired_objects(owner, spec, _model("2"), None, "http://mlflow", "img",
                                         had_gateway_route=True)
     assert _summary(dropped)[-3:] == [("delete", "HTTPRoute", NAME), ("delete", "Service", f"{NAME}-stable"),
                                       ("delete", "Service", f"{NAME}-canary")]

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from modelpilot.operator import reconcile
+from modelpilot.operator import plan, reconcile
 from modelpilot.operator.registry import (
     Credentials,
     ModelRef,
@@ -138,20 +138,20 @@ def test_membership_comes_from_the_index_when_wired_else_from_a_listing() -> Non
     test = _abtest("exp", [{"name": "a", "modelVersion": "mv-a", "weight": 70},
                            {"name": "b", "modelVersion": "mv-b", "weight": 30},
                            {"name": "s", "modelVersion": "mv-s", "shadow": True}], {"mv-a": 3, "mv-b": 1})
-    assert reconcile.memberships(test) == {
-        "mv-a": reconcile.Membership("exp", 3, False), "mv-b": reconcile.Membership("exp", 1, False),
-        "mv-s": reconcile.Membership("exp", None, True)}
+    assert plan.memberships(test) == {
+        "mv-a": plan.Membership("exp", 3, False), "mv-b": plan.Membership("exp", 1, False),
+        "mv-s": plan.Membership("exp", None, True)}
     kube = _Kube([test])
     rec = reconcile.Reconciler.__new__(reconcile.Reconciler)
     rec.kube, rec.membership_lookup = kube, None  # type: ignore[assignment]
-    assert asyncio.run(rec.abtest_membership("ns", "mv-b")) == reconcile.Membership("exp", 1, False)
+    assert asyncio.run(rec.abtest_membership("ns", "mv-b")) == plan.Membership("exp", 1, False)
     assert asyncio.run(rec.abtest_membership("ns", "other")) is None and kube.lists == 2
     # With the index: it names the ABTest, whose replicas are read now (the index can trail the ABTest's own
     # status write by a watch event — here it still has none).
-    index = {("ns", "mv-b"): reconcile.Membership("exp", None, False),
-             ("ns", "mv-gone"): reconcile.Membership("deleted-meanwhile", None, False)}
+    index = {("ns", "mv-b"): plan.Membership("exp", None, False),
+             ("ns", "mv-gone"): plan.Membership("deleted-meanwhile", None, False)}
     rec.membership_lookup = lambda ns, name: index.get((ns, name))
-    assert asyncio.run(rec.abtest_membership("ns", "mv-b")) == reconcile.Membership("exp", 1, False)
+    assert asyncio.run(rec.abtest_membership("ns", "mv-b")) == plan.Membership("exp", 1, False)
     assert asyncio.run(rec.abtest_membership("ns", "mv-gone")) is None
     assert asyncio.run(rec.abtest_membership("ns", "other")) is None
     assert kube.lists == 2 and kube.reads == 2  # no listing; a read only for members

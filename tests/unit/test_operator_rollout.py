@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from rollout_world import Cluster, not_ready, settled, spec_of
 
-from modelpilot.operator import api, rollout
+from modelpilot.operator import api, plan, rollout
 
 FIELDS: dict[str, Any] = {"replicas": 4, "rollout": {"steps": [25, 50, 100], "stepIntervalSeconds": 30,
                                                     "progressDeadlineSeconds": 300}}
@@ -22,7 +22,7 @@ T0 = 1_800_000_000.0
 
 
 def dump(r: api.RolloutStatus) -> dict[str, Any]:
-    """A rollout status as the reconciler writes it (``reconcile.rollout_patch``)."""
+    """A rollout status as the reconciler writes it (``plan.rollout_patch``)."""
     return r.model_dump(mode="json", by_alias=True, exclude_unset=True)
 
 
@@ -292,7 +292,7 @@ def test_a_rounds_measurements_and_the_reason_are_bounded_as_the_crd_bounds_them
 
 @pytest.mark.parametrize("stamp", ["2026-11-30T02:09:18Z", "2026-11-30T02:09:18+00:00"])
 def test_pod_health_reads_restarts_readiness_and_either_timestamp_rendering(stamp: str) -> None:
-    from modelpilot.operator.reconcile import pod_health
+    from modelpilot.operator.plan import pod_health
 
     def pod(name: str, ready: str, restarts: int, deleting: bool = False) -> dict[str, Any]:
         meta: dict[str, Any] = {"name": name}

@@ -27,17 +27,8 @@ from modelpilot.operator.kube import KubeError
 from modelpilot.operator.logs import about
 from modelpilot.operator.mirroring import MirrorStyle
 from modelpilot.operator.prometheus import PrometheusError
-from modelpilot.operator.reconcile import (
-    Event,
-    KeyedLocks,
-    Membership,
-    Reconciler,
-    Result,
-    memberships_of,
-    now_iso,
-    set_condition,
-    spec_errors,
-)
+from modelpilot.operator.plan import Event, Membership, memberships_of, set_condition, spec_errors
+from modelpilot.operator.reconcile import KeyedLocks, Reconciler, Result, now_iso
 
 log = logging.getLogger(__name__)
 

@@ -24,8 +24,8 @@ from modelpilot.operator.abtest_reconcile import ABTestReconciler
 from modelpilot.operator.kube import Kube, KubeError
 from modelpilot.operator.logs import about
 from modelpilot.operator.metrics import OperatorMetrics
-from modelpilot.operator.reconcile import (Membership, Reconciler, Result, memberships, readiness_view,
-                                          resource_version)
+from modelpilot.operator.plan import Membership, memberships
+from modelpilot.operator.reconcile import Reconciler, Result, readiness_view, resource_version
 from modelpilot.operator.settings import OperatorSettings
 from modelpilot.operator.ticker import Ticker
 

@@ -22,7 +22,7 @@ from modelpilot.operator import api, contract, rollout
 from modelpilot.operator.core import OperatorCore
 from modelpilot.operator.kube import Kube
 from modelpilot.operator.metrics import OperatorMetrics
-from modelpilot.operator.reconcile import ACTION_FIELDS, Membership, memberships, pending_action
+from modelpilot.operator.plan import ACTION_FIELDS, Membership, memberships, pending_action
 from modelpilot.operator.settings import OperatorSettings
 
 GROUP, VERSION, PLURAL = contract.GROUP, contract.VERSION, contract.MODELVERSION_PLURAL

@@ -1,25 +1,19 @@
-"""Reconcile logic for ModelVersion: decide what should exist, apply it, and say so in status.
+"""The ModelVersion reconciler: observe, plan, act. The I/O half of the operator's "observe → plan → act".
 
-Layer 2 of the operator, between the kopf handlers and the builders/adapters.
-The rules that keep production safe live here:
+Between the core (which decides when a ModelVersion is reconciled, ``core``) and the adapters (``kube``,
+``registry``, ``prometheus``). ``Reconciler.reconcile`` reads nothing it is not asked for: it parses the spec
+and ``status.rollout`` once, hands them to the pure planner (``plan.model_version``), observes what the
+planner asks for (``plan.Need``: the registry's answer, the Gateway's mirror form, both tracks' Deployments and
+the canary's pods, an analysis round in Prometheus, a promoted version's signature) and acts on the plan it gets:
+applies and deletes in order, the registry write-back, then one status write with readiness judged on the stable
+Deployment as its apply answered (``plan.readiness_status``), conditional on the resourceVersion it read.
 
-* a version is resolved in MLflow once and pinned in ``status.model``; it is
-  resolved again only when the spec changes or, with ``followAlias``, when the
-  alias poll asks — so a restarted operator keeps serving exactly what it served;
-* a registry that is unreachable or does not know the model never touches what
-  runs: the Deployment is left as it is, ``Ready=False`` says why, and the
-  caller retries with back-off;
-* status is written through the status subresource with kstatus conditions
-  (``Ready``, ``Reconciling``, ``Stalled``) carrying ``observedGeneration``.
-
-The spec is parsed once, where ``Reconciler.reconcile`` reads the body, into
-``api.ModelVersionSpec``; everything below it (builders, the rollout planner,
-analysis) takes that typed spec. A spec that does not parse (the API server
-validated it, so only an object stored before the schema or written around it)
-takes the ``SpecError`` path: ``Resolved=False`` naming the field, one Warning
-Event, nothing applied. ``status.rollout`` is parsed once as well (``rollout_status`` → ``api.RolloutStatus``,
-which the planner takes and returns) and serialized once, where status is written (``rollout_patch``); the rest
-of ``status`` is a plain dict, and the readiness refresh reads the rollout's phase from it without a parse.
+The rules that keep production safe are the planner's (``plan``): a version is resolved in MLflow once and
+pinned in ``status.model``, resolved again only when the spec changes or the alias poll asks; a registry that
+cannot answer never touches what runs; status carries kstatus conditions (``Ready``, ``Reconciling``,
+``Stalled``) with ``observedGeneration``. What stays here is I/O and the caches that spare it: the newest known
+copy of each ModelVersion (``note``), the Deployment state readiness was last written from, one lock per
+ModelVersion, pooled MLflow and Prometheus clients, and the readiness refresh a Deployment event triggers.
 """
 
 from __future__ import annotations
@@ -27,28 +21,37 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
+import logging
 import threading
 import time
 import weakref
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-import logging
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal, TypeVar
 
 from pydantic import ValidationError
 
-from modelpilot.operator import abtest, analysis, api, builders, contract, diagnosis, rollout
+from modelpilot.operator import analysis, api, builders, contract, plan, rollout
 from modelpilot.operator.gateways import MirrorStyles
 from modelpilot.operator.kube import Kube, KubeError, KubeUnavailable
 from modelpilot.operator.logs import about
 from modelpilot.operator.metrics import OperatorMetrics
-from modelpilot.operator.mirroring import MirrorStyle
+from modelpilot.operator.plan import (
+    Event,
+    Membership,
+    memberships,
+    observe,
+    pod_health,
+    readiness_status,
+    READINESS_CONDITIONS,
+    rollout_phase,
+    spec_errors,
+)
 from modelpilot.operator.prometheus import Prometheus, PrometheusError
 from modelpilot.operator.registry import (
     Credentials,
-    ModelRef,
     Registries,
     Registry,
     RegistryError,
@@ -67,13 +70,6 @@ def now_iso() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-@dataclass(frozen=True)
-class Event:
-    type: str  # Normal | Warning
-    reason: str
-    message: str
-
-
 @dataclass
 class Result:
     """What one reconcile decided: the status written, Events to post, whether to retry."""
@@ -86,116 +82,10 @@ class Result:
     """The resource as read, for posting the Events against (when the caller has no body of its own)."""
 
 
-@dataclass(frozen=True)
-class Membership:
-    """An ABTest that routes to a ModelVersion: its name, the replicas it assigns (replica-ratio provider;
-    None otherwise) and whether the variant is a shadow (mirrored, so not behind the ABTest's Service)."""
-
-    abtest: str
-    replicas: int | None
-    shadow: bool
-
-
-def pod_labels(member: Membership | None) -> dict[str, str]:
-    """Extra labels on a ModelVersion's serving pods (both tracks), from its ABTest membership."""
-    return {abtest.ABTEST_LABEL: member.abtest} if member is not None and not member.shadow else {}
-
-
-def memberships(test: dict[str, Any]) -> dict[str, Membership]:
-    """ModelVersion name → its membership in this ABTest (the body as the API has it: its spec is parsed here,
-    where an ABTest body enters a ModelVersion's reconcile or the operator's index). An ABTest whose spec does
-    not parse routes to nothing; its own reconcile says why."""
-    try:
-        spec = api.ABTestSpec.model_validate(test.get("spec") or {})
-    except ValidationError:
-        return {}
-    return memberships_of(test["metadata"]["name"], spec, test.get("status") or {})
-
-
-def memberships_of(name: str, spec: api.ABTestSpec, status: dict[str, Any]) -> dict[str, Membership]:
-    """ModelVersion name → its membership in the ABTest ``name`` with this (typed) spec and status."""
-    assigned = {sv.get("modelVersion"): sv.get("replicas") for sv in status.get("variants") or []}
-    replica_ratio = abtest.provider(spec) == "replicas"
-    out: dict[str, Membership] = {}
-    for v in abtest.variants(spec):
-        replicas = assigned.get(v.model_version) if replica_ratio and not v.shadow else None
-        out.setdefault(v.model_version, Membership(name, int(replicas) if replicas is not None else None, v.shadow))
-    return out
-
-
-@dataclass(frozen=True)
-class Objects:
-    """The owned objects one reconcile wants, in the order they are acted on: ``steps`` of ("apply",
-    manifest) or ("delete", (kind, name)) — a delete only touches an object this ModelVersion controls — and
-    ``gateway_route``, the value of ``status.gatewayRoute`` (``KEEP``: leave it as it is)."""
-
-    steps: tuple[tuple[str, Any], ...]
-    gateway_route: str | None
-
-
-KEEP = "<keep>"
-
-
-def desired_objects(owner: builders.Owner, spec: api.ModelVersionSpec, stable: ResolvedModel, member: Membership | None,
-                    tracking_uri: str, default_image: str, *, had_gateway_route: bool,
-                    stable_replicas: int | None = None, canary: tuple[ResolvedModel, int] | None = None,
-                    route_weight: int = 0, mirror: bool = False,
-                    mirror_style: MirrorStyle = MirrorStyle.REQUEST_MIRROR) -> Objects:
-    """Every owned object of a ModelVersion for one state, for every path (first deployment, rolling update,
-    canary step, promote, rollback, rejected version, undo). Pure.
-
-    ``stable``: the version the stable track serves; ``stable_replicas``: its replicas when a rollout splits
-    them (else the ABTest's assignment, else ``spec.replicas``); ``canary``: the canary's version and replicas
-    (None: no canary Deployment); ``route_weight`` / ``mirror``: the Gateway canary's weight and shadow phase;
-    ``mirror_style``: the form the spec's Gateway mirrors in (observed by the ``gateways`` adapter: on NGINX
-    Gateway Fabric a SnippetsFilter, applied before the route that references it and deleted after the route
-    that no longer does);
-    ``had_gateway_route``: whether status names an HTTPRoute a previous spec made (deleted when the spec has
-    no Gateway any more). Pod labels come from ``member`` on both tracks, so an ABTest member's pods never
-    drop out of its Service. Order: the canary first, then the stable track and its companions, then routing.
-    """
-    steps: list[tuple[str, Any]] = []
-    canary_name = builders.deployment_name(owner, "canary")
-    labels = pod_labels(member)
-    if canary is None:
-        steps.append(("delete", ("Deployment", canary_name)))
-    else:
-        steps.append(("apply", builders.build_deployment(owner, spec, canary[0], tracking_uri, default_image,
-                                                         track="canary", replicas=canary[1],
-                                                         extra_pod_labels=labels)))
-    companions = builders.build_all(owner, spec, stable, tracking_uri, default_image)
-    if stable_replicas is None and member is not None:
-        stable_replicas = member.replicas
-    companions["Deployment"] = builders.build_deployment(owner, spec, stable, tracking_uri, default_image,
-                                                         track="stable", replicas=stable_replicas,
-                                                         extra_pod_labels=labels)
-    for kind, manifest in companions.items():
-        steps.append(("delete", (kind, owner.name)) if manifest is None else ("apply", manifest))
-    route: str | None = KEEP
-    if builders.gateway_routing(spec):
-        for track in ("stable", "canary"):
-            steps.append(("apply", builders.build_service(owner, stable, track, named=True)))
-        mirrors = builders.canary_mirrors(owner, stable, mirror, canary is not None, mirror_style)
-        steps.extend(("apply", manifest) for manifest in mirrors.objects)
-        steps.append(("apply", builders.build_canary_route(owner, spec, stable, route_weight, mirror,
-                                                           canary is not None, mirror_style)))
-        if mirror_style == MirrorStyle.NGF_SNIPPETS and not mirrors.objects:
-            # Only for an NGF class: elsewhere the SnippetsFilter CRD may not exist at all.
-            steps.append(("delete", ("SnippetsFilter", builders.canary_mirror_filter_name(owner))))
-        route = owner.name
-    elif had_gateway_route:
-        steps.append(("delete", ("HTTPRoute", owner.name)))
-        steps.extend(("delete", ("Service", f"{owner.name}-{track}")) for track in ("stable", "canary"))
-        route = None
-    return Objects(steps=tuple(steps), gateway_route=route)
-
-
 #: Threads for the synchronous MLflow and Prometheus clients (each call bounded by its own timeout).
 BLOCKING_THREADS = 32
 T = TypeVar("T")
 
-#: The alias write-back sets when ``spec.rollout.writeBack.promoteAlias`` is not given (the CRD has no default).
-DEFAULT_PROMOTE_ALIAS = "champion"
 #: How old the stable Deployment's apply answer may be to judge readiness on; older and not ready: read again.
 STALE_APPLY_SECONDS = 1.0
 
@@ -209,105 +99,17 @@ class InvalidSpec(SpecError):
     can fix it, and a new spec is a reconcile of its own, so it is not retried."""
 
 
-def spec_errors(exc: ValidationError, root: str = "spec") -> str:
-    """A validation error as ``spec.rollout.steps[0]: <what is wrong>``, one clause per field (a field that
-    fails every member of a union, e.g. an integer or a ``"N%"`` string, is one clause)."""
-    found: dict[str, list[str]] = {}
-    for error in exc.errors(include_url=False, include_input=False):
-        where = root
-        for part in error["loc"]:
-            if isinstance(part, int):
-                where += f"[{part}]"
-            elif part in _UNION_MEMBERS:
-                continue  # pydantic names the union member tried; the field is the same
-            else:
-                where += f".{part}" if part.isidentifier() else f"[{part!r}]"
-        found.setdefault(where, []).append(str(error["msg"]))
-    return "; ".join(f"{where}: {' or '.join(msgs)}" for where, msgs in found.items())
+def unresolved_of(exc: Exception) -> plan.Unresolved:
+    """A failed resolution as the planner takes it: a model or version MLflow does not have is
+    ``ModelNotFound``, a spec that cannot work ``SpecError`` (both stalled: someone has to act; a spec that
+    does not parse, ``InvalidSpec``, is not retried either), anything else ``RegistryUnavailable``."""
+    not_found = isinstance(exc, RegistryNotFound)
+    reason = "ModelNotFound" if not_found else "SpecError" if isinstance(exc, SpecError) else "RegistryUnavailable"
+    return plan.Unresolved(reason, str(exc), stalled=not_found or isinstance(exc, SpecError),
+                           invalid=isinstance(exc, InvalidSpec))
 
 
-#: The names pydantic puts in an error's location for the member of a union it tried (``int | str``).
-_UNION_MEMBERS = frozenset({"int", "str", "float", "bool", "constrained-int", "constrained-str",
-                            "constrained-float"})
-
-
-# ---------------------------------------------------------------------------- pure helpers
-
-
-def set_condition(conditions: list[dict[str, Any]], kind: str, status: str, reason: str, message: str,
-                  generation: int, now: str) -> list[dict[str, Any]]:
-    """Replace one condition, keeping ``lastTransitionTime`` when its status did not change."""
-    old = next((c for c in conditions if c.get("type") == kind), None)
-    changed = old is None or old.get("status") != status
-    new = {"type": kind, "status": status, "reason": reason, "message": message[:1000] or reason,
-           "observedGeneration": generation,
-           "lastTransitionTime": now if changed else old.get("lastTransitionTime", now)}  # type: ignore[union-attr]
-    return [c for c in conditions if c.get("type") != kind] + [new]
-
-
-def model_ref(spec: api.ModelVersionSpec) -> ModelRef:
-    model = spec.model
-    return ModelRef(name=model.name, version=model.version or "", alias=model.alias or "")
-
-
-def pinned(status: dict[str, Any], ref: ModelRef) -> ResolvedModel | None:
-    """The version pinned in status, if it still answers the spec's reference."""
-    model = status.get("model") or {}
-    if not model.get("version") or model.get("name") != ref.name:
-        return None
-    if ref.version and model["version"] != ref.version:
-        return None
-    if ref.alias and model.get("alias") != ref.alias:
-        return None
-    return ResolvedModel(
-        name=model["name"], version=model["version"], alias=model.get("alias", ""), run_id=model.get("runId", ""),
-        artifact_uri=model.get("artifactUri", ""), source=model.get("source", ""), flavor=model.get("flavor", ""),
-        signature=model.get("signature", ""), resolved_at=model.get("resolvedAt", ""),
-        signature_inputs=model.get("signatureInputs"), signature_truncated=bool(model.get("signatureTruncated")),
-    )
-
-
-def _model_status(model: ResolvedModel) -> api.ModelStatus:
-    """A resolved version as the rollout records it (``canaryModel``): without the signature, held once in
-    ``status.model``. An unknown resolution time (a status written without one) is left out, not written
-    as ``""``, which is no time."""
-    record = model.as_status(signature=False)
-    if not record.get("resolvedAt"):
-        del record["resolvedAt"]
-    return api.ModelStatus.model_validate(record)
-
-
-def _model_dict(model: api.ModelStatus | None) -> dict[str, Any]:
-    """A typed ``ModelStatus`` as ``pinned`` reads one (the status' own field names)."""
-    return model.model_dump(mode="json", by_alias=True, exclude_unset=True) if model is not None else {}
-
-
-def observe(deployment: dict[str, Any] | None) -> dict[str, Any]:
-    """Readiness of the serving Deployment as (phase, ready?, reason, message, replicas, readyReplicas)."""
-    if deployment is None:
-        return {"phase": "Deploying", "ready": False, "reason": "DeploymentMissing",
-                "message": "the serving Deployment does not exist yet", "replicas": 0, "readyReplicas": 0,
-                "stalled": False}
-    meta, dstatus, dspec = deployment.get("metadata", {}), deployment.get("status") or {}, deployment.get("spec", {})
-    desired = int(dspec.get("replicas", 1) if dspec.get("replicas") is not None else 1)
-    updated = int(dstatus.get("updatedReplicas") or 0)
-    available = int(dstatus.get("availableReplicas") or 0)
-    ready_replicas = int(dstatus.get("readyReplicas") or 0)
-    total = int(dstatus.get("replicas") or 0)
-    current = int(dstatus.get("observedGeneration") or 0) >= int(meta.get("generation") or 0)
-    progressing: dict[str, Any] = next((c for c in dstatus.get("conditions") or []
-                                        if c.get("type") == "Progressing"), {})
-    base = {"replicas": total, "readyReplicas": ready_replicas}
-    if progressing.get("reason") == "ProgressDeadlineExceeded":  # Kubernetes gave up on it: Stalled
-        return {**base, "phase": "Degraded" if ready_replicas else "Failed", "ready": available >= desired > 0,
-                "stalled": True,
-                "reason": "ProgressDeadlineExceeded",
-                "message": progressing.get("message", "the Deployment did not progress before its deadline")}
-    if current and updated == desired and available == desired and total == desired:
-        return {**base, "phase": "Ready", "ready": True, "stalled": False, "reason": "Available",
-                "message": f"{available}/{desired} replicas serve the model"}
-    return {**base, "phase": "Deploying", "ready": False, "stalled": False, "reason": "RollingOut",
-            "message": f"rolling out: {updated}/{desired} replicas updated, {available} available, {total} running"}
+# ---------------------------------------------------------------------------- readiness bookkeeping
 
 
 def readiness_view(deployment: dict[str, Any]) -> dict[str, Any]:
@@ -345,111 +147,6 @@ def _observed_key(deployment: dict[str, Any] | None) -> tuple[Any, ...]:
             tuple((c.get("type"), c.get("status"), c.get("reason")) for c in dstatus.get("conditions") or []))
 
 
-def readiness_status(status: dict[str, Any], generation: int,
-                     deployment: dict[str, Any] | None, now: str,
-                     pods: list[dict[str, Any]] | None = None) -> tuple[dict[str, Any], list[Event]]:
-    """Status fields and transition Events that follow from the Deployment's state.
-
-    ``pods`` (listed only while the Deployment is not fully available) explain why: the first
-    informative container problem becomes reason ``ServingFailed`` with the pod's message, phase
-    ``Degraded`` while a replica is ready, else ``Retrying`` while the kubelet restarts the pods
-    (``Reconciling=True``) and ``Failed`` once the Deployment's progress deadline has passed (``Stalled=True``),
-    and one Warning Event per distinct problem.
-    """
-    seen = observe(deployment)
-    conditions = list(status.get("conditions") or [])
-    was_ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
-    was_stalled = any(c.get("type") == "Stalled" and c.get("status") == "True" for c in conditions)
-    old: dict[str, Any] = next((c for c in conditions if c.get("type") == "Ready"), {})
-    old_problem = str(old.get("message") or "") if old.get("reason") == diagnosis.REASON else ""
-    problem = diagnosis.serving_problem(pods or []) if not seen["ready"] else None
-    same = False
-    if problem is not None:
-        message = problem.message
-        same = bool(old_problem) and diagnosis.same_problem(old_problem, message)
-        if same and problem.reason == "ImagePullBackOff":
-            message = old_problem  # keep the pull error ErrImagePull reported; the back-off adds nothing
-        seen.update(reason=diagnosis.REASON, message=message,
-                    phase="Degraded" if seen["readyReplicas"] else "Failed" if seen["stalled"] else "Retrying")
-    conditions = set_condition(conditions, "Ready", "True" if seen["ready"] else "False", seen["reason"],
-                               seen["message"], generation, now)
-    conditions = set_condition(conditions, "Reconciling", "False" if seen["ready"] or seen["stalled"] else "True",
-                               seen["reason"], seen["message"], generation, now)
-    conditions = set_condition(conditions, "Stalled", "True" if seen["stalled"] else "False", seen["reason"],
-                               seen["message"], generation, now)
-    canary = canary_reconciling(status)
-    if canary is not None:
-        # The stable version still serves (Ready may stay True), but the spec's version is not rolled out
-        # yet: kstatus must read InProgress until the canary is promoted or rolled back.
-        conditions = set_condition(conditions, "Reconciling", "True", canary[0], canary[1], generation, now)
-    # One Event per transition: a Warning only when something is wrong, and only one saying it.
-    events: list[Event] = []
-    explained = (seen["stalled"] and not was_stalled) or (problem is not None and not same)
-    if seen["ready"] and not was_ready:
-        events.append(Event("Normal", "Ready", seen["message"]))
-    elif was_ready and not seen["ready"] and not explained:
-        if seen["readyReplicas"] > 0:  # an ordinary rolling update: older pods still serve
-            events.append(Event("Normal", "RollingOut", seen["message"]))
-        else:
-            events.append(Event("Warning", "NotReady", seen["message"]))
-    if seen["stalled"] and not was_stalled:
-        events.append(Event("Warning", "ProgressDeadlineExceeded", seen["message"]))
-    if problem is not None and not same:
-        events.append(Event("Warning", diagnosis.REASON, seen["message"]))
-    new = {"phase": seen["phase"], "replicas": seen["replicas"], "readyReplicas": seen["readyReplicas"],
-           "conditions": conditions}
-    return new, events
-
-
-def canary_reconciling(status: dict[str, Any]) -> tuple[str, str] | None:
-    """(reason, message) of ``Reconciling=True`` while a canary rollout is active (Progressing or Paused);
-    None once it was promoted, rolled back or cancelled, or when there is none."""
-    ro = status.get("rollout") or {}
-    if ro.get("phase") not in rollout.ACTIVE:
-        return None
-    where = (f"canary version {ro.get('canaryVersion', '?')} at {ro.get('effectiveWeight', ro.get('weight', 0))}%, "
-             f"version {ro.get('stableVersion', '?')} serves the rest")
-    if ro.get("phase") == "Paused":
-        return "CanaryPaused", f"{where}; paused: promote or abort it (modelpilot promote|abort)"
-    if ro.get("phase") == "Promoting":
-        return "Promoting", (f"promoting version {ro.get('canaryVersion', '?')}: bringing it to full size on the "
-                             "stable Deployment before the canary is removed")
-    if ro.get("phase") == "RollingBack":
-        return "RollingBack", (f"rolling back to version {ro.get('stableVersion', '?')}: bringing it to full size "
-                               f"before the canary is removed ({ro.get('reason') or ''})")
-    return "CanaryRollingOut", f"{where}; waiting for promotion or rollback"
-
-
-READINESS_CONDITIONS = ("Ready", "Reconciling", "Stalled")
-
-
-def pending_action(value: str, ro: api.RolloutStatus, status: dict[str, Any]) -> str:
-    """The manual action the annotation value asks for and that was not handled yet, or "".
-
-    The value is ``<action>`` or ``<action>/<version>`` (what ``modelpilot promote|undo`` writes): promote,
-    abort, pause and resume apply to a stepping rollout (with a version, only to that canary); ``undo``
-    applies when no rollout is active (with a version, only while that version serves). A value is acted
-    on once: the handled value is kept in ``status.rollout.handledAction`` and carried into later rollouts.
-    """
-    action, _, version = value.strip().partition("/")
-    if not value or value.strip() == ro.handled_action:
-        return ""
-    if action == "undo":
-        serving = (status.get("model") or {}).get("version")
-        if ro.phase in rollout.ACTIVE or not serving:
-            return ""
-        return "" if version and version != serving else action
-    if action not in ("promote", "abort", "pause", "resume") or ro.phase not in rollout.STEPPING:
-        return ""
-    if version and version != ro.canary_version:
-        return ""
-    return action
-
-
-#: What ``pending_action`` reads of ``status.rollout`` (``handlers`` parses only these, on every watch event).
-ACTION_FIELDS = ("phase", "canaryVersion", "handledAction")
-
-
 def rollout_status(status: dict[str, Any], namespace: str = "", name: str = "") -> api.RolloutStatus:
     """``status.rollout`` as the planner takes it: parsed once, where a body enters a reconcile.
 
@@ -465,56 +162,6 @@ def rollout_status(status: dict[str, Any], namespace: str = "", name: str = "") 
         about(_log, namespace, name).warning("status.rollout: ignoring fields that do not parse: %s",
                                              spec_errors(exc, "status.rollout"))
         return api.RolloutStatus.model_validate({k: v for k, v in raw.items() if k not in bad})
-
-
-def rollout_patch(ro: api.RolloutStatus, stored: dict[str, Any] | None = None) -> dict[str, Any]:
-    """``status.rollout`` as it is written (a JSON merge patch): every field that is *set*, None included — a
-    null removes the stored field, a field left out keeps it. Fields of ``stored`` (the rollout as read) that
-    ``ro`` does not set any more are written as null, so they are removed too."""
-    out = ro.model_dump(mode="json", by_alias=True, exclude_unset=True)
-    return {**dict.fromkeys(stored), **out} if stored else out
-
-
-def replace_action(world: rollout.World, action: str) -> rollout.World:
-    return dataclasses.replace(world, action=action)
-
-
-def _timestamp(value: Any) -> float:
-    """Epoch seconds of an API timestamp: ``2026-01-05T10:00:00Z`` as served, or the client's rendering of it
-    (a ``datetime``, or ISO text with ``+00:00``)."""
-    if isinstance(value, datetime):
-        return value.timestamp()
-    return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
-
-
-def pod_health(pods: list[dict[str, Any]]) -> rollout.Health:
-    """The canary pods' health for the planner: restarts summed over containers, pods not ready (ignoring
-    those being deleted), the latest change of a Ready condition, and the diagnosis of what is wrong."""
-    restarts, not_ready, last = 0, [], None
-    for pod in pods:
-        meta, pstatus = pod.get("metadata") or {}, pod.get("status") or {}
-        if meta.get("deletionTimestamp"):
-            continue
-        restarts += sum(int(c.get("restartCount") or 0) for c in pstatus.get("containerStatuses") or [])
-        ready: dict[str, Any] = next((c for c in pstatus.get("conditions") or [] if c.get("type") == "Ready"), {})
-        if ready.get("status") != "True":
-            not_ready.append(str(meta.get("name", "?")))
-        if ready.get("lastTransitionTime"):
-            changed = _timestamp(ready["lastTransitionTime"])
-            last = changed if last is None else max(last, changed)
-    problem = diagnosis.serving_problem(pods)
-    return rollout.Health(restarts=restarts, not_ready=tuple(not_ready), last_ready_change=last,
-                          problem=problem.message if problem else "")
-
-
-def rollout_phase(status: dict[str, Any]) -> str:
-    """The resource phase, where a canary rollout overrides what the stable Deployment says."""
-    ro = status.get("rollout") or {}
-    if ro.get("phase") in rollout.ACTIVE:
-        return "Progressing"
-    if ro.get("phase") == "RolledBack" and ro.get("rejectedVersion") != (status.get("model") or {}).get("version"):
-        return "RolledBack"
-    return str(status.get("phase") or "Pending")
 
 
 # ---------------------------------------------------------------------------- the reconciler
@@ -638,7 +285,7 @@ class Reconciler:
         return self.registries.get(self.tracking_uri(spec), await self.credentials(namespace, spec))
 
     async def resolve(self, namespace: str, spec: api.ModelVersionSpec) -> ResolvedModel:
-        registry, ref = await self.registry(namespace, spec), model_ref(spec)
+        registry, ref = await self.registry(namespace, spec), plan.model_ref(spec)
         # The registry's HTTP client is synchronous (pooled, cached, single-flight): off the event loop, unless
         # the answer is in its cache (a thread hop per reconcile was a tenth of the CPU at 200 creates).
         hit = registry.resolve_cached(ref)
@@ -718,12 +365,15 @@ class Reconciler:
             return await self.reconcile(body, refresh=refresh, member=member), body
 
     async def reconcile(self, body: dict[str, Any], *, refresh: bool = False,
-                  member: Membership | None | Literal["look up"] = "look up") -> Result:
-        """Bring one ModelVersion's objects in line with its spec.
+                        member: Membership | None | Literal["look up"] = "look up") -> Result:
+        """Bring one ModelVersion's objects in line with its spec: observe, plan (``plan.model_version``,
+        pure), act.
 
         ``refresh`` asks MLflow again even when a version is pinned (the alias poll). ``member`` is its ABTest
         membership when the caller knows it better than the index (the ABTest reconciler, which has just
-        written the replicas it assigns); by default it is looked up.
+        written the replicas it assigns); by default it is looked up. The planner asks for what else it needs
+        (``plan.Need``: the registry, the Gateway's mirror form, both tracks, an analysis round, a signature);
+        each is observed here and the plan made again with the same time.
         """
         meta = body["metadata"]
         status = dict(body.get("status") or {})
@@ -733,80 +383,76 @@ class Reconciler:
             # Parsed once, here: everything below reads the typed spec and the model's defaults.
             spec = api.ModelVersionSpec.model_validate(body.get("spec") or {})
         except ValidationError as exc:
-            return await self._invalid_spec(namespace, name, status, generation, now, spec_errors(exc))
+            return await self._act(namespace, name, plan.invalid_spec(status, generation, now, spec_errors(exc)),
+                                   body, now)
         owner = builders.Owner(name=name, namespace=namespace, uid=meta["uid"])
-        ref = model_ref(spec)
-        events: list[Event] = []
-        current = pinned(status, ref)  # the stable version, when it still answers the spec
-        ro = rollout_status(status, namespace, name)  # parsed once; written back (rollout_patch) only where it changes
-        known_canary = pinned({"model": _model_dict(ro.canary_model)}, ref) if ro.canary_model else None
-        # While a rollout is active its canary is the newest answer to the spec's reference: with an alias both
-        # the pinned stable version and the canary answer it, and the canary is where the alias points. (Taking
-        # the stable one cancelled and restarted every alias-triggered canary on each tick.)
-        if ro.phase in rollout.ACTIVE and ro.kind != api.RolloutKind.UNDO:
-            model = known_canary or current
-        else:
-            model = current or known_canary
-        if model is None or refresh:
-            try:
-                model = await self.resolve(namespace, spec)
-            except (RegistryError, SpecError) as exc:
-                return await self._unresolved(namespace, name, status, ref, generation, now, exc,
-                                        keep=(current or known_canary) is not None)
-            if current is not None and model.version == current.version:
-                model = current  # same version: keep the original resolution time and provenance
-            elif known_canary is not None and model.version == known_canary.version:
-                model = known_canary
-            else:
-                what = f"{ref} → version {model.version} (run {model.run_id or 'unknown'})"
-                events.append(Event("Normal", "Resolved", f"resolved {what}"))
-                stable = status.get("model") or {}
-                if ref.alias and stable.get("version") and stable.get("alias") == ref.alias:
-                    events.append(Event("Normal", "AliasMoved", f"alias @{ref.alias} moved from version "
-                                        f"{stable['version']} to {model.version}; rolling out"))
-        assert model is not None
-        stable_model = pinned(status, ModelRef(ref.name, version=str((status.get("model") or {}).get("version", ""))))
-        conditions = set_condition(list(status.get("conditions") or []), "Resolved", "True", "Resolved",
-                                   f"{ref} is version {model.version}", generation, now)
-        status.update({"observedGeneration": generation, "conditions": conditions})
+        if member == "look up":  # the same pod labels and replicas on every path
+            member = await self.abtest_membership(namespace, name)
+        obs = plan.Observed(owner=owner, generation=generation, spec=spec, status=status,
+                            rollout_state=rollout_status(status, namespace, name), tracking_uri=self.tracking_uri(spec),
+                            default_image=self.settings.serving_image, refresh=refresh, member=member,
+                            annotation=str((meta.get("annotations") or {}).get(ACTION_ANNOTATION, "")).strip())
+        for _ in range(len(plan.Needed) + 1):  # each need is asked once at most
+            decided = plan.model_version(obs, now)
+            if decided.need is None:
+                return await self._act(namespace, name, decided, body, now, owner=owner, spec=spec)
+            obs = await self._observe(obs, decided.need)
+        raise RuntimeError(f"the planner asked again for what it was told: {decided.need}")
 
-        canary_enabled = api.given(spec.rollout)
-        applied: dict[str, Any] | None = None
-        written = body.get("status") or {}
-        if not written.get("observedGeneration") and not written.get("model"):
-            # Never reconciled (the CRD defaults status to ``observedGeneration: 0``, so "no status" is never seen): nothing owned by this uid exists yet but what this reconcile applies, so the
-            # optional objects are not read only to find them absent (3 reads fewer per new ModelVersion).
-            # The one gap — an operator that applied one and died before any status write, and a spec that
-            # dropped it meanwhile — is closed when an operator next starts and resumes it with status written.
+    async def _observe(self, obs: plan.Observed, need: plan.Need) -> plan.Observed:
+        """``obs`` with what the planner asked for observed."""
+        owner, spec = obs.owner, obs.spec
+        if need.what == plan.Needed.RESOLUTION:
+            try:
+                resolution: ResolvedModel | plan.Unresolved = await self.resolve(owner.namespace, spec)
+            except (RegistryError, SpecError) as exc:
+                resolution = unresolved_of(exc)
+            return dataclasses.replace(obs, resolution=resolution)
+        if need.what == plan.Needed.MIRROR_STYLE:
+            assert spec.routing is not None
+            return dataclasses.replace(obs, mirror_style=await self.mirror_styles.of(spec.routing.gateway_ref,
+                                                                                     owner.namespace))
+        if need.what == plan.Needed.TRACKS:
+            return dataclasses.replace(obs, world=await self._observe_tracks(owner))
+        if need.what == plan.Needed.ANALYSIS:
+            assert need.model is not None and need.stable is not None and need.rollout is not None
+            # Prometheus is asked over a synchronous client: off the event loop.
+            return dataclasses.replace(obs, analysis=await self.off_loop(
+                self._analyse, owner, spec, need.stable, need.model, need.window, need.rollout))
+        assert need.model is not None
+        return dataclasses.replace(obs, signature_read=True,
+                                   full_model=await self._with_signature(owner, spec, need.model))
+
+    async def _act(self, namespace: str, name: str, decided: plan.Plan, body: dict[str, Any], now: str, *,
+                   owner: builders.Owner | None = None, spec: api.ModelVersionSpec | None = None) -> Result:
+        """Do what the plan says: its objects, the write-back, the status write (with readiness judged on the
+        stable Deployment as acted on), in that order; Events are posted by the caller."""
+        status, events = decided.status, list(decided.events)
+        if not decided.readiness:
+            if decided.write:
+                await self.kube.patch_status(namespace, name, status)
+            return Result(status=status, events=events, retry=decided.retry, message=decided.message)
+        assert owner is not None and spec is not None and decided.objects is not None
+        if decided.rollout_state is not None:
+            self.metrics.observe_rollout(namespace, name, decided.rollout_action, decided.rollout_state)
+        if plan.first_reconcile(body.get("status") or {}):
+            # Nothing owned by this uid exists yet but what this reconcile applies, so the optional objects are not
+            # read only to find them absent (3 reads fewer per new ModelVersion). The one gap — an operator that
+            # applied one and died before any status write, and a spec that dropped it meanwhile — is closed when
+            # an operator next starts and resumes it with status written.
             for kind, obj in (("Deployment", builders.deployment_name(owner, "canary")),
                               ("HorizontalPodAutoscaler", name), ("PodDisruptionBudget", name),
                               ("HTTPRoute", name), ("Service", f"{name}-stable"), ("Service", f"{name}-canary"),
                               ("SnippetsFilter", builders.canary_mirror_filter_name(owner))):
                 self.kube.assume_absent(kind, namespace, obj, owner.uid)
-        if member == "look up":  # the same pod labels and replicas on every path
-            member = await self.abtest_membership(namespace, name)
-        assigned = member.replicas if member else None  # an ABTest's replica-ratio share, if any
-        total = int(assigned if assigned is not None else spec.replicas) or 1
-        rejected = (ro.phase == api.RolloutPhase.ROLLED_BACK and ro.rejected_version == model.version
-                    and stable_model is not None and stable_model.version != model.version)
-        undo = self._pending_action(body, ro, status) == "undo" and stable_model is not None
-        if stable_model is not None and (ro.phase in rollout.ACTIVE or rejected or undo or (
-                canary_enabled and model.version != stable_model.version)):
-            events += await self._canary(owner, spec, status, ro, stable_model, model, body, now, member, total)
-        else:
-            # First deployment, nothing changed, or a plain rolling update (no spec.rollout): the Deployment's own
-            # rolling update (maxSurge 1, maxUnavailable 0) keeps every replica serving.
-            if ro.phase == api.RolloutPhase.ROLLED_BACK and ro.rejected_version != model.version:
-                ro.phase = api.RolloutPhase.SUPERSEDED  # the spec moved on from the rejected version
-                status["rollout"] = rollout_patch(ro)
-            applied = await self._objects(owner, spec, status, model, member)
-            if stable_model is not None and stable_model.version != model.version:
-                status["previousModel"] = stable_model.as_status(signature=False)
-            status["model"] = model.as_status()
+        applied = await self._apply(owner, decided.objects)
+        if decided.write_back is not None:
+            events += await self._write_back(owner, spec, status, decided.write_back, now)
         # The apply's answer is the Deployment as it is now (status included): no second read on that path.
         deployment = applied if applied is not None else await self.kube.read_deployment(namespace, name)
-        status, ready_events = await self._write_readiness(namespace, name, status, generation, deployment, now,
-                                                     await self.pods_of(namespace, deployment), first=body)
+        status, ready_events = await self._write_readiness(namespace, name, status, int(status["observedGeneration"]),
+                                                           deployment, now, await self.pods_of(namespace, deployment),
+                                                           first=body)
         return Result(status=status, events=events + ready_events)
 
     async def _write_readiness(self, namespace: str, name: str, status: dict[str, Any],
@@ -877,19 +523,14 @@ class Reconciler:
                         if m[0] == name), key=lambda m: m[1].abtest)
         return found[0][1] if found else None
 
-    async def _objects(self, owner: builders.Owner, spec: api.ModelVersionSpec, status: dict[str, Any],
-                       stable: ResolvedModel, member: Membership | None, **kwargs: Any) -> dict[str, Any] | None:
-        """Plan the owned objects (``desired_objects``, pure) and act on them; ``status.gatewayRoute`` follows.
-        Returns the stable Deployment as its apply answered (None if it was not applied)."""
-        if spec.routing is not None:  # a route is rendered: in the form its Gateway mirrors in
-            kwargs["mirror_style"] = await self.mirror_styles.of(spec.routing.gateway_ref, owner.namespace)
-        objects = desired_objects(owner, spec, stable, member, self.tracking_uri(spec), self.settings.serving_image,
-                                  had_gateway_route=bool(status.get("gatewayRoute")), **kwargs)
+    async def _apply(self, owner: builders.Owner, objects: plan.Objects) -> dict[str, Any] | None:
+        """Act on the planned objects in order (``plan.desired_objects``). Returns the stable Deployment as its
+        apply answered (None if it was not applied), read again when that answer is stale and not ready."""
         applied: dict[str, Any] | None = None
         applied_at = 0.0
         # Each manifest is let go once applied: a create's Deployment manifest was held while its Service waited
         # seconds at the ClusterIP allocator, for 200 creates at once (benchmarks/README.md).
-        steps, gateway_route = list(objects.steps), objects.gateway_route
+        steps = list(objects.steps)
         del objects
         steps.reverse()
         while steps:
@@ -911,109 +552,7 @@ class Reconciler:
             # ClusterIP allocator, one at a time): the Deployment has moved on since its apply answered, so
             # readiness is judged on a fresh read — one write instead of a second refresh round after it.
             applied = await self.kube.read_deployment(owner.namespace, owner.name)
-        if gateway_route != KEEP:
-            status["gatewayRoute"] = gateway_route
         return applied
-
-    async def _canary(self, owner: builders.Owner, spec: api.ModelVersionSpec, status: dict[str, Any],
-                      ro: api.RolloutStatus, stable: ResolvedModel, candidate: ResolvedModel, body: dict[str, Any],
-                      now_text: str, member: Membership | None, total: int) -> list[Event]:
-        """One tick of a guarded rollout: observe both tracks, plan (``rollout.plan``, pure), act. ``ro`` is
-        ``status.rollout`` as parsed (``rollout_status``); the new one is written once, at the end."""
-        events: list[Event] = []
-        now = rollout.parse_time(now_text)
-        stored = status.get("rollout") or {}  # as read: its fields a new rollout does not set are removed
-        world = await self._observe_tracks(owner)
-        action = self._pending_action(body, ro, status)
-        handled = self._annotation(body) if action else ro.handled_action
-        if ro.phase == api.RolloutPhase.ROLLED_BACK and ro.rejected_version == candidate.version \
-                and action != "undo":
-            # Rejected: keep serving the stable version until the spec or the alias points elsewhere.
-            await self._objects(owner, spec, status, stable, member)
-            status["model"] = stable.as_status()
-            return events
-        stepping = ro.phase in rollout.STEPPING
-        undoing = ro.kind == api.RolloutKind.UNDO
-        if action == "undo" and ro.phase not in rollout.ACTIVE:
-            previous = api.ModelStatus.model_validate(status.get("previousModel") or {})
-            if not previous.version or previous.version == stable.version:
-                ro = ro.model_copy(update={"handled_action": handled})
-                status["rollout"] = rollout_patch(ro)
-                await self._objects(owner, spec, status, stable, member)
-                return [Event("Warning", "UndoImpossible", f"nothing to undo: no earlier version than "
-                              f"{stable.version} is recorded in status.previousModel")]
-            # The spec's version stays rejected (usually the serving one; after an earlier rollback the spec may
-            # still name the version that was rolled back), so the undo is not followed by a new canary of it.
-            start = rollout.start(_model_status(stable), previous, spec, now, kind="Undo",
-                                  reason="requested with modelpilot undo",
-                                  rejected="" if candidate.version == previous.version else candidate.version)
-            decision = self._started(start, spec, total, world, now)
-        elif not stepping and ro.phase in rollout.ACTIVE:
-            decision = rollout.plan(ro, spec, total, world, now)  # Promoting / RollingBack: finish first
-        elif stepping and not undoing and candidate.version == stable.version:
-            decision = rollout.cancel(ro, spec, world, total, now, f"the spec asks for version {stable.version} "
-                                      f"again, not the canary version {ro.canary_version}")
-        elif stepping and not undoing and not api.given(spec.rollout):
-            decision = rollout.promote_now(ro, spec, world, total, now, "spec.rollout was removed: the spec's version "
-                                           "is rolled out without further steps")
-        elif not stepping or (not undoing and ro.canary_version != candidate.version):
-            start = rollout.start(_model_status(stable), _model_status(candidate), spec, now)
-            decision = self._started(start, spec, total, world, now)
-        else:
-            canary_model = self._canary_model(ro, candidate)
-            window = rollout.analysis_window(ro, spec, replace_action(world, action), total, now)
-            # Prometheus is asked over a synchronous client: off the event loop.
-            verdict, measurements = (await self.off_loop(self._analyse, owner, spec, stable, canary_model,
-                                                             window, ro)
-                                     if window is not None else (None, None))
-            world = dataclasses.replace(world, action=action, verdict=verdict, measurements=measurements)
-            decision = rollout.plan(ro, spec, total, world, now)
-        ro = decision.rollout  # the planner's own copy
-        if handled:
-            ro.handled_action = handled
-        events += self._canary_problem(ro, ro.canary_version or candidate.version, world.health.problem)
-        kind = {"Start": ("Normal", "RolloutStarted"), "Advance": ("Normal", "RolloutStep"),
-                "Promote": ("Normal", "Promoting"), "Promoted": ("Normal", "Promoted"),
-                "RollBack": ("Warning", "RolledBack"), "RolledBack": ("Normal", "RollbackComplete"),
-                "Cancel": ("Normal", "RolloutCancelled"), "Pause": ("Warning", "RolloutPaused")}.get(decision.action)
-        if kind:
-            events.append(Event(kind[0], kind[1], decision.message))
-        if decision.warning:
-            events.append(Event("Warning", "WeightNotHonoured", decision.warning))
-        status["rollout"] = rollout_patch(ro, stored)  # fields the decision no longer sets are removed
-        self.metrics.observe_rollout(owner.namespace, owner.name, decision.action, ro)
-        canary_model = self._canary_model(ro, candidate)
-        survivor = canary_model if decision.stable_model == "canary" else stable
-        if decision.action in ("Promoted", "RolledBack", "Cancelled") and survivor.version != stable.version:
-            survivor = await self._with_signature(owner, spec, survivor)
-        await self._objects(owner, spec, status, survivor, member, stable_replicas=decision.stable_replicas,
-                      canary=None if decision.canary_replicas is None else (canary_model, decision.canary_replicas),
-                      route_weight=decision.route_weight or 0, mirror=decision.mirror)
-        status["model"] = stable.as_status()
-        if decision.action in ("Promoted", "RolledBack", "Cancelled"):
-            if survivor.version != stable.version:
-                status["previousModel"] = stable.as_status(signature=False)
-                status["model"] = survivor.as_status()
-            if ro.kind != api.RolloutKind.UNDO and decision.action in ("Promoted", "RolledBack"):
-                events += await self._write_back(owner, spec, status, canary_model,
-                                           promoted=decision.action == "Promoted", reason=ro.reason or "",
-                                           now=now_text)
-        return events
-
-    @staticmethod
-    def _started(start: rollout.Decision, spec: api.ModelVersionSpec, total: int, world: rollout.World,
-                 now: float) -> rollout.Decision:
-        """A new rollout's first tick: its record from ``start``, its replicas from the planner."""
-        first = rollout.plan(start.rollout, spec, total, world, now)
-        return dataclasses.replace(first, action="Start", message=start.message)
-
-    @staticmethod
-    def _canary_model(ro: api.RolloutStatus, fallback: ResolvedModel) -> ResolvedModel:
-        """The canary track's model, from the rollout record (for an undo it is the previous version)."""
-        record = _model_dict(ro.canary_model)
-        model = pinned({"model": record}, ModelRef(str(record.get("name") or fallback.name),
-                                                    version=str(record.get("version") or "")))
-        return model or fallback
 
     async def _observe_tracks(self, owner: builders.Owner) -> rollout.World:
         """Both tracks' Deployments and the canary pods' health, as the planner reads them."""
@@ -1059,25 +598,6 @@ class Reconciler:
         return dataclasses.replace(model, signature=full.signature, signature_inputs=full.signature_inputs,
                                    signature_truncated=full.signature_truncated, flavor=model.flavor or full.flavor)
 
-    @staticmethod
-    def _canary_problem(ro: api.RolloutStatus, version: str, problem: str) -> list[Event]:
-        """Record why the canary's pods do not become ready in ``status.rollout.canaryProblem`` (the stable
-        version still serves, so ``Ready`` is not touched) and post one Warning Event per distinct problem."""
-        old = ro.canary_problem or ""
-        ro.canary_problem = None  # status is merge-patched: null removes it
-        if not problem or ro.phase not in rollout.STEPPING:
-            return []
-        same = bool(old) and diagnosis.same_problem(old, problem)
-        ro.canary_problem = old if same and "ImagePullBackOff" in problem else problem
-        return [] if same else [Event("Warning", diagnosis.REASON, f"canary version {version}: {ro.canary_problem}")]
-
-    @staticmethod
-    def _annotation(body: dict[str, Any]) -> str:
-        return str(((body.get("metadata") or {}).get("annotations") or {}).get(ACTION_ANNOTATION, "")).strip()
-
-    def _pending_action(self, body: dict[str, Any], ro: api.RolloutStatus, status: dict[str, Any]) -> str:
-        return pending_action(self._annotation(body), ro, status)
-
     def _analyse(self, owner: builders.Owner, spec: api.ModelVersionSpec, stable: ResolvedModel,
                  candidate: ResolvedModel, step_seconds: int,
                  ro: api.RolloutStatus) -> tuple[str, list[dict[str, Any]]]:
@@ -1106,85 +626,26 @@ class Reconciler:
         return analysis.overall(results, cfg.no_data), [m.as_status() for m in results]
 
     async def _write_back(self, owner: builders.Owner, spec: api.ModelVersionSpec, status: dict[str, Any],
-                          model: ResolvedModel, promoted: bool, reason: str, now: str) -> list[Event]:
-        """Opt-in registry write-back (``spec.rollout.writeBack``), with the same credentials Secret as
-        resolution. Never fatal (the rollout decision stands), but never silent: the outcome is the
-        ``RegistryWriteBack`` condition, and a failure is one Warning Event."""
-        wb = spec.rollout.write_back if spec.rollout is not None else None
-        if wb is None or not wb.enabled:
-            return []
-        alias = wb.promote_alias or DEFAULT_PROMOTE_ALIAS
-        what = (f"set @{alias} on {model.name} version {model.version} and tagged it modelpilot.promoted"
-                if promoted else f"tagged {model.name} version {model.version} modelpilot.rejected")
-        generation = int(status.get("observedGeneration") or 1)
+                          wb: plan.WriteBack, now: str) -> list[Event]:
+        """The planned registry write-back, with the same credentials Secret as resolution; its outcome goes
+        into ``status`` (``plan.written_back``: the ``RegistryWriteBack`` condition, one Warning on failure)."""
+        model = wb.model
+        failure: plan.Unresolved | None = None
         try:
             registry = await self.registry(owner.namespace, spec)
-            if promoted:
-                await self.off_loop(registry.set_alias, model.name, alias, model.version)
+            if wb.promoted:
+                await self.off_loop(registry.set_alias, model.name, wb.alias, model.version)
                 await self.off_loop(registry.set_tag, model.name, model.version, "modelpilot.promoted", "true")
             else:
-                await self.off_loop(registry.set_tag, model.name, model.version, "modelpilot.rejected",
-                                        reason[:500])
+                await self.off_loop(registry.set_tag, model.name, model.version, "modelpilot.rejected", wb.reason)
         except (RegistryError, SpecError) as exc:
             why = ("Unauthorized" if isinstance(exc, RegistryUnauthorized) else "SpecError"
                    if isinstance(exc, SpecError) else "RegistryNotFound" if isinstance(exc, RegistryNotFound)
                    else "RegistryUnavailable")
-            message = f"registry write-back failed (wanted: {what}): {exc}"
-            about(_log, owner.namespace, owner.name).warning("%s", message)
-            status["conditions"] = set_condition(list(status.get("conditions") or []), "RegistryWriteBack", "False",
-                                                 why, message, generation, now)
-            return [Event("Warning", "RegistryWriteBackFailed", message)]
-        status["conditions"] = set_condition(list(status.get("conditions") or []), "RegistryWriteBack", "True",
-                                             "Written", what, generation, now)
-        return []
-
-    async def _unresolved(self, namespace: str, name: str, status: dict[str, Any], ref: ModelRef | None,
-                          generation: int, now: str, exc: Exception, keep: bool) -> Result:
-        """The registry could not answer, or the spec cannot work: say why, touch nothing that runs, ask for a
-        retry — but for a spec that does not parse (``InvalidSpec``, ``ref`` None), which only a spec change
-        (a reconcile of its own) can fix. With nothing pinned, the phase says who must act (kstatus): MLflow
-        unreachable or failing is ``Resolving`` (``Reconciling=True``: it comes back by itself); a model or
-        version MLflow does not have, a credentials Secret missing or incomplete, or a spec that does not parse
-        is ``Failed`` (``Stalled=True``, ``Reconciling=False``: someone has to register the version, fix the
-        spec or create the Secret — so Argo CD and Flux report it instead of waiting). All but the last are still
-        retried with back-off, so registering the version later recovers it without an edit."""
-        not_found = isinstance(exc, RegistryNotFound)
-        invalid = isinstance(exc, InvalidSpec)
-        stalled = not_found or isinstance(exc, SpecError)  # InvalidSpec included
-        reason = "ModelNotFound" if not_found else "SpecError" if isinstance(exc, SpecError) else "RegistryUnavailable"
-        message = str(exc)
-        conditions = set_condition(list(status.get("conditions") or []), "Resolved", "False", reason, message,
-                                   generation, now)
-        if not keep:
-            # Nothing pinned for this spec: the resource is not Ready. What already runs stays untouched.
-            conditions = set_condition(conditions, "Ready", "False", reason, message, generation, now)
-            conditions = set_condition(conditions, "Reconciling", "False" if stalled else "True", reason, message,
-                                       generation, now)
-            conditions = set_condition(conditions, "Stalled", "True" if stalled else "False", reason, message,
-                                       generation, now)
-            status["phase"] = "Failed" if stalled else "Resolving"
-        old: dict[str, Any] = next((c for c in status.get("conditions") or [] if c.get("type") == "Resolved"), {})
-        repeated = old.get("status") == "False" and old.get("reason") == reason  # a retry: said already
-        if invalid:  # a spec edited into another unreadable one is news; a retry it is not
-            repeated = repeated and old.get("message") == (message[:1000] or reason)
-        status.update({"conditions": conditions, "observedGeneration": generation})
-        await self.kube.patch_status(namespace, name, status)
-        said = f"cannot resolve {ref}: {message}" if ref is not None else f"the spec cannot be read: {message}"
-        events = [] if repeated else [Event("Warning", reason, said)]
-        return Result(status=status, events=events, retry=not invalid, message=message)
-
-    async def _invalid_spec(self, namespace: str, name: str, status: dict[str, Any], generation: int, now: str,
-                            message: str) -> Result:
-        """A spec that does not parse: the ``SpecError`` path (``Resolved=False`` naming each field, one Warning
-        Event; ``Ready=False``, ``Stalled=True`` and phase ``Failed`` when nothing serves yet), nothing applied or
-        deleted. Said already for this generation (a rollout tick, an alias poll): nothing is written again."""
-        old: dict[str, Any] = next((c for c in status.get("conditions") or [] if c.get("type") == "Resolved"), {})
-        if (status.get("observedGeneration") == generation and old.get("status") == "False"
-                and old.get("reason") == "SpecError" and old.get("message") == message[:1000]):
-            return Result(status=status, message=message)
-        serving = bool((status.get("model") or {}).get("version"))
-        return await self._unresolved(namespace, name, status, None, generation, now, InvalidSpec(message),
-                                      keep=serving)
+            failure = plan.Unresolved(why, str(exc))
+            about(_log, owner.namespace, owner.name).warning("registry write-back failed (wanted: %s): %s",
+                                                             wb.what, exc)
+        return plan.written_back(status, wb, failure, now)
 
     async def refresh_readiness(self, namespace: str, name: str,
                                 deployment: dict[str, Any] | None = None) -> Result | None:
