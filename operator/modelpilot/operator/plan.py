@@ -586,7 +586,8 @@ def model_version(obs: Observed, now: str) -> Plan:
             model = current  # same version: keep the original resolution time and provenance
         elif known_canary is not None and model.version == known_canary.version:
             model = known_canary
-        else:
+        elif not _said(status, "Resolved", "True", _resolved_message(ref, model)):
+            # New to this resource (not, e.g., the version an undo took back from, asked again on each run).
             what = f"{ref} → version {model.version} (run {model.run_id or 'unknown'})"
             events.append(Event("Normal", "Resolved", f"resolved {what}"))
             stable = status.get("model") or {}
@@ -598,7 +599,7 @@ def model_version(obs: Observed, now: str) -> Plan:
     stable_model = pinned(status, ModelRef(ref.name, version=str((status.get("model") or {}).get("version", ""))))
     status.update({"observedGeneration": generation,
                    "conditions": set_condition(list(status.get("conditions") or []), "Resolved", "True",
-                                               "Resolved", f"{ref} is version {model.version}", generation, now)})
+                                               "Resolved", _resolved_message(ref, model), generation, now)})
     assigned = obs.member.replicas if obs.member else None  # an ABTest's replica-ratio share, if any
     total = int(assigned if assigned is not None else spec.replicas) or 1
     rejected = (ro.phase == api.RolloutPhase.ROLLED_BACK and ro.rejected_version == model.version
@@ -617,6 +618,17 @@ def model_version(obs: Observed, now: str) -> Plan:
         status["previousModel"] = stable_model.as_status(signature=False)
     status["model"] = model.as_status()
     return Plan(status=status, events=events, objects=objects, readiness=True)
+
+
+def _resolved_message(ref: ModelRef, model: ResolvedModel) -> str:
+    """The ``Resolved=True`` condition's message."""
+    return f"{ref} is version {model.version}"
+
+
+def _said(status: dict[str, Any], kind: str, value: str, message: str) -> bool:
+    """Whether ``status`` has condition ``kind`` at ``value`` with ``message`` already (one Event per transition)."""
+    return any(c.get("type") == kind and c.get("status") == value and c.get("message") == message
+               for c in status.get("conditions") or [])
 
 
 def _objects(obs: Observed, status: dict[str, Any], stable: ResolvedModel, **kwargs: Any) -> Objects:
