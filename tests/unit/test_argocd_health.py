@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 import yaml
 
-from modelpilot.operator import abtest, api, plan, rollout
+from modelpilot.operator import abtest, abtest_reconcile, api, plan, rollout
 
 ROOT = Path(__file__).resolve().parents[2]
 CHECKS = ROOT / "charts" / "modelpilot" / "argocd"
@@ -180,17 +180,11 @@ def rolled_back() -> dict[str, Any]:
 
 
 def unresolved_status(reason: str, message: str, invalid: bool = False, generation: int = 2) -> dict[str, Any]:
-    """Mirrors Reconciler._unresolved with nothing pinned yet (keep=False): an unreachable registry is in
-    progress; a model MLflow does not have, an unusable Secret or a spec that does not parse (``invalid``) is
-    stalled."""
-    stalled = invalid or reason != "RegistryUnavailable"
-    conditions = plan.set_condition([], "Resolved", "False", reason, message, generation, NOW)
-    conditions = plan.set_condition(conditions, "Ready", "False", reason, message, generation, NOW)
-    conditions = plan.set_condition(conditions, "Reconciling", "False" if stalled else "True", reason, message,
-                                         generation, NOW)
-    conditions = plan.set_condition(conditions, "Stalled", "True" if stalled else "False", reason, message,
-                                         generation, NOW)
-    return {"phase": "Failed" if stalled else "Resolving", "conditions": conditions, "observedGeneration": generation}
+    """What the planner writes when nothing is pinned yet (``plan.unresolved``, keep=False): an unreachable
+    registry is in progress; a model MLflow does not have, an unusable Secret or a spec that does not parse
+    (``invalid``) is stalled."""
+    why = plan.Unresolved(reason, message, stalled=invalid or reason != "RegistryUnavailable", invalid=invalid)
+    return plan.unresolved({"observedGeneration": 0}, None, generation, NOW, why, keep=False).status
 
 
 # ----------------------------------------------------------------------------- ModelVersion
@@ -205,7 +199,7 @@ def test_model_version_ready_is_healthy() -> None:
 def test_model_version_still_serving_while_the_registry_is_down_is_healthy_with_a_note() -> None:
     s = ready_status()
     s["conditions"] = plan.set_condition(s["conditions"], "Resolved", "False", "RegistryUnavailable",
-                                              "MLflow at http://mlflow:5000 is unreachable", 2, NOW)
+                                         "MLflow at http://mlflow:5000 is unreachable", 2, NOW)
     status, message = health(MV_HEALTH, model_version(s))
     assert status == "Healthy"
     assert message.endswith("(registry: MLflow at http://mlflow:5000 is unreachable)")
@@ -314,12 +308,13 @@ def ab_test(status: dict[str, Any] | None, generation: int = 1) -> dict[str, Any
 
 
 def ab_status(ready: str, reason: str, message: str, *, winner: str = "", phase: str = "Running",
-              limited: str = "") -> dict[str, Any]:
-    """Mirrors ABTestReconciler.reconcile's status (conditions, split text, winner, phase)."""
-    conditions = plan.set_condition([], "Ready", ready, reason, message, 1, NOW)
+              limited: str = "", stalled: bool = False) -> dict[str, Any]:
+    """An ABTest's status as its reconcile writes it (conditions through the operator's own
+    ``abtest_reconcile.readiness``, split text, winner, phase)."""
+    conditions = abtest_reconcile.readiness([], ready == "True", reason, message, 1, NOW, stalled=stalled)
     conditions = plan.set_condition(conditions, "RoutingLimited", "True" if limited else "False",
-                                         "Unsupported" if limited else "None",
-                                         limited or "all requested routing features are applied", 1, NOW)
+                                    "Unsupported" if limited else "None",
+                                    limited or "all requested routing features are applied", 1, NOW)
     status: dict[str, Any] = {"conditions": conditions, "observedGeneration": 1, "phase": phase,
                               "split": abtest.split_text(VARIANTS, {"control": 50, "challenger": 50}),
                               "variants": [{"name": v.name, "modelVersion": v.model_version, "weight": 50,
@@ -352,6 +347,14 @@ def test_abtest_missing_model_version_is_degraded() -> None:
 def test_abtest_routing_failure_is_degraded() -> None:
     msg = 'httproutes.gateway.networking.k8s.io "iris-ab" is forbidden'
     assert health(AB_HEALTH, ab_test(ab_status("False", "RoutingFailed", msg))) == ("Degraded", msg)
+
+
+def test_abtest_that_someone_must_fix_is_degraded() -> None:
+    """``Stalled=True``: a spec that does not parse (which the reason-based rule read as Progressing), or a route
+    the API refused."""
+    msg = "spec.variants[0].weight: Input should be less than or equal to 100"
+    s = ab_status("False", "SpecError", msg, phase="Failed", stalled=True)
+    assert health(AB_HEALTH, ab_test(s)) == ("Degraded", msg)
 
 
 def test_abtest_waiting_for_variants_is_progressing() -> None:

@@ -107,7 +107,8 @@ class ABTestReconciler:
             for kind, obj in decided.delete:
                 await self.kube.delete_owned(kind, namespace, obj, meta["uid"])
         except KubeError as exc:
-            decided = routing_failed(decided, str(exc), int(meta.get("generation") or 1), now)
+            decided = routing_failed(decided, str(exc), int(meta.get("generation") or 1), now,
+                                     refused=400 <= exc.status < 500 and exc.status not in (409, 429))
         await self.kube.patch_status(namespace, name, decided.status, plural="abtests")
         # The variants' Deployments follow the replicas just recorded (one writer per Deployment).
         for mv, member in decided.members.items():
@@ -234,7 +235,7 @@ def plan(body: dict[str, Any], spec: api.ABTestSpec, bodies: dict[str, dict[str,
     missing = [mv for mv, b in bodies.items() if b is None]
     if missing:
         message = f"ModelVersion(s) not found in {namespace}: {', '.join(missing)}"
-        conditions = set_condition(conditions, "Ready", "False", "ModelVersionMissing", message, generation, now)
+        conditions = readiness(conditions, False, "ModelVersionMissing", message, generation, now)
         status.update(conditions=conditions, observedGeneration=generation, phase="Pending")
         return ABTestPlan(apply=[], status=status, events=[Event("Warning", "ModelVersionMissing", message)],
                           retry=True, message=message)
@@ -300,11 +301,11 @@ def plan(body: dict[str, Any], spec: api.ABTestSpec, bodies: dict[str, dict[str,
     all_ready = all(any(c.get("type") == "Ready" and c.get("status") == "True"
                         for c in ((b or {}).get("status") or {}).get("conditions") or []) for b in bodies.values())
     if not all_ready:
-        conditions = set_condition(conditions, "Ready", "False", "VariantsNotReady",
-                                   "waiting for every variant's ModelVersion to be Ready", generation, now)
+        conditions = readiness(conditions, False, "VariantsNotReady",
+                               "waiting for every variant's ModelVersion to be Ready", generation, now)
     else:
-        conditions = set_condition(conditions, "Ready", "True", "Routing",
-                                   f"{prov} routing applied: {status['split']}", generation, now)
+        conditions = readiness(conditions, True, "Routing", f"{prov} routing applied: {status['split']}",
+                               generation, now)
     conditions = set_condition(conditions, "RoutingLimited", "True" if routing_msg else "False",
                                "Unsupported" if routing_msg else "None", routing_msg or "all requested routing "
                                "features are applied", generation, now)
@@ -323,6 +324,19 @@ def plan(body: dict[str, Any], spec: api.ABTestSpec, bodies: dict[str, dict[str,
                       provider=prov, delete=[("SnippetsFilter", n) for n in prune])
 
 
+def readiness(conditions: list[dict[str, Any]], ready: bool, reason: str, message: str, generation: int, now: str,
+              stalled: bool = False) -> list[dict[str, Any]]:
+    """``Ready`` with the kstatus conditions that agree with it (as for ModelVersions): Ready → ``Reconciling`` and
+    ``Stalled`` False (kstatus Current); not Ready and coming by itself (variants becoming Ready, a ModelVersion
+    not created yet) → ``Reconciling=True`` (InProgress); not Ready until someone acts (``stalled``: a spec that
+    does not parse, routing the API refuses) → ``Stalled=True`` (Failed). Without them kstatus read a reconciled
+    ABTest as Current whatever ``Ready`` said, so Flux reported an experiment whose variants never served."""
+    conditions = set_condition(conditions, "Ready", "True" if ready else "False", reason, message, generation, now)
+    conditions = set_condition(conditions, "Reconciling", "False" if ready or stalled else "True", reason, message,
+                               generation, now)
+    return set_condition(conditions, "Stalled", "True" if stalled else "False", reason, message, generation, now)
+
+
 def invalid_spec(body: dict[str, Any], message: str, now: str) -> ABTestPlan:
     """The plan for an ABTest whose spec does not parse (the API server validated it, so an object stored
     before the schema or written around it): nothing to apply, ``Ready=False`` with reason ``SpecError``
@@ -336,8 +350,8 @@ def invalid_spec(body: dict[str, Any], message: str, now: str) -> ABTestPlan:
     said = old.get("status") == "False" and old.get("reason") == "SpecError" and old.get("message") == message[:1000]
     if said and status.get("observedGeneration") == generation:
         return ABTestPlan(apply=[], status=status, message=message)
-    status["conditions"] = set_condition(list(status.get("conditions") or []), "Ready", "False", "SpecError",
-                                         message, generation, now)
+    status["conditions"] = readiness(list(status.get("conditions") or []), False, "SpecError", message, generation,
+                                     now, stalled=True)
     status.update(observedGeneration=generation, phase=api.ABTestPhase.FAILED.value)
     events = [] if said else [Event("Warning", "SpecError", f"the spec cannot be read: {message}")]
     return ABTestPlan(apply=[], status=status, events=events, message=message)
@@ -364,11 +378,14 @@ def warnings_not_said(events: list[Event], previous: dict[str, Any]) -> list[Eve
                                       and ready.get("message") in (e.message, e.message[:1000]))]
 
 
-def routing_failed(decided: ABTestPlan, error: str, generation: int, now: str) -> ABTestPlan:
-    """The plan after its routing could not be applied: not Ready with the API's message, a Warning, a retry."""
+def routing_failed(decided: ABTestPlan, error: str, generation: int, now: str, refused: bool = False) -> ABTestPlan:
+    """The plan after its routing could not be applied: not Ready with the API's message, a Warning, a retry.
+    ``refused``: the API refused it (a 4xx other than a conflict or throttling: an invalid route, a Gateway API
+    CRD not installed, RBAC), which someone has to fix (``Stalled=True``); else it comes back by itself
+    (``Reconciling=True``)."""
     status = dict(decided.status)
-    conditions = set_condition(list(status.get("conditions") or []), "Ready", "False", "RoutingFailed", error,
-                               generation, now)
+    conditions = readiness(list(status.get("conditions") or []), False, "RoutingFailed", error, generation, now,
+                           stalled=refused)
     status["conditions"] = set_condition(conditions, "RoutingLimited", "False", "Unsupported", error, generation,
                                          now)
     return dataclasses.replace(decided, status=status, retry=True, message=error,

@@ -164,6 +164,8 @@ class ABTestConditionType(StrEnum):
     """Condition types of an ABTest."""
 
     READY = "Ready"
+    RECONCILING = "Reconciling"
+    STALLED = "Stalled"
     ROUTING_LIMITED = "RoutingLimited"
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from datetime import datetime
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 from pydantic import ValidationError
@@ -31,6 +31,9 @@ from modelpilot.operator.resolved import ModelRef, ResolvedModel
 
 @dataclass(frozen=True)
 class Event:
+    """A Kubernetes Event to post against the resource: ``type`` ``Normal`` or ``Warning``, a CamelCase
+    ``reason``, a ``message`` (the adapter bounds its length)."""
+
     type: str  # Normal | Warning
     reason: str
     message: str
@@ -400,7 +403,7 @@ def rollout_phase(status: dict[str, Any]) -> str:
 # ---------------------------------------------------------------------------- the planner
 
 
-class Needed(str, Enum):
+class Needed(StrEnum):
     """What the planner needs observed before it can plan."""
 
     RESOLUTION = "resolution"  # the registry's answer to the spec's reference (``Observed.resolution``)
@@ -453,9 +456,10 @@ class Observed:
 
     ``status`` and ``rollout_state`` (``status.rollout``) as read (parsed once, ``reconcile.rollout_status``);
     ``annotation``: the action annotation's value, stripped; ``refresh``: the alias poll asks MLflow again even
-    with a version pinned; ``member``: the ABTest routing to it. The rest starts unobserved and is filled in as the planner asks
-    (``Need``): ``resolution`` (a version, or why none), ``mirror_style``, ``world``, ``analysis`` (verdict and
-    measurements), ``full_model`` with ``signature_read`` (the read was tried; None when it failed)."""
+    with a version pinned; ``member``: the ABTest routing to it. The rest starts unobserved and is filled in as
+    the planner asks (``Need``): ``resolution`` (a version, or why none), ``mirror_style``, ``world``,
+    ``analysis`` (verdict and measurements), ``full_model`` with ``signature_read`` (the read was tried; None
+    when it failed)."""
 
     owner: builders.Owner
     generation: int

@@ -1,7 +1,7 @@
 -- Argo CD health check for modelpilot.io/ABTest.
 -- Reads the status the modelpilot operator writes: the Ready condition (reasons Routing,
--- VariantsNotReady, ModelVersionMissing, RoutingFailed) with observedGeneration, status.split,
--- status.winner and the RoutingLimited condition.
+-- VariantsNotReady, ModelVersionMissing, RoutingFailed, SpecError) with observedGeneration, the
+-- kstatus Stalled condition, status.split, status.winner and the RoutingLimited condition.
 -- Written for Argo CD's Lua (gopher-lua, Lua 5.1); tested with lua5.4 (tests/unit/test_argocd_health.py).
 local hs = {}
 
@@ -58,6 +58,14 @@ if ready ~= nil and ready.status == "True" then
   if limited ~= nil and limited.status == "True" then
     hs.message = hs.message .. " (limited: " .. text(limited, "Unsupported") .. ")"
   end
+  return hs
+end
+
+-- Stalled=True: someone has to act (a spec that does not parse, routing the API refuses).
+local stalled = condition(status, "Stalled")
+if stalled ~= nil and stalled.status == "True" then
+  hs.status = "Degraded"
+  hs.message = text(stalled, text(ready, "Stalled"))
   return hs
 end
 
