@@ -234,13 +234,13 @@ def test_plan_declares_a_winner_once_and_keeps_figures_when_not_measured() -> No
 def _kstatus(status: dict[str, Any], generation: int = 1) -> str:
     """kstatus' reading of a custom resource (sigs.k8s.io/cli-utils pkg/kstatus, the generic rules Flux applies):
     a stale observedGeneration or Reconciling=True is InProgress, Stalled=True is Failed, otherwise Current."""
-    conds = {c["type"]: c["status"] for c in status.get("conditions") or []}
     if status.get("observedGeneration", 0) != generation:
         return "InProgress"
-    if conds.get("Stalled") == "True":
-        return "Failed"
-    if conds.get("Reconciling") == "True":
-        return "InProgress"
+    for c in status.get("conditions") or []:  # in list order, as kstatus reads them
+        if c["type"] == "Reconciling" and c["status"] == "True":
+            return "InProgress"
+        if c["type"] == "Stalled" and c["status"] == "True":
+            return "Failed"
     return "Current"
 
 
@@ -262,8 +262,15 @@ def test_an_abtest_reads_in_progress_to_kstatus_until_it_routes_and_failed_when_
     assert _kstatus(refused.status) == "Failed"
     flaky = abtest_reconcile.routing_failed(routing, "apply Service exp: 500 etcd timeout", 1, T1)
     assert _kstatus(flaky.status) == "InProgress"
+    assert 401 in abtest_reconcile._TRANSIENT and 429 in abtest_reconcile._TRANSIENT  # a token rotating, throttling
     invalid = abtest_reconcile.invalid_spec(_ab({"variants": "x"}, routing.status), "spec.variants: not a list", T1)
-    assert _kstatus(invalid.status) == "Failed"
+    assert _kstatus(invalid.status) == "Failed" and [e.reason for e in invalid.events] == ["SpecError"]
+    again = abtest_reconcile.invalid_spec(_ab({"variants": "x"}, invalid.status), "spec.variants: not a list", T1)
+    assert again.events == [] and again.status == invalid.status  # said: nothing new to write
+    # Said before ABTests carried kstatus conditions (Ready only): Stalled is written, nothing said again.
+    old = {**invalid.status, "conditions": [c for c in invalid.status["conditions"] if c["type"] == "Ready"]}
+    upgraded = abtest_reconcile.invalid_spec(_ab({"variants": "x"}, old), "spec.variants: not a list", T1)
+    assert _kstatus(upgraded.status) == "Failed" and upgraded.events == []
 
 
 def test_routing_that_cannot_be_applied_is_not_ready_with_the_api_message() -> None:

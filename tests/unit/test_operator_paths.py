@@ -1206,6 +1206,23 @@ def test_readiness_is_judged_on_a_fresh_read_when_the_apply_answer_is_old(monkey
     assert reconcile_ready(first.status) == "True" and [e.reason for e in first.events] == ["Resolved", "Ready"]
 
 
+def test_a_rollout_step_judges_readiness_on_the_deployment_after_it_not_on_the_scale_answer() -> None:
+    """A step scales the stable Deployment: the apply answers before its controller observed the new generation
+    (not available). Judged on that answer, every step flapped the ModelVersion to Ready=False ("RollingOut")
+    and back — and its ABTest to VariantsNotReady — while the stable version served throughout."""
+    kube = _MovesOn(mv_body("1", rollout=ROLLOUT))
+    rec = reconciler(kube, mlflow({"1": "run1", "2": "run2"}))
+    run(kube, rec)
+    asyncio.run(rec.refresh_readiness(NS, NAME))  # the Deployment's next event: available, Ready
+    assert reconcile_ready(kube.body["status"]) == "True"
+    _edit(kube, version="2")
+    for _ in range(3):  # start, then steps as the canary becomes ready
+        result = run(kube, rec)
+        assert reconcile_ready(result.status) == "True", result.events
+        assert not {"RollingOut", "NotReady"} & {e.reason for e in result.events}
+    assert kube.body["status"]["rollout"]["phase"] == "Progressing"
+
+
 def test_periodic_runs_are_not_queued_behind_a_burst_of_reconciles() -> None:
     from modelpilot.operator.core import OperatorCore
 

@@ -36,7 +36,9 @@ def model(version: str, *, alias: str = "", signature: str = '[{"name": "x"}]') 
 
 def observed(spec: dict[str, Any] | None = None, status: dict[str, Any] | None = None, *, generation: int = 1,
              **kwargs: Any) -> plan.Observed:
+    """An observation with no ABTest routing to it, known (``member_known=False`` to have the planner ask)."""
     status = status or {"observedGeneration": 0}
+    kwargs.setdefault("member_known", True)
     return plan.Observed(
         owner=OWNER, generation=generation,
         spec=api.ModelVersionSpec.model_validate(spec or {"model": {"name": "iris", "version": "1"}}),
@@ -50,8 +52,9 @@ class Answers:
     def __init__(self, resolution: ResolvedModel | plan.Unresolved | None = None,
                  world: rollout.World | None = None,
                  analysis: tuple[str | None, list[dict[str, Any]] | None] | None = None,
-                 full_model: ResolvedModel | None = None, mirror_style: MirrorStyle = MirrorStyle.REQUEST_MIRROR):
-        self.resolution, self.world, self.analysis = resolution, world, analysis
+                 full_model: ResolvedModel | None = None, mirror_style: MirrorStyle = MirrorStyle.REQUEST_MIRROR,
+                 member: plan.Membership | None = None):
+        self.resolution, self.world, self.analysis, self.member = resolution, world, analysis, member
         self.full_model, self.mirror_style = full_model, mirror_style
         self.asked: list[plan.Need] = []
 
@@ -66,6 +69,8 @@ class Answers:
             if need.what == plan.Needed.RESOLUTION:
                 assert self.resolution is not None, "the registry was asked, and the test says it must not be"
                 obs = dataclasses.replace(obs, resolution=self.resolution)
+            elif need.what == plan.Needed.MEMBERSHIP:
+                obs = dataclasses.replace(obs, member=self.member, member_known=True)
             elif need.what == plan.Needed.MIRROR_STYLE:
                 obs = dataclasses.replace(obs, mirror_style=self.mirror_style)
             elif need.what == plan.Needed.TRACKS:
@@ -170,6 +175,14 @@ def test_a_registry_that_cannot_answer_touches_nothing_and_says_who_must_act(
     assert again.events == [] and again.status["phase"] == phase
 
 
+def test_a_registry_that_cannot_answer_asks_nothing_more() -> None:
+    """Not even the ABTest membership: what runs is not touched, so nothing else is read (a failing read there
+    would hide the registry's problem from status)."""
+    answers = Answers(resolution=plan.Unresolved("RegistryUnavailable", "timeout"))
+    p = answers.plan(observed(member_known=False), T0)
+    assert answers.what == [plan.Needed.RESOLUTION] and p.status["phase"] == "Resolving"
+
+
 def test_an_unreachable_registry_keeps_a_serving_version_ready() -> None:
     p = Answers(resolution=plan.Unresolved("RegistryUnavailable", "timeout")).plan(
         observed(status=serving("1"), refresh=True), T0)
@@ -203,7 +216,9 @@ def test_a_gateway_route_is_rendered_in_the_form_its_gateway_mirrors_in() -> Non
 
 def test_an_abtest_share_sets_replicas_and_pod_labels() -> None:
     member = plan.Membership("exp", 3, False)
-    p = Answers(resolution=model("1")).plan(observed(member=member), T0)
+    answers = Answers(resolution=model("1"), member=member)
+    p = answers.plan(observed(member_known=False), T0)
+    assert answers.what == [plan.Needed.RESOLUTION, plan.Needed.MEMBERSHIP]
     dep = applied(p)[("Deployment", "iris")]
     assert dep["spec"]["replicas"] == 3
     assert dep["spec"]["template"]["metadata"]["labels"]["modelpilot.io/abtest"] == "exp"

@@ -32,6 +32,9 @@ from modelpilot.operator.reconcile import KeyedLocks, Reconciler, Result, now_is
 
 log = logging.getLogger(__name__)
 
+#: 4xx answers that come back by themselves: unauthorised (a token being rotated), timeout, conflict, throttling.
+_TRANSIENT = frozenset({401, 408, 409, 429})
+
 #: What an absent ``spec.routing`` means (no Gateway, no pinning, no stickiness).
 _NO_ROUTING = api.ABTestRouting()
 #: A variant ModelVersion's ``spec.replicas`` when not given (the model's default, as the CRD's).
@@ -108,7 +111,7 @@ class ABTestReconciler:
                 await self.kube.delete_owned(kind, namespace, obj, meta["uid"])
         except KubeError as exc:
             decided = routing_failed(decided, str(exc), int(meta.get("generation") or 1), now,
-                                     refused=400 <= exc.status < 500 and exc.status not in (409, 429))
+                                     refused=400 <= exc.status < 500 and exc.status not in _TRANSIENT)
         await self.kube.patch_status(namespace, name, decided.status, plural="abtests")
         # The variants' Deployments follow the replicas just recorded (one writer per Deployment).
         for mv, member in decided.members.items():
@@ -347,8 +350,10 @@ def invalid_spec(body: dict[str, Any], message: str, now: str) -> ABTestPlan:
     status = copy.deepcopy(dict(body.get("status") or {}))
     generation = int(meta.get("generation") or 1)
     old: dict[str, Any] = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), {})
+    stalled = any(c.get("type") == "Stalled" and c.get("status") == "True" for c in status.get("conditions") or [])
     said = old.get("status") == "False" and old.get("reason") == "SpecError" and old.get("message") == message[:1000]
-    if said and status.get("observedGeneration") == generation:
+    # Said already, unless before ABTests carried kstatus conditions (no Stalled yet: written again, no Event).
+    if said and stalled and status.get("observedGeneration") == generation:
         return ABTestPlan(apply=[], status=status, message=message)
     status["conditions"] = readiness(list(status.get("conditions") or []), False, "SpecError", message, generation,
                                      now, stalled=True)

@@ -407,6 +407,7 @@ class Needed(StrEnum):
     """What the planner needs observed before it can plan."""
 
     RESOLUTION = "resolution"  # the registry's answer to the spec's reference (``Observed.resolution``)
+    MEMBERSHIP = "membership"  # the ABTest that routes to it, if any (``Observed.member``)
     MIRROR_STYLE = "mirror_style"  # the form the spec's Gateway mirrors in (``Observed.mirror_style``)
     TRACKS = "tracks"  # both tracks' Deployments and the canary pods' health (``Observed.world``)
     ANALYSIS = "analysis"  # one analysis round over the step's window (``Observed.analysis``)
@@ -456,8 +457,9 @@ class Observed:
 
     ``status`` and ``rollout_state`` (``status.rollout``) as read (parsed once, ``reconcile.rollout_status``);
     ``annotation``: the action annotation's value, stripped; ``refresh``: the alias poll asks MLflow again even
-    with a version pinned; ``member``: the ABTest routing to it. The rest starts unobserved and is filled in as
-    the planner asks (``Need``): ``resolution`` (a version, or why none), ``mirror_style``, ``world``,
+    with a version pinned. The rest starts unobserved and is filled in as the planner asks (``Need``): ``member``
+    (the ABTest routing to it, with ``member_known``; a caller that knows it better than the index, the ABTest
+    reconciler, gives it at once), ``resolution`` (a version, or why none), ``mirror_style``, ``world``,
     ``analysis`` (verdict and measurements), ``full_model`` with ``signature_read`` (the read was tried; None
     when it failed)."""
 
@@ -471,6 +473,7 @@ class Observed:
     annotation: str = ""
     refresh: bool = False
     member: Membership | None = None
+    member_known: bool = False
     resolution: ResolvedModel | Unresolved | None = None
     mirror_style: MirrorStyle | None = None
     world: rollout.World | None = None
@@ -568,7 +571,8 @@ def model_version(obs: Observed, now: str) -> Plan:
     spec, generation = obs.spec, obs.generation
     status = dict(obs.status)
     ref = model_ref(spec)
-    ro = obs.rollout_state.model_copy(deep=True)  # the plan's own copy: a plan may be made again from the same ``obs``
+    # Never changed in place: a plan may be made again from the same ``obs`` (each change below makes a copy).
+    ro = obs.rollout_state
     events: list[Event] = []
     current = pinned(status, ref)  # the stable version, when it still answers the spec
     known_canary = pinned({"model": _model_dict(ro.canary_model)}, ref) if ro.canary_model else None
@@ -598,6 +602,8 @@ def model_version(obs: Observed, now: str) -> Plan:
             if ref.alias and stable.get("version") and stable.get("alias") == ref.alias:
                 events.append(Event("Normal", "AliasMoved", f"alias @{ref.alias} moved from version "
                                     f"{stable['version']} to {model.version}; rolling out"))
+    if not obs.member_known:
+        return asking(Needed.MEMBERSHIP)  # the same pod labels and replicas on every path
     if spec.routing is not None and obs.mirror_style is None:
         return asking(Needed.MIRROR_STYLE)  # a route is rendered: in the form its Gateway mirrors in
     stable_model = pinned(status, ModelRef(ref.name, version=str((status.get("model") or {}).get("version", ""))))
@@ -615,7 +621,7 @@ def model_version(obs: Observed, now: str) -> Plan:
         plan.events[:0] = events
         return plan
     if ro.phase == api.RolloutPhase.ROLLED_BACK and ro.rejected_version != model.version:
-        ro.phase = api.RolloutPhase.SUPERSEDED  # the spec moved on from the rejected version
+        ro = ro.model_copy(update={"phase": api.RolloutPhase.SUPERSEDED})  # the spec moved on from the rejection
         status["rollout"] = rollout_patch(ro)
     objects = _objects(obs, status, model)
     if stable_model is not None and stable_model.version != model.version:

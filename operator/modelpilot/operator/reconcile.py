@@ -386,11 +386,11 @@ class Reconciler:
             return await self._act(namespace, name, plan.invalid_spec(status, generation, now, spec_errors(exc)),
                                    body, now)
         owner = builders.Owner(name=name, namespace=namespace, uid=meta["uid"])
-        if member == "look up":  # the same pod labels and replicas on every path
-            member = await self.abtest_membership(namespace, name)
+        known = member != "look up"
         obs = plan.Observed(owner=owner, generation=generation, spec=spec, status=status,
                             rollout_state=rollout_status(status, namespace, name), tracking_uri=self.tracking_uri(spec),
-                            default_image=self.settings.serving_image, refresh=refresh, member=member,
+                            default_image=self.settings.serving_image, refresh=refresh,
+                            member=member if member != "look up" else None, member_known=known,
                             annotation=str((meta.get("annotations") or {}).get(ACTION_ANNOTATION, "")).strip())
         for _ in range(len(plan.Needed) + 1):  # each need is asked once at most
             decided = plan.model_version(obs, now)
@@ -408,6 +408,9 @@ class Reconciler:
             except (RegistryError, SpecError) as exc:
                 resolution = unresolved_of(exc)
             return dataclasses.replace(obs, resolution=resolution)
+        if need.what == plan.Needed.MEMBERSHIP:
+            return dataclasses.replace(obs, member=await self.abtest_membership(owner.namespace, owner.name),
+                                       member_known=True)
         if need.what == plan.Needed.MIRROR_STYLE:
             assert spec.routing is not None
             return dataclasses.replace(obs, mirror_style=await self.mirror_styles.of(spec.routing.gateway_ref,
@@ -445,10 +448,13 @@ class Reconciler:
                               ("HTTPRoute", name), ("Service", f"{name}-stable"), ("Service", f"{name}-canary"),
                               ("SnippetsFilter", builders.canary_mirror_filter_name(owner))):
                 self.kube.assume_absent(kind, namespace, obj, owner.uid)
-        applied = await self._apply(owner, decided.objects)
+        # A rollout tick judges readiness on the stable Deployment read after everything was done: the answer to a
+        # step's apply (a scale) has a generation its controller has not observed yet, which reads as not Ready.
+        tick = decided.rollout_state is not None
+        applied = await self._apply(owner, decided.objects, keep_answer=not tick)
         if decided.write_back is not None:
             events += await self._write_back(owner, spec, status, decided.write_back, now)
-        # The apply's answer is the Deployment as it is now (status included): no second read on that path.
+        # Otherwise the apply's answer is the Deployment as it is now (status included): no second read.
         deployment = applied if applied is not None else await self.kube.read_deployment(namespace, name)
         status, ready_events = await self._write_readiness(namespace, name, status, int(status["observedGeneration"]),
                                                            deployment, now, await self.pods_of(namespace, deployment),
@@ -523,9 +529,11 @@ class Reconciler:
                         if m[0] == name), key=lambda m: m[1].abtest)
         return found[0][1] if found else None
 
-    async def _apply(self, owner: builders.Owner, objects: plan.Objects) -> dict[str, Any] | None:
+    async def _apply(self, owner: builders.Owner, objects: plan.Objects,
+                     keep_answer: bool = True) -> dict[str, Any] | None:
         """Act on the planned objects in order (``plan.desired_objects``). Returns the stable Deployment as its
-        apply answered (None if it was not applied), read again when that answer is stale and not ready."""
+        apply answered (None if it was not applied, or not ``keep_answer``), read again when that answer is stale
+        and not ready."""
         applied: dict[str, Any] | None = None
         applied_at = 0.0
         # Each manifest is let go once applied: a create's Deployment manifest was held while its Service waited
@@ -541,7 +549,7 @@ class Reconciler:
             stable = what["kind"] == "Deployment" and what["metadata"]["name"] == owner.name
             answer = await self.kube.apply(what)
             del what
-            if stable:
+            if stable and keep_answer:
                 applied = readiness_view(answer) if isinstance(answer, dict) and answer.get("kind") == "Deployment" \
                     else None
                 applied_at = time.monotonic()
