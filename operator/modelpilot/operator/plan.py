@@ -3,9 +3,11 @@
 The domain layer of the operator's "observe → plan → act" (docs/architecture.md): ``reconcile.Reconciler``
 observes (the ModelVersion, the registry, both tracks' Deployments, Prometheus), calls ``model_version`` with
 what it saw and the time, and acts on the ``Plan`` it gets back (applies and deletes, the status write, Events,
-a retry). The planner asks for what it needs to know and was not told (``Need``): the registry's answer only when
-nothing pinned answers the spec (or an alias poll asks), both tracks only on a rollout's paths, an analysis round
-only when a step's window has passed, a promoted version's signature only when a rollout ends on it. The
+a retry). The planner asks for what it needs to know and was not told (``Need``): the registry's answer only
+when nothing pinned answers the spec (or an alias poll asks), its ABTest membership once a version is known, the
+Gateway's mirror form only for a spec that routes through one, both tracks only on a rollout's paths, an
+analysis round only when a step's window has passed, a promoted version's signature only when a rollout ends on
+it. The
 reconciler observes that and plans again with the same time, so a plan is one deterministic function of its
 inputs, tested without a cluster or a clock (tests/unit/test_operator_plan.py).
 
