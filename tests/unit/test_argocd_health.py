@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 import yaml
 
-from modelpilot.operator import abtest, abtest_reconcile, api, plan, rollout
+from modelpilot.operator import abtest, api, plan, rollout
 
 ROOT = Path(__file__).resolve().parents[2]
 CHECKS = ROOT / "charts" / "modelpilot" / "argocd"
@@ -310,8 +310,8 @@ def ab_test(status: dict[str, Any] | None, generation: int = 1) -> dict[str, Any
 def ab_status(ready: str, reason: str, message: str, *, winner: str = "", phase: str = "Running",
               limited: str = "", stalled: bool = False) -> dict[str, Any]:
     """An ABTest's status as its reconcile writes it (conditions through the operator's own
-    ``abtest_reconcile.readiness``, split text, winner, phase)."""
-    conditions = abtest_reconcile.readiness([], ready == "True", reason, message, 1, NOW, stalled=stalled)
+    ``plan.readiness_conditions``, split text, winner, phase)."""
+    conditions = plan.readiness_conditions([], ready == "True", reason, message, 1, NOW, stalled=stalled)
     conditions = plan.set_condition(conditions, "RoutingLimited", "True" if limited else "False",
                                     "Unsupported" if limited else "None",
                                     limited or "all requested routing features are applied", 1, NOW)

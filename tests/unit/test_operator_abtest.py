@@ -12,6 +12,7 @@ import pytest
 from modelpilot.operator import abtest, abtest_reconcile, api
 from modelpilot.operator.mirroring import MirrorStyle
 from modelpilot.operator.plan import Membership
+from tests.unit.kstatus import kstatus
 
 SPEC = {"variants": [{"name": "a", "modelVersion": "iris-a", "weight": 90},
                      {"name": "b", "modelVersion": "iris-b", "weight": 10},
@@ -231,46 +232,33 @@ def test_plan_declares_a_winner_once_and_keeps_figures_when_not_measured() -> No
     assert {r["name"]: r["weight"] for r in promoted.status["variants"]} == {"a": 100, "b": 0}
 
 
-def _kstatus(status: dict[str, Any], generation: int = 1) -> str:
-    """kstatus' reading of a custom resource (sigs.k8s.io/cli-utils pkg/kstatus, the generic rules Flux applies):
-    a stale observedGeneration or Reconciling=True is InProgress, Stalled=True is Failed, otherwise Current."""
-    if status.get("observedGeneration", 0) != generation:
-        return "InProgress"
-    for c in status.get("conditions") or []:  # in list order, as kstatus reads them
-        if c["type"] == "Reconciling" and c["status"] == "True":
-            return "InProgress"
-        if c["type"] == "Stalled" and c["status"] == "True":
-            return "Failed"
-    return "Current"
-
-
 def test_an_abtest_reads_in_progress_to_kstatus_until_it_routes_and_failed_when_someone_must_act() -> None:
     """Before: ABTests carried only Ready, so once reconciled kstatus (Flux's health checks) read every one as
     Current — a missing variant or one that never became Ready included."""
     bodies = {"mv-a": _mv("mv-a"), "mv-b": _mv("mv-b")}
-    assert _kstatus({"observedGeneration": 0}) == "InProgress"  # the CRD's status default, before any reconcile
+    assert kstatus({"observedGeneration": 0}) == "InProgress"  # the CRD's status default, before any reconcile
     missing = _plan(_ab(REPLICAS), {"mv-a": _mv("mv-a"), "mv-b": None}, {}, T0, measure=False)
-    assert _kstatus(missing.status) == "InProgress"
+    assert kstatus(missing.status) == "InProgress"
     assert _cond(missing.status, "Reconciling") == ("True", "ModelVersionMissing")
     waiting = _plan(_ab(REPLICAS), {"mv-a": _mv("mv-a"), "mv-b": _mv("mv-b", ready=False)}, {}, T0, False)
-    assert _kstatus(waiting.status) == "InProgress"
+    assert kstatus(waiting.status) == "InProgress"
     assert _cond(waiting.status, "Stalled") == ("False", "VariantsNotReady")
     routing = _plan(_ab(REPLICAS, waiting.status), bodies, {}, T1, False)
-    assert _kstatus(routing.status) == "Current"
+    assert kstatus(routing.status) == "Current"
     assert _cond(routing.status, "Reconciling") == _cond(routing.status, "Stalled") == ("False", "Routing")
     refused = abtest_reconcile.routing_failed(routing, "apply HTTPRoute exp: 422 Invalid", 1, T1, refused=True)
-    assert _kstatus(refused.status) == "Failed"
+    assert kstatus(refused.status) == "Failed"
     flaky = abtest_reconcile.routing_failed(routing, "apply Service exp: 500 etcd timeout", 1, T1)
-    assert _kstatus(flaky.status) == "InProgress"
+    assert kstatus(flaky.status) == "InProgress"
     assert 401 in abtest_reconcile._TRANSIENT and 429 in abtest_reconcile._TRANSIENT  # a token rotating, throttling
     invalid = abtest_reconcile.invalid_spec(_ab({"variants": "x"}, routing.status), "spec.variants: not a list", T1)
-    assert _kstatus(invalid.status) == "Failed" and [e.reason for e in invalid.events] == ["SpecError"]
+    assert kstatus(invalid.status) == "Failed" and [e.reason for e in invalid.events] == ["SpecError"]
     again = abtest_reconcile.invalid_spec(_ab({"variants": "x"}, invalid.status), "spec.variants: not a list", T1)
     assert again.events == [] and again.status == invalid.status  # said: nothing new to write
     # Said before ABTests carried kstatus conditions (Ready only): Stalled is written, nothing said again.
     old = {**invalid.status, "conditions": [c for c in invalid.status["conditions"] if c["type"] == "Ready"]}
     upgraded = abtest_reconcile.invalid_spec(_ab({"variants": "x"}, old), "spec.variants: not a list", T1)
-    assert _kstatus(upgraded.status) == "Failed" and upgraded.events == []
+    assert kstatus(upgraded.status) == "Failed" and upgraded.events == []
 
 
 def test_routing_that_cannot_be_applied_is_not_ready_with_the_api_message() -> None:

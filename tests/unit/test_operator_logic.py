@@ -8,6 +8,7 @@ import pytest
 from modelpilot.operator import plan, reconcile
 from modelpilot.operator.registry import ModelRef, Registry, RegistryNotFound, RegistryUnavailable
 from modelpilot.operator.settings import OperatorSettings, SettingsError
+from tests.unit.kstatus import kstatus
 
 
 def test_condition_keeps_its_transition_time_while_status_is_unchanged() -> None:
@@ -121,15 +122,6 @@ def test_no_tracking_uri_is_a_clear_error() -> None:
         Registry("")
 
 
-def _kstatus(status: dict, generation: int = 1) -> str:  # type: ignore[type-arg]
-    """kstatus' generic rules (sigs.k8s.io/cli-utils), as Flux reads a custom resource."""
-    if "observedGeneration" in status and status["observedGeneration"] != generation:
-        return "InProgress"
-    kinds = {c["type"]: c["status"] for c in status.get("conditions") or []}
-    return "InProgress" if kinds.get("Reconciling") == "True" else "Failed" if kinds.get("Stalled") == "True" \
-        else "Current"
-
-
 def test_a_canary_reads_reconciling_until_promoted_or_rolled_back() -> None:
     from modelpilot.operator import api, rollout
 
@@ -140,7 +132,7 @@ def test_a_canary_reads_reconciling_until_promoted_or_rolled_back() -> None:
                             spec, 1_800_000_000.0).rollout
     ro = plan.rollout_patch(started)  # status.rollout as written
     status, _ = plan.readiness_status({}, 1, ready, "t0")
-    assert _kstatus({**status, "observedGeneration": 1}) == "Current"
+    assert kstatus({**status, "observedGeneration": 1}) == "Current"
     for phase, reason in (("Progressing", "CanaryRollingOut"), ("Paused", "CanaryPaused")):
         during = {**status, "observedGeneration": 1, "rollout": {**ro, "phase": phase, "effectiveWeight": 50}}
         new, events = plan.readiness_status(during, 1, ready, "t1")
@@ -148,7 +140,7 @@ def test_a_canary_reads_reconciling_until_promoted_or_rolled_back() -> None:
         assert kinds["Ready"]["status"] == "True"  # the stable version serves
         assert kinds["Reconciling"]["status"] == "True" and kinds["Reconciling"]["reason"] == reason
         assert "canary version 2 at 50%" in kinds["Reconciling"]["message"]
-        assert _kstatus({**during, **new}) == "InProgress"
+        assert kstatus({**during, **new}) == "InProgress"
         assert events == []  # Ready did not change: no Event
         during = {**during, **new}
     for phase in ("Promoted", "RolledBack"):
@@ -156,7 +148,7 @@ def test_a_canary_reads_reconciling_until_promoted_or_rolled_back() -> None:
         new, _ = plan.readiness_status(after, 1, ready, "t2")
         kinds = {c["type"]: c for c in new["conditions"]}
         assert kinds["Reconciling"]["status"] == "False" and kinds["Reconciling"]["reason"] == "Available"
-        assert _kstatus({**after, **new}) == "Current"
+        assert kstatus({**after, **new}) == "Current"
 
 
 def test_settings_from_the_process_environment(monkeypatch: pytest.MonkeyPatch) -> None:

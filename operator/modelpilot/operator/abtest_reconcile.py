@@ -27,7 +27,8 @@ from modelpilot.operator.kube import KubeError
 from modelpilot.operator.logs import about
 from modelpilot.operator.mirroring import MirrorStyle
 from modelpilot.operator.prometheus import PrometheusError
-from modelpilot.operator.plan import Event, Membership, memberships_of, set_condition, spec_errors
+from modelpilot.operator.plan import (Event, Membership, memberships_of, readiness_conditions, set_condition,
+                                     spec_errors)
 from modelpilot.operator.reconcile import KeyedLocks, Reconciler, Result, now_iso
 
 log = logging.getLogger(__name__)
@@ -238,7 +239,7 @@ def plan(body: dict[str, Any], spec: api.ABTestSpec, bodies: dict[str, dict[str,
     missing = [mv for mv, b in bodies.items() if b is None]
     if missing:
         message = f"ModelVersion(s) not found in {namespace}: {', '.join(missing)}"
-        conditions = readiness(conditions, False, "ModelVersionMissing", message, generation, now)
+        conditions = readiness_conditions(conditions, False, "ModelVersionMissing", message, generation, now)
         status.update(conditions=conditions, observedGeneration=generation, phase="Pending")
         return ABTestPlan(apply=[], status=status, events=[Event("Warning", "ModelVersionMissing", message)],
                           retry=True, message=message)
@@ -304,10 +305,10 @@ def plan(body: dict[str, Any], spec: api.ABTestSpec, bodies: dict[str, dict[str,
     all_ready = all(any(c.get("type") == "Ready" and c.get("status") == "True"
                         for c in ((b or {}).get("status") or {}).get("conditions") or []) for b in bodies.values())
     if not all_ready:
-        conditions = readiness(conditions, False, "VariantsNotReady",
+        conditions = readiness_conditions(conditions, False, "VariantsNotReady",
                                "waiting for every variant's ModelVersion to be Ready", generation, now)
     else:
-        conditions = readiness(conditions, True, "Routing", f"{prov} routing applied: {status['split']}",
+        conditions = readiness_conditions(conditions, True, "Routing", f"{prov} routing applied: {status['split']}",
                                generation, now)
     conditions = set_condition(conditions, "RoutingLimited", "True" if routing_msg else "False",
                                "Unsupported" if routing_msg else "None", routing_msg or "all requested routing "
@@ -327,19 +328,6 @@ def plan(body: dict[str, Any], spec: api.ABTestSpec, bodies: dict[str, dict[str,
                       provider=prov, delete=[("SnippetsFilter", n) for n in prune])
 
 
-def readiness(conditions: list[dict[str, Any]], ready: bool, reason: str, message: str, generation: int, now: str,
-              stalled: bool = False) -> list[dict[str, Any]]:
-    """``Ready`` with the kstatus conditions that agree with it (as for ModelVersions): Ready → ``Reconciling`` and
-    ``Stalled`` False (kstatus Current); not Ready and coming by itself (variants becoming Ready, a ModelVersion
-    not created yet) → ``Reconciling=True`` (InProgress); not Ready until someone acts (``stalled``: a spec that
-    does not parse, routing the API refuses) → ``Stalled=True`` (Failed). Without them kstatus read a reconciled
-    ABTest as Current whatever ``Ready`` said, so Flux reported an experiment whose variants never served."""
-    conditions = set_condition(conditions, "Ready", "True" if ready else "False", reason, message, generation, now)
-    conditions = set_condition(conditions, "Reconciling", "False" if ready or stalled else "True", reason, message,
-                               generation, now)
-    return set_condition(conditions, "Stalled", "True" if stalled else "False", reason, message, generation, now)
-
-
 def invalid_spec(body: dict[str, Any], message: str, now: str) -> ABTestPlan:
     """The plan for an ABTest whose spec does not parse (the API server validated it, so an object stored
     before the schema or written around it): nothing to apply, ``Ready=False`` with reason ``SpecError``
@@ -355,8 +343,8 @@ def invalid_spec(body: dict[str, Any], message: str, now: str) -> ABTestPlan:
     # Said already, unless before ABTests carried kstatus conditions (no Stalled yet: written again, no Event).
     if said and stalled and status.get("observedGeneration") == generation:
         return ABTestPlan(apply=[], status=status, message=message)
-    status["conditions"] = readiness(list(status.get("conditions") or []), False, "SpecError", message, generation,
-                                     now, stalled=True)
+    status["conditions"] = readiness_conditions(list(status.get("conditions") or []), False, "SpecError", message,
+                                                generation, now, stalled=True)
     status.update(observedGeneration=generation, phase=api.ABTestPhase.FAILED.value)
     events = [] if said else [Event("Warning", "SpecError", f"the spec cannot be read: {message}")]
     return ABTestPlan(apply=[], status=status, events=events, message=message)
@@ -389,8 +377,8 @@ def routing_failed(decided: ABTestPlan, error: str, generation: int, now: str, r
     CRD not installed, RBAC), which someone has to fix (``Stalled=True``); else it comes back by itself
     (``Reconciling=True``)."""
     status = dict(decided.status)
-    conditions = readiness(list(status.get("conditions") or []), False, "RoutingFailed", error, generation, now,
-                           stalled=refused)
+    conditions = readiness_conditions(list(status.get("conditions") or []), False, "RoutingFailed", error,
+                                      generation, now, stalled=refused)
     status["conditions"] = set_condition(conditions, "RoutingLimited", "False", "Unsupported", error, generation,
                                          now)
     return dataclasses.replace(decided, status=status, retry=True, message=error,

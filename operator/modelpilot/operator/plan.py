@@ -182,6 +182,19 @@ def set_condition(conditions: list[dict[str, Any]], kind: str, status: str, reas
     return [c for c in conditions if c.get("type") != kind] + [new]
 
 
+def readiness_conditions(conditions: list[dict[str, Any]], ready: bool, reason: str, message: str, generation: int,
+                         now: str, stalled: bool = False) -> list[dict[str, Any]]:
+    """``Ready`` with the kstatus conditions that agree with it, for both kinds: Ready → ``Reconciling`` and
+    ``Stalled`` False (kstatus Current); not Ready and coming by itself → ``Reconciling=True`` (InProgress); not
+    Ready until someone acts (``stalled``) → ``Stalled=True`` (Failed). One reason and message for all three.
+    (ABTests carried ``Ready`` alone once: kstatus then read every reconciled ABTest as Current, so Flux reported
+    an experiment whose variants never served.)"""
+    conditions = set_condition(conditions, "Ready", "True" if ready else "False", reason, message, generation, now)
+    conditions = set_condition(conditions, "Reconciling", "False" if ready or stalled else "True", reason, message,
+                               generation, now)
+    return set_condition(conditions, "Stalled", "True" if stalled else "False", reason, message, generation, now)
+
+
 def model_ref(spec: api.ModelVersionSpec) -> ModelRef:
     model = spec.model
     return ModelRef(name=model.name, version=model.version or "", alias=model.alias or "")
@@ -273,12 +286,8 @@ def readiness_status(status: dict[str, Any], generation: int,
             message = old_problem  # keep the pull error ErrImagePull reported; the back-off adds nothing
         seen.update(reason=diagnosis.REASON, message=message,
                     phase="Degraded" if seen["readyReplicas"] else "Failed" if seen["stalled"] else "Retrying")
-    conditions = set_condition(conditions, "Ready", "True" if seen["ready"] else "False", seen["reason"],
-                               seen["message"], generation, now)
-    conditions = set_condition(conditions, "Reconciling", "False" if seen["ready"] or seen["stalled"] else "True",
-                               seen["reason"], seen["message"], generation, now)
-    conditions = set_condition(conditions, "Stalled", "True" if seen["stalled"] else "False", seen["reason"],
-                               seen["message"], generation, now)
+    conditions = readiness_conditions(conditions, bool(seen["ready"]), seen["reason"], seen["message"], generation,
+                                      now, stalled=bool(seen["stalled"]))
     canary = canary_reconciling(status)
     if canary is not None:
         # The stable version still serves (Ready may stay True), but the spec's version is not rolled out
@@ -545,11 +554,7 @@ def unresolved(status: dict[str, Any], ref: ModelRef | None, generation: int, no
                                generation, now)
     if not keep:
         # Nothing pinned for this spec: the resource is not Ready. What already runs stays untouched.
-        conditions = set_condition(conditions, "Ready", "False", reason, message, generation, now)
-        conditions = set_condition(conditions, "Reconciling", "False" if why.stalled else "True", reason, message,
-                                   generation, now)
-        conditions = set_condition(conditions, "Stalled", "True" if why.stalled else "False", reason, message,
-                                   generation, now)
+        conditions = readiness_conditions(conditions, False, reason, message, generation, now, stalled=why.stalled)
         status["phase"] = "Failed" if why.stalled else "Resolving"
     old: dict[str, Any] = next((c for c in status.get("conditions") or [] if c.get("type") == "Resolved"), {})
     repeated = old.get("status") == "False" and old.get("reason") == reason  # a retry: said already

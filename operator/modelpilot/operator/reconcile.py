@@ -3,10 +3,11 @@
 Between the core (which decides when a ModelVersion is reconciled, ``core``) and the adapters (``kube``,
 ``registry``, ``prometheus``). ``Reconciler.reconcile`` reads nothing it is not asked for: it parses the spec
 and ``status.rollout`` once, hands them to the pure planner (``plan.model_version``), observes what the
-planner asks for (``plan.Need``: the registry's answer, the Gateway's mirror form, both tracks' Deployments and
-the canary's pods, an analysis round in Prometheus, a promoted version's signature) and acts on the plan it gets:
-applies and deletes in order, the registry write-back, then one status write with readiness judged on the stable
-Deployment as its apply answered (``plan.readiness_status``), conditional on the resourceVersion it read.
+planner asks for (``plan.Need``: the registry's answer, the ABTest membership, the Gateway's mirror form, both
+tracks' Deployments and the canary's pods, an analysis round in Prometheus, a promoted version's signature) and acts
+on the plan it gets: applies and deletes in order, the registry write-back, then one status write with readiness
+judged on the stable Deployment as its apply answered (read again on a rollout tick; ``plan.readiness_status``),
+conditional on the resourceVersion it read.
 
 The rules that keep production safe are the planner's (``plan``): a version is resolved in MLflow once and
 pinned in ``status.model``, resolved again only when the spec changes or the alias poll asks; a registry that
@@ -372,7 +373,8 @@ class Reconciler:
         ``refresh`` asks MLflow again even when a version is pinned (the alias poll). ``member`` is its ABTest
         membership when the caller knows it better than the index (the ABTest reconciler, which has just
         written the replicas it assigns); by default it is looked up. The planner asks for what else it needs
-        (``plan.Need``: the registry, the Gateway's mirror form, both tracks, an analysis round, a signature);
+        (``plan.Need``: the registry, the membership, the Gateway's mirror form, both tracks, an analysis round,
+        a signature);
         each is observed here and the plan made again with the same time.
         """
         meta = body["metadata"]
@@ -386,11 +388,11 @@ class Reconciler:
             return await self._act(namespace, name, plan.invalid_spec(status, generation, now, spec_errors(exc)),
                                    body, now)
         owner = builders.Owner(name=name, namespace=namespace, uid=meta["uid"])
-        known = member != "look up"
+        known = member != "look up"  # else the planner asks for it once a version is known
         obs = plan.Observed(owner=owner, generation=generation, spec=spec, status=status,
                             rollout_state=rollout_status(status, namespace, name), tracking_uri=self.tracking_uri(spec),
                             default_image=self.settings.serving_image, refresh=refresh,
-                            member=member if member != "look up" else None, member_known=known,
+                            member=None if member == "look up" else member, member_known=known,
                             annotation=str((meta.get("annotations") or {}).get(ACTION_ANNOTATION, "")).strip())
         for _ in range(len(plan.Needed) + 1):  # each need is asked once at most
             decided = plan.model_version(obs, now)
@@ -436,6 +438,7 @@ class Reconciler:
                 await self.kube.patch_status(namespace, name, status)
             return Result(status=status, events=events, retry=decided.retry, message=decided.message)
         assert owner is not None and spec is not None and decided.objects is not None
+        tick = decided.rollout_state is not None  # a rollout tick
         if decided.rollout_state is not None:
             self.metrics.observe_rollout(namespace, name, decided.rollout_action, decided.rollout_state)
         if plan.first_reconcile(body.get("status") or {}):
@@ -450,7 +453,6 @@ class Reconciler:
                 self.kube.assume_absent(kind, namespace, obj, owner.uid)
         # A rollout tick judges readiness on the stable Deployment read after everything was done: the answer to a
         # step's apply (a scale) has a generation its controller has not observed yet, which reads as not Ready.
-        tick = decided.rollout_state is not None
         applied = await self._apply(owner, decided.objects, keep_answer=not tick)
         if decided.write_back is not None:
             events += await self._write_back(owner, spec, status, decided.write_back, now)
